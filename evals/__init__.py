@@ -1,0 +1,1 @@
+"""evals: part of the surgery bench (see README)."""

@@ -1,0 +1,146 @@
+"""The one merge loop: for each planned tensor, read its inputs a block of rows at a time, run the
+method's statistics stages then its merge, check the result is finite, cast, and stream it to the
+writer. Working memory is a few blocks per input whatever the model's size; the output folder
+appears only when everything has been written.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import torch
+
+from surgery import __version__
+from surgery.draws import Draws
+from surgery.errors import NumericsError, SurgeryError
+from surgery.io.output import CONFIG_FILES, TOKENIZER_FILES, atomic_folder, check_output_path, copy_side_files, write_json
+from surgery.io.writer import ShardWriter, plan_shards
+from surgery.methods.method import Block, Stats
+from surgery.plan import MergePlan, TensorJob
+
+DEFAULT_SHARD = 5 * 1024**3
+DEFAULT_BLOCK = 256 * 1024**2
+
+
+class Cancelled(SurgeryError):
+    """The merge was cancelled; nothing was written at the output path."""
+
+
+@dataclass(frozen=True)
+class Options:
+    shard_size: int = DEFAULT_SHARD
+    block_bytes: int = DEFAULT_BLOCK       # float32 working set of one block, all inputs together
+    device: str = "cpu"
+    force: bool = False
+
+
+Progress = Callable[[str, int], None]  # (tensor name, bytes written)
+
+
+def run_merge(plan: MergePlan, out: str, options: Options = Options(), progress: Progress | None = None,
+              cancel: threading.Event | None = None) -> str:
+    """Merge into `out` atomically; returns the output folder's absolute path."""
+    out = check_output_path(out, [f.path for f in plan.folders.values()], options.force)
+    entries = [(j.name, j.dtype, j.shape) for j in plan.jobs]
+    metadata = provenance(plan)
+    with atomic_folder(out) as tmp:
+        writer = ShardWriter(tmp, plan_shards(entries, options.shard_size), metadata)
+        try:
+            for job in plan.jobs:
+                for block in merge_tensor(plan, job, options):
+                    if cancel is not None and cancel.is_set():
+                        raise Cancelled(f"merge into {out!r} cancelled; nothing was written there")
+                    writer.write(job.name, block)
+                    if progress:
+                        progress(job.name, block.numel() * block.element_size())
+            writer.finish()
+        finally:
+            writer.abort()
+        write_side_files(plan, tmp)
+    return out
+
+
+def provenance(plan: MergePlan) -> dict[str, str]:
+    """Stored in every shard's safetensors metadata: what made these weights."""
+    return {
+        "format": "pt",
+        "surgery.version": __version__,
+        "surgery.method": plan.method.name,
+        "surgery.spec_sha256": plan.spec.digest(),
+        "surgery.spec": plan.spec.canonical_json(),
+        "surgery.models": ",".join(f"{k}={v.path}" for k, v in plan.folders.items()),
+    }
+
+
+def write_side_files(plan: MergePlan, folder: str) -> None:
+    """config.json (layer count updated), generation config, tokenizer files and chat template."""
+    config_source = plan.folders[plan.config_model].path
+    copy_side_files(config_source, folder, CONFIG_FILES[1:])
+    write_json(os.path.join(folder, "config.json"), plan.config)
+    tok = plan.spec.tokenizer_source
+    tok_source = plan.folders[tok].path if tok and tok != "base" else config_source
+    copy_side_files(tok_source, folder, TOKENIZER_FILES)
+    if plan.spec.chat_template:
+        with open(os.path.join(folder, "chat_template.jinja"), "w") as f:
+            f.write(plan.spec.chat_template)
+
+
+def rows_per_block(job: TensorJob, block_bytes: int, work: int) -> int:
+    row = 1
+    for d in job.shape[1:] if len(job.shape) > 1 else job.shape:
+        row *= d
+    per_row = max(row, 1) * 4 * (len(job.sources) + work)
+    return max(1, block_bytes // per_row)
+
+
+def merge_tensor(plan: MergePlan, job: TensorJob, options: Options) -> Iterator[torch.Tensor]:
+    """The output tensor `job.name`, block by block, in the output dtype."""
+    rows = job.shape[0] if len(job.shape) > 1 else 1
+    if job.copy:
+        yield _read(plan, job.base or job.models[0], (0, rows), None)
+        return
+    method = plan.method
+    step = rows_per_block(job, options.block_bytes, method.work)
+    spans = [(r, min(r + step, rows)) for r in range(0, rows, step)] or [(0, 0)]
+    draws = Draws(plan.spec.seed, job.name, job.shape, len(job.models)) if method.random else None
+    cached = _load(plan, job, spans[0], draws, options.device) if len(spans) == 1 else None
+    stats: Stats = {}
+    for stage in method.stages:
+        partial: Stats = {}
+        for span in spans:
+            block = cached or _load(plan, job, span, draws, options.device)
+            for key, value in stage(block, stats).items():
+                partial[key] = partial[key] + value if key in partial else value
+        stats.update(partial)
+    for span in spans:
+        block = cached or _load(plan, job, span, draws, options.device)
+        out = method.merge(block, stats)
+        _check_finite(plan, job, block, out, span)
+        yield out.to(device="cpu", dtype=job.dtype)
+
+
+def _load(plan: MergePlan, job: TensorJob, span: tuple[int, int], draws: Draws | None, device: str) -> Block:
+    base = _read(plan, job.base, span, device) if job.base else None
+    models = tuple(_read(plan, s, span, device) for s in job.models)
+    return Block(job.name, job.shape, span, base, models, job.per_model, job.shared, draws)
+
+
+def _read(plan: MergePlan, src, span: tuple[int, int], device: str | None) -> torch.Tensor:
+    t = plan.folders[src.model].read(src.name, span)
+    if device is None:
+        return t
+    return t.to(device=device, dtype=torch.float32)
+
+
+def _check_finite(plan: MergePlan, job: TensorJob, block: Block, out: torch.Tensor, span: tuple[int, int]) -> None:
+    if torch.isfinite(out).all():
+        return
+    bad = [s.model for s, t in zip(job.sources, ((block.base,) if block.base is not None else ()) + block.models)
+           if not torch.isfinite(t).all()]
+    cause = f"input(s) {bad} already hold NaN/Inf there" if bad else \
+        "the inputs are finite, so the method's parameters produced it (e.g. weights summing to zero with normalize)"
+    raise NumericsError(f"{plan.method.name} produced NaN or Inf in tensor {job.name!r} (rows {span[0]}-{span[1]}); "
+                        f"{cause}. Nothing was written.")

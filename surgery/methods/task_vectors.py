@@ -1,0 +1,193 @@
+"""The task-vector family: base + lambda * combine_i(w_i * sparsify(m_i - base)).
+
+Task arithmetic (Ilharco et al. 2022, https://arxiv.org/abs/2212.04089), TIES (Yadav et al. 2023,
+https://arxiv.org/abs/2306.01708), DARE (Yu et al. 2023, https://arxiv.org/abs/2311.03099),
+Model Breadcrumbs (Davari & Belilovsky 2023, https://arxiv.org/abs/2312.06795) and DELLA
+(Deep et al. 2024, https://arxiv.org/abs/2406.11617) differ only in how each task vector is
+sparsified and whether signs are elected; each method file picks its variant here.
+
+Blocked execution: magnitude cut-offs are exact order statistics found with two histogram stages
+(`surgery.selection`), the optional L1 rescale is one more stage, and everything else is elementwise.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from pydantic import Field
+
+from surgery.methods.method import Block, Method, Params, Stats
+from surgery.selection import bin_of_rank, high_histogram, low_histogram, value_of_rank
+
+Sparsify = Literal["none", "magnitude", "random", "outliers", "magprune"]
+Consensus = Literal["none", "sum", "count"]
+EPS = 1e-7
+
+
+class Weighted(Params):
+    weight: float | None = Field(None, description="scale of this model's task vector (its lambda)")
+
+
+class Sparse(Weighted):
+    density: float = Field(1.0, gt=0, le=1, description="fraction of the task vector kept")
+
+
+class Outliers(Sparse):
+    gamma: float = Field(0.01, ge=0, lt=1, description="fraction of the largest entries removed as outliers")
+
+
+class MagPrune(Sparse):
+    epsilon: float = Field(0.15, ge=0, lt=1, description="spread of keep probabilities around density")
+
+
+class Shared(Params):
+    normalize: bool = Field(False, description="divide by the sum of the weights that contribute")
+    rescale: bool = Field(False, description="rescale each sparsified task vector to its original L1 norm")
+    lambda_: float = Field(1.0, alias="lambda", description="scale of the combined task vector")
+    int8_mask: bool = Field(False, description="accepted for mergekit configs; masks here are always compact")
+
+
+class Elected(Shared):
+    consensus: Literal["sum", "count"] = Field("sum", description="sign election: by summed mass or by count")
+
+
+# ---- sparsification -----------------------------------------------------------------------------
+
+def _deltas(block: Block) -> list[torch.Tensor]:
+    return [m - block.base for m in block.models]  # each (r, ...)
+
+
+def _ranks(kind: Sparsify, p: Params, numel: int) -> list[int]:
+    """Ascending ranks of |delta| whose values bound the kept set."""
+    if p.density >= 1:
+        return []
+    if kind == "magnitude":
+        return [numel - max(1, int(p.density * numel))]
+    target = int(p.density * numel)
+    bottom = max(0, numel - target - int(p.gamma * numel))
+    return [bottom, bottom + target - 1] if target else []
+
+
+def selection_stages(kind: Sparsify):
+    """Two stages that find, per input, the exact |delta| values at the cut-off ranks."""
+
+    def high(block: Block, stats: Stats) -> Stats:
+        return {f"hi{i}": high_histogram(d) for i, (d, p) in enumerate(zip(_deltas(block), block.per_model))
+                if _ranks(kind, p, block.numel)}
+
+    def low(block: Block, stats: Stats) -> Stats:
+        out: Stats = {}
+        for i, (d, p) in enumerate(zip(_deltas(block), block.per_model)):
+            for r in _ranks(kind, p, block.numel):
+                b = bin_of_rank(stats[f"hi{i}"], r)
+                if f"lo{i}.{b}" not in out:
+                    out[f"lo{i}.{b}"] = low_histogram(d, b)
+        return out
+
+    return (high, low)
+
+
+def _cutoffs(kind: Sparsify, block: Block, stats: Stats, i: int) -> list[float]:
+    values = []
+    for r in _ranks(kind, block.per_model[i], block.numel):
+        b = bin_of_rank(stats[f"hi{i}"], r)
+        values.append(value_of_rank(stats[f"hi{i}"], stats[f"lo{i}.{b}"], b, r))
+    return values
+
+
+def keep_mask(kind: Sparsify, block: Block, stats: Stats, i: int, delta: torch.Tensor) -> torch.Tensor | None:
+    """Boolean mask of the entries of input i's task vector that survive; None keeps all."""
+    p = block.per_model[i]
+    if kind == "none" or p.density >= 1:
+        return None
+    if kind == "magnitude":
+        (cut,) = _cutoffs(kind, block, stats, i)
+        return delta.abs() >= cut
+    if kind == "outliers":
+        cuts = _cutoffs(kind, block, stats, i)
+        if not cuts:
+            return torch.zeros_like(delta, dtype=torch.bool)
+        a = delta.abs()
+        return (a >= cuts[0]) & (a <= cuts[1])
+    if kind == "random":
+        return block.uniform(i) < p.density
+    return block.uniform(i) < _magprune_probs(delta, p.density, p.epsilon)
+
+
+def _magprune_probs(delta: torch.Tensor, density: float, epsilon: float) -> torch.Tensor:
+    """DELLA: keep probability rises linearly with the entry's magnitude rank within its row."""
+    rows = delta.reshape(1, -1) if delta.dim() < 2 else delta.reshape(delta.shape[0], -1)  # (r, c)
+    c = rows.shape[1]
+    ranks = torch.argsort(torch.argsort(rows.abs(), dim=1), dim=1).float()  # 0 .. c-1
+    rank_norm = ranks / (c - 1) if c > 1 else torch.zeros_like(ranks)
+    return ((density - epsilon) + rank_norm * (2 * epsilon)).reshape(delta.shape)
+
+
+def l1_stage(kind: Sparsify):
+    def l1(block: Block, stats: Stats) -> Stats:
+        out: Stats = {}
+        for i, d in enumerate(_deltas(block)):
+            m = keep_mask(kind, block, stats, i, d)
+            out[f"l1_{i}"] = d.abs().sum(dtype=torch.float64)
+            out[f"l1m_{i}"] = out[f"l1_{i}"] if m is None else (d.abs() * m).sum(dtype=torch.float64)
+        return out
+
+    return l1
+
+
+def sparsified(kind: Sparsify, block: Block, stats: Stats, i: int, delta: torch.Tensor) -> torch.Tensor:
+    m = keep_mask(kind, block, stats, i, delta)
+    if m is None:
+        return delta
+    out = delta * m
+    if block.shared.rescale:
+        before, after = float(stats[f"l1_{i}"]), float(stats[f"l1m_{i}"])
+        if before >= EPS and after >= EPS:
+            out *= before / after
+    return out
+
+
+# ---- combination --------------------------------------------------------------------------------
+
+def combine(kind: Sparsify, consensus: Consensus, block: Block, stats: Stats) -> torch.Tensor:
+    weights = [p.weight for p in block.per_model]
+    tv = torch.stack([w * sparsified(kind, block, stats, i, d) for i, (w, d) in enumerate(zip(weights, _deltas(block)))])
+    w = torch.tensor(weights, dtype=torch.float32).reshape(-1, *[1] * (tv.dim() - 1))  # (n, 1, ...)
+    if consensus != "none":
+        mask = _elect(tv, block.shared.consensus)
+        mixed = (tv * mask).sum(0)
+        divisor = (w * mask).sum(0)
+        divisor[divisor == 0] = 1
+    else:
+        mixed = tv.sum(0)
+        divisor = w.sum(0).expand_as(mixed).clone()
+        divisor[divisor.abs() < 1e-8] = 1
+    if block.shared.normalize:
+        mixed /= divisor
+    return block.base + block.shared.lambda_ * mixed
+
+
+def _elect(tv: torch.Tensor, how: str) -> torch.Tensor:
+    """(n, ...) mask of entries whose sign agrees with the elected sign (TIES step 2)."""
+    sign = tv.sign()
+    total = tv.sum(0) if how == "sum" else sign.sum(0)
+    elected = torch.where(total >= 0, 1.0, -1.0)
+    return sign == elected
+
+
+def task_vector_method(name: str, kind: Sparsify, consensus: Consensus, shared: type[Params],
+                       per_model: type[Params], summary: str, reference: str) -> Method:
+    stages = selection_stages(kind) if kind in ("magnitude", "outliers") else ()
+
+    def merge(block: Block, stats: Stats) -> torch.Tensor:
+        return combine(kind, consensus, block, stats)
+
+    def maybe_l1(block: Block, stats: Stats) -> Stats:
+        return l1_stage(kind)(block, stats) if block.shared.rescale and kind != "none" else {}
+
+    return Method(
+        name=name, merge=merge, summary=summary, reference=reference, shared=shared, per_model=per_model,
+        stages=(*stages, maybe_l1), random=kind in ("random", "magprune"), required=("weight",),
+        work=6 if kind == "magprune" else 4,
+    )

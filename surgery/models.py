@@ -1,0 +1,41 @@
+"""Finding model folders: a local path (relative to the current folder, as mergekit does), or a
+Hugging Face Hub id resolved through the local hub cache (`HF_HOME`) or, when online, a download of
+the safetensors, config and tokenizer files only.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+from surgery.errors import InputError
+from surgery.io.reader import ModelFolder
+
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+HUB_FILES = ["*.safetensors", "*.json", "tokenizer.model", "*.txt", "*.jinja"]
+
+
+def resolve_path(ref: str) -> str:
+    """A local folder for `ref`; raises InputError naming `ref` when there is none."""
+    if os.path.isdir(ref):
+        return os.path.abspath(ref)
+    if HUB_ID.match(ref) and not os.path.exists(ref.split("/")[0]):
+        return _from_hub(ref)
+    raise InputError(f"model folder {ref!r} does not exist (relative paths are read from {os.getcwd()!r})")
+
+
+def _from_hub(repo: str) -> str:
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError:  # pragma: no cover - transformers depends on it
+        raise InputError(f"model {repo!r} is not a local folder and huggingface_hub is not installed") from None
+    try:
+        return snapshot_download(repo, allow_patterns=HUB_FILES)
+    except Exception as e:  # offline without a cached copy, unknown repo, gated repo, ...
+        raise InputError(f"model {repo!r} is not a local folder and could not be fetched from the Hub "
+                         f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+                         "download it first or give a local path") from None
+
+
+def open_models(refs: list[str], allow_pickle: bool = False) -> dict[str, ModelFolder]:
+    return {ref: ModelFolder(resolve_path(ref), allow_pickle=allow_pickle) for ref in refs}

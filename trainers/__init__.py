@@ -1,0 +1,1 @@
+"""trainers: part of the surgery bench (see README)."""

@@ -1,0 +1,1 @@
+"""tui: part of the surgery bench (see README)."""
