@@ -11,7 +11,7 @@ import hashlib
 
 import torch
 
-CHUNK = 1 << 20
+CHUNK = 1 << 16
 
 
 def chunk_seed(seed: int, name: str, model: int, chunk: int) -> int:

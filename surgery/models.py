@@ -9,19 +9,19 @@ import os
 import re
 
 from surgery.errors import InputError
-from surgery.io.reader import ModelFolder
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 HUB_FILES = ["*.safetensors", "*.json", "tokenizer.model", "*.txt", "*.jinja"]
 
 
-def resolve_path(ref: str) -> str:
-    """A local folder for `ref`; raises InputError naming `ref` when there is none."""
-    if os.path.isdir(ref):
-        return os.path.abspath(ref)
-    if HUB_ID.match(ref) and not os.path.exists(ref.split("/")[0]):
+def resolve_path(ref: str, root: str | None = None) -> str:
+    """A local folder for `ref` (relative to `root`, default the current folder); else a Hub id."""
+    local = os.path.join(root or os.getcwd(), os.path.expanduser(ref))
+    if os.path.isdir(local):
+        return os.path.abspath(local)
+    if HUB_ID.match(ref) and not os.path.exists(os.path.join(root or os.getcwd(), ref.split("/")[0])):
         return _from_hub(ref)
-    raise InputError(f"model folder {ref!r} does not exist (relative paths are read from {os.getcwd()!r})")
+    raise InputError(f"model folder {ref!r} does not exist (relative paths are read from {os.path.abspath(root or os.getcwd())!r})")
 
 
 def _from_hub(repo: str) -> str:
@@ -37,5 +37,3 @@ def _from_hub(repo: str) -> str:
                          "download it first or give a local path") from None
 
 
-def open_models(refs: list[str], allow_pickle: bool = False) -> dict[str, ModelFolder]:
-    return {ref: ModelFolder(resolve_path(ref), allow_pickle=allow_pickle) for ref in refs}

@@ -91,11 +91,13 @@ def _nbytes(shape: tuple[int, ...], dtype: torch.dtype) -> int:
     return n
 
 
-def plan_merge(spec: MergeSpec, file: str, out_dtype: str | None = None, allow_pickle: bool = False) -> MergePlan:
+def plan_merge(spec: MergeSpec, file: str, out_dtype: str | None = None, allow_pickle: bool = False,
+               models_dir: str | None = None) -> MergePlan:
+    """Check everything and lay out every output tensor; relative model paths are read from `models_dir`."""
     method = _method(spec, file)
     check_parameters(spec, method, file)
     slices = _slices(spec, method, file)
-    folders = _open(spec, file, allow_pickle)
+    folders = _open(spec, file, allow_pickle, models_dir)
     slices = [_check_ranges(s, folders, file) for s in slices]
     dtype = DTYPES[out_dtype or spec.out_dtype or spec.dtype] if (out_dtype or spec.out_dtype or spec.dtype) else None
     jobs: list[TensorJob] = []
@@ -206,12 +208,12 @@ def _check_count(method: Method, s: SliceInputs, file: str) -> None:
         raise SpecError(file, s.where, f"{method.name} takes {want} model(s){base}; got {n} ({names})")
 
 
-def _open(spec: MergeSpec, file: str, allow_pickle: bool) -> dict[str, ModelFolder]:
+def _open(spec: MergeSpec, file: str, allow_pickle: bool, root: str | None) -> dict[str, ModelFolder]:
     folders = {}
     for ref, where in _model_fields(spec):
         if ref not in folders:
             try:
-                folders[ref] = ModelFolder(resolve_path(ref), allow_pickle=allow_pickle)
+                folders[ref] = ModelFolder(resolve_path(ref, root), allow_pickle=allow_pickle)
             except InputError as e:
                 raise SpecError(file, where, str(e)) from None
     return folders
