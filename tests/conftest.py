@@ -1,0 +1,55 @@
+"""Shared fixtures: tiny models built once per session (no downloads), one thread for torch."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
+import pytest
+import torch
+
+from surgery.tiny import build_family, build_model
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def llama(tmp_path_factory) -> dict[str, str]:
+    """{'base', 'math', 'code', 'chat'}: a tiny Llama (hidden 32, 2 layers) and three fine-tunes."""
+    return build_family(str(tmp_path_factory.mktemp("llama")), "llama")
+
+
+@pytest.fixture(scope="session")
+def llama_sharded(tmp_path_factory) -> dict[str, str]:
+    """The same shapes, saved as several shards with an index file."""
+    return build_family(str(tmp_path_factory.mktemp("llama_sharded")), "llama", shard_size="20KB")
+
+
+@pytest.fixture(scope="session")
+def qwen2(tmp_path_factory) -> dict[str, str]:
+    return build_family(str(tmp_path_factory.mktemp("qwen2")), "qwen2")
+
+
+@pytest.fixture(scope="session")
+def gpt2(tmp_path_factory) -> dict[str, str]:
+    """GPT-2 shape: Conv1D weights, tied embeddings (no lm_head tensor stored)."""
+    return build_family(str(tmp_path_factory.mktemp("gpt2")), "gpt2")
+
+
+@pytest.fixture(scope="session")
+def llama_bf16(tmp_path_factory) -> dict[str, str]:
+    return build_family(str(tmp_path_factory.mktemp("llama_bf16")), "llama", dtype=torch.bfloat16)
+
+
+@pytest.fixture(scope="session")
+def families(llama, llama_sharded, qwen2, gpt2) -> dict[str, dict[str, str]]:
+    return {"llama": llama, "llama_sharded": llama_sharded, "qwen2": qwen2, "gpt2": gpt2}
+
+
+@pytest.fixture(scope="session")
+def build():
+    """Build one more tiny model: build(folder, kind='llama', seed=0, base=None, **config_overrides)."""
+    return build_model
