@@ -80,9 +80,7 @@ def write_side_files(plan: MergePlan, folder: str) -> None:
     config_source = plan.folders[plan.config_model].path
     copy_side_files(config_source, folder, CONFIG_FILES[1:])
     write_json(os.path.join(folder, "config.json"), plan.config)
-    tok = plan.spec.tokenizer_source
-    tok_source = plan.folders[tok].path if tok and tok != "base" else config_source
-    copy_side_files(tok_source, folder, TOKENIZER_FILES)
+    copy_side_files(plan.tokenizer_path, folder, TOKENIZER_FILES)
     if plan.spec.chat_template:
         with open(os.path.join(folder, "chat_template.jinja"), "w") as f:
             f.write(plan.spec.chat_template)

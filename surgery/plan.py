@@ -70,6 +70,7 @@ class MergePlan:
     jobs: list[TensorJob]
     config_model: str
     config: dict
+    tokenizer_path: str = ""  # folder the tokenizer files and chat template are copied from
     out_layers: list[int] = field(default_factory=list)  # config-source layer feeding each output layer
 
     def info(self, src: Source) -> TensorInfo:
@@ -120,7 +121,21 @@ def plan_merge(spec: MergeSpec, file: str, out_dtype: str | None = None, allow_p
         jobs.append(_job(spec, method, file, folders, last, name, 0, None, 0.0, dtype))
     config_model = spec.base_model or ref0
     config = output_config(folders[config_model].config, out_layers, jobs)
-    return MergePlan(spec, file, method, folders, jobs, config_model, config, out_layers)
+    tokenizer = _tokenizer_path(spec, file, folders[config_model].path, models_dir)
+    return MergePlan(spec, file, method, folders, jobs, config_model, config, tokenizer, out_layers)
+
+
+def _tokenizer_path(spec: MergeSpec, file: str, base: str, root: str | None) -> str:
+    source = spec.tokenizer_source
+    if source in (None, "base"):
+        return base
+    if source == "union":
+        raise SpecError(file, "tokenizer_source", "'union' (a merged vocabulary) is not supported yet; "
+                        "use 'base' or the path of the model whose tokenizer all inputs share")
+    try:
+        return resolve_path(source, root)
+    except InputError as e:
+        raise SpecError(file, "tokenizer_source", str(e)) from None
 
 
 def _method(spec: MergeSpec, file: str) -> Method:

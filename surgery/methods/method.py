@@ -54,7 +54,7 @@ class Block:
     def uniform(self, i: int) -> torch.Tensor:
         """U[0, 1) numbers for input `i`, shaped like this block, the same whatever the blocking."""
         assert self.draws is not None
-        return self.draws.uniform(i, self.rows).reshape(self.models[i].shape)
+        return self.draws.uniform(i, self.rows).reshape(self.models[i].shape).to(self.models[i].device)
 
 
 Stage = Callable[[Block, Stats], Stats]
