@@ -3,6 +3,7 @@ Exit codes: 0 success, 2 bad spec or input (a located message, no traceback), 1 
 
 from __future__ import annotations
 
+import signal
 import sys
 import traceback
 from functools import wraps
@@ -87,9 +88,14 @@ def merge(spec, out, dtype, shard_size, block_size, device, dry_run, force, allo
     if dry_run:
         click.echo(describe_plan(plan, options))
         return
+    signal.signal(signal.SIGTERM, _interrupt)  # clean up the partial output on `kill` as on Ctrl-C
     with Bar(plan.write_bytes, len(plan.jobs), disable=quiet) as bar:
         path = run_merge(plan, out, options, progress=bar.update)
     click.echo(f"wrote {path}")
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
 
 
 def _require_cuda() -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
@@ -46,11 +47,13 @@ def run_merge(plan: MergePlan, out: str, options: Options = Options(), progress:
     out = check_output_path(out, [f.path for f in plan.folders.values()], options.force)
     entries = [(j.name, j.dtype, j.shape) for j in plan.jobs]
     metadata = provenance(plan)
+    requests = [(job, span) for job in plan.jobs for span in reads_of(plan, job, options)]
     with atomic_folder(out) as tmp:
         writer = ShardWriter(tmp, plan_shards(entries, options.shard_size), metadata)
+        prefetch = Prefetcher(plan, options, requests)
         try:
             for job in plan.jobs:
-                for block in merge_tensor(plan, job, options):
+                for block in merge_tensor(plan, job, options, prefetch):
                     if cancel is not None and cancel.is_set():
                         raise Cancelled(f"merge into {out!r} cancelled; nothing was written there")
                     writer.write(job.name, block)
@@ -58,6 +61,7 @@ def run_merge(plan: MergePlan, out: str, options: Options = Options(), progress:
                         progress(job.name, block.numel() * block.element_size())
             writer.finish()
         finally:
+            prefetch.close()
             writer.abort()
         write_side_files(plan, tmp)
     return out
@@ -94,35 +98,81 @@ def rows_per_block(job: TensorJob, block_bytes: int, work: int) -> int:
     return max(1, block_bytes // per_row)
 
 
-def merge_tensor(plan: MergePlan, job: TensorJob, options: Options) -> Iterator[torch.Tensor]:
-    """The output tensor `job.name`, block by block, in the output dtype."""
+def spans_of(job: TensorJob, options: Options, work: int) -> list[tuple[int, int]]:
     rows = job.shape[0] if len(job.shape) > 1 else 1
+    step = rows_per_block(job, options.block_bytes, work)
+    return [(r, min(r + step, rows)) for r in range(0, rows, step)] or [(0, 0)]
+
+
+def reads_of(plan: MergePlan, job: TensorJob, options: Options) -> list[tuple[int, int]]:
+    """The blocks `merge_tensor` loads, in order: each stage and the merge pass over every block,
+    except that a tensor of one block is loaded once."""
     if job.copy:
+        return []
+    spans = spans_of(job, options, plan.method.work)
+    if len(spans) == 1:
+        return spans
+    return spans * (len(plan.method.stages_for(job.shared, job.per_model)) + 1)
+
+
+def merge_tensor(plan: MergePlan, job: TensorJob, options: Options, load=None) -> Iterator[torch.Tensor]:
+    """The output tensor `job.name`, block by block, in the output dtype.
+
+    `load(job, span)` supplies blocks in the order `reads_of` lists (the engine prefetches them)."""
+    load = load or (lambda j, span: _load(plan, j, span, options.device))
+    if job.copy:
+        rows = job.shape[0] if len(job.shape) > 1 else 1
         yield _read(plan, job.base or job.models[0], (0, rows), None)
         return
     method = plan.method
-    step = rows_per_block(job, options.block_bytes, method.work)
-    spans = [(r, min(r + step, rows)) for r in range(0, rows, step)] or [(0, 0)]
-    draws = Draws(plan.spec.seed, job.name, job.shape, len(job.models)) if method.random else None
-    cached = _load(plan, job, spans[0], draws, options.device) if len(spans) == 1 else None
+    spans = spans_of(job, options, method.work)
+    cached = load(job, spans[0]) if len(spans) == 1 else None
     stats: Stats = {}
-    for stage in method.stages:
+    for stage in method.stages_for(job.shared, job.per_model):
         partial: Stats = {}
         for span in spans:
-            block = cached or _load(plan, job, span, draws, options.device)
+            block = cached or load(job, span)
             for key, value in stage(block, stats).items():
                 partial[key] = partial[key] + value if key in partial else value
         stats.update(partial)
     for span in spans:
-        block = cached or _load(plan, job, span, draws, options.device)
+        block = cached or load(job, span)
         out = method.merge(block, stats)
         _check_finite(plan, job, block, out, span)
         yield out.to(device="cpu", dtype=job.dtype)
 
 
-def _load(plan: MergePlan, job: TensorJob, span: tuple[int, int], draws: Draws | None, device: str) -> Block:
+class Prefetcher:
+    """Loads the next block in a worker thread while the current one is merged (reads and torch
+    kernels release the GIL). Blocks must be asked for in the order of `requests`."""
+
+    def __init__(self, plan: MergePlan, options: Options, requests: list[tuple[TensorJob, tuple[int, int]]]):
+        self.plan, self.options, self.requests, self.i = plan, options, requests, 0
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="surgery-read")
+        self.ahead = self._submit(0)
+
+    def _submit(self, i: int):
+        if i >= len(self.requests):
+            return None
+        job, span = self.requests[i]
+        return self.pool.submit(_load, self.plan, job, span, self.options.device)
+
+    def __call__(self, job: TensorJob, span: tuple[int, int]) -> Block:
+        want = self.requests[self.i]
+        if want[0] is not job or want[1] != span:
+            raise RuntimeError(f"prefetch order broken: expected {want[0].name} {want[1]}, got {job.name} {span}")
+        future, self.i = self.ahead, self.i + 1
+        self.ahead = self._submit(self.i)
+        return future.result()
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _load(plan: MergePlan, job: TensorJob, span: tuple[int, int], device: str) -> Block:
     base = _read(plan, job.base, span, device) if job.base else None
     models = tuple(_read(plan, s, span, device) for s in job.models)
+    draws = Draws(plan.spec.seed, job.name, job.shape, len(job.models)) if plan.method.random else None
     return Block(job.name, job.shape, span, base, models, job.per_model, job.shared, draws)
 
 

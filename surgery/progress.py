@@ -7,11 +7,13 @@ from tqdm import tqdm
 
 class Bar:
     def __init__(self, total_bytes: int, tensors: int, disable: bool = False):
-        self.tensors, self.done, self.last = tensors, 0, None
-        self.bar = tqdm(total=total_bytes, unit="B", unit_scale=True, unit_divisor=1024, desc="merge",
-                        disable=disable, dynamic_ncols=True)
+        self.total, self.tensors, self.done, self.last, self.disable = total_bytes, tensors, 0, None, disable
+        self.bar: tqdm | None = None  # opened on the first block, so early errors print no empty bar
 
     def update(self, name: str, nbytes: int) -> None:
+        if self.bar is None:
+            self.bar = tqdm(total=self.total, unit="B", unit_scale=True, unit_divisor=1024, desc="merge",
+                            disable=self.disable, dynamic_ncols=True)
         if name != self.last:
             self.done += 1
             self.last = name
@@ -22,4 +24,5 @@ class Bar:
         return self
 
     def __exit__(self, *exc) -> None:
-        self.bar.close()
+        if self.bar is not None:
+            self.bar.close()

@@ -44,7 +44,7 @@ def atomic_folder(out: str) -> Iterator[str]:
     except OSError as e:
         raise OutputError(f"cannot create the output's parent folder {parent!r} ({e.strerror})") from None
     tmp = os.path.join(parent, f".{name}.partial-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
+    remove_stale(parent, name)
     os.mkdir(tmp)
     try:
         yield tmp
@@ -52,6 +52,25 @@ def atomic_folder(out: str) -> Iterator[str]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def remove_stale(parent: str, name: str) -> None:
+    """Remove partial folders left by killed runs (their process is gone) for this output name."""
+    prefix = f".{name}.partial-"
+    for entry in os.listdir(parent):
+        if entry.startswith(prefix) and entry[len(prefix):].isdigit() and not _alive(int(entry[len(prefix):])):
+            shutil.rmtree(os.path.join(parent, entry), ignore_errors=True)
+    shutil.rmtree(os.path.join(parent, f"{prefix}{os.getpid()}"), ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _replace(tmp: str, out: str) -> None:

@@ -75,6 +75,11 @@ class Method:
     work: int = 4                          # block-sized float32 temporaries `merge` needs per input
     random: bool = False
     required: tuple[str, ...] = field(default=())  # per-model parameters without a default
+    needs: Callable[[BaseModel, tuple[BaseModel, ...]], tuple[Stage, ...]] | None = None  # stages these params need
+
+    def stages_for(self, shared: BaseModel, per_model: tuple[BaseModel, ...]) -> tuple[Stage, ...]:
+        """The statistics stages a tensor with these parameters needs (each costs a pass over it)."""
+        return self.stages if self.needs is None else self.needs(shared, per_model)
 
     def merge_tensors(self, base: torch.Tensor | None, models: list[torch.Tensor], per_model: list[BaseModel],
                       shared: BaseModel, seed: int = 0, name: str = "tensor") -> torch.Tensor:
@@ -87,6 +92,6 @@ class Method:
                       None if base is None else base.float(), tuple(f32), tuple(per_model), shared,
                       Draws(seed, name, shape, len(models)) if self.random else None)
         stats: Stats = {}
-        for stage in self.stages:
+        for stage in self.stages_for(shared, tuple(per_model)):
             stats.update(stage(block, stats))
         return self.merge(block, stats)

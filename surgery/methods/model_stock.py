@@ -22,8 +22,6 @@ def _flat(block: Block) -> list[torch.Tensor]:
 
 
 def products(block: Block, stats: Stats) -> Stats:
-    if block.shared.filter_wise:
-        return {}
     d = _flat(block)
     out = {f"n{i}": (x * x).sum() for i, x in enumerate(d)}
     out.update({f"d{i}.{j}": (d[i] * d[j]).sum() for i, j in combinations(range(len(d)), 2)})
@@ -59,4 +57,5 @@ def merge(block: Block, stats: Stats) -> torch.Tensor:
 
 
 METHOD = Method("model_stock", merge, "interpolate base and average by the task vectors' angle",
-                "https://arxiv.org/abs/2403.19522", shared=StockShared, min_models=2, stages=(products,), work=3)
+                "https://arxiv.org/abs/2403.19522", shared=StockShared, min_models=2, stages=(products,), work=3,
+                needs=lambda shared, models: () if shared.filter_wise else (products,))

@@ -178,16 +178,18 @@ def _elect(tv: torch.Tensor, how: str) -> torch.Tensor:
 
 def task_vector_method(name: str, kind: Sparsify, consensus: Consensus, shared: type[Params],
                        per_model: type[Params], summary: str, reference: str) -> Method:
-    stages = selection_stages(kind) if kind in ("magnitude", "outliers") else ()
+    select = selection_stages(kind) if kind in ("magnitude", "outliers") else ()
+    l1 = (l1_stage(kind),) if kind != "none" else ()
 
     def merge(block: Block, stats: Stats) -> torch.Tensor:
         return combine(kind, consensus, block, stats)
 
-    def maybe_l1(block: Block, stats: Stats) -> Stats:
-        return l1_stage(kind)(block, stats) if block.shared.rescale and kind != "none" else {}
+    def needs(shared_params: Params, models: tuple[Params, ...]) -> tuple:
+        sparse = kind != "none" and any(p.density < 1 for p in models)
+        return (select if sparse else ()) + (l1 if sparse and shared_params.rescale else ())
 
     return Method(
         name=name, merge=merge, summary=summary, reference=reference, shared=shared, per_model=per_model,
-        stages=(*stages, maybe_l1), random=kind in ("random", "magprune"), required=("weight",),
+        stages=select + l1, needs=needs, random=kind in ("random", "magprune"), required=("weight",),
         work=6 if kind == "magprune" else 4,
     )
