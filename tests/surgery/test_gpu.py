@@ -1,0 +1,37 @@
+"""The same merge on CUDA gives the CPU's result (run with `-m gpu` on a machine with a GPU)."""
+
+import glob
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from surgery.engine import Options, run_merge
+from surgery.plan import plan_merge
+from surgery.spec import parse_spec
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
+
+
+def _tensors(folder: str) -> dict[str, torch.Tensor]:
+    out = {}
+    for f in glob.glob(f"{folder}/*.safetensors"):
+        out.update(load_file(f))
+    return out
+
+
+@pytest.mark.parametrize("method", ["ties", "dare_ties", "slerp"])
+def test_cuda_matches_cpu(llama, tmp_path, method):
+    models = [{"model": llama["math"], "parameters": {"weight": 0.7, "density": 0.5}}]
+    if method != "slerp":
+        models.append({"model": llama["code"], "parameters": {"weight": 0.3, "density": 0.5}})
+    else:
+        models = [{"model": llama["math"]}]
+    spec = {"merge_method": method, "base_model": llama["base"], "models": models, "seed": 1, "dtype": "float32",
+            **({"parameters": {"t": 0.4}} if method == "slerp" else {})}
+    results = {}
+    for device in ("cpu", "cuda"):
+        plan = plan_merge(parse_spec(spec), "spec.yaml")
+        results[device] = _tensors(run_merge(plan, str(tmp_path / device), Options(device=device)))
+    for name, cpu in results["cpu"].items():
+        torch.testing.assert_close(results["cuda"][name], cpu, rtol=1e-5, atol=1e-6)
