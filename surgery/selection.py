@@ -26,7 +26,7 @@ def high_histogram(x: torch.Tensor) -> torch.Tensor:
 def bin_of_rank(high: torch.Tensor, rank: int) -> int:
     """The top-16-bit bin holding the element of ascending `rank` (0-based)."""
     cum = torch.cumsum(high, 0)
-    return int(torch.searchsorted(cum, torch.tensor(rank, dtype=cum.dtype), right=True))
+    return int(torch.searchsorted(cum, torch.tensor(rank, dtype=cum.dtype, device=cum.device), right=True))
 
 
 def low_histogram(x: torch.Tensor, hi_bin: int) -> torch.Tensor:
@@ -40,6 +40,6 @@ def value_of_rank(high: torch.Tensor, low: torch.Tensor, hi_bin: int, rank: int)
     """|x| at ascending `rank`, given both histograms (`low` for `hi_bin`)."""
     below = int(high[:hi_bin].sum())
     cum = torch.cumsum(low, 0)
-    lo_bin = int(torch.searchsorted(cum, torch.tensor(rank - below, dtype=cum.dtype), right=True))
+    lo_bin = int(torch.searchsorted(cum, torch.tensor(rank - below, dtype=cum.dtype, device=cum.device), right=True))
     bits = torch.tensor([(hi_bin << 16) | lo_bin], dtype=torch.int32)
     return float(bits.view(torch.float32))

@@ -153,7 +153,7 @@ def sparsified(kind: Sparsify, block: Block, stats: Stats, i: int, delta: torch.
 def combine(kind: Sparsify, consensus: Consensus, block: Block, stats: Stats) -> torch.Tensor:
     weights = [p.weight for p in block.per_model]
     tv = torch.stack([w * sparsified(kind, block, stats, i, d) for i, (w, d) in enumerate(zip(weights, _deltas(block)))])
-    w = torch.tensor(weights, dtype=torch.float32).reshape(-1, *[1] * (tv.dim() - 1))  # (n, 1, ...)
+    w = torch.tensor(weights, dtype=torch.float32, device=tv.device).reshape(-1, *[1] * (tv.dim() - 1))  # (n, 1, ...)
     if consensus != "none":
         mask = _elect(tv, block.shared.consensus)
         mixed = (tv * mask).sum(0)
