@@ -29,6 +29,8 @@ class Draws:
     def uniform(self, model: int, rows: tuple[int, int]) -> torch.Tensor:
         """Flat U[0, 1) float32 numbers for elements [r0 * row, r1 * row) of input `model`."""
         start, stop = rows[0] * self.row, rows[1] * self.row
+        if stop <= start:  # an empty tensor (or span) draws nothing
+            return torch.empty(0)
         first, last = start // CHUNK, (stop - 1) // CHUNK
         parts = []
         for c in range(first, last + 1):

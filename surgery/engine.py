@@ -16,7 +16,7 @@ import torch
 
 from surgery import __version__
 from surgery.draws import Draws
-from surgery.errors import NumericsError, SurgeryError
+from surgery.errors import NumericsError, OutputError, SurgeryError
 from surgery.io.output import CONFIG_FILES, TOKENIZER_FILES, atomic_folder, check_output_path, copy_side_files, write_json
 from surgery.io.writer import ShardWriter, plan_shards
 from surgery.methods.method import Block, Stats
@@ -63,7 +63,13 @@ def run_merge(plan: MergePlan, out: str, options: Options = Options(), progress:
         finally:
             prefetch.close()
             writer.abort()
-        write_side_files(plan, tmp)
+            for folder in plan.folders.values():
+                folder.close()  # no input file stays open after the merge (reads reopen on demand)
+        try:
+            write_side_files(plan, tmp)
+        except OSError as e:  # e.g. the disk fills up after the last shard
+            raise OutputError(f"{out}: cannot write the config and tokenizer files ({e.strerror}); "
+                              "nothing was written there") from None
     return out
 
 

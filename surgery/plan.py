@@ -228,9 +228,10 @@ def _open(spec: MergeSpec, file: str, allow_pickle: bool, root: str | None) -> d
     for ref, where in _model_fields(spec):
         if ref not in folders:
             try:
-                folders[ref] = ModelFolder(resolve_path(ref, root), allow_pickle=allow_pickle)
-            except InputError as e:
+                path = resolve_path(ref, root)
+            except InputError as e:  # the spec names a folder that is not there: a spec error, located
                 raise SpecError(file, where, str(e)) from None
+            folders[ref] = ModelFolder(path, allow_pickle=allow_pickle)  # corrupt files: InputError naming the file
     return folders
 
 

@@ -23,9 +23,10 @@ TOKENIZER_FILES = (
 def check_output_path(out: str, inputs: list[str], force: bool) -> str:
     """Refuse an output that is an input (or inside one, or holds one), or that exists without --force."""
     out = os.path.abspath(out)
+    real = os.path.realpath(out)  # compared through links: a linked path to an input is that input
     for path in inputs:
-        path = os.path.abspath(path)
-        if out == path or out.startswith(path + os.sep) or path.startswith(out + os.sep):
+        path = os.path.realpath(path)
+        if real == path or real.startswith(path + os.sep) or path.startswith(real + os.sep):
             raise OutputError(f"output {out!r} overlaps input model {path!r}; choose another output folder "
                               "(inputs are never overwritten, even with --force)")
     if os.path.lexists(out) and not force:

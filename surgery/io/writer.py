@@ -94,11 +94,7 @@ class ShardWriter:
             path = os.path.join(self.folder, self.shards[shard].file)
             self._file = self._io(lambda: open(path, "wb"))
             self._io(lambda: self._file.write(header))
-        self._left = nbytes
-        if nbytes == 0:  # empty tensors have no bytes: move past them at once
-            self._pos += 1
-            if self._pos < len(self._order):
-                self._start_next(name)
+        self._left = nbytes  # 0 for an empty tensor: its one empty block completes it in `write`
 
     def finish(self) -> None:
         """Close the last shard and write the index (for more than one shard)."""

@@ -15,9 +15,14 @@ class StockShared(Params):
     filter_wise: bool = Field(False, description="one interpolation factor per row instead of per tensor")
 
 
+def _rows(x: torch.Tensor) -> torch.Tensor:
+    """(r, c) view of a tensor's rows; a 1-d tensor is one row. flatten(1) also handles 0 rows."""
+    return x.reshape(1, -1) if x.dim() < 2 else x.flatten(1)
+
+
 def _flat(block: Block) -> list[torch.Tensor]:
     if block.shared.filter_wise:  # (r, c): statistics per row
-        return [(m - block.base).reshape(block.base.shape[0] if block.base.dim() > 1 else 1, -1) for m in block.models]
+        return [_rows(m - block.base) for m in block.models]
     return [(m - block.base).reshape(1, -1).double() for m in block.models]
 
 
@@ -51,7 +56,7 @@ def merge(block: Block, stats: Stats) -> torch.Tensor:
     t = torch.where(singular, torch.zeros_like(cos), n * cos / torch.where(singular, 1, denominator))
     average = sum(block.models) / n
     if block.shared.filter_wise:
-        rows = block.base.reshape(t.shape[0], -1)
+        rows = _rows(block.base)
         return (t * average.reshape_as(rows) + (1 - t) * rows).reshape(block.base.shape)
     return t * average + (1 - t) * block.base
 

@@ -117,7 +117,7 @@ def keep_mask(kind: Sparsify, block: Block, stats: Stats, i: int, delta: torch.T
 
 def _magprune_probs(delta: torch.Tensor, density: float, epsilon: float) -> torch.Tensor:
     """DELLA: keep probability rises linearly with the entry's magnitude rank within its row."""
-    rows = delta.reshape(1, -1) if delta.dim() < 2 else delta.reshape(delta.shape[0], -1)  # (r, c)
+    rows = delta.reshape(1, -1) if delta.dim() < 2 else delta.flatten(1)  # (r, c)
     c = rows.shape[1]
     ranks = torch.argsort(torch.argsort(rows.abs(), dim=1), dim=1).float()  # 0 .. c-1
     rank_norm = ranks / (c - 1) if c > 1 else torch.zeros_like(ranks)
