@@ -65,7 +65,7 @@ def main() -> None:
 @click.argument("out", type=click.Path())
 @click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16", "float64"]), help="Output dtype (overrides the spec's out_dtype/dtype).")
 @click.option("--shard-size", default="5G", callback=_size, help="Largest output shard, e.g. 5G or 500M.")
-@click.option("--block-size", default="256M", callback=_size, help="Working memory of one block of rows, all inputs together.")
+@click.option("--block-size", default="16M", callback=_size, help="Working memory of one block of rows, all inputs together.")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", help="Where the arithmetic runs.")
 @click.option("--dry-run", is_flag=True, help="Validate and print the plan; read no tensor data, write nothing.")
 @click.option("--force", is_flag=True, help="Replace OUT if it exists (never an input model).")

@@ -31,11 +31,13 @@ class Draws:
         start, stop = rows[0] * self.row, rows[1] * self.row
         if stop <= start:  # an empty tensor (or span) draws nothing
             return torch.empty(0)
-        first, last = start // CHUNK, (stop - 1) // CHUNK
-        parts = []
-        for c in range(first, last + 1):
+        out = torch.empty(stop - start)
+        for c in range(start // CHUNK, (stop - 1) // CHUNK + 1):
             g = torch.Generator().manual_seed(chunk_seed(self.seed, self.name, model, c))
-            chunk = torch.rand(CHUNK, generator=g)
             lo, hi = max(start - c * CHUNK, 0), min(stop - c * CHUNK, CHUNK)
-            parts.append(chunk[lo:hi])
-        return parts[0] if len(parts) == 1 else torch.cat(parts)
+            dest = out[c * CHUNK + lo - start: c * CHUNK + hi - start]
+            if lo == 0 and hi == CHUNK:
+                torch.rand(CHUNK, generator=g, out=dest)  # a whole chunk: draw in place
+            else:
+                dest.copy_(torch.rand(CHUNK, generator=g)[lo:hi])
+        return out

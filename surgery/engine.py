@@ -23,7 +23,7 @@ from surgery.methods.method import Block, Stats
 from surgery.plan import MergePlan, TensorJob
 
 DEFAULT_SHARD = 5 * 1024**3
-DEFAULT_BLOCK = 256 * 1024**2
+DEFAULT_BLOCK = 16 * 1024**2  # small blocks stay in cache and reuse freed pages: faster, see bench/
 
 
 class Cancelled(SurgeryError):
@@ -190,7 +190,7 @@ def _read(plan: MergePlan, src, span: tuple[int, int], device: str | None) -> to
 
 
 def _check_finite(plan: MergePlan, job: TensorJob, block: Block, out: torch.Tensor, span: tuple[int, int]) -> None:
-    if torch.isfinite(out).all():
+    if torch.isfinite(out.sum()) or torch.isfinite(out).all():  # one cheap pass; the exact check only if it fails
         return
     bad = [s.model for s, t in zip(job.sources, ((block.base,) if block.base is not None else ()) + block.models)
            if not torch.isfinite(t).all()]

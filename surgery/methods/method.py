@@ -54,7 +54,16 @@ class Block:
     def uniform(self, i: int) -> torch.Tensor:
         """U[0, 1) numbers for input `i`, shaped like this block, the same whatever the blocking."""
         assert self.draws is not None
-        return self.draws.uniform(i, self.rows).reshape(self.models[i].shape).to(self.models[i].device)
+        return self.cached(f"uniform{i}", lambda: self.draws.uniform(i, self.rows).reshape(self.models[i].shape)
+                           .to(self.models[i].device))
+
+    def cached(self, key: str, make: Callable[[], object]):
+        """Values derived from this block, computed once while it is alive (a block read once serves
+        every statistics stage and the merge). Callers must not modify what they get."""
+        cache = self.__dict__.setdefault("_cache", {})
+        if key not in cache:
+            cache[key] = make()
+        return cache[key]
 
 
 Stage = Callable[[Block, Stats], Stats]

@@ -55,7 +55,7 @@ class Elected(Shared):
 # ---- sparsification -----------------------------------------------------------------------------
 
 def _deltas(block: Block) -> list[torch.Tensor]:
-    return [m - block.base for m in block.models]  # each (r, ...)
+    return block.cached("deltas", lambda: [m - block.base for m in block.models])  # each (r, ...); read-only
 
 
 def _ranks(kind: Sparsify, p: Params, numel: int) -> list[int]:
@@ -140,7 +140,7 @@ def sparsified(kind: Sparsify, block: Block, stats: Stats, i: int, delta: torch.
     m = keep_mask(kind, block, stats, i, delta)
     if m is None:
         return delta
-    out = delta * m
+    out = delta * m  # a new tensor: the cached delta stays intact
     if block.shared.rescale:
         before, after = float(stats[f"l1_{i}"]), float(stats[f"l1m_{i}"])
         if before >= EPS and after >= EPS:
@@ -151,29 +151,36 @@ def sparsified(kind: Sparsify, block: Block, stats: Stats, i: int, delta: torch.
 # ---- combination --------------------------------------------------------------------------------
 
 def combine(kind: Sparsify, consensus: Consensus, block: Block, stats: Stats) -> torch.Tensor:
+    """base + lambda * (sum of agreeing weighted task vectors) / (sum of their weights), accumulated
+    one input at a time (no (n, ...) stack; the same summation order as a sum over a stacked axis)."""
     weights = [p.weight for p in block.per_model]
-    tv = torch.stack([w * sparsified(kind, block, stats, i, d) for i, (w, d) in enumerate(zip(weights, _deltas(block)))])
-    w = torch.tensor(weights, dtype=torch.float32, device=tv.device).reshape(-1, *[1] * (tv.dim() - 1))  # (n, 1, ...)
+    tvs = [sparsified(kind, block, stats, i, d).mul_(w) if kind != "none" else d * w
+           for i, (w, d) in enumerate(zip(weights, _deltas(block)))]  # each (r, ...)
     if consensus != "none":
-        mask = _elect(tv, block.shared.consensus)
-        mixed = (tv * mask).sum(0)
-        divisor = (w * mask).sum(0)
+        elected = _elect(tvs, block.shared.consensus)
+        mixed, divisor = torch.zeros_like(tvs[0]), torch.zeros_like(tvs[0])
+        for w, tv in zip(weights, tvs):
+            agree = (tv * elected) > 0  # sign(tv) == elected sign; zeros never agree
+            mixed.add_(tv * agree)
+            divisor.add_(agree, alpha=w)
         divisor[divisor == 0] = 1
     else:
-        mixed = tv.sum(0)
-        divisor = w.sum(0).expand_as(mixed).clone()
-        divisor[divisor.abs() < 1e-8] = 1
+        mixed = tvs[0].clone()
+        for tv in tvs[1:]:
+            mixed.add_(tv)
+        total = torch.tensor(weights, dtype=torch.float32).sum()  # in float32, as a stacked sum would be
+        divisor = float(total) if abs(float(total)) >= 1e-8 else 1.0
     if block.shared.normalize:
         mixed /= divisor
-    return block.base + block.shared.lambda_ * mixed
+    return mixed.mul_(block.shared.lambda_).add_(block.base) if block.shared.lambda_ != 1 else mixed.add_(block.base)
 
 
-def _elect(tv: torch.Tensor, how: str) -> torch.Tensor:
-    """(n, ...) mask of entries whose sign agrees with the elected sign (TIES step 2)."""
-    sign = tv.sign()
-    total = tv.sum(0) if how == "sum" else sign.sum(0)
-    elected = torch.where(total >= 0, 1.0, -1.0)
-    return sign == elected
+def _elect(tvs: list[torch.Tensor], how: str) -> torch.Tensor:
+    """The elected sign per entry, +1 or -1 (TIES step 2): by summed mass, or by count of signs."""
+    total = torch.zeros_like(tvs[0])
+    for tv in tvs:
+        total.add_(tv if how == "sum" else tv.sign())
+    return torch.where(total >= 0, 1.0, -1.0)
 
 
 def task_vector_method(name: str, kind: Sparsify, consensus: Consensus, shared: type[Params],
