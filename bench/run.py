@@ -391,7 +391,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of " + ",".join(METHODS))
     p.add_argument("--engines", default="mergekit,surgery", help="comma-separated subset of mergekit,surgery")
     p.add_argument("--repeat", type=int, default=1, help="runs per engine and method (alternating order); the fastest is reported")
-    p.add_argument("--block-size", default="256M", help="surgery's --block-size")
+    p.add_argument("--block-size", default="16M", help="surgery's --block-size (its default)")
     p.add_argument("--tag", default="latest", help="results are saved as bench/results/TAG.json and TAG.md")
     return p.parse_args(argv)
 

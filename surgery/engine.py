@@ -136,14 +136,16 @@ def merge_tensor(plan: MergePlan, job: TensorJob, options: Options, load=None) -
     stats: Stats = {}
     for stage in method.stages_for(job.shared, job.per_model):
         partial: Stats = {}
+        running = dict(stats)  # one per pass: blocks come in row order, running counts live here
         for span in spans:
             block = cached or load(job, span)
-            for key, value in stage(block, stats).items():
+            for key, value in stage(block, running).items():
                 partial[key] = partial[key] + value if key in partial else value
         stats.update(partial)
+    running = dict(stats)
     for span in spans:
         block = cached or load(job, span)
-        out = method.merge(block, stats)
+        out = method.merge(block, running)
         _check_finite(plan, job, block, out, span)
         yield out.to(device="cpu", dtype=job.dtype)
 

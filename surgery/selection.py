@@ -43,3 +43,11 @@ def value_of_rank(high: torch.Tensor, low: torch.Tensor, hi_bin: int, rank: int)
     lo_bin = int(torch.searchsorted(cum, torch.tensor(rank - below, dtype=cum.dtype, device=cum.device), right=True))
     bits = torch.tensor([(hi_bin << 16) | lo_bin], dtype=torch.int32)
     return float(bits.view(torch.float32))
+
+
+def counts_at(high: torch.Tensor, low: torch.Tensor, hi_bin: int, rank: int) -> tuple[int, int]:
+    """(entries greater than, entries equal to) the value at ascending `rank`."""
+    below = int(high[:hi_bin].sum())
+    cum = torch.cumsum(low, 0)
+    lo_bin = int(torch.searchsorted(cum, torch.tensor(rank - below, dtype=cum.dtype, device=cum.device), right=True))
+    return int(high[hi_bin + 1:].sum()) + int(low[lo_bin + 1:].sum()), int(low[lo_bin])

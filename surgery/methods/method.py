@@ -3,7 +3,9 @@
 The engine hands a method one block of rows at a time (the whole tensor when it is small), all in
 float32. A method that needs tensor-wide numbers (a magnitude cut-off, a norm, a dot product)
 declares `stages`: each stage maps a block to partial statistics, which the engine sums over all
-blocks before the next stage, then `merge` sees the totals. Memory is bounded by the block, never by
+blocks before the next stage, then `merge` sees the totals. Within one pass the blocks arrive in row
+order and share one copy of the statistics, where a method may keep running counts under keys that
+start with "~" (TIES ranks entries tied at its cut-off this way). Memory is bounded by the block, never by
 the tensor, and the result does not depend on where the blocks fall.
 """
 
@@ -102,5 +104,5 @@ class Method:
                       Draws(seed, name, shape, len(models)) if self.random else None)
         stats: Stats = {}
         for stage in self.stages_for(shared, tuple(per_model)):
-            stats.update(stage(block, stats))
-        return self.merge(block, stats)
+            stats.update(stage(block, dict(stats)))
+        return self.merge(block, dict(stats))

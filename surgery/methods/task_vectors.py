@@ -18,7 +18,7 @@ import torch
 from pydantic import Field
 
 from surgery.methods.method import Block, Method, Params, Stats
-from surgery.selection import bin_of_rank, high_histogram, low_histogram, value_of_rank
+from surgery.selection import bin_of_rank, counts_at, high_histogram, low_histogram, value_of_rank
 
 Sparsify = Literal["none", "magnitude", "random", "outliers", "magprune"]
 Consensus = Literal["none", "sum", "count"]
@@ -88,6 +88,25 @@ def selection_stages(kind: Sparsify):
     return (high, low)
 
 
+def _numel(shape: tuple[int, ...]) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+def _tie_quota(shape: tuple[int, ...], p: Params, stats: Stats, i: int) -> int | None:
+    """How many entries equal to the cut-off to keep, when fewer than all of them fit in k."""
+    ranks = _ranks("magnitude", p, _numel(shape))
+    if not ranks or f"hi{i}" not in stats:
+        return None
+    r, high = ranks[0], stats[f"hi{i}"]
+    b = bin_of_rank(high, r)
+    greater, equal = counts_at(high, stats[f"lo{i}.{b}"], b, r)
+    quota = (_numel(shape) - r) - greater
+    return quota if quota < equal else None
+
+
 def _cutoffs(kind: Sparsify, block: Block, stats: Stats, i: int) -> list[float]:
     values = []
     for r in _ranks(kind, block.per_model[i], block.numel):
@@ -103,7 +122,18 @@ def keep_mask(kind: Sparsify, block: Block, stats: Stats, i: int, delta: torch.T
         return None
     if kind == "magnitude":
         (cut,) = _cutoffs(kind, block, stats, i)
-        return delta.abs() >= cut
+        quota = _tie_quota(block.shape, p, stats, i)
+        if quota is None:
+            return delta.abs() >= cut
+        # keep exactly k, as a sort would: all above the cut, then the first `quota` ties in row-major
+        # order. Blocks of one pass arrive in row order, so a running count in the pass's statistics
+        # ranks each tie across blocks; the result does not depend on the blocking.
+        a = delta.abs()
+        tied = a == cut
+        before = int(stats.get(f"~ties{i}", 0))
+        order = tied.reshape(-1).cumsum(0).reshape(tied.shape) + before  # 1-based rank among ties
+        stats[f"~ties{i}"] = before + int(tied.sum())
+        return (a > cut) | (tied & (order <= quota))
     if kind == "outliers":
         cuts = _cutoffs(kind, block, stats, i)
         if not cuts:

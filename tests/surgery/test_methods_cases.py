@@ -94,6 +94,16 @@ def test_ties_trims_by_magnitude_and_elects_by_sum():
     assert_values(out, [-4.0, 4.0, 5.0, 1.0])
 
 
+def test_ties_keeps_exactly_k_when_magnitudes_tie_at_the_cut():
+    """delta = [3, -2, 2, 2, 1] over base 0, one model, weight 1, density 0.6: k = int(0.6 * 5) = 3.
+    The cut-off magnitude is 2, held by three entries; one entry (3) is above it, so 2 of the 3 ties
+    are kept, the first two in row-major order: [3, -2, 2, 0, 0]. Split over rows, the same holds."""
+    flat = merge("ties", [0, 0, 0, 0, 0], [[3, -2, 2, 2, 1]], [{"weight": 1, "density": 0.6}])
+    assert_values(flat, [3, -2, 2, 0, 0])
+    rows = merge("ties", [[0], [0], [0], [0], [0]], [[[3], [-2], [2], [2], [1]]], [{"weight": 1, "density": 0.6}])
+    assert_values(rows.flatten(), [3, -2, 2, 0, 0])
+
+
 def test_ties_election_by_count():
     """Election by count of signs: column sign sums [+1+1-1, +1, -1+1, 0] = [1, 1, 0, 0] elect
     [+, +, +, +]. Col 0: d1 and d2 agree (1 + 1) / 2 = 1; col 1: 3; col 2: d3's 4; col 3: 0.
