@@ -75,6 +75,7 @@ def main() -> None:
 @handled
 def merge(spec, out, dtype, shard_size, block_size, device, dry_run, force, allow_pickle, models_dir, quiet) -> None:
     """Merge the models of SPEC (a mergekit-style YAML) into the folder OUT."""
+    from surgery.allocator import keep_freed_memory
     from surgery.engine import Options, run_merge
     from surgery.plan import plan_merge
     from surgery.progress import Bar
@@ -88,6 +89,7 @@ def merge(spec, out, dtype, shard_size, block_size, device, dry_run, force, allo
     if dry_run:
         click.echo(describe_plan(plan, options))
         return
+    keep_freed_memory()  # reuse block buffers instead of faulting fresh pages in for every block
     signal.signal(signal.SIGTERM, _interrupt)  # clean up the partial output on `kill` as on Ctrl-C
     with Bar(plan.write_bytes, len(plan.jobs), disable=quiet) as bar:
         path = run_merge(plan, out, options, progress=bar.update)

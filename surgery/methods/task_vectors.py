@@ -121,19 +121,7 @@ def keep_mask(kind: Sparsify, block: Block, stats: Stats, i: int, delta: torch.T
     if kind == "none" or p.density >= 1:
         return None
     if kind == "magnitude":
-        (cut,) = _cutoffs(kind, block, stats, i)
-        quota = _tie_quota(block.shape, p, stats, i)
-        if quota is None:
-            return delta.abs() >= cut
-        # keep exactly k, as a sort would: all above the cut, then the first `quota` ties in row-major
-        # order. Blocks of one pass arrive in row order, so a running count in the pass's statistics
-        # ranks each tie across blocks; the result does not depend on the blocking.
-        a = delta.abs()
-        tied = a == cut
-        before = int(stats.get(f"~ties{i}", 0))
-        order = tied.reshape(-1).cumsum(0).reshape(tied.shape) + before  # 1-based rank among ties
-        stats[f"~ties{i}"] = before + int(tied.sum())
-        return (a > cut) | (tied & (order <= quota))
+        return _top_k(block, stats, i, delta)
     if kind == "outliers":
         cuts = _cutoffs(kind, block, stats, i)
         if not cuts:
@@ -143,6 +131,28 @@ def keep_mask(kind: Sparsify, block: Block, stats: Stats, i: int, delta: torch.T
     if kind == "random":
         return block.uniform(i) < p.density
     return block.uniform(i) < _magprune_probs(delta, p.density, p.epsilon)
+
+
+def _top_k(block: Block, stats: Stats, i: int, delta: torch.Tensor) -> torch.Tensor:
+    """Exactly k entries, as a sort would keep: all above the cut-off magnitude, then the first
+    `quota` of those equal to it in row-major order. Blocks of one pass arrive in row order, so a
+    running count in the pass's statistics ranks each tie across blocks, whatever the blocking."""
+    if f"~cut{i}" not in stats:  # once per pass, not per block
+        stats[f"~cut{i}"] = (_cutoffs("magnitude", block, stats, i)[0],
+                             _tie_quota(block.shape, block.per_model[i], stats, i))
+    cut, quota = stats[f"~cut{i}"]
+    a = delta.abs()
+    if quota is None:
+        return a >= cut
+    tied = a == cut
+    before, here = int(stats.get(f"~ties{i}", 0)), int(tied.sum())
+    stats[f"~ties{i}"] = before + here
+    if before >= quota:
+        return a > cut
+    if before + here <= quota:
+        return a >= cut
+    order = tied.reshape(-1).cumsum(0).reshape(tied.shape) + before  # 1-based rank among ties
+    return (a > cut) | (tied & (order <= quota))
 
 
 def _magprune_probs(delta: torch.Tensor, density: float, epsilon: float) -> torch.Tensor:
