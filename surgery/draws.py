@@ -11,6 +11,8 @@ import hashlib
 
 import torch
 
+from surgery.io.format import row_numel
+
 CHUNK = 1 << 16
 
 
@@ -22,9 +24,7 @@ def chunk_seed(seed: int, name: str, model: int, chunk: int) -> int:
 class Draws:
     def __init__(self, seed: int, name: str, shape: tuple[int, ...], models: int):
         self.seed, self.name, self.shape, self.models = seed, name, shape, models
-        self.row = 1
-        for d in shape[1:] if len(shape) > 1 else shape:
-            self.row *= d
+        self.row = row_numel(shape)
 
     def uniform(self, model: int, rows: tuple[int, int]) -> torch.Tensor:
         """Flat U[0, 1) float32 numbers for elements [r0 * row, r1 * row) of input `model`."""

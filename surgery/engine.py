@@ -17,6 +17,7 @@ import torch
 from surgery import __version__
 from surgery.draws import Draws
 from surgery.errors import NumericsError, OutputError, SurgeryError
+from surgery.io.format import row_numel
 from surgery.io.output import CONFIG_FILES, TOKENIZER_FILES, atomic_folder, check_output_path, copy_side_files, write_json
 from surgery.io.writer import ShardWriter, plan_shards
 from surgery.methods.method import Block, Stats
@@ -97,9 +98,7 @@ def write_side_files(plan: MergePlan, folder: str) -> None:
 
 
 def rows_per_block(job: TensorJob, block_bytes: int, work: int) -> int:
-    row = 1
-    for d in job.shape[1:] if len(job.shape) > 1 else job.shape:
-        row *= d
+    row = row_numel(job.shape)
     per_row = max(row, 1) * 4 * (len(job.sources) + work)
     return max(1, block_bytes // per_row)
 

@@ -11,7 +11,7 @@ import torch
 from pydantic import BaseModel, ValidationError
 
 from surgery.errors import InputError, SpecError
-from surgery.io.format import TensorInfo
+from surgery.io.format import TensorInfo, nbytes
 from surgery.io.reader import ModelFolder
 from surgery.layers import is_pre, layer_of, layer_template, num_layers, with_layer
 from surgery.methods import REGISTRY
@@ -78,18 +78,11 @@ class MergePlan:
 
     @property
     def write_bytes(self) -> int:
-        return sum(_nbytes(j.shape, j.dtype) for j in self.jobs)
+        return sum(nbytes(j.dtype, j.shape) for j in self.jobs)
 
     @property
     def read_bytes(self) -> int:
         return sum(self.info(s).nbytes for j in self.jobs for s in j.sources)
-
-
-def _nbytes(shape: tuple[int, ...], dtype: torch.dtype) -> int:
-    n = dtype.itemsize
-    for d in shape:
-        n *= d
-    return n
 
 
 def plan_merge(spec: MergeSpec, file: str, out_dtype: str | None = None, allow_pickle: bool = False,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from surgery.engine import Options, rows_per_block
+from surgery.io.format import row_numel
 from surgery.inspect import Inspection
 from surgery.plan import MergePlan
 
@@ -20,9 +21,7 @@ def peak_working_set(plan: MergePlan, options: Options) -> int:
     peak = 0
     for job in plan.jobs:
         rows = job.shape[0] if len(job.shape) > 1 else 1
-        row = 1
-        for d in job.shape[1:] if len(job.shape) > 1 else job.shape:
-            row *= d
+        row = row_numel(job.shape)
         step = min(rows, rows_per_block(job, options.block_bytes, plan.method.work))
         peak = max(peak, step * row * 4 * (len(job.sources) + plan.method.work))
     return peak

@@ -8,6 +8,7 @@ block of its rows) is read with one `pread` into memory we own: no memory map ke
 from __future__ import annotations
 
 import json
+import math
 import os
 import struct
 from dataclasses import dataclass
@@ -25,6 +26,15 @@ CODES: dict[torch.dtype, str] = {v: k for k, v in DTYPES.items()}
 MAX_HEADER = 100 * 1024 * 1024
 
 
+def nbytes(dtype: torch.dtype, shape: tuple[int, ...]) -> int:
+    return dtype.itemsize * math.prod(shape)
+
+
+def row_numel(shape: tuple[int, ...]) -> int:
+    """Elements of one row (the first axis); a 0-d or 1-d tensor is a single row."""
+    return math.prod(shape[1:]) if len(shape) > 1 else math.prod(shape)
+
+
 @dataclass(frozen=True)
 class TensorInfo:
     """Where a tensor lives and what it is; reading it is the reader's job."""
@@ -38,10 +48,7 @@ class TensorInfo:
 
     @property
     def numel(self) -> int:
-        n = 1
-        for d in self.shape:
-            n *= d
-        return n
+        return math.prod(self.shape)
 
     @property
     def row_bytes(self) -> int:
@@ -84,9 +91,7 @@ def _tensor_info(path: str, name: str, entry: object, data_start: int, size: int
         begin, end = (int(x) for x in entry["data_offsets"])  # type: ignore[index]
     except (KeyError, TypeError, ValueError):
         raise InputError(f"{path}: tensor {name!r}: malformed or unsupported header entry {entry!r}") from None
-    expected = dtype.itemsize
-    for d in shape:
-        expected *= d
+    expected = nbytes(dtype, shape)
     if end - begin != expected or begin < 0:
         raise InputError(f"{path}: tensor {name!r}: header says {end - begin} bytes, shape {list(shape)} needs {expected}")
     if data_start + end > size:
@@ -102,9 +107,7 @@ def build_header(entries: list[tuple[str, torch.dtype, tuple[int, ...]]], metada
     header: dict[str, object] = {"__metadata__": metadata} if metadata else {}
     offsets, pos = [], 0
     for name, dtype, shape in entries:
-        n = dtype.itemsize
-        for d in shape:
-            n *= d
+        n = nbytes(dtype, shape)
         header[name] = {"dtype": CODES[dtype], "shape": list(shape), "data_offsets": [pos, pos + n]}
         offsets.append(pos)
         pos += n

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import torch
 
 from surgery.errors import OutputError
-from surgery.io.format import build_header
+from surgery.io.format import build_header, nbytes
 
 INDEX = "model.safetensors.index.json"
 
@@ -25,14 +25,7 @@ class Shard:
 
     @property
     def nbytes(self) -> int:
-        return sum(_nbytes(d, s) for _, d, s in self.entries)
-
-
-def _nbytes(dtype: torch.dtype, shape: tuple[int, ...]) -> int:
-    n = dtype.itemsize
-    for d in shape:
-        n *= d
-    return n
+        return sum(nbytes(d, s) for _, d, s in self.entries)
 
 
 def plan_shards(entries: list[tuple[str, torch.dtype, tuple[int, ...]]], max_bytes: int) -> list[Shard]:
@@ -40,7 +33,7 @@ def plan_shards(entries: list[tuple[str, torch.dtype, tuple[int, ...]]], max_byt
     groups: list[list] = [[]]
     size = 0
     for entry in entries:
-        n = _nbytes(entry[1], entry[2])
+        n = nbytes(entry[1], entry[2])
         if groups[-1] and size + n > max_bytes:
             groups.append([])
             size = 0
@@ -67,7 +60,7 @@ class ShardWriter:
     bytes_written: int = 0
 
     def __post_init__(self) -> None:
-        self._order = [(i, n, _nbytes(d, s)) for i, sh in enumerate(self.shards) for n, d, s in sh.entries]
+        self._order = [(i, n, nbytes(d, s)) for i, sh in enumerate(self.shards) for n, d, s in sh.entries]
 
     def write(self, name: str, block: torch.Tensor) -> None:
         """Append `block` (the next rows of tensor `name`, already in the output dtype)."""

@@ -11,6 +11,7 @@ the tensor, and the result does not depend on where the blocks fall.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Callable, Literal
 
@@ -48,10 +49,7 @@ class Block:
     @property
     def numel(self) -> int:
         """Elements of the whole tensor (not of the block)."""
-        n = 1
-        for d in self.shape:
-            n *= d
-        return n
+        return math.prod(self.shape)
 
     def uniform(self, i: int) -> torch.Tensor:
         """U[0, 1) numbers for input `i`, shaped like this block, the same whatever the blocking."""

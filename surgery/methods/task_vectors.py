@@ -12,6 +12,7 @@ Blocked execution: magnitude cut-offs are exact order statistics found with two 
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import torch
@@ -88,22 +89,15 @@ def selection_stages(kind: Sparsify):
     return (high, low)
 
 
-def _numel(shape: tuple[int, ...]) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n
-
-
 def _tie_quota(shape: tuple[int, ...], p: Params, stats: Stats, i: int) -> int | None:
     """How many entries equal to the cut-off to keep, when fewer than all of them fit in k."""
-    ranks = _ranks("magnitude", p, _numel(shape))
+    ranks = _ranks("magnitude", p, math.prod(shape))
     if not ranks or f"hi{i}" not in stats:
         return None
     r, high = ranks[0], stats[f"hi{i}"]
     b = bin_of_rank(high, r)
     greater, equal = counts_at(high, stats[f"lo{i}.{b}"], b, r)
-    quota = (_numel(shape) - r) - greater
+    quota = (math.prod(shape) - r) - greater
     return quota if quota < equal else None
 
 
