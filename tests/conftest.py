@@ -49,6 +49,15 @@ def families(llama, llama_sharded, qwen2, gpt2) -> dict[str, dict[str, str]]:
     return {"llama": llama, "llama_sharded": llama_sharded, "qwen2": qwen2, "gpt2": gpt2}
 
 
+@pytest.fixture
+def work(llama, tmp_path) -> str:
+    """A folder whose `models` links to the tiny Llama family, as merges/*.yaml expect."""
+    folder = tmp_path / "work"
+    folder.mkdir()
+    os.symlink(os.path.dirname(llama["base"]), folder / "models")
+    return str(folder)
+
+
 @pytest.fixture(scope="session")
 def build():
     """Build one more tiny model: build(folder, kind='llama', seed=0, base=None, **config_overrides)."""

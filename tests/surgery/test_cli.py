@@ -30,15 +30,6 @@ def keep_sigterm():
     signal.signal(signal.SIGTERM, handler)
 
 
-@pytest.fixture
-def work(llama, tmp_path) -> str:
-    """A folder whose `models` links to the tiny Llama family, as merges/*.yaml expect."""
-    folder = tmp_path / "work"
-    folder.mkdir()
-    os.symlink(os.path.dirname(llama["base"]), folder / "models")
-    return str(folder)
-
-
 def surgery_cli(*args: str):
     return CliRunner().invoke(main, [str(a) for a in args])
 

@@ -34,15 +34,6 @@ TIES = {"merge_method": "ties", "base_model": "models/base",
                    {"model": "models/code", "parameters": {"weight": 1.0, "density": 0.5}}]}
 
 
-@pytest.fixture
-def work(llama, tmp_path) -> str:
-    """A folder whose `models` links to the tiny Llama family, as merges/*.yaml expect."""
-    folder = tmp_path / "work"
-    folder.mkdir()
-    os.symlink(os.path.dirname(llama["base"]), folder / "models")
-    return str(folder)
-
-
 def digest(*roots: str) -> dict[str, str]:
     """sha256 of every file under the given folders (links followed)."""
     out = {}
