@@ -33,6 +33,9 @@ TEXT = "the way of the people is to make water and time"
 
 
 def run_demo(folder: str, specs: str | None = None, echo: Callable[[str], None] = print) -> list[dict]:
+    from transformers.utils import logging
+
+    logging.disable_progress_bar()  # transformers' per-load bars would drown the table
     folder = os.path.abspath(folder)
     models = os.path.join(folder, "models")
     if not os.path.isdir(os.path.join(models, "chat")):
