@@ -188,7 +188,7 @@ def combine(kind: Sparsify, consensus: Consensus, block: Block, stats: Stats) ->
     """base + lambda * (sum of agreeing weighted task vectors) / (sum of their weights), accumulated
     one input at a time (no (n, ...) stack; the same summation order as a sum over a stacked axis)."""
     weights = [p.weight for p in block.per_model]
-    tvs = [sparsified(kind, block, stats, i, d).mul_(w) if kind != "none" else d * w
+    tvs = [_weighted(sparsified(kind, block, stats, i, d), d, w)
            for i, (w, d) in enumerate(zip(weights, _deltas(block)))]  # each (r, ...)
     if consensus != "none":
         elected = _elect(tvs, block.shared.consensus)
@@ -207,6 +207,11 @@ def combine(kind: Sparsify, consensus: Consensus, block: Block, stats: Stats) ->
     if block.shared.normalize:
         mixed /= divisor
     return mixed.mul_(block.shared.lambda_).add_(block.base) if block.shared.lambda_ != 1 else mixed.add_(block.base)
+
+
+def _weighted(tv: torch.Tensor, delta: torch.Tensor, w: float) -> torch.Tensor:
+    """w * tv, in place when tv is a fresh tensor; never in place on the block's cached delta."""
+    return tv * w if tv is delta else tv.mul_(w)
 
 
 def _elect(tvs: list[torch.Tensor], how: str) -> torch.Tensor:
