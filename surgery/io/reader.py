@@ -99,6 +99,8 @@ class ModelFolder:
         """Tensor `name` (or rows [r0, r1) of it) in its stored dtype, in memory we own."""
         info = self.tensors[name]
         r0, r1 = rows if rows is not None else (0, info.rows)
+        if not 0 <= r0 <= r1 <= info.rows:
+            raise IndexError(f"rows [{r0}, {r1}) outside tensor {name!r} of {info.rows} rows")  # caller bug
         shape = ((r1 - r0), *info.shape[1:]) if len(info.shape) > 1 else info.shape
         if self._pickled is not None:
             t = self._pickled[name]
