@@ -17,7 +17,7 @@ import torch
 from surgery import __version__
 from surgery.draws import Draws
 from surgery.errors import NumericsError, OutputError, SurgeryError
-from surgery.io.format import row_numel
+from surgery.io.format import num_rows, row_numel
 from surgery.io.output import CONFIG_FILES, TOKENIZER_FILES, atomic_folder, check_output_path, copy_side_files, write_json
 from surgery.io.writer import ShardWriter, plan_shards
 from surgery.methods.method import Block, Stats
@@ -104,7 +104,7 @@ def rows_per_block(job: TensorJob, block_bytes: int, work: int) -> int:
 
 
 def spans_of(job: TensorJob, options: Options, work: int) -> list[tuple[int, int]]:
-    rows = job.shape[0] if len(job.shape) > 1 else 1
+    rows = num_rows(job.shape)
     step = rows_per_block(job, options.block_bytes, work)
     return [(r, min(r + step, rows)) for r in range(0, rows, step)] or [(0, 0)]
 
@@ -126,7 +126,7 @@ def merge_tensor(plan: MergePlan, job: TensorJob, options: Options, load=None) -
     `load(job, span)` supplies blocks in the order `reads_of` lists (the engine prefetches them)."""
     load = load or (lambda j, span: _load(plan, j, span, options.device))
     if job.copy:
-        rows = job.shape[0] if len(job.shape) > 1 else 1
+        rows = num_rows(job.shape)
         yield _read(plan, job.base or job.models[0], (0, rows), None)
         return
     method = plan.method

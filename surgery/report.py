@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from surgery.engine import Options, rows_per_block
-from surgery.io.format import row_numel
+from surgery.io.format import num_rows, row_numel
 from surgery.inspect import Inspection
 from surgery.plan import MergePlan
 
@@ -20,7 +20,7 @@ def peak_working_set(plan: MergePlan, options: Options) -> int:
     """Largest float32 working set of one block (inputs plus the method's temporaries)."""
     peak = 0
     for job in plan.jobs:
-        rows = job.shape[0] if len(job.shape) > 1 else 1
+        rows = num_rows(job.shape)
         row = row_numel(job.shape)
         step = min(rows, rows_per_block(job, options.block_bytes, plan.method.work))
         peak = max(peak, step * row * 4 * (len(job.sources) + plan.method.work))

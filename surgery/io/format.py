@@ -30,6 +30,11 @@ def nbytes(dtype: torch.dtype, shape: tuple[int, ...]) -> int:
     return dtype.itemsize * math.prod(shape)
 
 
+def num_rows(shape: tuple[int, ...]) -> int:
+    """Rows (the first axis) of a tensor; a 0-d or 1-d tensor is a single row."""
+    return shape[0] if len(shape) > 1 else 1
+
+
 def row_numel(shape: tuple[int, ...]) -> int:
     """Elements of one row (the first axis); a 0-d or 1-d tensor is a single row."""
     return math.prod(shape[1:]) if len(shape) > 1 else math.prod(shape)
@@ -53,12 +58,12 @@ class TensorInfo:
     @property
     def row_bytes(self) -> int:
         """Bytes of one row (the first axis); a 0-d or 1-d tensor is one row."""
-        rows = self.shape[0] if len(self.shape) > 1 else 1
+        rows = num_rows(self.shape)
         return self.nbytes // max(rows, 1)
 
     @property
     def rows(self) -> int:
-        return self.shape[0] if len(self.shape) > 1 else 1
+        return num_rows(self.shape)
 
 
 def read_header(path: str) -> tuple[dict[str, TensorInfo], dict[str, str]]:

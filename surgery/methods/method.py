@@ -19,6 +19,7 @@ import torch
 from pydantic import BaseModel, ConfigDict
 
 from surgery.draws import Draws
+from surgery.io.format import num_rows
 
 Stats = dict[str, torch.Tensor]
 
@@ -97,7 +98,7 @@ class Method:
 
         shape = tuple(models[0].shape)
         f32 = [m.float() for m in models]
-        block = Block(name, shape, (0, shape[0] if len(shape) > 1 else 1),
+        block = Block(name, shape, (0, num_rows(shape)),
                       None if base is None else base.float(), tuple(f32), tuple(per_model), shared,
                       Draws(seed, name, shape, len(models)) if self.random else None)
         stats: Stats = {}
