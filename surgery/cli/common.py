@@ -1,0 +1,57 @@
+"""What every command shares: error handling (exit 0 success, 2 bad spec or input with a located
+message and no traceback, 1 internal error), sizes like 5G, and SIGTERM handled as Ctrl-C."""
+
+from __future__ import annotations
+
+import sys
+import traceback
+from functools import wraps
+
+import click
+
+from surgery.errors import SurgeryError
+
+SIZE_UNITS = {"K": 1024, "M": 1024**2, "G": 1024**3, "B": 1024**3}
+
+
+def parse_size(text: str) -> int:
+    """'5G', '500M', '1024' -> bytes."""
+    text = text.strip().upper().removesuffix("IB").removesuffix("B") or "0"
+    if text[-1] in SIZE_UNITS:
+        return int(float(text[:-1]) * SIZE_UNITS[text[-1]])
+    return int(text)
+
+
+def size_option(ctx, param, value):
+    try:
+        return parse_size(value)
+    except (ValueError, IndexError):
+        raise click.BadParameter(f"{value!r} is not a size; write e.g. 5G, 500M or 1048576") from None
+
+
+def handled(fn):
+    """Print SurgeryErrors plainly (exit 2); other exceptions are bugs (exit 1, traceback with --debug)."""
+    @wraps(fn)
+    def run(*args, debug: bool = False, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except SurgeryError as e:
+            if debug:
+                traceback.print_exc()
+            click.echo(f"error: {e}", err=True)
+            sys.exit(2)
+        except KeyboardInterrupt:
+            click.echo("interrupted: nothing was written at the output path", err=True)
+            sys.exit(130)
+        except Exception as e:  # noqa: BLE001 - the last resort of a CLI
+            if debug:
+                traceback.print_exc()
+            else:
+                click.echo(f"internal error: {type(e).__name__}: {e} (run with --debug for the traceback)", err=True)
+            sys.exit(1)
+    return click.option("--debug", is_flag=True, help="Show tracebacks.")(run)
+
+
+def interrupt(signum, frame) -> None:
+    """SIGTERM handler: unwind as Ctrl-C does, so partial outputs are removed."""
+    raise KeyboardInterrupt

@@ -1,0 +1,53 @@
+"""`surgery merge SPEC OUT`."""
+
+from __future__ import annotations
+
+import signal
+
+import click
+
+from surgery.cli.common import handled, interrupt, size_option
+
+@click.command()
+@click.argument("spec", type=click.Path(dir_okay=False))
+@click.argument("out", type=click.Path())
+@click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16", "float64"]), help="Output dtype (overrides the spec's out_dtype/dtype).")
+@click.option("--shard-size", default="5G", callback=size_option, help="Largest output shard, e.g. 5G or 500M.")
+@click.option("--block-size", default="16M", callback=size_option, help="Working memory of one block of rows, all inputs together.")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", help="Where the arithmetic runs.")
+@click.option("--dry-run", is_flag=True, help="Validate and print the plan; read no tensor data, write nothing.")
+@click.option("--force", is_flag=True, help="Replace OUT if it exists (never an input model).")
+@click.option("--allow-pickle", is_flag=True, help="Accept pytorch_model.bin inputs (loaded with weights_only=True).")
+@click.option("--models-dir", type=click.Path(file_okay=False), help="Read relative model paths from here (default: the current folder).")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@handled
+def merge(spec, out, dtype, shard_size, block_size, device, dry_run, force, allow_pickle, models_dir, quiet) -> None:
+    """Merge the models of SPEC (a mergekit-style YAML) into the folder OUT."""
+    from surgery.allocator import keep_freed_memory
+    from surgery.engine import Options, run_merge
+    from surgery.plan import plan_merge
+    from surgery.progress import Bar
+    from surgery.report import describe_plan
+    from surgery.spec import load_spec
+
+    if device == "cuda":
+        _require_cuda()
+    plan = plan_merge(load_spec(spec), spec, out_dtype=dtype, allow_pickle=allow_pickle, models_dir=models_dir)
+    options = Options(shard_size=shard_size, block_bytes=block_size, device=device, force=force)
+    if dry_run:
+        click.echo(describe_plan(plan, options))
+        return
+    keep_freed_memory()  # reuse block buffers instead of faulting fresh pages in for every block
+    signal.signal(signal.SIGTERM, interrupt)  # clean up the partial output on `kill` as on Ctrl-C
+    with Bar(plan.write_bytes, len(plan.jobs), disable=quiet) as bar:
+        path = run_merge(plan, out, options, progress=bar.update)
+    click.echo(f"wrote {path}")
+
+
+def _require_cuda() -> None:
+    import torch
+
+    from surgery.errors import InputError
+
+    if not torch.cuda.is_available():
+        raise InputError("--device cuda: no CUDA device is visible to torch; use --device cpu")
