@@ -22,6 +22,7 @@ from surgery.io.output import CONFIG_FILES, TOKENIZER_FILES, atomic_folder, chec
 from surgery.io.writer import ShardWriter, plan_shards
 from surgery.methods.method import Block, Stats
 from surgery.plan import MergePlan, TensorJob
+from surgery.vocab_plan import write_vocabulary
 
 DEFAULT_SHARD = 5 * 1024**3
 DEFAULT_BLOCK = 16 * 1024**2  # small blocks stay in cache and reuse freed pages: faster, see bench/
@@ -45,7 +46,8 @@ Progress = Callable[[str, int], None]  # (tensor name, bytes written)
 def run_merge(plan: MergePlan, out: str, options: Options = Options(), progress: Progress | None = None,
               cancel: threading.Event | None = None) -> str:
     """Merge into `out` atomically; returns the output folder's absolute path."""
-    out = check_output_path(out, [f.path for f in plan.folders.values()], options.force)
+    inputs = [p for f in plan.folders.values() for p in getattr(f, "inputs", [f.path])]  # a FoldedModel's adapters too
+    out = check_output_path(out, inputs, options.force)
     entries = [(j.name, j.dtype, j.shape) for j in plan.jobs]
     metadata = provenance(plan)
     requests = [(job, span) for job in plan.jobs for span in reads_of(plan, job, options)]
@@ -92,6 +94,8 @@ def write_side_files(plan: MergePlan, folder: str) -> None:
     copy_side_files(config_source, folder, CONFIG_FILES[1:])
     write_json(os.path.join(folder, "config.json"), plan.config)
     copy_side_files(plan.tokenizer_path, folder, TOKENIZER_FILES)
+    if plan.vocab is not None:
+        write_vocabulary(plan.vocab, folder, plan.config_model)  # union tokenizer, remapped token ids
     if plan.spec.chat_template:
         with open(os.path.join(folder, "chat_template.jinja"), "w") as f:
             f.write(plan.spec.chat_template)

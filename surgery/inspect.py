@@ -7,6 +7,8 @@ import json
 from collections import Counter
 from dataclasses import dataclass
 
+from surgery.adapters.config import is_adapter
+from surgery.adapters.summary import summarize
 from surgery.io.reader import ModelFolder
 
 
@@ -20,11 +22,12 @@ class Inspection:
     dtypes: dict[str, int]
     provenance: dict[str, str]
     config: dict
+    adapter: dict | None = None  # a PEFT adapter folder: type, ranks, alpha, targets (surgery.adapters.summary)
 
     def as_json(self) -> str:
         return json.dumps({
             "path": self.path, "files": self.files, "parameters": self.parameters, "bytes": self.nbytes,
-            "dtypes": self.dtypes, "provenance": self.provenance,
+            "dtypes": self.dtypes, "provenance": self.provenance, **({"adapter": self.adapter} if self.adapter else {}),
             "tensors": [{"name": n, "dtype": d, "shape": list(s)} for n, d, s in self.tensors],
         }, indent=2)
 
@@ -44,4 +47,5 @@ def inspect_folder(path: str, allow_pickle: bool = False) -> Inspection:
         dtypes=dict(dtypes),
         provenance={k: v for k, v in folder.metadata.items() if k.startswith("surgery.")},
         config=folder.config,
+        adapter=summarize(path) if is_adapter(path) else None,
     )

@@ -5,6 +5,7 @@ is written; errors name the spec field, the tensor and the models involved.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 import torch
@@ -19,6 +20,7 @@ from surgery.methods.method import Method
 from surgery.models import resolve_path
 from surgery.params import build, check_value, first_value, scalars
 from surgery.spec import MergeSpec
+from surgery.vocab_plan import VocabPlan, plan_vocabulary
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
 
@@ -72,6 +74,7 @@ class MergePlan:
     config: dict
     tokenizer_path: str = ""  # folder the tokenizer files and chat template are copied from
     out_layers: list[int] = field(default_factory=list)  # config-source layer feeding each output layer
+    vocab: VocabPlan | None = None  # vocabulary surgery (tokenizer_source); None when nothing was compared
 
     def info(self, src: Source) -> TensorInfo:
         return self.folders[src.model].tensors[src.name]
@@ -86,12 +89,16 @@ class MergePlan:
 
 
 def plan_merge(spec: MergeSpec, file: str, out_dtype: str | None = None, allow_pickle: bool = False,
-               models_dir: str | None = None) -> MergePlan:
-    """Check everything and lay out every output tensor; relative model paths are read from `models_dir`."""
+               models_dir: str | None = None, opened: dict | None = None) -> MergePlan:
+    """Check everything and lay out every output tensor; relative model paths are read from `models_dir`.
+    `opened` maps model names to readers already open (e.g. a FoldedModel), used instead of opening them."""
     method = _method(spec, file)
     check_parameters(spec, method, file)
     slices = _slices(spec, method, file)
-    folders = _open(spec, file, allow_pickle, models_dir)
+    folders = _open(spec, file, allow_pickle, models_dir, opened)
+    first_fields = dict(reversed(_model_fields(spec)))  # each model's first spec field, for errors
+    vocab = plan_vocabulary(spec, file, folders, first_fields, models_dir)
+    folders = vocab.wrap(folders) if vocab else folders  # embedding rows aligned by token
     slices = [_check_ranges(s, folders, file) for s in slices]
     dtype = DTYPES[out_dtype or spec.out_dtype or spec.dtype] if (out_dtype or spec.out_dtype or spec.dtype) else None
     jobs: list[TensorJob] = []
@@ -115,16 +122,13 @@ def plan_merge(spec: MergeSpec, file: str, out_dtype: str | None = None, allow_p
     config_model = spec.base_model or ref0
     config = output_config(folders[config_model].config, out_layers, jobs)
     tokenizer = _tokenizer_path(spec, file, folders[config_model].path, models_dir)
-    return MergePlan(spec, file, method, folders, jobs, config_model, config, tokenizer, out_layers)
+    return MergePlan(spec, file, method, folders, jobs, config_model, config, tokenizer, out_layers, vocab)
 
 
 def _tokenizer_path(spec: MergeSpec, file: str, base: str, root: str | None) -> str:
     source = spec.tokenizer_source
-    if source in (None, "base"):
-        return base
-    if source == "union":
-        raise SpecError(file, "tokenizer_source", "'union' (a merged vocabulary) is not supported yet; "
-                        "use 'base' or the path of the model whose tokenizer all inputs share")
+    if source in (None, "base", "union"):
+        return base  # union: the base's files, extended by `write_vocabulary`
     try:
         return resolve_path(source, root)
     except InputError as e:
@@ -216,16 +220,35 @@ def _check_count(method: Method, s: SliceInputs, file: str) -> None:
         raise SpecError(file, s.where, f"{method.name} takes {want} model(s){base}; got {n} ({names})")
 
 
-def _open(spec: MergeSpec, file: str, allow_pickle: bool, root: str | None) -> dict[str, ModelFolder]:
-    folders = {}
+def _open(spec: MergeSpec, file: str, allow_pickle: bool, root: str | None, opened: dict | None = None) -> dict[str, ModelFolder]:
+    folders = dict(opened or {})
     for ref, where in _model_fields(spec):
         if ref not in folders:
+            model, *adapters = _split_adapter(ref, root)  # mergekit's `base+adapter`: folded in as it is read
             try:
-                path = resolve_path(ref, root)
+                if len(adapters) > 1:
+                    raise InputError(f"{ref!r} names {len(adapters)} adapters but a model takes one (`model+adapter`); "
+                                     "fold several with `surgery fold` first")
+                path, adapters = resolve_path(model, root), [resolve_path(a, root) for a in adapters]
             except InputError as e:  # the spec names a folder that is not there: a spec error, located
                 raise SpecError(file, where, str(e)) from None
             folders[ref] = ModelFolder(path, allow_pickle=allow_pickle)  # corrupt files: InputError naming the file
+            if adapters:
+                folders[ref] = fold_on_read(folders[ref], adapters[0])
     return folders
+
+
+def _split_adapter(ref: str, root: str | None) -> list[str]:
+    """`base+adapter` -> [base, adapter]; a folder whose own name holds a `+` stays whole."""
+    if "+" not in ref or os.path.isdir(os.path.join(root or os.getcwd(), os.path.expanduser(ref))):
+        return [ref]
+    return ref.split("+")
+
+
+def fold_on_read(folder: ModelFolder, adapter: str):
+    from surgery.adapters.folded import FoldedModel  # local: only specs that name an adapter load this
+
+    return FoldedModel(folder, [(adapter, 1.0)])
 
 
 def _model_fields(spec: MergeSpec) -> list[tuple[str, str]]:

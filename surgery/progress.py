@@ -6,13 +6,14 @@ from tqdm import tqdm
 
 
 class Bar:
-    def __init__(self, total_bytes: int, tensors: int, disable: bool = False):
+    def __init__(self, total_bytes: int, tensors: int, disable: bool = False, desc: str = "merge"):
         self.total, self.tensors, self.done, self.last, self.disable = total_bytes, tensors, 0, None, disable
+        self.desc = desc
         self.bar: tqdm | None = None  # opened on the first block, so early errors print no empty bar
 
     def update(self, name: str, nbytes: int) -> None:
         if self.bar is None:
-            self.bar = tqdm(total=self.total, unit="B", unit_scale=True, unit_divisor=1024, desc="merge",
+            self.bar = tqdm(total=self.total, unit="B", unit_scale=True, unit_divisor=1024, desc=self.desc,
                             disable=self.disable, dynamic_ncols=True)
         if name != self.last:
             self.done += 1

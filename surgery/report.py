@@ -39,6 +39,8 @@ def describe_plan(plan: MergePlan, options: Options) -> str:
         f"peak memory about {human(peak_working_set(plan, options))} of working set (block size {human(options.block_bytes)})"
         " plus the Python runtime",
     ]
+    if plan.vocab is not None:
+        lines += plan.vocab.lines()  # pre-flight: vocabulary sizes, mismatches, chat templates
     return "\n".join(lines)
 
 
@@ -49,6 +51,8 @@ def describe_inspection(r: Inspection, tensors: bool = True) -> str:
     if r.config:
         arch = ", ".join(r.config.get("architectures", []) or [r.config.get("model_type", "?")])
         lines.append(f"  config      {arch}, {r.config.get('num_hidden_layers', r.config.get('n_layer', '?'))} layers")
+    if r.adapter:
+        lines.append("  adapter     " + "\n              ".join(f"{k}: {v}" for k, v in r.adapter.items()))
     if r.provenance:
         lines.append("  provenance  " + "\n              ".join(
             f"{k.removeprefix('surgery.')}: {v if len(v) < 200 else v[:200] + '...'}" for k, v in sorted(r.provenance.items())))

@@ -72,7 +72,8 @@ class MergeSpec(BaseModel):
     parameters: Parameters | None = None
     dtype: DTypeName | None = Field(None, description="dtype of the inputs in mergekit; here the default output dtype")
     out_dtype: DTypeName | None = Field(None, description="dtype of the written tensors")
-    tokenizer_source: str | None = Field(None, description="'base' or a model path: where tokenizer files come from")
+    tokenizer_source: str | None = Field(None, description="the output vocabulary: 'base', 'union' (every model's "
+                                         "tokens) or a merged model's path; embedding rows are matched by token")
     chat_template: str | None = Field(None, description="a Jinja chat template to write with the tokenizer")
     seed: int = Field(0, description="seeds each tensor's random draws (DARE, DELLA) with the tensor's name")
 

@@ -22,6 +22,12 @@ COMMANDS = {
     "merge": "surgery.cli.merge:merge",
     "inspect": "surgery.cli.inspect:inspect",
     "demo": "surgery.cli.demo:demo",
+    "fold": "surgery.cli.fold:fold",
+    "extract-lora": "surgery.cli.extract_lora:extract_lora",
+    "diff": "surgery.cli.diff:diff",
+    "convert": "surgery.cli.convert:convert",
+    "slice": "surgery.cli.slice:slice_",
+    "rename": "surgery.cli.rename:rename",
 }
 
 

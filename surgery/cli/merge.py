@@ -37,6 +37,8 @@ def merge(spec, out, dtype, shard_size, block_size, device, dry_run, force, allo
     if dry_run:
         click.echo(describe_plan(plan, options))
         return
+    for warning in plan.vocab.warnings if plan.vocab else []:  # the pre-flight's, also shown by --dry-run
+        click.echo(f"warning: {warning}", err=True)
     keep_freed_memory()  # reuse block buffers instead of faulting fresh pages in for every block
     signal.signal(signal.SIGTERM, interrupt)  # clean up the partial output on `kill` as on Ctrl-C
     with Bar(plan.write_bytes, len(plan.jobs), disable=quiet) as bar:

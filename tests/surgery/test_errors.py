@@ -175,13 +175,14 @@ def test_tensor_missing_from_one_model(work, llama, tmp_path):
 
 
 def test_shapes_differ(work, llama, build, tmp_path):
-    """A model with vocab_size 256 beside ones of 128: the embedding is named with both shapes."""
+    """A model with vocab_size 256 beside ones of 128 (the same tokenizer): the vocabulary pre-flight
+    names both row counts and the setting that aligns them."""
     out = str(tmp_path / "out")
     build(os.path.join(work, "wide"), "llama", seed=3, vocab_size=256)
-    with refused(InputError, out, work) as e:
+    with refused(SpecError, out, work) as e:
         attempt(work, with_models(TIES, "models/math", "wide"), out)
-    assert ("tensor 'model.embed_tokens.weight': shape [128, 32] in 'models/base' but [256, 32] in 'wide'"
-            in str(e.value))
+    assert ("tokenizer_source: not set, but model 'wide' (models.1.model) and the base 'models/base' have "
+            "different vocabularies (256 vs 128 embedding rows); set tokenizer_source: union") in str(e.value)
 
 
 def test_truncated_input(work, llama, tmp_path):

@@ -1,0 +1,31 @@
+"""`surgery fold` as a merge plan: a one-model passthrough over a `FoldedModel`, so folding is
+streamed, sharded, checked and written atomically by the merge engine, with provenance."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from surgery.adapters.folded import FoldedModel
+from surgery.errors import InputError
+from surgery.io.reader import ModelFolder
+from surgery.models import resolve_path
+from surgery.plan import MergePlan, plan_merge
+from surgery.spec import MergeSpec
+
+SOURCE = "surgery fold"  # where plan errors say they come from: there is no spec file
+
+
+def plan_fold(base: str, adapters: Sequence[str], weights: Sequence[float] = (), out_dtype: str | None = None,
+              allow_pickle: bool = False) -> MergePlan:
+    """The plan writing `base` with `adapters` folded in order, each delta scaled by its weight (default 1)."""
+    if not adapters:
+        raise InputError("fold needs at least one adapter folder")
+    weights = list(weights) or [1.0] * len(adapters)
+    if len(weights) != len(adapters):
+        raise InputError(f"--weight given {len(weights)} times for {len(adapters)} adapters; give one per adapter "
+                         "(in the adapters' order) or none")
+    folder = ModelFolder(resolve_path(base), allow_pickle=allow_pickle)
+    folded = FoldedModel(folder, [(resolve_path(a), w) for a, w in zip(adapters, weights)])
+    name = "+".join([base] + [a if w == 1 else f"{a}*{w:g}" for a, w in zip(adapters, weights)])
+    spec = MergeSpec(merge_method="passthrough", models=[{"model": name}])
+    return plan_merge(spec, SOURCE, out_dtype=out_dtype, opened={name: folded})

@@ -1,0 +1,34 @@
+"""`surgery diff A B [C ...] [--base BASE] [--png FILE] [--json]`."""
+
+from __future__ import annotations
+
+import click
+
+from surgery.cli.common import handled, size_option
+
+
+@click.command()
+@click.argument("models", nargs=-1, required=True, type=click.Path())
+@click.option("--base", type=click.Path(), help="Compare task vectors (model − BASE): change, cosine, sign conflicts.")
+@click.option("--png", type=click.Path(dir_okay=False), help="Also draw a heat map (layers × module type) to this PNG.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--tensors/--no-tensors", default=True, help="List every tensor (the table only).")
+@click.option("--block-size", default="16M", callback=size_option, help="Working memory of one block of rows.")
+@click.option("--allow-pickle", is_flag=True, help="Accept pytorch_model.bin inputs (loaded with weights_only=True).")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@handled
+def diff(models, base, png, as_json, tensors, block_size, allow_pickle, quiet) -> None:
+    """Compare checkpoints tensor by tensor: ||A − B|| / ||B|| for every pair, or with --base the
+    task vectors' sizes, pairwise cosines and the share of sign conflicts (what TIES resolves)."""
+    from surgery.diff import open_models, read_bytes, run_diff
+    from surgery.diff_report import as_json as to_json, describe, grids
+    from surgery.heatmap import save_heatmap
+    from surgery.progress import Bar
+
+    folders, result = open_models(list(models), base, allow_pickle=allow_pickle)
+    with Bar(read_bytes(folders), len(folders[-1].tensors), disable=quiet, desc="diff") as bar:
+        result = run_diff(folders, result, block_size, progress=bar.update)
+    click.echo(to_json(result) if as_json else describe(result, tensors))
+    if png:
+        path = save_heatmap(png, *grids(result))
+        click.echo(f"wrote {path}", err=as_json)

@@ -1,0 +1,51 @@
+"""A PNG heat map of `surgery diff`'s grids: one panel per measure, layers down, module types across.
+Drawn on matplotlib's Agg canvas (no display, no global backend switch) and written atomically."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from surgery.errors import OutputError
+
+PER_ROW = 3  # panels side by side
+
+
+def save_heatmap(path: str, rows: list[str], cols: list[str], panels: dict[str, list[list[float]]]) -> str:
+    """Draw `panels` ({title: values[row][col]}) side by side into the PNG at `path`."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    across = min(PER_ROW, len(panels))
+    down = -(-len(panels) // across)
+    fig = Figure(figsize=(across * (2.5 + 0.4 * len(cols)), down * (1.8 + 0.25 * len(rows))))
+    FigureCanvasAgg(fig)
+    for k, (title, values) in enumerate(panels.items()):
+        ax = fig.add_subplot(down, across, k + 1)
+        _panel(fig, ax, title, rows, cols, np.ma.masked_invalid(np.array(values, float)))
+    fig.tight_layout()
+    return _write(fig, path)
+
+
+def _panel(fig, ax, title: str, rows: list[str], cols: list[str], values) -> None:
+    image = ax.imshow(values, aspect="auto", cmap="viridis", interpolation="nearest")
+    ax.set_title(title, fontsize=9)
+    ax.set_xticks(range(len(cols)), cols, rotation=60, fontsize=7)
+    ax.set_yticks(range(len(rows)), rows, fontsize=7)
+    ax.set_xlabel("module type", fontsize=8)
+    ax.set_ylabel("layer", fontsize=8)
+    fig.colorbar(image, ax=ax, fraction=0.05)
+
+
+def _write(fig, path: str) -> str:
+    path = os.path.abspath(path)
+    tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.partial-{os.getpid()}")
+    try:
+        fig.savefig(tmp, format="png", dpi=120)
+        os.replace(tmp, path)
+    except OSError as e:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise OutputError(f"cannot write the heat map {path!r} ({e.strerror}); check the folder exists") from None
+    return path
