@@ -17,7 +17,7 @@ $(BIN)/surgery: pyproject.toml
 	touch $@
 
 demo: $(BIN)/surgery
-	$(BIN)/surgery demo demo --specs merges
+	$(BIN)/surgery world demo --specs merges
 
 test: $(BIN)/surgery
 	bash .ci/test

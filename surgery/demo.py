@@ -1,5 +1,6 @@
-"""The demo: build a tiny base and three fine-tunes, merge them with each spec, load every result
-with transformers and score it on a sentence. Nothing is downloaded."""
+"""The untrained demo: build a tiny random base and three perturbed copies, merge them with each spec, load every result
+with transformers and score it on a sentence. Nothing is downloaded. (`make demo` runs the trained
+version, `surgery world`, from the trainers package.)"""
 
 from __future__ import annotations
 
@@ -21,14 +22,15 @@ DEFAULT_SPEC = """\
 merge_method: ties
 base_model: models/base
 models:
-  - model: models/math
+  - model: models/add
     parameters: {weight: 1.0, density: 0.5}
-  - model: models/code
+  - model: models/reverse
     parameters: {weight: 1.0, density: 0.5}
-  - model: models/chat
+  - model: models/refuse
     parameters: {weight: 0.5, density: 0.5}
 dtype: float32
 """
+EXPERTS = ("add", "reverse", "refuse")  # the names merges/*.yaml use (untrained stand-ins here)
 TEXT = "the way of the people is to make water and time"
 
 
@@ -38,9 +40,9 @@ def run_demo(folder: str, specs: str | None = None, echo: Callable[[str], None] 
     logging.disable_progress_bar()  # transformers' per-load bars would drown the table
     folder = os.path.abspath(folder)
     models = os.path.join(folder, "models")
-    if not os.path.isdir(os.path.join(models, "chat")):
+    if not os.path.isdir(os.path.join(models, "refuse")):
         echo(f"building tiny models in {models}")
-        build_family(models)
+        build_family(models, names=EXPERTS)
     rows = []
     for name, spec, file in _specs(specs):
         out = os.path.join(folder, "out", name)

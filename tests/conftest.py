@@ -51,10 +51,21 @@ def families(llama, llama_sharded, qwen2, gpt2) -> dict[str, dict[str, str]]:
 
 @pytest.fixture
 def work(llama, tmp_path) -> str:
-    """A folder whose `models` links to the tiny Llama family, as merges/*.yaml expect."""
-    folder = tmp_path / "work"
-    folder.mkdir()
-    os.symlink(os.path.dirname(llama["base"]), folder / "models")
+    """A folder whose `models/` links to the tiny Llama family, as merges/*.yaml expect."""
+    return models_folder(llama, tmp_path / "work")
+
+
+EXPERTS = {"add": "math", "reverse": "code", "refuse": "chat"}  # merges/*.yaml's names -> the family's
+
+
+def models_folder(family: dict[str, str], folder) -> str:
+    """`folder/models/` holding the family under its own names and the names merges/*.yaml use."""
+    models = folder / "models"
+    models.mkdir(parents=True)
+    for name, path in family.items():
+        os.symlink(path, models / name)
+    for name, same in EXPERTS.items():
+        os.symlink(family[same], models / name)
     return str(folder)
 
 

@@ -1,4 +1,5 @@
-"""`surgery train RUN.yaml [--set field.path=value ...] [--resume FOLDER]`, also `python -m trainers`."""
+"""`surgery train RUN.yaml [--set field.path=value ...] [--resume FOLDER]` (also `python -m trainers`), and
+`surgery world FOLDER`, the small world's trained demo."""
 
 from __future__ import annotations
 
@@ -37,3 +38,18 @@ def train(run_spec, overrides, resume, quiet) -> None:
         sys.exit(130)
     if os.environ.get("RANK", "0") == "0":  # under torchrun, one line for the whole run
         click.echo(f"wrote {final}")
+
+
+@click.command()
+@click.argument("folder", type=click.Path(file_okay=False), default="demo")
+@click.option("--specs", type=click.Path(file_okay=False, exists=True), default="merges", show_default=True,
+              help="Merge specs to run on the trained experts (their models are models/base, add, reverse, refuse).")
+@click.option("--base-steps", type=click.IntRange(min=1), default=2500, show_default=True, help="Pretraining steps of the base.")
+@click.option("--expert-steps", type=click.IntRange(min=1), default=300, show_default=True, help="Fine-tuning steps of each expert.")
+@handled
+def world(folder, specs, base_steps, expert_steps) -> None:
+    """Train the small world's base and task experts in FOLDER/models (kept between runs), merge the
+    experts with every spec in SPECS, and print each model's exact match on every task."""
+    from trainers.world.demo import run_world_demo
+
+    run_world_demo(folder, specs, base_steps, expert_steps, echo=click.echo)

@@ -15,6 +15,7 @@ from surgery.demo import TEXT, run_demo
 from surgery.engine import Options, run_merge
 from surgery.plan import plan_merge
 from surgery.spec import load_spec
+from tests.conftest import models_folder
 
 EXAMPLES = sorted((Path(__file__).resolve().parents[2] / "merges").glob("*.yaml"))
 
@@ -42,11 +43,9 @@ def test_there_are_examples():
 @pytest.mark.parametrize("family", ["llama", "qwen2", "gpt2"])
 @pytest.mark.parametrize("example", EXAMPLES, ids=lambda p: p.stem)
 def test_example_runs_and_loads(example, family, families, base_losses, tmp_path):
-    work = tmp_path / "work"
-    work.mkdir()
-    os.symlink(os.path.dirname(families[family]["base"]), work / "models")
+    work = models_folder(families[family], tmp_path / "work")
     spec = load_spec(str(example))
-    plan = plan_merge(spec, str(example), models_dir=str(work))
+    plan = plan_merge(spec, str(example), models_dir=work)
     out = run_merge(plan, str(tmp_path / "out"), Options())
     layers = 3 if spec.slices else 2  # the frankenmerge stacks 2 + 1 layers
     assert len(plan.out_layers) == layers
