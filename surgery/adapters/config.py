@@ -85,6 +85,11 @@ def read_config(path: str) -> AdapterConfig:
     return {"LORA": _lora, "IA3": _ia3, "VERA": _vera}[kind](os.path.abspath(path), file, raw)
 
 
+def raw_config(path: str) -> dict:
+    """The adapter folder's `adapter_config.json` as a dict, unvalidated (any PEFT type)."""
+    return _load(path, os.path.join(path, CONFIG))
+
+
 def _load(path: str, file: str) -> dict:
     if not os.path.isdir(path):
         raise InputError(f"adapter folder {path!r} does not exist (or is not a folder)")

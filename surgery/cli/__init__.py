@@ -28,6 +28,7 @@ COMMANDS = {
     "convert": "surgery.cli.convert:convert",
     "slice": "surgery.cli.slice:slice_",
     "rename": "surgery.cli.rename:rename",
+    "merge-adapters": "surgery.cli.merge_adapters:merge_adapters",
 }
 
 
