@@ -6,7 +6,7 @@ export HF_HUB_OFFLINE := 1
 export HF_HOME := $(CURDIR)/.hf_home
 export TRANSFORMERS_VERBOSITY := error
 
-.PHONY: demo test bench clean
+.PHONY: demo test bench bench-train clean
 
 $(BIN)/surgery: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -24,6 +24,9 @@ test: $(BIN)/surgery
 
 bench: $(BIN)/surgery
 	$(BIN)/python bench/run.py
+
+bench-train: $(BIN)/surgery
+	$(BIN)/python bench/train.py
 
 clean:
 	rm -rf demo .hf_home

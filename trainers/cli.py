@@ -1,5 +1,5 @@
 """`surgery train RUN.yaml [--set field.path=value ...] [--resume FOLDER]` (also `python -m trainers`), and
-`surgery world FOLDER`, the small world's trained demo."""
+`surgery world FOLDER`, the small world's trained demo, and `surgery label LABEL.yaml` (RLAIF preference labels)."""
 
 from __future__ import annotations
 
@@ -44,8 +44,8 @@ def train(run_spec, overrides, resume, quiet) -> None:
 @click.argument("folder", type=click.Path(file_okay=False), default="demo")
 @click.option("--specs", type=click.Path(file_okay=False, exists=True), default="merges", show_default=True,
               help="Merge specs to run on the trained experts (their models are models/base, add, reverse, refuse).")
-@click.option("--base-steps", type=click.IntRange(min=1), default=2500, show_default=True, help="Pretraining steps of the base.")
-@click.option("--expert-steps", type=click.IntRange(min=1), default=300, show_default=True, help="Fine-tuning steps of each expert.")
+@click.option("--base-steps", type=click.IntRange(min=1), default=2000, show_default=True, help="Pretraining steps of the base.")
+@click.option("--expert-steps", type=click.IntRange(min=1), default=200, show_default=True, help="Fine-tuning steps of each expert.")
 @handled
 def world(folder, specs, base_steps, expert_steps) -> None:
     """Train the small world's base and task experts in FOLDER/models (kept between runs), merge the
@@ -53,3 +53,19 @@ def world(folder, specs, base_steps, expert_steps) -> None:
     from trainers.world.demo import run_world_demo
 
     run_world_demo(folder, specs, base_steps, expert_steps, echo=click.echo)
+
+
+@click.command()
+@click.argument("label_spec", metavar="LABEL.yaml", type=click.Path(dir_okay=False))
+@click.option("--set", "overrides", multiple=True, metavar="FIELD=VALUE",
+              help="Override a spec field before validation, e.g. --set policy=demo/models/base (repeatable).")
+@handled
+def label(label_spec, overrides) -> None:
+    """RLAIF labels: sample two answers per prompt from the policy, let the judge of LABEL.yaml (reward
+    model, LM or rule) pick one, and write the pairs as preference JSONL (prompt/chosen/rejected)."""
+    from trainers.judges import label as run_label, load_label_spec
+
+    spec = load_label_spec(label_spec, tuple(overrides))
+    counts = run_label(spec, label_spec)
+    click.echo(f"wrote {spec.out}: {counts['pairs']} pairs from {counts['prompts']} prompts "
+               f"({counts['skipped']} ties or equal answers skipped)")

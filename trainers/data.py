@@ -2,7 +2,9 @@
 objective accepts, encoded once, and drawn step by step from a mixture of datasets.
 
 Row shapes: `{"prompt", "completion"}`, `{"messages": [{"role", "content"}, ...]}` (chat),
-`{"text"}` (plain text, for pretraining) and `{"prompt", "chosen", "rejected"}` (preference pairs). Other fields are kept (a `task` label, say) and ignored.
+`{"text"}` (plain text, for pretraining), `{"prompt", "chosen", "rejected"}` (preference pairs) and
+`{"prompt", "completion", "label"}` (unpaired preference, `label` true for a desirable completion, for
+KTO). Other fields are kept (a `task` label, say) and ignored.
 
 The mixture draws each row's dataset with probability proportional to the dataset's size, or to
 size^(1/T) with temperature sampling (T > 1 flattens the mixture towards uniform, as in multi-task
@@ -25,6 +27,7 @@ from surgery.errors import InputError
 SHAPES = {
     "messages": ("messages",),
     "preference": ("prompt", "chosen", "rejected"),
+    "unpaired_preference": ("prompt", "completion", "label"),
     "prompt_completion": ("prompt", "completion"),
     "text": ("text",),
 }
@@ -108,7 +111,9 @@ def check_row(row: Row, shapes: tuple[str, ...]) -> str:
         raise InputError(f"{row.where}: missing field '{missing[near][0]}' (a {'/'.join(SHAPES[near])} row has "
                          f"{', '.join(SHAPES[near])})")
     for key in SHAPES[shape]:
-        if key != "messages" and not isinstance(row.fields[key], str):
+        if key == "label" and not isinstance(row.fields[key], bool):
+            raise InputError(f"{row.where}: field 'label' must be true or false, not {row.fields[key]!r}")
+        if key not in ("messages", "label") and not isinstance(row.fields[key], str):
             raise InputError(f"{row.where}: field '{key}' must be a string, not {type(row.fields[key]).__name__}")
     if shape == "messages":
         check_messages(row)

@@ -9,6 +9,7 @@ cosine schedule, log, evaluate and checkpoint as the spec says.
 
 from __future__ import annotations
 
+import importlib
 import json
 import math
 import os
@@ -18,9 +19,9 @@ from dataclasses import dataclass
 import torch
 from tqdm import tqdm
 
-from surgery.errors import InputError, OutputError, SpecError
+from surgery.errors import InputError, NumericsError, OutputError, SpecError
 from surgery.io.output import atomic_folder, write_json
-from trainers import checkpoint, data, parallel, templates
+from trainers import checkpoint, data, parallel, reference as references, templates
 from trainers.checkpoint import Resumed
 from trainers.objectives.sft import pad_token_id
 from trainers.spec import Run
@@ -30,6 +31,8 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 def train(run: Run, resume: str | None = None, stop_after: int | None = None, quiet: bool = False) -> str:
     """Train as `run` says; returns the final folder (or, with `stop_after`, that step's checkpoint)."""
+    if hasattr(run.objective, "LOOP"):  # an objective with a loop of its own (PPO)
+        return importlib.import_module(run.objective.LOOP).train(run, resume=resume, stop_after=stop_after, quiet=quiet)
     spec, world = run.spec, parallel.start()
     try:
         micro = micro_batch_size(spec, world.size, run.file)
@@ -46,7 +49,7 @@ def train(run: Run, resume: str | None = None, stop_after: int | None = None, qu
         state = checkpoint.read_state(resume, run) if resume else None
         model = build_model(run, resume if state and state.trainable is None else spec.base, state)
         model = model.to(world.device)
-        reference = load_reference(run, world) if hasattr(run.objective, "annotate") else None
+        reference = load_reference(run, world, model) if hasattr(run.objective, "annotate") else None
         model = parallel.wrap(model, world, spec.parallel)
         optimizer = make_optimizer(run, parallel.unwrap(model))
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, spec.schedule))
@@ -74,6 +77,8 @@ def train(run: Run, resume: str | None = None, stop_after: int | None = None, qu
             batches = step_batches(corpus, step, run, world.rank, micro, pad)
             metrics = accumulate(model, batches, run, world, reference)
             metrics["grad_norm"] = clip(model, spec.optim.max_grad_norm)
+            if not (math.isfinite(metrics["loss"]) and math.isfinite(metrics["grad_norm"])):
+                stop_on_nan(spec.out, step + 1, metrics, log)
             metrics["lr"] = scheduler.get_last_lr()[0]
             optimizer.step()
             scheduler.step()
@@ -203,6 +208,11 @@ def load_weights(run: Run, path: str):
     from transformers import AutoModelForCausalLM
 
     dtype = DTYPES[run.spec.dtype]
+    if hasattr(run.objective, "load_model"):  # another model class (the reward model's scalar head)
+        if hasattr(run.method, "load_model"):
+            raise SpecError(run.file, "method.name", f"objective '{run.spec.objective.name}' loads its own model "
+                            f"class, which method '{run.spec.method.name}' cannot load; choose another method")
+        return run.objective.load_model(path, dtype, trust_remote_code=run.spec.trust_remote_code)
     if hasattr(run.method, "load_model"):
         return run.method.load_model(path, run.method_config, dtype)
     try:
@@ -225,11 +235,30 @@ def build_model(run: Run, path: str, state: Resumed | None) -> torch.nn.Module:
     return model
 
 
-def load_reference(run: Run, world) -> torch.nn.Module:
-    reference = load_weights(run, run.spec.base).to(world.device).eval()
+def load_reference(run: Run, world, policy: torch.nn.Module):
+    """The frozen reference of the objective (see trainers/reference.py): the policy with its adapter
+    switched off, or a loaded copy of `reference` (default: the base) checked against the policy."""
+    path = getattr(run.objective_config, "reference", None)
+    if path is None and references.has_adapter(policy):
+        return references.WithoutAdapter(policy)
+    reference = load_weights(run, path or run.spec.base).to(world.device).eval()
+    references.check_compatible(reference, policy, path or run.spec.base, run.file)
     for p in reference.parameters():
         p.requires_grad_(False)
     return reference
+
+
+def stop_on_nan(out: str, step: int, metrics: dict, log: Log) -> None:
+    """A non-finite loss or gradient: stop before the update, so every checkpoint written stays good."""
+    done = sorted((int(n.split("-")[1]) for n in os.listdir(out) if n.startswith("checkpoint-")), reverse=True) \
+        if os.path.isdir(out) else []
+    last = checkpoint.step_folder(out, done[0]) if done else None
+    log.write({"event": "stopped", "step": step, "reason": "non-finite loss or gradient",
+               "loss": str(metrics["loss"]), "grad_norm": str(metrics["grad_norm"]), "last_good": last})
+    keep = f"the last good checkpoint is {last} (continue with --resume {last} and a lower optim.lr)" if last else \
+        "no checkpoint was written before it (set save_every to keep some)"
+    raise NumericsError(f"step {step}: the loss is {metrics['loss']} and the gradient norm {metrics['grad_norm']}; "
+                        f"training stopped before this step's update; {keep}")
 
 
 def make_optimizer(run: Run, model: torch.nn.Module) -> torch.optim.Optimizer:
@@ -290,16 +319,17 @@ def clip(model: torch.nn.Module, max_norm: float | None) -> float:
 def evaluate(model, examples: list[list[dict]], run: Run, micro: int, pad: int, device, reference=None) -> dict[str, float]:
     """The objective's loss over every eval row (each process scores all of them: eval sets are small)."""
     model.eval()
-    total, items, rows = 0.0, 0.0, [e for dataset in examples for e in dataset]
+    total, items, sums, rows = 0.0, 0.0, {}, [e for dataset in examples for e in dataset]
     for i in range(0, len(rows), micro):
         batch = to_device(run.objective.collate(rows[i:i + micro], pad), device)
         if reference is not None:
             batch = run.objective.annotate(reference, batch, run.objective_config)
-        loss, _ = run.objective.loss(model, batch, run.objective_config)
-        total += float(loss) * float(batch["num_items"])
-        items += float(batch["num_items"])
+        loss, metrics = run.objective.loss(model, batch, run.objective_config)
+        n = float(batch["num_items"])
+        total, items = total + float(loss) * n, items + n
+        sums = {k: sums.get(k, 0.0) + v * n for k, v in metrics.items()}
     model.train()
-    return {"eval_loss": total / max(items, 1.0)}
+    return {"eval_loss": total / max(items, 1.0), **{f"eval_{k}": v / max(items, 1.0) for k, v in sums.items()}}
 
 
 def save(folder, model, tokenizer, template, run: Run, world, step, corpus: Corpus, optimizer, scheduler, metrics,

@@ -40,8 +40,8 @@ def test_bounds_and_missing_fields():
 
 
 def test_unknown_objective_method_and_their_fields():
-    with pytest.raises(SpecError, match="objective.name: unknown objective 'dpo'; choose one of pretrain, sft"):
-        parse_run(spec_dict(objective={"name": "dpo"}), "run.yaml")
+    with pytest.raises(SpecError, match="objective.name: unknown objective 'dop'; choose one of dpo, .*pretrain.*, sft"):
+        parse_run(spec_dict(objective={"name": "dop"}), "run.yaml")
     with pytest.raises(SpecError, match="method.name: unknown method 'lor'; choose one of .*freeze, full"):
         parse_run(spec_dict(method={"name": "lor"}), "run.yaml")
     with pytest.raises(SpecError, match="method.rank: unknown field 'rank' of method 'freeze'; its fields are name, layers, embeddings"):

@@ -29,6 +29,8 @@ def wrap(model: torch.nn.Module, peft_config) -> torch.nn.Module:
     if isinstance(model, PeftModel):
         raise InputError("the model already carries a PEFT adapter; attach a method to a plain base model "
                          "(fold the adapter first with `surgery fold` to train on top of it)")
+    if type(model).__name__.endswith("ForSequenceClassification"):  # a reward model: PEFT's SEQ_CLS task
+        peft_config.task_type = "SEQ_CLS"  # also trains and saves the new scalar head (`score`)
     try:
         return get_peft_model(model, peft_config)
     except ValueError as e:

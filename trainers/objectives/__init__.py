@@ -14,16 +14,34 @@ REGISTRY maps the `objective.name` of a run spec to its module. An objective mod
   of floats to log;
 - optionally `annotate(reference, batch, config) -> dict`: when present, the loop loads a frozen
   copy of the base model (the reference policy of DPO or KTO) and calls this under no_grad before
-  `loss`, so the batch carries what `loss` needs from it (reference log-probabilities, say).
+  `loss`, so the batch carries what `loss` needs from it (reference log-probabilities, say). The
+  reference is the folder named by the objective's `reference` field when it has one, else the base;
+  when the method is an adapter, it is the policy with its adapter switched off (no second copy);
+- optionally `load_model(path, dtype, trust_remote_code=False) -> PreTrainedModel`: the model class
+  the objective trains, when it is not `AutoModelForCausalLM` (the reward model's scalar head); the
+  method then attaches to what it returns.
+
+An objective that needs a loop of its own (PPO: rollouts, a value head, GAE) instead sets `LOOP` to
+the module whose `train(run, resume, stop_after, quiet)` runs it; `trainers.loop.train` hands it there.
 """
 
 from __future__ import annotations
 
 from types import ModuleType
 
-from trainers.objectives import pretrain, sft
+from trainers.objectives import dpo, grpo, ipo, kto, orpo, ppo, pretrain, reward, rft, sft, simpo, spin
 
 REGISTRY: dict[str, ModuleType] = {
     "sft": sft,
     "pretrain": pretrain,
+    "ppo": ppo,
+    "grpo": grpo,
+    "rft": rft,
+    "spin": spin,
+    "dpo": dpo,
+    "ipo": ipo,
+    "simpo": simpo,
+    "orpo": orpo,
+    "kto": kto,
+    "reward": reward,
 }

@@ -1,0 +1,188 @@
+"""RLAIF: judges that label pairs of the policy's own answers, and the labelling run that writes them
+as preference JSONL (`{"prompt", "chosen", "rejected"}`) for DPO or the reward-model objective
+(Bai et al. 2022, https://arxiv.org/abs/2212.08073; Lee et al. 2023, https://arxiv.org/abs/2309.00267).
+
+A judge gives a margin for answer `a` over answer `b`: positive, `a` wins; zero, a tie (not written).
+- reward model: score(a) - score(b), from a one-label sequence-classification folder;
+- rule: f(a) - f(b) for a reward function of `trainers.rewards` (an exact-answer check, say);
+- LM: a causal LM reads a question showing both answers and the margin is the log-probability of
+  its verdict "A" against "B"; asked in both orders and averaged,
+  margin = ((lp_A - lp_B | a first) - (lp_A - lp_B | b first)) / 2, so a fixed preference for one
+  position cancels out. The question and the verdicts may name {prompt}, {first} and {second}: with
+  question "{prompt}" and verdicts "{first}", "{second}" the judge compares the likelihood of the two
+  answers themselves (a base model that was never taught to answer a judging question).
+
+    surgery label runs/rlaif-lm.yaml     # policy, prompts, judge, sampling, out (LabelSpec below)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from surgery.errors import InputError, SpecError
+from surgery.io.output import write_json
+from trainers import data, generation, rewards, templates
+from trainers.spec import apply_override, at_line, first_error
+
+QUESTION = ("Which answer to the question is better?\nQuestion: {prompt}\nAnswer A: {first}\nAnswer B: {second}\n"
+            "The better answer is")
+
+
+class RuleJudge:
+    def __init__(self, name: str):
+        self.name, self.fn = name, rewards.function(name)
+
+    def margin(self, prompt: str, a: str, b: str, row: dict) -> float:
+        return rewards.call(self.name, self.fn, prompt, a, row) - rewards.call(self.name, self.fn, prompt, b, row)
+
+
+class RewardModelJudge:
+    def __init__(self, folder: str, template: templates.Template, device: str = "cpu"):
+        self.model = rewards.RewardModel(folder, template, device)
+
+    def margin(self, prompt: str, a: str, b: str, row: dict) -> float:
+        first, second = self.model([prompt, prompt], [a, b])
+        return first - second
+
+
+@dataclass
+class LMJudge:
+    model: torch.nn.Module
+    tokenizer: object
+    template: templates.Template  # how the question is put to the judge (a user turn, or plain text)
+    question: str = QUESTION
+    verdicts: tuple[str, str] = (" A", " B")
+
+    def margin(self, prompt: str, a: str, b: str, row: dict) -> float:
+        return 0.5 * (self.preference(prompt, a, b) - self.preference(prompt, b, a))
+
+    @torch.no_grad()
+    def preference(self, prompt: str, first: str, second: str) -> float:
+        """log p(verdict for the first) - log p(verdict for the second), answers shown in this order."""
+        fields = {"prompt": prompt, "first": first, "second": second}
+        context = generation.prompt_ids(self.tokenizer, self.template, self.question.format(**fields))
+        a, b = (self.tokenizer(v.format(**fields), add_special_tokens=False)["input_ids"] for v in self.verdicts)
+        if a == b:
+            raise InputError(f"LM judge: the verdicts {self.verdicts[0]!r} and {self.verdicts[1]!r} encode to the "
+                             f"same tokens {a} under the judge's tokenizer (unknown words, say); choose verdicts it "
+                             "spells differently (judge.verdicts)")
+        return continuation_logp(self.model, context, a) - continuation_logp(self.model, context, b)
+
+
+def continuation_logp(model, context: list[int], tokens: list[int]) -> float:
+    """Sum of log p(token | before) over `tokens` following `context`."""
+    device = next(model.parameters()).device
+    ids = torch.tensor([context + tokens], device=device)  # (1, C + K)
+    logp = F.log_softmax(model(input_ids=ids, use_cache=False).logits[0, :-1].float(), dim=-1)  # (C + K - 1, V)
+    picked = logp[len(context) - 1:].gather(-1, ids[0, len(context):].unsqueeze(-1))  # (K, 1)
+    return float(picked.sum())
+
+
+def pair_rows(samples: list[generation.Sample], rows: list[dict], judge, name: str) -> tuple[list[dict], int]:
+    """Preference rows of consecutive sample pairs (prompt i's two answers); ties and equal answers skipped."""
+    out, skipped = [], 0
+    for i in range(0, len(samples), 2):
+        a, b = samples[i], samples[i + 1]
+        margin = 0.0 if a.text == b.text else judge.margin(a.prompt, a.text, b.text, rows[a.index])
+        if margin == 0:
+            skipped += 1
+            continue
+        chosen, rejected = (a, b) if margin > 0 else (b, a)
+        out.append({"prompt": a.prompt, "chosen": chosen.text, "rejected": rejected.text, "judge": name,
+                    "margin": abs(margin)})
+    return out, skipped
+
+
+class Judge(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["reward_model", "lm", "rule"]
+    model: str | None = Field(None, description="reward_model and lm: the judge's folder")
+    function: str | None = Field(None, description="rule: a reward function (world.add, 'module:function')")
+    question: str = Field(QUESTION, description="lm: the question, with {prompt}, {first} and {second}")
+    verdicts: tuple[str, str] = Field((" A", " B"), description="lm: the verdicts naming the first and second "
+                                      "answer (may hold {first} and {second})")
+    chat_template: str = Field("none", description="lm: how the question is put to the judge")
+
+
+class LabelSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    policy: str = Field(description="the model folder whose answers are judged")
+    prompts: str = Field(description="JSONL of prompt/completion rows (the completion: a reference answer for rules)")
+    judge: Judge
+    chat_template: str = Field(templates.TOKENIZER, description="how prompts are put to the policy")
+    max_new_tokens: int = Field(32, ge=1)
+    temperature: float = Field(1.0, gt=0, description="two samples per prompt need some randomness")
+    top_p: float = Field(1.0, gt=0, le=1)
+    seed: int = 0
+    out: str = Field(description="the preference JSONL written")
+
+
+def load_label_spec(path: str, overrides: tuple[str, ...] = ()) -> LabelSpec:
+    import yaml
+
+    if not os.path.isfile(path):
+        raise SpecError(path, "", "no such label spec file")
+    with open(path) as f:
+        text = f.read()
+    raw = yaml.safe_load(text)
+    if not isinstance(raw, dict):
+        raise SpecError(path, "", "a label spec is a YAML mapping with policy, prompts, judge and out")
+    for item in overrides:
+        apply_override(raw, item, path)
+    try:
+        spec = LabelSpec.model_validate(raw)
+    except ValidationError as e:
+        field, problem = first_error(e)
+        raise SpecError(path, at_line(field, text), problem) from None
+    need = {"reward_model": "model", "lm": "model", "rule": "function"}[spec.judge.kind]
+    if getattr(spec.judge, need) is None:
+        raise SpecError(path, at_line(f"judge.{need}", text), f"a {spec.judge.kind} judge needs judge.{need}")
+    return spec
+
+
+def build_judge(spec: LabelSpec, policy_template: templates.Template, file: str):
+    j = spec.judge
+    if j.kind == "rule":
+        return RuleJudge(j.function)
+    if j.kind == "reward_model":
+        return RewardModelJudge(j.model, policy_template)
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        model = AutoModelForCausalLM.from_pretrained(j.model, dtype=torch.float32).eval()
+        tokenizer = AutoTokenizer.from_pretrained(j.model)
+    except (OSError, ValueError) as e:
+        raise InputError(f"{file}: judge.model {j.model!r}: cannot load a causal LM ({e})") from None
+    return LMJudge(model, tokenizer, templates.resolve(j.chat_template, tokenizer, file), j.question, j.verdicts)
+
+
+def label(spec: LabelSpec, file: str = "<label spec>") -> dict:
+    """Sample two answers per prompt from the policy, judge them, write the preference JSONL; returns counts."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    dataset = data.read_dataset(spec.prompts, ("prompt_completion",), f"{file}: prompts")
+    rows = [r.fields for r in dataset.rows]
+    try:
+        policy = AutoModelForCausalLM.from_pretrained(spec.policy, dtype=torch.float32).eval()
+        tokenizer = AutoTokenizer.from_pretrained(spec.policy)
+    except (OSError, ValueError) as e:
+        raise InputError(f"{file}: policy {spec.policy!r}: cannot load a causal LM ({e})") from None
+    template = templates.resolve(spec.chat_template, tokenizer, file)
+    judge = build_judge(spec, template, file)
+    samples = generation.sample(policy, tokenizer, [r["prompt"] for r in rows], template=template, n=2,
+                                max_new_tokens=spec.max_new_tokens, temperature=spec.temperature, top_p=spec.top_p,
+                                seed=spec.seed)
+    pairs, skipped = pair_rows(samples, rows, judge, spec.judge.kind)
+    os.makedirs(os.path.dirname(os.path.abspath(spec.out)), exist_ok=True)
+    with open(spec.out, "w") as f:
+        f.writelines(json.dumps(p) + "\n" for p in pairs)
+    counts = {"prompts": len(rows), "pairs": len(pairs), "skipped": skipped}
+    write_json(spec.out + ".meta.json", {**counts, "spec": spec.model_dump(mode="json")})
+    return counts

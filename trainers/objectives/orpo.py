@@ -1,0 +1,56 @@
+"""ORPO: odds-ratio preference optimisation, SFT and preference in one loss, no reference model
+(Hong et al. 2024, https://arxiv.org/abs/2403.07691, Eqs. 6-7).
+
+With a = (1/|y|) log pi(y|x) the mean token log-probability of a completion and odds(y) = p / (1 - p)
+for p = exp(a), the log odds ratio is
+
+    log OR = log odds(y_w) - log odds(y_l) = (a_w - a_l) - (log(1 - e^{a_w}) - log(1 - e^{a_l}))
+
+and loss = NLL(y_w | x) - lambda * log sigmoid(log OR), the NLL being SFT's mean over the chosen
+completions' tokens (`nll_on: all` also counts the prompt's tokens, as TRL's ORPOTrainer does).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field
+
+from trainers.objectives import pairs
+from trainers.objectives.pairs import build_batch, collate, encode  # noqa: F401  (the objective interface)
+from trainers.objectives.sft import IGNORE, token_loss
+
+SHAPES = pairs.SHAPES
+
+
+class Config(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    lam: float = Field(0.1, ge=0, description="weight lambda of the odds-ratio term beside the SFT loss")
+    nll_on: Literal["completion", "all"] = Field(
+        "completion", description="the SFT term's tokens: the chosen completion, or the whole chosen sequence (TRL)")
+
+
+def log1mexp(x: torch.Tensor) -> torch.Tensor:
+    """log(1 - e^x) for x < 0, accurate at both ends (Maechler 2012: switch at x = -ln 2)."""
+    return torch.where(x < -math.log(2), torch.log1p(-torch.exp(x)), torch.log(-torch.expm1(x)))
+
+
+def odds_ratio_loss(chosen_mean: torch.Tensor, rejected_mean: torch.Tensor,
+                    lam: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-pair penalty -lambda log sigmoid(log OR) (B,) and log OR (B,), from mean token log-probs (B,)."""
+    log_or = (chosen_mean - rejected_mean) - (log1mexp(chosen_mean) - log1mexp(rejected_mean))
+    return -lam * F.logsigmoid(log_or), log_or
+
+
+def loss(model, batch: dict[str, torch.Tensor], config: Config) -> tuple[torch.Tensor, dict[str, float]]:
+    logits, logps, tokens = pairs.forward_logps(model, batch)
+    means = logps / tokens.clamp(min=1)  # (2B,)
+    penalty, log_or = odds_ratio_loss(*pairs.halves(means), config.lam)
+    labels = batch["labels"] if config.nll_on == "completion" else batch["input_ids"].masked_fill(
+        batch["attention_mask"] == 0, IGNORE)
+    nll, _ = token_loss(pairs.halves(logits)[0], pairs.halves(labels)[0])
+    metrics = pairs.reward_metrics(*pairs.halves(config.lam * means))
+    return nll + penalty.mean(), {**metrics, "nll": float(nll.detach()), "log_odds_ratio": float(log_or.detach().mean())}

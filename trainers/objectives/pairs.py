@@ -1,0 +1,80 @@
+"""What the pairwise preference objectives share (DPO, IPO, SimPO, ORPO, the reward model): a
+(prompt, chosen, rejected) row encoded as two prompt/completion sequences, the batch laid out as
+[chosen rows; rejected rows], per-sequence log-probabilities of the completions, and the metrics.
+
+Not an objective itself (it has no entry in the registry). Each completion is rendered exactly as SFT
+renders a prompt/completion row (chat template, or plain text ended by the end-of-sequence token), so
+the tokens a preference objective scores are those SFT trains on.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from trainers.data import Row
+from trainers.objectives import sft
+from trainers.objectives.sft import IGNORE, right_pad
+from trainers.templates import Template
+
+SHAPES = ("preference",)
+
+
+def encode(row: Row, tokenizer, template: Template, config=None) -> dict[str, list[int]]:
+    """The chosen and the rejected completion after the same prompt, each with SFT's labels."""
+    sides = {}
+    for side in ("chosen", "rejected"):
+        fields = {k: v for k, v in row.fields.items() if k not in ("chosen", "rejected")}
+        one = sft.encode(Row({**fields, "completion": row.fields[side]}, row.file, row.line), tokenizer, template,
+                         sft.Config())
+        sides[f"{side}_ids"], sides[f"{side}_labels"] = one["input_ids"], one["labels"]
+    return sides
+
+
+def collate(examples: list[dict[str, list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
+    """(2B, T) input_ids, attention_mask and labels: the B chosen sequences, then the B rejected ones.
+    `num_items` is the number of pairs."""
+    ids = [e["chosen_ids"] for e in examples] + [e["rejected_ids"] for e in examples]
+    labels = [e["chosen_labels"] for e in examples] + [e["rejected_labels"] for e in examples]
+    width = max(map(len, ids))
+    return {"input_ids": torch.tensor([right_pad(s, pad_id, width) for s in ids]),  # (2B, T)
+            "attention_mask": torch.tensor([right_pad([1] * len(s), 0, width) for s in ids]),  # (2B, T)
+            "labels": torch.tensor([right_pad(s, IGNORE, width) for s in labels]),  # (2B, T)
+            "num_items": torch.tensor(len(examples))}
+
+
+def build_batch(rows: list[Row], tokenizer, template: Template, config=None) -> dict[str, torch.Tensor]:
+    return collate([encode(r, tokenizer, template, config) for r in rows], sft.pad_token_id(tokenizer))
+
+
+def sequence_logps(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per sequence: the summed log-probability of its labelled tokens, and how many there are; (N,), (N,)."""
+    logits, targets = logits[:, :-1].float(), labels[:, 1:]  # (N, T-1, V), (N, T-1): t predicts t+1
+    mask = targets != IGNORE
+    logp = torch.gather(F.log_softmax(logits, dim=-1), -1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)  # (N, T-1)
+    return (logp * mask).sum(-1), mask.sum(-1)
+
+
+def forward_logps(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The model's logits on the batch, the summed completion log-probs (2B,) and completion lengths (2B,)."""
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
+    logits = logits[:, -batch["labels"].shape[1]:]  # prompt-learning adapters prepend virtual tokens
+    return (logits, *sequence_logps(logits, batch["labels"]))
+
+
+def annotate(reference, batch: dict[str, torch.Tensor], config=None) -> dict[str, torch.Tensor]:
+    """The batch with the reference's summed completion log-probs, `ref_logps` (2B,)."""
+    _, logps, _ = forward_logps(reference, batch)
+    return {**batch, "ref_logps": logps}
+
+
+def halves(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The chosen half and the rejected half of a (2B, ...) tensor."""
+    return x.chunk(2, dim=0)
+
+
+def reward_metrics(chosen: torch.Tensor, rejected: torch.Tensor) -> dict[str, float]:
+    """Means over the pairs of the implied rewards, their margin, and how often chosen scores higher."""
+    chosen, rejected = chosen.detach().float(), rejected.detach().float()
+    return {"rewards/chosen": float(chosen.mean()), "rewards/rejected": float(rejected.mean()),
+            "margin": float((chosen - rejected).mean()), "accuracy": float((chosen > rejected).float().mean())}
