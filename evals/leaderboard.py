@@ -8,6 +8,7 @@ import io
 import json
 import os
 
+from evals.metrics import oriented
 from evals.scores import TaskScore
 from evals.store import Store
 from surgery.errors import InputError
@@ -50,7 +51,8 @@ def lineage_columns(lineage: dict) -> dict:
 
 
 def mean_score(scores: dict[str, TaskScore]) -> float | None:
-    values = [s.value for s in scores.values() if not any(p in s.metric for p in PERPLEXITIES)]
+    """Mean of the scores turned so that higher is better (over-refusal r counts as 1 - r); perplexities left out."""
+    values = [oriented(s).value for s in scores.values() if not any(p in s.metric for p in PERPLEXITIES)]
     return sum(values) / len(values) if values else None
 
 
