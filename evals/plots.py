@@ -7,12 +7,11 @@ tests inspect axes and labels; `save_png` writes it atomically.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from surgery.errors import OutputError
+from surgery.heatmap import save_png  # one atomic PNG writer for every figure
 
 
 def _figure(width: float, height: float):
@@ -76,18 +75,3 @@ def merge_quality_figure(ratios: Mapping[str, float], title: str = "merge qualit
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
-
-
-def save_png(fig, path: str) -> str:
-    """Write `fig` as a PNG at `path` atomically (a partial file never replaces a good one); the path."""
-    path = os.path.abspath(path)
-    tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.partial-{os.getpid()}")
-    try:
-        fig.savefig(tmp, format="png", dpi=120)
-        os.replace(tmp, path)
-    except OSError as e:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise OutputError(f"cannot write the figure {path!r} ({e.strerror}); check the folder exists and "
-                          "is writable") from None
-    return path

@@ -25,7 +25,7 @@ def save_heatmap(path: str, rows: list[str], cols: list[str], panels: dict[str, 
         ax = fig.add_subplot(down, across, k + 1)
         _panel(fig, ax, title, rows, cols, np.ma.masked_invalid(np.array(values, float)))
     fig.tight_layout()
-    return _write(fig, path)
+    return save_png(fig, path)
 
 
 def _panel(fig, ax, title: str, rows: list[str], cols: list[str], values) -> None:
@@ -38,7 +38,8 @@ def _panel(fig, ax, title: str, rows: list[str], cols: list[str], values) -> Non
     fig.colorbar(image, ax=ax, fraction=0.05)
 
 
-def _write(fig, path: str) -> str:
+def save_png(fig, path: str) -> str:
+    """Write `fig` as a PNG at `path` atomically (a partial file never replaces a good one); the path."""
     path = os.path.abspath(path)
     tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.partial-{os.getpid()}")
     try:
@@ -47,5 +48,6 @@ def _write(fig, path: str) -> str:
     except OSError as e:
         if os.path.exists(tmp):
             os.remove(tmp)
-        raise OutputError(f"cannot write the heat map {path!r} ({e.strerror}); check the folder exists") from None
+        raise OutputError(f"cannot write the figure {path!r} ({e.strerror}); check the folder exists and "
+                          "is writable") from None
     return path

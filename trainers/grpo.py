@@ -15,7 +15,6 @@ reward of the greedy completion of every data.eval prompt (`eval_reward`), logge
 
 from __future__ import annotations
 
-import math
 import os
 
 import torch
@@ -70,13 +69,7 @@ def train(run: Run, resume: str | None = None, stop_after: int | None = None, qu
                                      pad, data.hash_seed(spec.seed, step, world.rank), world)
             for _ in range(cfg.iterations):
                 metrics = {**loop.accumulate(model, batches, run, world, None), **stats}
-                metrics["grad_norm"] = loop.clip(model, spec.optim.max_grad_norm)
-                if not (math.isfinite(metrics["loss"]) and math.isfinite(metrics["grad_norm"])):
-                    loop.stop_on_nan(spec.out, step + 1, metrics, log)
-                metrics["lr"] = scheduler.get_last_lr()[0]
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
+                loop.optimizer_step(model, optimizer, scheduler, spec, metrics, step, log)
                 step += 1
                 log.write({"step": step, **metrics})
                 bar.update(1)

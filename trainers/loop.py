@@ -76,13 +76,7 @@ def train(run: Run, resume: str | None = None, stop_after: int | None = None, qu
         while step < last:
             batches = step_batches(corpus, step, run, world.rank, micro, pad)
             metrics = accumulate(model, batches, run, world, reference)
-            metrics["grad_norm"] = clip(model, spec.optim.max_grad_norm)
-            if not (math.isfinite(metrics["loss"]) and math.isfinite(metrics["grad_norm"])):
-                stop_on_nan(spec.out, step + 1, metrics, log)
-            metrics["lr"] = scheduler.get_last_lr()[0]
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
+            optimizer_step(model, optimizer, scheduler, spec, metrics, step, log)
             step += 1
             log.write({"step": step, **metrics})
             bar.update(1)
@@ -103,6 +97,18 @@ def train(run: Run, resume: str | None = None, stop_after: int | None = None, qu
         return final
     finally:
         parallel.stop(world)
+
+
+def optimizer_step(model, optimizer, scheduler, spec, metrics: dict, step: int, log) -> None:
+    """Clip, stop before the update if the loss or gradient is not finite, step AdamW and the schedule;
+    `metrics` gets the gradient norm and the learning rate the step used."""
+    metrics["grad_norm"] = clip(model, spec.optim.max_grad_norm)
+    if not (math.isfinite(metrics["loss"]) and math.isfinite(metrics["grad_norm"])):
+        stop_on_nan(spec.out, step + 1, metrics, log)
+    metrics["lr"] = scheduler.get_last_lr()[0]
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
 
 
 def step_batches(corpus: Corpus, step: int, run: Run, rank: int, micro: int, pad: int) -> list[dict]:
