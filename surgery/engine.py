@@ -19,7 +19,7 @@ from surgery.draws import Draws
 from surgery.errors import NumericsError, OutputError, SurgeryError
 from surgery.io.format import num_rows, row_numel
 from surgery.io.output import CONFIG_FILES, TOKENIZER_FILES, atomic_folder, check_output_path, copy_side_files, write_json
-from surgery.io.writer import ShardWriter, plan_shards
+from surgery.io.writer import QueuedWriter, ShardWriter, plan_shards
 from surgery.methods.method import Block, Stats
 from surgery.plan import MergePlan, TensorJob
 from surgery.vocab_plan import write_vocabulary
@@ -52,7 +52,7 @@ def run_merge(plan: MergePlan, out: str, options: Options = Options(), progress:
     metadata = provenance(plan)
     requests = [(job, span) for job in plan.jobs for span in reads_of(plan, job, options)]
     with atomic_folder(out) as tmp:
-        writer = ShardWriter(tmp, plan_shards(entries, options.shard_size), metadata)
+        writer = QueuedWriter(ShardWriter(tmp, plan_shards(entries, options.shard_size), metadata))
         prefetch = Prefetcher(plan, options, requests)
         try:
             for job in plan.jobs:
@@ -184,7 +184,10 @@ def _load(plan: MergePlan, job: TensorJob, span: tuple[int, int], device: str) -
     base = _read(plan, job.base, span, device) if job.base else None
     models = tuple(_read(plan, s, span, device) for s in job.models)
     draws = Draws(plan.spec.seed, job.name, job.shape, len(job.models)) if plan.method.random else None
-    return Block(job.name, job.shape, span, base, models, job.per_model, job.shared, draws)
+    block = Block(job.name, job.shape, span, base, models, job.per_model, job.shared, draws)
+    if plan.method.prepare is not None:
+        plan.method.prepare(block)  # e.g. task vectors and DARE's masks, here in the reading thread
+    return block
 
 
 def _read(plan: MergePlan, src, span: tuple[int, int], device: str | None) -> torch.Tensor:

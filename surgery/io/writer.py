@@ -8,6 +8,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import torch
@@ -125,3 +126,37 @@ class ShardWriter:
 def _write_text(path: str, text: str) -> None:
     with open(path, "w") as f:
         f.write(text)
+
+
+class QueuedWriter:
+    """A ShardWriter fed from a thread of its own: the merge computes block k + 1 while block k is
+    copied into the file. One block waits at most, so memory stays bounded; an error in the writing
+    thread is raised by the next call."""
+
+    def __init__(self, writer: ShardWriter):
+        self.writer = writer
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="surgery-write")
+        self.pending: Future | None = None
+
+    def write(self, name: str, block: torch.Tensor) -> None:
+        self.wait()
+        self.pending = self.pool.submit(self.writer.write, name, block)
+
+    def wait(self) -> None:
+        pending, self.pending = self.pending, None
+        if pending is not None:
+            pending.result()
+
+    def finish(self) -> None:
+        self.wait()
+        self.writer.finish()
+
+    def abort(self) -> None:
+        try:
+            self.wait()
+        except Exception:  # noqa: BLE001 - aborting after a failure: the first error is the one raised
+            pass
+        finally:
+            self.pool.shutdown(wait=True)
+            self.writer.abort()
+

@@ -58,6 +58,13 @@ class Block:
         return self.cached(f"uniform{i}", lambda: self.draws.uniform(i, self.rows).reshape(self.models[i].shape)
                            .to(self.models[i].device))
 
+    def keep(self, i: int, density: float) -> torch.Tensor:
+        """Input `i`'s float32 0/1 Bernoulli(density) mask, shaped like this block, the same whatever
+        the blocking."""
+        assert self.draws is not None
+        return self.cached(f"keep{i}", lambda: self.draws.keep(i, self.rows, density).reshape(self.models[i].shape)
+                           .to(self.models[i].device))
+
     def cached(self, key: str, make: Callable[[], object]):
         """Values derived from this block, computed once while it is alive (a block read once serves
         every statistics stage and the merge). Callers must not modify what they get."""
@@ -86,6 +93,8 @@ class Method:
     random: bool = False
     required: tuple[str, ...] = field(default=())  # per-model parameters without a default
     needs: Callable[[BaseModel, tuple[BaseModel, ...]], tuple[Stage, ...]] | None = None  # stages these params need
+    prepare: Callable[[Block], None] | None = None  # fills the block's cache with what depends on it alone;
+    # the engine calls it in its reading thread, so the next block's share overlaps this block's merge
 
     def stages_for(self, shared: BaseModel, per_model: tuple[BaseModel, ...]) -> tuple[Stage, ...]:
         """The statistics stages a tensor with these parameters needs (each costs a pass over it)."""
@@ -102,6 +111,8 @@ class Method:
                       None if base is None else base.float(), tuple(f32), tuple(per_model), shared,
                       Draws(seed, name, shape, len(models)) if self.random else None)
         stats: Stats = {}
+        if self.prepare is not None:
+            self.prepare(block)
         for stage in self.stages_for(shared, tuple(per_model)):
             stats.update(stage(block, dict(stats)))
         return self.merge(block, dict(stats))

@@ -135,15 +135,15 @@ def test_ties_density_one_keeps_everything():
 # ---- DARE --------------------------------------------------------------------------------------------
 
 def test_dare_keep_rate_and_mask_from_the_tensor_draws():
-    """100,000 entries, density 0.3, no rescale: each task-vector entry survives when its U[0, 1) draw
-    (from `Draws`, seeded by seed and tensor name) is below 0.3; the kept share is 0.3 within
+    """100,000 entries, density 0.3, no rescale: each task-vector entry survives where its Bernoulli
+    draw (`Draws.keep`, seeded by seed and tensor name) is 1; the kept share is 0.3 within
     4 sigma = 4 sqrt(0.3 * 0.7 / 1e5) = 0.0058."""
     shape = (200, 500)
     delta = torch.linspace(0.5, 1.5, 100_000).reshape(shape)
     out = merge("dare_linear", torch.zeros(shape), [delta], [{"weight": 1.0, "density": 0.3}], seed=4, rescale=False)
     kept = out != 0
     assert abs(kept.float().mean().item() - 0.3) < 0.0058
-    expected = Draws(4, NAME, shape, 1).uniform(0, (0, shape[0])).reshape(shape) < 0.3
+    expected = Draws(4, NAME, shape, 1).keep(0, (0, shape[0]), 0.3).reshape(shape) == 1
     assert torch.equal(kept, expected)
     assert torch.equal(out[kept], delta[kept])
 
@@ -171,7 +171,7 @@ def test_dare_ties_elects_after_dropping():
     assert_values(out, -2 * torch.ones(n))
     out = merge("dare_ties", base, [torch.ones(n), -2 * torch.ones(n)], [{"weight": 1.0, "density": 0.5}] * 2,
                 seed=1, rescale=False)
-    keep = [Draws(1, NAME, (n,), 2).uniform(i, (0, 1)) < 0.5 for i in range(2)]
+    keep = [Draws(1, NAME, (n,), 2).keep(i, (0, 1), 0.5) == 1 for i in range(2)]
     expected = torch.where(keep[1], -2.0, torch.where(keep[0], 1.0, 0.0))
     assert_values(out, expected)
 

@@ -9,6 +9,7 @@ the inputs' dtype.
 
 from __future__ import annotations
 
+import math
 import os
 import typing
 
@@ -24,6 +25,7 @@ from surgery.draws import CHUNK, Draws
 from surgery.engine import Options, run_merge
 from surgery.methods import REGISTRY
 from surgery.methods.method import Method
+from surgery.methods.task_vectors import total
 from surgery.plan import plan_merge
 from surgery.spec import parse_spec
 
@@ -248,6 +250,56 @@ def test_draws_do_not_depend_on_the_blocking(rows, cols, cuts):
     assert torch.equal(torch.cat(parts), whole)
     if rows * cols > CHUNK:  # chunks have their own generators: no repetition at the boundary
         assert not torch.equal(whole[:16], whole[CHUNK:CHUNK + 16])
+
+
+@FAST
+@given(rows=st.integers(1, 300), cols=st.integers(1, 700), cuts=st.lists(st.floats(0, 1), max_size=6),
+       density=st.floats(1e-4, 1))
+def test_keep_masks_do_not_depend_on_the_blocking(rows, cols, cuts, density):
+    """DARE's 0/1 masks, like the uniforms: any row spans concatenate to the whole tensor's mask."""
+    whole = Draws(3, "w", (rows, cols), 2).keep(1, (0, rows), density)
+    assert whole.shape == (rows * cols,) and whole.dtype == torch.float32
+    assert set(whole.unique().tolist()) <= {0.0, 1.0}
+    bounds = sorted({0, rows, *(int(c * rows) for c in cuts)})
+    parts = [Draws(3, "w", (rows, cols), 2).keep(1, (a, b), density) for a, b in zip(bounds, bounds[1:])]
+    assert torch.equal(torch.cat(parts), whole)
+
+
+@pytest.mark.parametrize("density", [0.5, 0.3, 0.9, 0.01, 0.002, 1e-4])
+def test_keep_rate_matches_the_density(density):
+    """Over 4M entries the kept share is the density within 5 sigma, sqrt(d (1 - d) / n) each; the
+    threshold rounds the density to 2**-16 (2**-32 under 1/128), far inside that."""
+    n = 4 * CHUNK * 16
+    kept = Draws(5, "rate", (n,), 1).keep(0, (0, 1), density).mean(dtype=torch.float64).item()
+    assert abs(kept - density) < 5 * math.sqrt(density * (1 - density) / n)
+
+
+def test_keep_draws_differ_between_inputs_and_tensors():
+    a = Draws(1, "t", (CHUNK,), 2).keep(0, (0, 1), 0.5)
+    assert not torch.equal(a, Draws(1, "t", (CHUNK,), 2).keep(1, (0, 1), 0.5))
+    assert not torch.equal(a, Draws(1, "u", (CHUNK,), 2).keep(0, (0, 1), 0.5))
+    assert not torch.equal(a, Draws(2, "t", (CHUNK,), 2).keep(0, (0, 1), 0.5))
+
+
+@FAST
+@given(rows=st.integers(1, 64), cols=st.sampled_from([1, 7, 1536, 40000]), cuts=st.lists(st.floats(0, 1), max_size=4))
+def test_block_sums_do_not_depend_on_the_blocking_or_threads(rows, cols, cuts):
+    """The float64 totals of DARE's L1 rescale: the same bits with 1 or 2 threads (rows wider than a
+    segment included), and for any row spans the same sum up to float64 rounding."""
+    x = torch.rand(rows, cols, generator=torch.Generator().manual_seed(rows * cols))
+    bounds = sorted({0, rows, *(int(c * rows) for c in cuts)})
+    threads = torch.get_num_threads()
+    try:
+        results = []
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            results.append(sum((total(x[a:b], x.shape) for a, b in zip(bounds, bounds[1:])), torch.zeros((), dtype=torch.float64)))
+        whole = total(x, x.shape)
+    finally:
+        torch.set_num_threads(threads)
+    assert results[0].item() == results[1].item()
+    assert results[0].item() == pytest.approx(x.sum(dtype=torch.float64).item(), rel=1e-6)
+    assert whole.item() == pytest.approx(results[0].item(), rel=1e-12)
 
 
 # ---- through the engine --------------------------------------------------------------------------
