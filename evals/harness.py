@@ -28,11 +28,13 @@ class Settings:
     device: str | None = None  # None: cuda when there is one, else cpu
     backend: str = "hf"  # lm-eval's model type: hf, vllm, ...
     model_args: dict = field(default_factory=dict)  # passed through, e.g. {"parallelize": True} for accelerate
+    apply_chat_template: bool = False  # format prompts with the tokenizer's chat template (lm-eval's option)
 
     @property
     def key(self) -> str:
         """What stored scores are matched on, besides the weights and the task."""
-        return f"limit={self.limit};fewshot={self.num_fewshot}"
+        chat = ";chat" if self.apply_chat_template else ""  # absent by default: keys stored before it still match
+        return f"limit={self.limit};fewshot={self.num_fewshot}{chat}"
 
 
 @dataclass(frozen=True)
@@ -85,7 +87,8 @@ def _run(model, model_args, tasks: list[str], settings: Settings, manager) -> di
         out = lm_eval.simple_evaluate(
             model=model, model_args=model_args, tasks=list(tasks), num_fewshot=settings.num_fewshot,
             batch_size=settings.batch_size, device=settings.device or default_device(), limit=settings.limit,
-            use_cache=None, cache_requests=False, log_samples=True, task_manager=manager)
+            use_cache=None, cache_requests=False, log_samples=True, task_manager=manager,
+            apply_chat_template=settings.apply_chat_template)
     except OSError as e:  # connection errors and missing hub datasets are OSErrors
         hub = [t for t in tasks if t not in METRICS]
         if not hub:

@@ -13,6 +13,7 @@ from evals.checkpoints import Checkpoint, lineage, open_checkpoint
 from evals.scores import ScoreTable
 from evals.store import Store
 from evals.suites import METRICS, check_tasks, task_digest
+from evals.template_check import template_warnings
 
 
 def evaluate(paths: Sequence[str], tasks: Sequence[str], settings: harness.Settings, store: Store,
@@ -20,6 +21,8 @@ def evaluate(paths: Sequence[str], tasks: Sequence[str], settings: harness.Setti
     """Scores of each checkpoint folder on `tasks`, keyed by absolute path; runs what the store lacks."""
     checkpoints = [open_checkpoint(p) for p in paths]  # every folder checked before the first run
     manager = _checked(list(tasks))
+    for warning in template_warnings([c.path for c in checkpoints], settings.apply_chat_template):
+        say(f"warning: {warning}")
     table = {}
     for checkpoint in checkpoints:
         name = os.path.abspath(checkpoint.path)

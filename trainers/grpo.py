@@ -54,8 +54,8 @@ def train(run: Run, resume: str | None = None, stop_after: int | None = None, qu
             checkpoint.set_rng_state(state.rng[world.rank % len(state.rng)], world.device)
 
         log = loop.Log(os.path.join(spec.out, "log.jsonl"), world.main, keep_until=step)
-        log.write({"event": "start", "step": step, "rows": [len(s.rows) for s in corpus.train_sets],
-                   "processes": world.size, "resumed_from": resume})
+        log.write({"event": "start", "step": step, "total_steps": spec.schedule.total_steps,
+                   "rows": [len(s.rows) for s in corpus.train_sets], "processes": world.size, "resumed_from": resume})
         pad = pad_token_id(tokenizer)
         bar = tqdm(total=spec.schedule.total_steps, initial=step, desc="grpo", disable=quiet or not world.main,
                    dynamic_ncols=True)

@@ -62,8 +62,8 @@ def train(run: Run, resume: str | None = None, stop_after: int | None = None, qu
             checkpoint.set_rng_state(state.rng[world.rank % len(state.rng)], world.device)
 
         log = Log(os.path.join(spec.out, "log.jsonl"), world.main, keep_until=step)
-        log.write({"event": "start", "step": step, "rows": [len(s.rows) for s in corpus.train_sets],
-                   "truncated": corpus.cut, "eval_truncated": corpus.eval_cut, "processes": world.size,
+        log.write({"event": "start", "step": step, "total_steps": spec.schedule.total_steps,
+                   "rows": [len(s.rows) for s in corpus.train_sets], "truncated": corpus.cut, "eval_truncated": corpus.eval_cut, "processes": world.size,
                    "resumed_from": resume})
         if corpus.cut and world.main:
             tqdm.write(f"truncated {corpus.cut} of {sum(map(len, corpus.train))} training rows to "

@@ -80,7 +80,8 @@ def train(run: Run, resume: str | None = None, stop_after: int | None = None, qu
             checkpoint.set_rng_state(state.rng[0], world.device)
 
         log = loop.Log(os.path.join(spec.out, "log.jsonl"), True, keep_until=step)
-        log.write({"event": "start", "step": step, "rows": [len(s.rows) for s in prompts.sets], "resumed_from": resume})
+        log.write({"event": "start", "step": step, "total_steps": spec.schedule.total_steps,
+                   "rows": [len(s.rows) for s in prompts.sets], "resumed_from": resume})
         policy.eval()  # no dropout: the rollout's and the update's log-probabilities agree
         if prompts.eval and step == 0:
             log.write({"step": 0, **evaluate(policy, tokenizer, template, reward, prompts.eval, run)})

@@ -1,0 +1,1 @@
+"""Tests of the Textual panes, driven with run_test() and Pilot."""

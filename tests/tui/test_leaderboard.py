@@ -1,0 +1,181 @@
+"""The leaderboard pane on a results store filled by hand (no lm-eval run), as the evals tests fill
+one: it sorts by key and by a click on a header, filters, shows the lineage of the highlighted
+checkpoint, and compares two marked checkpoints with the p-value evals.significance gives."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+
+import pytest
+from textual.app import App, ComposeResult
+from textual.widgets import ContentSwitcher, DataTable, Footer, Static
+
+from evals.checkpoints import Checkpoint
+from evals.harness import Evaluated
+from evals.scores import TaskScore
+from evals.significance import compare
+from evals.store import Store
+from tui.leaderboard import LeaderboardPane
+
+SIZE = (80, 24)
+N = 40  # documents per task
+KEY = "limit=None;fewshot=None"
+# documents right of 40: means base 0.4167, sft 0.7000, dpo 0.5500, merged 0.6667
+RIGHT = {"base": {"bigbench_arithmetic": 20, "bigbench_general_knowledge": 20, "world_add": 10},
+         "sft": {"bigbench_arithmetic": 30, "bigbench_general_knowledge": 24, "world_add": 30},
+         "dpo": {"bigbench_arithmetic": 10, "bigbench_general_knowledge": 20, "world_add": 36},
+         "merged": {"bigbench_arithmetic": 28, "bigbench_general_knowledge": 24, "world_add": 28}}
+
+
+def _evaluated(task: str, right: int) -> Evaluated:
+    outcomes = tuple(1.0 if i < right else 0.0 for i in range(N))
+    return Evaluated(TaskScore(task, "exact_match", right / N, None, N, None, outcomes), "1.0", 0)
+
+
+def _lineages(tmp_path) -> dict[str, dict]:
+    spec = tmp_path / "sft.yaml"
+    spec.write_text("base: base\nobjective: {name: sft}\nmethod: {name: lora, r: 8}\n")
+    path = lambda name: str(tmp_path / name)  # noqa: E731
+    merge_spec = {"merge_method": "ties", "base_model": "base", "models": [{"model": "sft"}, {"model": "dpo"}]}
+    return {"base": {},
+            "sft": {"training": {"base": path("base"), "method": {"name": "lora"}, "objective": {"name": "sft"},
+                                 "parent": None, "spec": str(spec)}},
+            "dpo": {"training": {"base": path("sft"), "method": {"name": "lora"}, "objective": {"name": "dpo"},
+                                 "parent": None, "spec": str(tmp_path / "gone.yaml")}},
+            "merged": {"merge": {"surgery.method": "ties", "surgery.spec": json.dumps(merge_spec),
+                                 "surgery.models": f"base={path('base')},sft={path('sft')},dpo={path('dpo')}"}}}
+
+
+@pytest.fixture
+def db(tmp_path, monkeypatch) -> str:
+    """The store of four checkpoints named by absolute paths under the current folder (which need not exist)."""
+    monkeypatch.chdir(tmp_path)
+    path = str(tmp_path / "evals.sqlite")
+    with Store(path) as store:
+        for name, lineage in _lineages(tmp_path).items():
+            full = str(tmp_path / name)
+            store.register(full, Checkpoint(full, f"hash-{name}"), lineage)
+            store.put(full, f"hash-{name}", {}, KEY, "0.4.13", {t: _evaluated(t, r) for t, r in RIGHT[name].items()})
+    return path
+
+
+class BoardApp(App):
+    def __init__(self, db_path: str):
+        super().__init__()
+        self.db_path = db_path
+
+    def compose(self) -> ComposeResult:
+        yield LeaderboardPane(self.db_path, id="leaderboard")
+        yield Footer()
+
+
+async def settled(pilot) -> LeaderboardPane:
+    await pilot.app.workers.wait_for_complete()
+    await pilot.pause()
+    return pilot.app.query_one(LeaderboardPane)
+
+
+def shown(pane: LeaderboardPane) -> list[str]:
+    table = pane.query_one("#lb-table", DataTable)
+    return [os.path.basename(row.key.value) for row in table.ordered_rows]
+
+
+def run(db: str, scenario) -> None:
+    """The scenario, given the pilot and the pane once the store is loaded, in an 80x24 terminal."""
+    async def go():
+        async with BoardApp(db).run_test(size=SIZE) as pilot:
+            await scenario(pilot, await settled(pilot))
+
+    asyncio.run(go())
+
+
+def test_sorts_by_mean_then_by_key_and_by_header_click(db):
+    async def scenario(pilot, pane):
+        assert shown(pane) == ["sft", "merged", "dpo", "base"]  # mean, high to low
+        assert pane.board.columns[:6] == ("checkpoint", "made_by", "mean", "tax", "forget", "merge_q")
+        row = lambda name: pane.board.entry(os.path.abspath(name)).row  # noqa: E731
+        assert row("dpo")["forget"] == pytest.approx(0.5)  # bigbench_arithmetic 0.75 (sft) -> 0.25
+        assert row("merged")["merge_q"] == pytest.approx((0.7 / 0.75 + 0.6 / 0.6 + 0.7 / 0.9) / 3)
+        table = pane.query_one("#lb-table", DataTable)
+        assert table.has_focus  # keys work at once
+        await pilot.press("s")  # the next column: tax, G(parent) - G(child), largest first
+        assert pane.sort_column == "tax"
+        assert shown(pane) == ["dpo", "merged", "sft", "base"]  # tax +0.30, -0.15, -0.175; base has none
+        x = table.columns["checkpoint"].get_render_width(table) // 2 + table.columns["mark"].get_render_width(table)
+        await pilot.click("#lb-table", offset=(x, 0))
+        assert pane.sort_column == "checkpoint" and shown(pane) == ["base", "dpo", "merged", "sft"]
+        await pilot.click("#lb-table", offset=(x, 0))  # again: the other way round
+        assert shown(pane) == ["sft", "merged", "dpo", "base"]
+
+    run(db, scenario)
+
+
+def test_filters_by_checkpoint_or_method(db):
+    async def scenario(pilot, pane):
+        await pilot.press("slash", *"dpo")
+        assert shown(pane) == ["dpo"]
+        await pilot.press("escape")  # back to the table; the filter stays
+        assert pane.query_one("#lb-table", DataTable).has_focus and shown(pane) == ["dpo"]
+        await pilot.press("slash", "backspace", "backspace", "backspace", *"merge:")  # by method
+        assert shown(pane) == ["merged"]
+        await pilot.press("enter", "escape")  # leave the filter, then clear it
+        assert pane.filter_text == "" and len(shown(pane)) == 4
+
+    run(db, scenario)
+
+
+def test_lineage_shows_the_parent_and_the_spec(db, tmp_path):
+    async def scenario(pilot, pane):
+        assert pane.highlighted() == str(tmp_path / "sft")
+        text = str(pane.query_one("#lb-lineage-text", Static).render())
+        assert "made by  lora/sft" in text
+        assert "from     base  (mean 0.4167)" in text
+        assert "method: {name: lora, r: 8}" in text  # the spec file's text
+        await pilot.press("down")  # merged: a merge of sft and dpo over base
+        text = str(pane.query_one("#lb-lineage-text", Static).render())
+        assert "made by  merge:ties" in text and "input    sft" in text and "merge_method: ties" in text
+
+    run(db, scenario)
+
+
+def test_two_marked_rows_are_compared_with_their_significance(db, tmp_path):
+    async def scenario(pilot, pane):
+        table = pane.query_one("#lb-table", DataTable)
+        await pilot.press("ctrl+end", "m", "ctrl+home", "m")  # A = base (last), B = sft (first)
+        await pilot.app.workers.wait_for_complete()
+        await pilot.pause()
+        result = pane.comparison
+        assert (result.a, result.b) == (str(tmp_path / "base"), str(tmp_path / "sft"))
+        with Store(pane.board.path) as store:
+            base, sft = store.scores("hash-base"), store.scores("hash-sft")
+        for task in RIGHT["base"]:
+            expected = compare(base[task].outcomes, sft[task].outcomes, sft[task].value - base[task].value)
+            got = result.differences[task]
+            assert got.p_value == expected.p_value and (got.low, got.high) == (expected.low, expected.high)
+        compared = pane.query_one("#lb-compare-table", DataTable)
+        row = dict(zip((c.value for c in compared.columns), compared.get_row("bigbench_arithmetic")))
+        p = result.differences["bigbench_arithmetic"].p_value  # 10 wins, 0 losses: 2 / 2**10
+        assert abs(p - 2 / 2**10) < 1e-12
+        assert row["A"] == "0.5000" and row["B"] == "0.7500" and row["change"] == "0.2500"
+        assert row["p (McNemar)"] == f"{p:.3g}" and row["verdict"] == "significant"
+        assert table.get_row(str(tmp_path / "base"))[0] == "A"
+        await pilot.press("escape")  # drop the marks: the lineage is back
+        assert pane.marks == [] and pane.comparison is None
+        assert pane.query_one("#lb-detail", ContentSwitcher).current == "lb-lineage"
+
+    run(db, scenario)
+
+
+def test_refresh_rows_rereads_the_store(db, tmp_path):
+    async def scenario(pilot, pane):
+        with Store(db) as store:
+            full = str(tmp_path / "late")
+            store.register(full, Checkpoint(full, "hash-late"), {})
+            store.put(full, "hash-late", {}, KEY, "0.4.13", {"world_add": _evaluated("world_add", 40)})
+        pane.refresh_rows()
+        await settled(pilot)
+        assert shown(pane)[0] == "late"
+
+    run(db, scenario)

@@ -1,0 +1,68 @@
+"""The leaderboard's data, read from the results store in one go (slow enough for a worker thread):
+one entry per evaluated checkpoint with its row (evals.leaderboard.rows), where it came from
+(tui/origin.py) and its metrics against its parents (tui/parent_metrics.py)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from evals.leaderboard import rows
+from evals.metrics import Scores
+from evals.store import Store, default_path
+from tui.origin import Origin, origin
+from tui.parent_metrics import COLUMNS as PARENT_COLUMNS, parent_metrics
+
+FIXED = ("checkpoint", "made_by", "mean")
+
+
+@dataclass(frozen=True)
+class Entry:
+    """`name`: the checkpoint as the store names it (its absolute path); `row`: column -> value, the
+    board's columns in every row (None where there is no value)."""
+
+    name: str
+    hash: str
+    row: dict
+    origin: Origin
+
+
+@dataclass(frozen=True)
+class Board:
+    path: str
+    entries: tuple[Entry, ...] = ()
+    columns: tuple[str, ...] = ()
+    tasks: tuple[str, ...] = ()
+    changed: tuple[str, ...] = ()  # left out: rewritten since they were evaluated
+    note: str = ""  # why there is nothing to show
+
+    def entry(self, name: str) -> Entry | None:
+        return next((e for e in self.entries if e.name == name), None)
+
+
+def load_board(db_path: str | None = None, suite: str | None = None) -> Board:
+    """Every evaluated checkpoint of the store (on the suite's tasks; all stored tasks when None)."""
+    path = os.path.abspath(db_path or default_path())
+    if not os.path.isfile(path):
+        return Board(path, note=f"no results store at {path} yet; run `surgery eval CHECKPOINT` first")
+    with Store(path) as store:
+        table, changed = rows(store, suite)
+        names = [os.path.abspath(r["checkpoint"]) for r in table]  # rows() names them relative to here
+        scores = {n: store.table([n], suite)[n] for n in names}
+        hashes = {n: store.hash_of(n) for n in names}
+        origins = {n: origin(store.lineage(hashes[n])) for n in names}
+    tasks = tuple(dict.fromkeys(t for s in scores.values() for t in sorted(s)))
+    measured = {n: _measured(scores, n, origins[n]) for n in names}
+    shown = tuple(c for c in PARENT_COLUMNS if any(m[c] is not None for m in measured.values()))
+    columns = FIXED + shown + tasks
+    entries = tuple(Entry(n, hashes[n], {c: (r | measured[n]).get(c) for c in columns}, origins[n])
+                    for n, r in zip(names, table))
+    note = "" if entries else f"no scores in {path} yet; run `surgery eval CHECKPOINT` first"
+    return Board(path, entries, columns, tasks, tuple(changed), note)
+
+
+def _measured(scores: dict[str, Scores], name: str, source: Origin) -> dict:
+    """The parent metrics, against the parents that were evaluated too."""
+    parent = scores.get(source.base) if source.base else None
+    experts = [scores[p] for p in source.inputs if p in scores]
+    return parent_metrics(scores[name], parent, experts if len(experts) == len(source.inputs) else [])

@@ -1,0 +1,301 @@
+"""The leaderboard pane: every evaluated checkpoint of the results store in a table that sorts (key
+`s`, or a click on a header) and filters (key `/`), the lineage of the highlighted checkpoint, and two
+marked checkpoints (key `m`) compared task by task with the significance of each difference.
+
+The store is read in a worker thread (tui/board.py), comparisons too (tui/comparison.py); scores,
+metrics and tests all come from evals.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+
+from rich.text import Text
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.widget import Widget
+from textual.widgets import ContentSwitcher, DataTable, Input, Label, Static
+
+from evals.leaderboard import sort_rows
+from evals.store import default_path
+from surgery.errors import SurgeryError
+from tui.board import Board, Entry, load_board
+from tui.comparison import Comparison, compare_checkpoints
+
+MARKS = ("A", "B")  # the first marked is A (before), the second B (after): differences are B - A
+
+
+class LeaderboardPane(Widget):
+    """The evals store's runs; `refresh_rows()` reads the store again (after an evaluation ends)."""
+
+    DEFAULT_CSS = """
+    LeaderboardPane { layout: vertical; height: 1fr; }
+    LeaderboardPane #lb-bar { dock: top; height: 1; }
+    LeaderboardPane #lb-filter { border: none; height: 1; width: 1fr; padding: 0 1; }
+    LeaderboardPane #lb-filter:focus { background: $boost; }
+    LeaderboardPane #lb-status { width: auto; max-width: 60%; height: 1; padding: 0 1; color: $text-muted; }
+    LeaderboardPane #lb-table { height: 1fr; }
+    LeaderboardPane #lb-detail { height: 9; border-top: solid $primary; }
+    LeaderboardPane #lb-compare-table { height: 1fr; }
+    """
+    BINDINGS = [
+        Binding("slash", "filter", "Filter", key_display="/"),
+        Binding("s", "cycle_sort", "Sort"),
+        Binding("m", "mark", "Mark A/B"),
+        Binding("escape", "clear", "Clear"),
+        Binding("r", "reload", "Reload"),
+    ]
+
+    def __init__(self, db_path: str | None = None, id: str | None = None):
+        super().__init__(id=id)
+        self.db_path = db_path
+        self.board = Board(os.path.abspath(db_path or default_path()))
+        self.sort_column = "mean"
+        self.reverse = False  # against sort_rows' order (numbers high to low, text A to Z)
+        self.filter_text = ""
+        self.marks: list[str] = []  # checkpoint names, at most two
+        self.comparison: Comparison | None = None
+        self._loads = self._compares = 0  # a result arriving after a newer request is dropped
+
+    def compose(self) -> ComposeResult:
+        yield DataTable(id="lb-table", cursor_type="row", zebra_stripes=True)  # first to take the focus
+        with Horizontal(id="lb-bar"):  # docked above the table
+            yield Input(placeholder="/ filter by checkpoint or method", id="lb-filter")
+            yield Label("", id="lb-status")
+        with ContentSwitcher(initial="lb-lineage", id="lb-detail"):
+            with VerticalScroll(id="lb-lineage"):
+                yield Static("", id="lb-lineage-text")
+            with Vertical(id="lb-compare"):
+                yield Label("", id="lb-compare-title")
+                yield DataTable(id="lb-compare-table", cursor_type="row")
+
+    def on_mount(self) -> None:
+        self._reload()
+
+    # reading the store
+
+    def refresh_rows(self) -> None:
+        """Read the store again in a worker; the table keeps its sort, filter and marks."""
+        if self.is_mounted:  # else mounting reads it
+            self._reload()
+
+    def _reload(self) -> None:
+        self._loads += 1
+        self._say("loading ...")
+        self._load(self._loads)
+
+    @work(thread=True, group="leaderboard")
+    def _load(self, request: int) -> None:
+        try:
+            board = load_board(self.db_path)
+        except (SurgeryError, sqlite3.Error, OSError) as e:  # shown in the status line
+            board = Board(self.board.path, note=str(e))
+        self.app.call_from_thread(self._loaded, request, board)
+
+    def _loaded(self, request: int, board: Board) -> None:
+        if request != self._loads:
+            return
+        self.board = board
+        self.marks = [m for m in self.marks if board.entry(m)]
+        if self.sort_column not in board.columns:
+            self.sort_column, self.reverse = "mean", False
+        self._fill()
+        if len(self.marks) == 2:
+            self._compare()
+
+    # the table
+
+    def visible(self) -> list[Entry]:
+        """The entries the filter lets through, in the sort order."""
+        needle = self.filter_text.lower()
+        entries = [e for e in self.board.entries
+                   if needle in str(e.row.get("checkpoint", "")).lower() or needle in e.origin.made_by.lower()]
+        return _sorted(entries, self.sort_column, self.reverse)
+
+    def _fill(self) -> None:
+        table = self.query_one("#lb-table", DataTable)
+        keep = self.highlighted()
+        table.clear(columns=True)
+        table.add_column(" ", key="mark", width=1)
+        shown = self.visible()
+        for column in self.board.columns:
+            table.add_column(column + (self._arrow(shown) if column == self.sort_column else ""), key=column)
+        for entry in shown:
+            table.add_row(self._mark(entry.name), *(_cell(entry.row[c]) for c in self.board.columns), key=entry.name)
+        names = [e.name for e in shown]
+        if keep in names:
+            table.move_cursor(row=names.index(keep))
+        self._say()
+        self._show_lineage()
+
+    def _arrow(self, shown: list[Entry]) -> str:
+        """▼ for high to low or Z to A, ▲ for the other way."""
+        numeric = any(isinstance(e.row.get(self.sort_column), (int, float)) for e in shown)
+        return " ▼" if numeric != self.reverse else " ▲"
+
+    def highlighted(self) -> str | None:
+        """The checkpoint under the table's cursor."""
+        table = self.query_one("#lb-table", DataTable)
+        if not table.row_count:
+            return None
+        return table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
+
+    def _mark(self, name: str) -> str:
+        return MARKS[self.marks.index(name)] if name in self.marks else ""
+
+    def _say(self, message: str | None = None) -> None:
+        if message is None:
+            b = self.board
+            message = b.note or (f"{len(self.visible())}/{len(b.entries)} · sort {self.sort_column}"
+                                 + (f" · {len(b.changed)} changed since evaluated" if b.changed else ""))
+        self.query_one("#lb-status", Label).update(message)
+
+    # keys and clicks
+
+    def action_filter(self) -> None:
+        self.query_one("#lb-filter", Input).focus()
+
+    @on(Input.Changed, "#lb-filter")
+    def _filtered(self, event: Input.Changed) -> None:
+        self.filter_text = event.value
+        self._fill()
+
+    @on(Input.Submitted, "#lb-filter")
+    def _filter_done(self) -> None:
+        self.query_one("#lb-table", DataTable).focus()
+
+    def action_cycle_sort(self) -> None:
+        columns = self.board.columns
+        if columns:
+            at = columns.index(self.sort_column) if self.sort_column in columns else -1
+            self.sort_by(columns[(at + 1) % len(columns)])
+
+    @on(DataTable.HeaderSelected, "#lb-table")
+    def _header_clicked(self, event: DataTable.HeaderSelected) -> None:
+        column = event.column_key.value
+        if column in self.board.columns:
+            self.sort_by(column, reverse=not self.reverse if column == self.sort_column else False)
+
+    def sort_by(self, column: str, reverse: bool = False) -> None:
+        self.sort_column, self.reverse = column, reverse
+        self._fill()
+
+    def action_reload(self) -> None:
+        self.refresh_rows()
+
+    def action_clear(self) -> None:
+        """Leave the filter; else drop the marks; else clear the filter."""
+        if self.query_one("#lb-filter", Input).has_focus:
+            self.query_one("#lb-table", DataTable).focus()
+        elif self.marks:
+            self.marks, self.comparison = [], None
+            self._fill()
+            self.query_one("#lb-detail", ContentSwitcher).current = "lb-lineage"
+        elif self.filter_text:
+            self.query_one("#lb-filter", Input).value = ""
+
+    def action_mark(self) -> None:
+        """Mark the highlighted checkpoint as A, then B; a third mark replaces the oldest."""
+        name = self.highlighted()
+        if name is None:
+            return
+        self.marks = [m for m in self.marks if m != name] if name in self.marks else (self.marks + [name])[-2:]
+        table = self.query_one("#lb-table", DataTable)
+        for entry in self.visible():
+            table.update_cell(entry.name, "mark", self._mark(entry.name))
+        if len(self.marks) == 2:
+            self._compare()
+        else:
+            self.comparison = None
+            self.query_one("#lb-detail", ContentSwitcher).current = "lb-lineage"
+
+    # the lineage of the highlighted checkpoint
+
+    @on(DataTable.RowHighlighted, "#lb-table")
+    def _highlighted(self) -> None:
+        self._show_lineage()
+
+    def _show_lineage(self) -> None:
+        name = self.highlighted()
+        entry = self.board.entry(name) if name else None
+        text = lineage_text(entry, self.board) if entry else self.board.note
+        self.query_one("#lb-lineage-text", Static).update(Text(text))
+
+    # comparing two checkpoints
+
+    def _compare(self) -> None:
+        self._compares += 1
+        self.comparison = None
+        a, b = self.marks
+        self.query_one("#lb-compare-title", Label).update(f"comparing {_short(a)} and {_short(b)} ...")
+        self.query_one("#lb-compare-table", DataTable).clear(columns=True)
+        self.query_one("#lb-detail", ContentSwitcher).current = "lb-compare"
+        self._run_comparison(self._compares, self.board.path, a, b)
+
+    @work(thread=True, group="leaderboard-compare")
+    def _run_comparison(self, request: int, path: str, a: str, b: str) -> None:
+        result = compare_checkpoints(path, a, b)
+        self.app.call_from_thread(self._compared, request, result)
+
+    def _compared(self, request: int, comparison: Comparison) -> None:
+        if request != self._compares:
+            return
+        self.comparison = comparison
+        title = f"A {_short(comparison.a)}  B {_short(comparison.b)}: B - A"
+        self.query_one("#lb-compare-title", Label).update(comparison.error or title)
+        table = self.query_one("#lb-compare-table", DataTable)
+        rows = comparison.table()
+        if rows:
+            for column in rows[0]:
+                table.add_column(column, key=column)
+            for row in rows:
+                table.add_row(*(_cell(v) for v in row.values()), key=row["task"])
+
+
+def lineage_text(entry: Entry, board: Board) -> str:
+    """What made the checkpoint: its parents (with their mean where they were evaluated), the method
+    and the spec."""
+    o = entry.origin
+    lines = [f"{_short(entry.name)}  hash {entry.hash[:12]}", f"made by  {o.made_by or 'unknown (no lineage)'}"]
+    if o.base:
+        lines.append(f"from     {_with_mean(o.base, board)}")
+    lines += [f"input    {_with_mean(p, board)}" for p in o.inputs]
+    if o.resumed_from:
+        lines.append(f"resumed  {_short(o.resumed_from)}")
+    if o.spec_file:
+        lines.append(f"spec     {_short(o.spec_file)}")
+    if o.spec_text:
+        lines += ["", o.spec_text.rstrip()]
+    return "\n".join(lines)
+
+
+def _with_mean(path: str, board: Board) -> str:
+    parent = board.entry(path)
+    return _short(path) + (f"  (mean {_cell(parent.row['mean'])})" if parent else "  (not evaluated)")
+
+
+def _sorted(entries: list[Entry], column: str, reverse: bool) -> list[Entry]:
+    """evals' order for the column; reversed, the rows without a value stay last."""
+    if not entries:
+        return entries
+    by_row = {id(e.row): e for e in entries}
+    ordered = [by_row[id(r)] for r in sort_rows([e.row for e in entries], column)]
+    if not reverse:
+        return ordered
+    present = [e for e in ordered if e.row.get(column) is not None]
+    return present[::-1] + [e for e in ordered if e.row.get(column) is None]
+
+
+def _cell(value) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def _short(path: str) -> str:
+    """A path under the current folder, relative to it; others as they are."""
+    rel = os.path.relpath(path)
+    return path if rel.startswith("..") else rel
