@@ -18,37 +18,65 @@ def _model_args(text: str) -> dict:
     return dict(p.split("=", 1) for p in pairs)
 
 
-@click.command("eval")
-@click.argument("checkpoints", nargs=-1, required=True, type=click.Path())
-@click.option("--suite", default="world", show_default=True, help="world, general, alignment or leaderboard.")
-@click.option("--tasks", help="Comma-separated lm-eval task names, instead of a suite.")
-@click.option("--limit", type=int, help="Score only the first N documents of each task.")
-@click.option("--num-fewshot", type=int, help="Few-shot examples per prompt (default: each task's own).")
-@click.option("--batch-size", default="8", show_default=True, help="lm-eval batch size (a number, or auto on GPU).")
-@click.option("--device", help="cpu, cuda, cuda:1 ... (default: cuda when there is one).")
-@click.option("--backend", default="hf", show_default=True, help="lm-eval model type: hf, vllm, ...")
-@click.option("--model-args", default="", metavar="K=V,...",
-              help="Passed to lm-eval's model, e.g. parallelize=True (accelerate) or tensor_parallel_size=2 (vLLM).")
-@click.option("--db", type=click.Path(dir_okay=False), help="Results store (default $SURGERY_HOME/evals.sqlite, "
-              "else .surgery/evals.sqlite here).")
-@click.option("--force", is_flag=True, help="Run again even when the store has these scores.")
-@handled
-def eval_(checkpoints, suite, tasks, limit, num_fewshot, batch_size, device, backend, model_args, db, force) -> None:
-    """Evaluate checkpoint folders (models, or PEFT adapters over a local base) with lm-eval.
+SCORING_OPTIONS = (  # how checkpoints are scored: `surgery eval`, `soup` and `sweep` share them
+    click.option("--suite", default="world", show_default=True, help="world, general, alignment or leaderboard."),
+    click.option("--tasks", help="Comma-separated lm-eval task names, instead of a suite."),
+    click.option("--limit", type=int, help="Score only the first N documents of each task."),
+    click.option("--num-fewshot", type=int, help="Few-shot examples per prompt (default: each task's own)."),
+    click.option("--batch-size", default="8", show_default=True,
+                 help="lm-eval batch size (a number, or auto on GPU)."),
+    click.option("--device", help="cpu, cuda, cuda:1 ... (default: cuda when there is one)."),
+    click.option("--backend", default="hf", show_default=True, help="lm-eval model type: hf, vllm, ..."),
+    click.option("--model-args", default="", metavar="K=V,...",
+                 help="Passed to lm-eval's model, e.g. parallelize=True (accelerate) or tensor_parallel_size=2 (vLLM)."),
+    click.option("--db", type=click.Path(dir_okay=False), help="Results store (default $SURGERY_HOME/evals.sqlite, "
+                 "else .surgery/evals.sqlite here)."),
+    click.option("--apply-chat-template", is_flag=True,
+                 help="Format prompts with each checkpoint's chat template (lm-eval's option); a warning says when "
+                      "this differs from how a checkpoint was trained."),
+    click.option("--force", is_flag=True, help="Run again even when the store has these scores."),
+)
 
-    Scores are stored by the hash of the weights: unchanged weights are served from the store, under
-    any path; changed weights are evaluated again.
-    """
+
+def scoring_options(command):
+    for option in reversed(SCORING_OPTIONS):
+        command = option(command)
+    return command
+
+
+def _scoring(suite, tasks, limit, num_fewshot, batch_size, device, backend, model_args, apply_chat_template=False):
+    """(task names, harness Settings) from the scoring options."""
     from evals.harness import Settings
-    from evals.leaderboard import render
-    from evals.run import evaluate
-    from evals.store import Store
     from evals.suites import suite_tasks
 
     names = [t.strip() for t in tasks.split(",") if t.strip()] if tasks else list(suite_tasks(suite))
     settings = Settings(limit=limit, num_fewshot=num_fewshot, device=device, backend=backend,
                         batch_size=int(batch_size) if batch_size.isdigit() else batch_size,
-                        model_args=_model_args(model_args))
+                        model_args=_model_args(model_args), apply_chat_template=apply_chat_template)
+    return names, settings
+
+
+def _say(message: str) -> None:
+    click.echo(message, err=True)
+
+
+@click.command("eval")
+@click.argument("checkpoints", nargs=-1, required=True, type=click.Path())
+@scoring_options
+@handled
+def eval_(checkpoints, suite, tasks, limit, num_fewshot, batch_size, device, backend, model_args, db, apply_chat_template,
+          force) -> None:
+    """Evaluate checkpoint folders (models, or PEFT adapters over a local base) with lm-eval.
+
+    Scores are stored by the hash of the weights: unchanged weights are served from the store, under
+    any path; changed weights are evaluated again.
+    """
+    from evals.leaderboard import render
+    from evals.run import evaluate
+    from evals.store import Store
+
+    names, settings = _scoring(suite, tasks, limit, num_fewshot, batch_size, device, backend, model_args,
+                               apply_chat_template)
     with Store(db) as store:
         table = evaluate(checkpoints, names, settings, store, force, say=lambda m: click.echo(m, err=True))
     rows = [{"checkpoint": name, "task": s.task, "metric": s.metric, "value": s.value, "stderr": s.stderr, "n": s.n}
@@ -75,18 +103,6 @@ def leaderboard(suite, sort_by, fmt, db) -> None:
         click.echo("no scores stored yet; run `surgery eval CHECKPOINT` first", err=True)
         return
     click.echo(render(sort_rows(table, sort_by), fmt))
-
-
-def _compared(store, names: list[str], suite: str | None) -> dict:
-    """The score table of `names` on the suite's tasks (every stored task when None), refused when the
-    checkpoints were evaluated with different task versions, few-shot counts or limits."""
-    from evals.metrics import check_comparable
-    from evals.suites import SUITES
-
-    table = store.table(names, suite)
-    wanted = SUITES.get(suite, (suite,)) if suite else None
-    check_comparable({n: store.provenance(store.hash_of(n), wanted) for n in names})
-    return table
 
 
 def _suite_tasks(table: dict, suite: str) -> list[str]:
@@ -122,8 +138,8 @@ def tax(before, after, suite, alignment_suite, alpha, seed, fmt, db) -> None:
     from evals.store import Store
 
     with Store(db) as store:
-        general = _compared(store, [before, after], suite)
-        aligned = _compared(store, [before, after], alignment_suite)
+        general = store.comparable_table([before, after], suite)
+        aligned = store.comparable_table([before, after], alignment_suite)
     result = alignment_tax({**general[before], **aligned[before]}, {**general[after], **aligned[after]},
                            _suite_tasks(general, suite), _suite_tasks(aligned, alignment_suite), alpha, seed=seed)
     click.echo(render_tax(result, before, after, fmt))
@@ -157,7 +173,7 @@ def forgetting(checkpoints, suite, stage_tasks, joint, normalise, png, alpha, se
     names = list(checkpoints) + ([joint] if joint else [])
     stages = [t.strip() for t in stage_tasks.split(",") if t.strip()] if stage_tasks else None
     with Store(db) as store:
-        table = _compared(store, names, suite)
+        table = store.comparable_table(names, suite)
     report = forgetting_report(table, list(checkpoints), stages, table[joint] if joint else None, normalise,
                                alpha, seed=seed)
     click.echo(render_forgetting(report, fmt))
@@ -165,3 +181,106 @@ def forgetting(checkpoints, suite, stage_tasks, joint, normalise, png, alpha, se
         title = f"{'normalised score' if normalise else 'score'} after each stage"
         figure = forgetting_figure(report.checkpoints, report.tasks, report.matrix, title)
         click.echo(f"wrote {save_png(figure, png)}", err=True)
+
+
+@click.command()
+@click.argument("checkpoints", nargs=-1, required=True, type=click.Path())
+@click.option("--out", required=True, type=click.Path(file_okay=False),
+              help="Folder for the soups tried, one subfolder per step (soup-2-with-NAME, ...).")
+@click.option("--select", metavar="TASK", help="Held-out task to rank and accept by (default: the mean over the "
+              "tasks, over-refusal as 1 - rate, perplexities left out).")
+@click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]), help="dtype of the soups written "
+              "(default: the inputs').")
+@scoring_options
+@click.option("--format", "fmt", type=click.Choice(("table", "md", "csv")), default="table", show_default=True)
+@handled
+def soup(checkpoints, out, select, dtype, suite, tasks, limit, num_fewshot, batch_size, device, backend, model_args,
+         db, apply_chat_template, force, fmt) -> None:
+    """Greedy soup of fine-tunes of one base: rank CHECKPOINTS by held-out score, start from the best,
+    add each next one to the uniform average only if the score does not drop (Model Soups, Wortsman
+    et al. 2022). Every soup tried is merged, scored and stored (see `surgery leaderboard`)."""
+    from evals.reports import render
+    from evals.search import check_select, harness_scorer
+    from evals.soup import check_candidates, run_soup, soup_rows
+    from evals.store import Store
+
+    names, settings = _scoring(suite, tasks, limit, num_fewshot, batch_size, device, backend, model_args,
+                               apply_chat_template)
+    check_select(select, names)
+    check_candidates(checkpoints)
+    with Store(db) as store:
+        result = run_soup(checkpoints, out, harness_scorer(names, settings, store, force, _say), select, dtype)
+    click.echo(render(soup_rows(result), fmt).rstrip("\n"))
+    click.echo(f"soup of {len(result.ingredients)}: {result.folder} (held-out {result.score:.4f})", err=True)
+
+
+@click.command()
+@click.argument("spec", type=click.Path(dir_okay=False))
+@click.option("--param", required=True, metavar="PATH", help="Dotted path of the field to sweep in SPEC, e.g. "
+              "models.0.parameters.weight or parameters.t.")
+@click.option("--values", required=True, metavar="V1,V2,...", help="Comma-separated values, e.g. 0,0.25,0.5.")
+@click.option("--out", required=True, type=click.Path(file_okay=False),
+              help="Folder for the merges, one subfolder per value (weight=0.25, ...).")
+@click.option("--models-dir", type=click.Path(file_okay=False), help="Read relative model paths of SPEC from here "
+              "(default: the current folder).")
+@click.option("--plot", type=click.Path(dir_okay=False), help="Also write the scores against the value as a PNG.")
+@scoring_options
+@click.option("--format", "fmt", type=click.Choice(("table", "md", "csv")), default="table", show_default=True)
+@handled
+def sweep(spec, param, values, out, models_dir, plot, suite, tasks, limit, num_fewshot, batch_size, device, backend,
+          model_args, db, apply_chat_template, force, fmt) -> None:
+    """Sweep one merge parameter: for each value, SPEC with PARAM set to it is merged and scored; prints
+    the score on each task and the mean per value. Every point is checked before the first merge."""
+    from evals.plots import save_png, sweep_figure
+    from evals.reports import render
+    from evals.search import harness_scorer
+    from evals.store import Store
+    from evals.sweep import parse_values, read_spec, sweep as run_sweep, sweep_rows, sweep_series
+
+    names, settings = _scoring(suite, tasks, limit, num_fewshot, batch_size, device, backend, model_args,
+                               apply_chat_template)
+    values = parse_values(values)
+    with Store(db) as store:
+        points = run_sweep(read_spec(spec), spec, param, values, out, harness_scorer(names, settings, store, force,
+                           _say), models_dir)
+    click.echo(render(sweep_rows(points, param), fmt).rstrip("\n"))
+    if plot:
+        figure = sweep_figure(param, values, sweep_series(points), f"scores along {param}")
+        click.echo(f"wrote {save_png(figure, plot)}", err=True)
+
+
+@click.command()
+@click.argument("out", type=click.Path(file_okay=False))
+@click.option("--zoo", type=click.Path(file_okay=False), help="A small-world zoo with `base` and `add` (e.g. "
+              "DIR/models of `surgery world DIR`); trained under OUT/zoo when not given or missing there.")
+@click.option("--base-steps", type=click.IntRange(1), default=2000, show_default=True,
+              help="Training steps of the zoo's base, when it is trained here.")
+@click.option("--steps", type=click.IntRange(1), default=200, show_default=True,
+              help="Steps of each fine-tune (the parent gets 1.5x).")
+@click.option("--weights", default=",".join(map(str, (0.0, 0.25, 0.5, 0.75, 1.0))), show_default=True,
+              help="Weights of the aligned model's task vector to sweep (0: the parent, 1: the aligned model).")
+@click.option("--limit", type=int, help="Score only the first N documents of each task.")
+@click.option("--device", help="cpu, cuda, ... (default: cuda when there is one).")
+@click.option("--db", type=click.Path(dir_okay=False), help="Results store (as for surgery eval).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the paired bootstrap.")
+@handled
+def proof(out, zoo, base_steps, steps, weights, limit, device, db, seed) -> None:
+    """The small world's evals proof: the alignment tax of a refusal-trained model over its parent,
+    backward transfer over two training stages, and the tax along the weight average of the two.
+    Writes OUT/proof.json (the numbers) and OUT/averaging.png; every model lands in the results store."""
+    import os
+
+    from evals.harness import Settings
+    from evals.proof import PARAM, TASKS, parse_weights, run_proof, save, sweep_table
+    from evals.reports import render, render_forgetting, render_tax
+    from evals.search import harness_scorer
+    from evals.store import Store
+
+    values = parse_weights(weights)
+    with Store(db) as store:
+        scorer = harness_scorer(TASKS, Settings(limit=limit, device=device), store, say=_say)
+        result = run_proof(out, zoo or os.path.join(out, "zoo"), scorer, base_steps, steps, values, _say, seed)
+    click.echo("(a) alignment tax, parent (sft) -> aligned\n" + render_tax(result.tax, "sft", "aligned"))
+    click.echo("\n(b) forgetting, base -> add -> add-then-reverse\n" + render_forgetting(result.forgetting))
+    click.echo(f"\n(c) parent + w (aligned - parent), {PARAM} = w\n" + render(sweep_table(result)))
+    click.echo(f"wrote {' and '.join(save(result, out))}", err=True)

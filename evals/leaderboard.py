@@ -40,14 +40,20 @@ def lineage_columns(lineage: dict) -> dict:
     training, merge = lineage.get("training") or {}, lineage.get("merge") or {}
     if training:
         made_by = "/".join(str((training.get(k) or {}).get("name", "")) for k in ("method", "objective"))
-        parent = training.get("parent") or training.get("base") or ""
+        parent = _short(training.get("parent") or training.get("base") or "")
     elif merge:
-        made_by, parent = f"merge:{merge.get('surgery.method', '?')}", merge.get("surgery.models", "")
+        made_by, parent = f"merge:{merge.get('surgery.method', '?')}", merged_from(merge.get("surgery.models", ""))
     else:
         made_by, parent = "", ""
     if lineage.get("adapter_of"):
-        parent = parent or lineage["adapter_of"]
-    return {"made_by": made_by, "parent": _short(parent) if parent else ""}
+        parent = parent or _short(lineage["adapter_of"])
+    return {"made_by": made_by, "parent": parent}
+
+
+def merged_from(models: str) -> str:
+    """The engine's `surgery.models` ('name=/path,name=/path') as the input folders, each shortened."""
+    paths = [item.split("=", 1)[-1] for item in models.split(",") if item]
+    return " + ".join(_short(p) for p in paths)
 
 
 def mean_score(scores: dict[str, TaskScore]) -> float | None:

@@ -75,3 +75,23 @@ def merge_quality_figure(ratios: Mapping[str, float], title: str = "merge qualit
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def sweep_figure(param: str, values: Sequence[object], series: Mapping[str, Sequence[float | None]],
+                 title: str = "scores along the sweep"):
+    """One line per task (and the mean) over the swept values; text values sit at even spacing."""
+    numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+    x = [float(v) for v in values] if numeric else list(range(len(values)))
+    fig = _figure(6, 4.5)
+    ax = fig.add_subplot(1, 1, 1)
+    for name, ys in series.items():
+        y = [np.nan if v is None else v for v in ys]
+        ax.plot(x, y, "o-" if name != "mean" else "s--", label=name, color="k" if name == "mean" else None)
+    if not numeric:
+        ax.set_xticks(x, [str(v) for v in values])
+    ax.set_xlabel(param)
+    ax.set_ylabel("score")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig

@@ -192,6 +192,17 @@ class Store:
         names = list(checkpoints) if checkpoints is not None else self.names()
         return {name: self.scores(self.hash_of(name), tasks, key) for name in names}
 
+    def comparable_table(self, checkpoints: Sequence[str], suite: str | None = None) -> ScoreTable:
+        """`table(checkpoints, suite)`, refused when the checkpoints were evaluated with different task
+        versions, few-shot counts or limits: scores that may be compared, difference by difference."""
+        from evals.metrics import check_comparable
+        from evals.suites import SUITES
+
+        table = self.table(checkpoints, suite)
+        wanted = SUITES.get(suite, (suite,)) if suite else None
+        check_comparable({n: self.provenance(self.hash_of(n), wanted) for n in checkpoints})
+        return table
+
 
 def covers(requested: str, task: str) -> bool:
     """A requested task name covers itself and, for a group such as `leaderboard`, its subtasks."""
