@@ -6,7 +6,7 @@ export HF_HUB_OFFLINE := 1
 export HF_HOME := $(CURDIR)/.hf_home
 export TRANSFORMERS_VERBOSITY := error
 
-.PHONY: demo test bench bench-train clean
+.PHONY: demo test bench bench-train bench-pref clean
 
 $(BIN)/surgery: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -27,6 +27,9 @@ bench: $(BIN)/surgery
 
 bench-train: $(BIN)/surgery
 	$(BIN)/python bench/train.py
+
+bench-pref: $(BIN)/surgery
+	$(BIN)/python bench/train_preference.py
 
 clean:
 	rm -rf demo .hf_home

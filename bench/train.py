@@ -23,13 +23,13 @@ import json
 import math
 import os
 import random
-import resource
 import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass
 
 import run  # bench/run.py: child-process measurements, machine and load
+from measure import maxrss_kib, package_versions, rss_kib, run_child, start_torch, write_report
 from run import GB, PYTHON, RESULTS, measure
 
 MODELS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "models")
@@ -131,30 +131,11 @@ def worker_build(args: list[str]) -> None:
 
 # ---- the two sides (child processes) -------------------------------------------------------------
 
-def _start(cfg: dict):
-    """Common start of a side: the same number of torch threads on both."""
-    import torch
-
-    torch.set_num_threads(cfg["threads"])
-    return torch
-
-
-def _rss_kib() -> int:
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS"))
-
-
-def _report(path: str, cfg: dict, steps: list[dict], extra: dict) -> None:
-    with open(path, "w") as f:
-        json.dump({"cfg": cfg, "steps": steps, **extra,
-                   "maxrss_self_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}, f)
-
-
 def worker_ours(args: list[str]) -> None:
     """Our loop, `trainers.loop.train`, as `surgery train` runs it (tqdm off), with two taps: the
     batches each step builds (token counts) and the per-step log record (a timestamp)."""
     cfg, out = json.loads(args[0]), args[1]
-    _start(cfg)
+    start_torch(cfg["threads"])
     from trainers import loop
     from trainers.spec import parse_run
 
@@ -174,7 +155,7 @@ def worker_ours(args: list[str]) -> None:
     def tapped_batches(*a, **k):
         batches = step_batches(*a, **k)
         if not base_rss:
-            base_rss["before_first_step_kib"] = _rss_kib()
+            base_rss["before_first_step_kib"] = rss_kib()
         pending.append(counts(batches))
         return batches
 
@@ -183,12 +164,12 @@ def worker_ours(args: list[str]) -> None:
         if "loss" in record and "step" in record:
             steps.append({"t": time.perf_counter(), "cpu": time.process_time(), "loss": record["loss"], **pending.pop(0)})
             if record["step"] == cfg["steps"]:
-                base_rss["after_last_step_maxrss_kib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+                base_rss["after_last_step_maxrss_kib"] = maxrss_kib()
 
     loop.step_batches, loop.Log.write = tapped_batches, tapped_write
     t0 = time.perf_counter()
     loop.train(parse_run(spec, "bench-train.yaml"), quiet=True)
-    _report(out, cfg, steps, {"t_start": t0, "t_end": time.perf_counter(), **base_rss})
+    write_report(out, cfg, steps, {"t_start": t0, "t_end": time.perf_counter(), **base_rss})
 
 
 def method_spec(cfg: dict) -> dict:
@@ -208,7 +189,7 @@ def worker_trl(args: list[str]) -> None:
     """TRL's SFTTrainer on the same model, rows (in our loop's order) and batches; float32, no gradient
     checkpointing, AdamW, no packing, completion-only loss, nothing saved until the end."""
     cfg, out = json.loads(args[0]), args[1]
-    torch = _start(cfg)
+    torch = start_torch(cfg["threads"])
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from trl import SFTConfig, SFTTrainer
@@ -257,14 +238,14 @@ def worker_trl(args: list[str]) -> None:
             steps.append({"t": time.perf_counter(), "cpu": time.process_time(),
                           **{k: sum(m[k] for m in mine) for k in mine[0]}})
             if state.global_step == cfg["steps"]:
-                extra["after_last_step_maxrss_kib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+                extra["after_last_step_maxrss_kib"] = maxrss_kib()
 
         def on_log(self, a, state, control, logs=None, **kw):
             if logs and "loss" in logs:
                 losses.append(logs["loss"])
 
         def on_train_begin(self, a, state, control, **kw):
-            extra["before_first_step_kib"] = _rss_kib()
+            extra["before_first_step_kib"] = rss_kib()
 
     trainer.data_collator = tapped_collate
     trainer.add_callback(Clock())
@@ -273,7 +254,7 @@ def worker_trl(args: list[str]) -> None:
     trainer.save_model(os.path.join(cfg["out"], "final"))  # as our loop writes its final folder
     for s, loss in zip(steps, losses):
         s["loss"] = loss
-    _report(out, cfg, steps, {"t_start": t0, "t_end": time.perf_counter(), **extra})
+    write_report(out, cfg, steps, {"t_start": t0, "t_end": time.perf_counter(), **extra})
 
 
 WORKERS = {"build": worker_build, "ours": worker_ours, "trl": worker_trl}
@@ -324,19 +305,13 @@ def child_cfg(side: str, method: str, model: str, args: argparse.Namespace, step
 def one_run(side: str, method: str, model: str, args, steps: int, warmup: int, logs: str, rep: int) -> dict:
     cfg = child_cfg(side, method, model, args, steps, warmup)
     shutil.rmtree(cfg["out"], ignore_errors=True)
-    report = os.path.join(logs, f"train-{side}-{method}-{rep}.json")
-    if os.path.exists(report):
-        os.remove(report)
-    env_threads = {"OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
-    os.environ.update(env_threads)  # measure() passes our environment on to the child
     print(f"  {side:4s} {method:4s} ...", end=" ", flush=True)
-    m = measure([PYTHON, __file__, side, json.dumps(cfg), report], os.path.join(logs, f"train-{side}-{method}-{rep}.log"))
+    m, r = run_child(__file__, side, cfg, os.path.join(logs, f"train-{side}-{method}-{rep}.json"),
+                     os.path.join(logs, f"train-{side}-{method}-{rep}.log"), args.threads)
     shutil.rmtree(cfg["out"], ignore_errors=True)
-    if m.exit_code or not os.path.exists(report):
+    if r is None:
         print(f"FAILED (exit {m.exit_code}, see {m.log})", flush=True)
         return {"measured": asdict(m), "failed": True}
-    with open(report) as f:
-        r = json.load(f)
     out = summarize_run(r, warmup)
     out["measured"] = {**asdict(m), "cpu_s": m.cpu_s}
     print(f"{out['real_tok_s']:7.0f} real tok/s ({out['step_s']:.2f} s/step, {out['real_tok_cpu_s']:.0f} per CPU s), peak RSS {m.maxrss_kib * 1024 / GB:5.2f} GB, "
@@ -395,12 +370,7 @@ def main(argv: list[str]) -> None:
 
 
 def versions() -> dict:
-    code = ("import importlib.metadata as m, json, sys; "
-            "print(json.dumps({p: m.version(p) for p in ('torch', 'transformers', 'trl', 'peft', 'surgery')} | "
-            "{'python': sys.version.split()[0]}))")
-    import subprocess
-
-    return json.loads(subprocess.run([PYTHON, "-c", code], capture_output=True, text=True, check=True).stdout)
+    return package_versions(("torch", "transformers", "trl", "peft", "surgery"))
 
 
 def markdown(results: dict) -> str:

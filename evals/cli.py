@@ -89,20 +89,46 @@ def eval_(checkpoints, suite, tasks, limit, num_fewshot, batch_size, device, bac
 @click.option("--sort", "sort_by", default="mean", show_default=True, help="Column to sort by.")
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True)
 @click.option("--db", type=click.Path(dir_okay=False), help="Results store (as for surgery eval).")
+@click.option("--pareto", "pareto_png", type=click.Path(dir_okay=False),
+              help="Also draw every run at (alignment, general capability) with the Pareto front, as a PNG here.")
+@click.option("--general-suite", default="general", show_default=True, help="The suite of --pareto's G axis.")
+@click.option("--alignment-suite", default="alignment", show_default=True, help="The suite of --pareto's other axis.")
 @handled
-def leaderboard(suite, sort_by, fmt, db) -> None:
+def leaderboard(suite, sort_by, fmt, db, pareto_png, general_suite, alignment_suite) -> None:
     """Stored scores, one row per checkpoint, with what it was made by and from."""
     from evals.leaderboard import render, rows, sort_rows
     from evals.store import Store
 
     with Store(db) as store:
         table, changed = rows(store, suite)
+        if pareto_png:
+            _pareto(store, pareto_png, general_suite, alignment_suite)
     if changed:
         click.echo(f"left out, changed since evaluated (run surgery eval on them again): {', '.join(changed)}", err=True)
     if not table:
         click.echo("no scores stored yet; run `surgery eval CHECKPOINT` first", err=True)
         return
     click.echo(render(sort_rows(table, sort_by), fmt))
+
+
+def _pareto(store, png: str, general_suite: str, alignment_suite: str) -> None:
+    from evals.leaderboard import short_path
+    from evals.metrics import pareto_front
+    from evals.pareto import pareto_points
+    from evals.plots import pareto_figure, save_png
+    from evals.suites import suite_tasks
+    from surgery.errors import InputError
+
+    points, skipped = pareto_points(store.table(), suite_tasks(general_suite), suite_tasks(alignment_suite))
+    if skipped:
+        click.echo(f"--pareto: left out, not scored on both {general_suite} and {alignment_suite}: "
+                   f"{', '.join(short_path(n) for n in skipped)}", err=True)
+    if not points:
+        raise InputError(f"--pareto: no run is scored on both suites {general_suite!r} and {alignment_suite!r}; run "
+                         f"`surgery eval CKPT --suite {general_suite}` and `--suite {alignment_suite}` first")
+    labelled = {short_path(name): p for name, p in points.items()}
+    save_png(pareto_figure(labelled, pareto_front(labelled)), png)
+    click.echo(f"wrote {png}: {len(labelled)} runs, Pareto front {', '.join(pareto_front(labelled))}", err=True)
 
 
 def _suite_tasks(table: dict, suite: str) -> list[str]:
@@ -284,3 +310,69 @@ def proof(out, zoo, base_steps, steps, weights, limit, device, db, seed) -> None
     click.echo("\n(b) forgetting, base -> add -> add-then-reverse\n" + render_forgetting(result.forgetting))
     click.echo(f"\n(c) parent + w (aligned - parent), {PARAM} = w\n" + render(sweep_table(result)))
     click.echo(f"wrote {' and '.join(save(result, out))}", err=True)
+
+
+@click.command("merge-quality")
+@click.argument("merged", type=click.Path())
+@click.option("--expert", "experts", multiple=True, metavar="TASK=CKPT",
+              help="The expert fine-tuned on TASK (repeat per task). Default: the merge's inputs from its lineage, "
+                   "each task's expert being the input that scores best on it.")
+@click.option("--suite", help="Only this suite's tasks (default: every task scored on the merged model).")
+@click.option("--png", type=click.Path(dir_okay=False), help="Also draw the merged / expert bars as a PNG here.")
+@click.option("--format", "fmt", type=click.Choice(("table", "md", "csv")), default="table", show_default=True)
+@click.option("--db", type=click.Path(dir_okay=False), help="Results store (as for surgery eval).")
+@handled
+def merge_quality(merged, experts, suite, png, fmt, db) -> None:
+    """Merge quality: the merged model's score on each expert's task over the expert's own, and their
+    mean, the normalised accuracy (Ilharco et al. 2023), from stored scores."""
+    import os
+
+    from evals.metrics import merge_ratios
+    from evals.plots import merge_quality_figure, save_png
+    from evals.reports import render
+    from evals.store import Store
+
+    with Store(db) as store:
+        name = os.path.abspath(merged)
+        scores = store.table([name], suite)[name]
+        chosen = _chosen_experts(store, name, scores, experts, suite)
+    ratios = merge_ratios(scores, {task: s for task, (_, s) in chosen.items()})
+    rows = [{"task": t, "expert": path, "expert score": s.value, "merged": scores[t].value, "ratio": ratios[t]}
+            for t, (path, s) in chosen.items()]
+    click.echo(render(rows, fmt))
+    click.echo(f"normalised accuracy {sum(ratios.values()) / len(ratios):.4f} over {len(ratios)} task(s)")
+    if png:
+        save_png(merge_quality_figure(ratios, f"merge quality of {os.path.basename(name)}"), png)
+        click.echo(f"wrote {png}", err=True)
+
+
+def _chosen_experts(store, name: str, scores: dict, experts: tuple[str, ...], suite: str | None) -> dict:
+    """{task: (expert checkpoint, its TaskScore)}: the given experts, or the best merge input per task."""
+    import os
+
+    from evals.origin import origin
+    from evals.parent_metrics import best_experts
+    from surgery.errors import InputError
+
+    if experts:
+        pairs = [e.split("=", 1) for e in experts]
+        bad = [e for e, p in zip(experts, pairs) if len(p) != 2]
+        if bad:
+            raise InputError(f"--expert {bad[0]!r}: write TASK=CHECKPOINT, e.g. world_add=runs/add/final")
+        table = store.table([os.path.abspath(p) for _, p in pairs])
+        missing = [f"{t}={p}" for t, p in pairs if t not in table[os.path.abspath(p)]]
+        if missing:
+            raise InputError(f"--expert {missing[0]}: no stored score of that checkpoint on that task; "
+                             "run `surgery eval` on it first")
+        return {t: (p, table[os.path.abspath(p)][t]) for t, p in pairs}
+    inputs = origin(store.lineage(store.hash_of(name))).inputs
+    if not inputs:
+        raise InputError(f"{name}: no merge inputs in its lineage (not made by `surgery merge`?); name the experts "
+                         "with --expert TASK=CHECKPOINT")
+    known = [p for p in inputs if p in store.names()]
+    if not known:
+        raise InputError(f"{name}: none of its merge inputs ({', '.join(inputs)}) was evaluated; run `surgery eval` "
+                         "on them, or name the experts with --expert TASK=CHECKPOINT")
+    table = store.table(known, suite)
+    best = best_experts(scores, [table[p] for p in known])
+    return {t: (next(p for p in known if table[p].get(t) is s), s) for t, s in best.items()}

@@ -29,7 +29,7 @@ def rows(store: Store, suite: str | None = None, key: str | None = None) -> tupl
             continue
         if scores:
             hash = store.hash_of(name)
-            row = {"checkpoint": _short(name), "hash": hash[:12], **lineage_columns(store.lineage(hash)),
+            row = {"checkpoint": short_path(name), "hash": hash[:12], **lineage_columns(store.lineage(hash)),
                    "mean": mean_score(scores)}
             out.append(row | {task: s.value for task, s in sorted(scores.items())})
     return out, changed
@@ -40,20 +40,20 @@ def lineage_columns(lineage: dict) -> dict:
     training, merge = lineage.get("training") or {}, lineage.get("merge") or {}
     if training:
         made_by = "/".join(str((training.get(k) or {}).get("name", "")) for k in ("method", "objective"))
-        parent = _short(training.get("parent") or training.get("base") or "")
+        parent = short_path(training.get("parent") or training.get("base") or "")
     elif merge:
         made_by, parent = f"merge:{merge.get('surgery.method', '?')}", merged_from(merge.get("surgery.models", ""))
     else:
         made_by, parent = "", ""
     if lineage.get("adapter_of"):
-        parent = parent or _short(lineage["adapter_of"])
+        parent = parent or short_path(lineage["adapter_of"])
     return {"made_by": made_by, "parent": parent}
 
 
 def merged_from(models: str) -> str:
     """The engine's `surgery.models` ('name=/path,name=/path') as the input folders, each shortened."""
     paths = [item.split("=", 1)[-1] for item in models.split(",") if item]
-    return " + ".join(_short(p) for p in paths)
+    return " + ".join(short_path(p) for p in paths)
 
 
 def mean_score(scores: dict[str, TaskScore]) -> float | None:
@@ -95,7 +95,7 @@ def _cell(value) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
-def _short(path: str) -> str:
+def short_path(path: str) -> str:
     """A path under the current folder, relative to it; others as they are."""
     rel = os.path.relpath(path) if os.path.isabs(path) else path
     return path if rel.startswith("..") else rel

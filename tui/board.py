@@ -1,6 +1,6 @@
 """The leaderboard's data, read from the results store in one go (slow enough for a worker thread):
 one entry per evaluated checkpoint with its row (evals.leaderboard.rows), where it came from
-(tui/origin.py) and its metrics against its parents (tui/parent_metrics.py)."""
+(evals/origin.py) and its metrics against its parents (evals/parent_metrics.py)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from evals.leaderboard import rows
 from evals.metrics import Scores
 from evals.store import Store, default_path
-from tui.origin import Origin, origin
-from tui.parent_metrics import COLUMNS as PARENT_COLUMNS, parent_metrics
+from evals.origin import Origin, origin
+from evals.parent_metrics import COLUMNS as PARENT_COLUMNS, parent_metrics
 
 FIXED = ("checkpoint", "made_by", "mean")
 

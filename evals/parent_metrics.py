@@ -46,14 +46,14 @@ def worst_drop(parent: Scores, child: Scores) -> float | None:
 
 
 def merge_quality(merged: Scores, experts: Sequence[Scores]) -> float | None:
-    best = _best_experts(merged, experts)
+    best = best_experts(merged, experts)
     try:
         return normalised_accuracy(merged, best) if best else None
     except InputError:  # an expert scoring 0 on its task: no ratio
         return None
 
 
-def _best_experts(merged: Scores, experts: Sequence[Scores]) -> Mapping:
+def best_experts(merged: Scores, experts: Sequence[Scores]) -> Mapping:
     """{task: the highest expert score} on each task the merged model and some expert were scored on."""
     tasks = [t for t in merged if merged[t].metric not in PERPLEXITIES and any(t in e for e in experts)]
     return {t: max((e[t] for e in experts if t in e), key=lambda s: oriented(s).value) for t in tasks}
