@@ -3,17 +3,16 @@ as a plain table, Markdown, CSV or JSON."""
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import os
 
+from evals import reports
 from evals.metrics import oriented
 from evals.scores import TaskScore
 from evals.store import Store
 from surgery.errors import InputError
 
-FORMATS = ("table", "md", "csv", "json")
+FORMATS = (*reports.FORMATS, "json")
 PERPLEXITIES = ("perplexity", "bits_per_byte")  # lower is better, and not on a 0-1 scale: kept out of the mean
 
 
@@ -74,25 +73,10 @@ def sort_rows(table: list[dict], column: str) -> list[dict]:
 
 
 def render(table: list[dict], fmt: str) -> str:
-    columns = list(dict.fromkeys(c for r in table for c in r))
+    """The rows as JSON, or as the evals' one table renderer draws them (terminal text, Markdown, CSV)."""
     if fmt == "json":
         return json.dumps(table, indent=2)
-    cells = [[_cell(r.get(c)) for c in columns] for r in table]
-    if fmt == "csv":
-        buf = io.StringIO()
-        csv.writer(buf, lineterminator="\n").writerows([columns, *cells])
-        return buf.getvalue().rstrip("\n")
-    if fmt == "md":
-        lines = [columns, ["---"] * len(columns), *cells]
-        return "\n".join("| " + " | ".join(line) + " |" for line in lines)
-    widths = [max(len(x) for x in col) for col in zip(columns, *cells)]
-    return "\n".join("  ".join(x.ljust(w) for x, w in zip(line, widths)).rstrip() for line in [columns, *cells])
-
-
-def _cell(value) -> str:
-    if value is None:
-        return "-"
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
+    return reports.render(table, fmt)
 
 
 def short_path(path: str) -> str:

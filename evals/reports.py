@@ -18,7 +18,7 @@ from evals.significance import Difference
 from surgery.errors import InputError
 
 Row = Mapping[str, object]
-FORMATS = ("table", "md", "csv")  # the names `surgery leaderboard --format` uses
+FORMATS = ("table", "md", "csv")  # every evals table; `surgery leaderboard` adds json
 
 
 def render(rows: Sequence[Row], fmt: str = "table", columns: Sequence[str] | None = None) -> str:
