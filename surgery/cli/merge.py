@@ -19,12 +19,17 @@ from surgery.cli.common import handled, interrupt, size_option
 @click.option("--force", is_flag=True, help="Replace OUT if it exists (never an input model).")
 @click.option("--allow-pickle", is_flag=True, help="Accept pytorch_model.bin inputs (loaded with weights_only=True).")
 @click.option("--models-dir", type=click.Path(file_okay=False), help="Read relative model paths from here (default: the current folder).")
+@click.option("--threads", type=click.IntRange(min=1), help="torch threads for the arithmetic (default: the CPUs "
+              "less one, for the engine's reading and writing threads).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @handled
-def merge(spec, out, dtype, shard_size, block_size, device, dry_run, force, allow_pickle, models_dir, quiet) -> None:
+def merge(spec, out, dtype, shard_size, block_size, device, dry_run, force, allow_pickle, models_dir, threads,
+          quiet) -> None:
     """Merge the models of SPEC (a mergekit-style YAML) into the folder OUT."""
+    import torch
+
     from surgery.allocator import keep_freed_memory
-    from surgery.engine import Options, run_merge
+    from surgery.engine import Options, arithmetic_threads, run_merge
     from surgery.plan import plan_merge
     from surgery.progress import Bar
     from surgery.report import describe_plan
@@ -40,6 +45,7 @@ def merge(spec, out, dtype, shard_size, block_size, device, dry_run, force, allo
     for warning in plan.vocab.warnings if plan.vocab else []:  # the pre-flight's, also shown by --dry-run
         click.echo(f"warning: {warning}", err=True)
     keep_freed_memory()  # reuse block buffers instead of faulting fresh pages in for every block
+    torch.set_num_threads(arithmetic_threads(threads))
     signal.signal(signal.SIGTERM, interrupt)  # clean up the partial output on `kill` as on Ctrl-C
     with Bar(plan.write_bytes, len(plan.jobs), disable=quiet) as bar:
         path = run_merge(plan, out, options, progress=bar.update)

@@ -24,8 +24,12 @@ def output_options(fn):
 
 
 def write_plan(plan, out: str, shard_size: int, block_size: int, force: bool, quiet: bool, desc: str) -> None:
-    from surgery.engine import Options, run_merge
+    import torch
+
+    from surgery.engine import Options, arithmetic_threads, run_merge
     from surgery.progress import Bar
+
+    torch.set_num_threads(arithmetic_threads())
 
     signal.signal(signal.SIGTERM, interrupt)  # clean up the partial output on `kill` as on Ctrl-C
     options = Options(shard_size=shard_size, block_bytes=block_size, force=force)

@@ -196,16 +196,18 @@ def _float(m: torch.Tensor) -> torch.Tensor:
     return m if m.dtype == torch.float32 else m.to(torch.float32)
 
 
-def sparsified(kind: Sparsify, block: Block, stats: Stats, i: int, delta: torch.Tensor) -> torch.Tensor:
+def sparsified(kind: Sparsify, block: Block, stats: Stats, i: int, delta: torch.Tensor, w: float = 1.0) -> torch.Tensor:
+    """w * the sparsified (and, with rescale, L1-restored) task vector: a new tensor, never the cached delta."""
     m = keep_mask(kind, block, stats, i, delta)
     if m is None:
-        return delta
-    out = delta * _float(m)  # a new tensor: the cached delta stays intact
+        return delta * w
+    out = delta * _float(m)
+    scale = w
     if block.shared.rescale:
         before, after = float(stats[f"l1_{i}"]), float(stats[f"l1m_{i}"])
         if before >= EPS and after >= EPS:
-            out *= before / after
-    return out
+            scale = w * (before / after)  # one pass over the block for both factors
+    return out.mul_(scale) if scale != 1 else out
 
 
 # ---- combination --------------------------------------------------------------------------------
@@ -214,17 +216,18 @@ def combine(kind: Sparsify, consensus: Consensus, block: Block, stats: Stats) ->
     """base + lambda * (sum of agreeing weighted task vectors) / (sum of their weights), accumulated
     one input at a time (no (n, ...) stack; the same summation order as a sum over a stacked axis)."""
     weights = [p.weight for p in block.per_model]
-    tvs = [_weighted(sparsified(kind, block, stats, i, d), d, w)
-           for i, (w, d) in enumerate(zip(weights, _deltas(block)))]  # each (r, ...)
+    tvs = [sparsified(kind, block, stats, i, d, w) for i, (w, d) in enumerate(zip(weights, _deltas(block)))]  # each (r, ...)
     if consensus != "none":
         elected = _elect(tvs, block.shared.consensus)
-        mixed, divisor = torch.zeros_like(tvs[0]), torch.zeros_like(tvs[0])
+        mixed, divisor = torch.zeros_like(tvs[0]), torch.zeros_like(tvs[0]) if block.shared.normalize else None
         for w, tv in zip(weights, tvs):
             along = (tv * elected).clamp_(min=0)  # |tv| where its sign is the elected one, else 0
             mixed.add_(along)
-            divisor.add_(along.sign_(), alpha=w)  # zeros never agree
+            if divisor is not None:
+                divisor.add_(along.sign_(), alpha=w)  # zeros never agree
         mixed.mul_(elected)  # the sum of the agreeing entries, bit for bit: elected is +-1
-        divisor[divisor == 0] = 1
+        if divisor is not None:
+            divisor.add_((divisor == 0).to(divisor.dtype))  # 0 -> 1, others unchanged (a masked store is slower)
     else:
         mixed = tvs[0].clone()
         for tv in tvs[1:]:
@@ -234,11 +237,6 @@ def combine(kind: Sparsify, consensus: Consensus, block: Block, stats: Stats) ->
     if block.shared.normalize:
         mixed /= divisor
     return mixed.mul_(block.shared.lambda_).add_(block.base) if block.shared.lambda_ != 1 else mixed.add_(block.base)
-
-
-def _weighted(tv: torch.Tensor, delta: torch.Tensor, w: float) -> torch.Tensor:
-    """w * tv, in place when tv is a fresh tensor; never in place on the block's cached delta."""
-    return tv * w if tv is delta else tv.mul_(w)
 
 
 def _elect(tvs: list[torch.Tensor], how: str) -> torch.Tensor:
