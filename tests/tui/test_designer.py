@@ -1,0 +1,286 @@
+"""The merge designer driven by keys and clicks on the tiny Llama family: the spec it builds, the CLI's
+own messages under the field at fault, the saved YAML as `surgery merge` reads it, the per-layer view of
+a gradient, a merge run to the end, one cancelled midway, the picker, and the evaluation's hand-off to
+the leaderboard."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+
+import pytest
+from click.testing import CliRunner
+
+from surgery.cli import main
+from surgery.io.reader import ModelFolder
+from surgery.plan import plan_merge
+from surgery.spec import load_spec, parse_spec
+from tests.conftest import models_folder
+from tui.app import SurgeryApp
+from tui.designer import PLAN_AFTER_S, Designer
+from tui.leaderboard import LeaderboardPane
+from tui.picker import ModelPicker
+
+SIZE = (80, 24)
+
+
+@pytest.fixture
+def models(llama, tmp_path) -> str:
+    """A models folder holding base, math, code, chat (and the merges/*.yaml names)."""
+    return os.path.join(models_folder(llama, tmp_path / "work"), "models")
+
+
+def designer_app(models: str, tmp_path) -> SurgeryApp:
+    return SurgeryApp(models_dir=models, db=str(tmp_path / "evals.sqlite"), merges_dir=str(tmp_path / "merges"))
+
+
+async def until(pilot, done, seconds: float = 10) -> None:
+    for _ in range(int(seconds / 0.02)):
+        if done():
+            return
+        await pilot.pause(0.02)
+    raise AssertionError("timed out")
+
+
+async def settle(app) -> None:
+    """Let the workers (plan checks, once typing pauses; merges) finish and their results reach the widgets."""
+    await asyncio.sleep(PLAN_AFTER_S + 0.05)
+    await app.workers.wait_for_complete()
+    await asyncio.sleep(0.05)
+    await app.workers.wait_for_complete()
+
+
+async def click(pilot, selector: str) -> None:
+    """Click a field until it has the focus: a click computed while the form is still laid out again
+    (a message shown or hidden above the field) lands beside it."""
+    field = pilot.app.query_one(selector)
+    for _ in range(5):
+        field.scroll_visible(animate=False)  # at 80x24 the form scrolls
+        await pilot.pause()
+        await pilot.click(selector)
+        if field.has_focus:
+            return
+    raise AssertionError(f"{selector} never took the focus")
+
+
+async def type_into(pilot, selector: str, text: str) -> None:
+    await click(pilot, selector)
+    await pilot.press("ctrl+a", "ctrl+k", *text)  # the field's start, then delete to its end
+
+
+async def fill_ties(pilot, density: str = "0.5", by_keys: bool = False) -> Designer:
+    """base; math at weight 0.5 and density 0.5; code at weight 0.5 and `density`: typed after clicks,
+    or set as values (each posts the Changed message typing would) where the typing is not the test."""
+    if by_keys:
+        await type_into(pilot, "#f-base_model", "base")
+        await type_into(pilot, "#f-models-0-model", "math")
+        await pilot.press("tab", *"0.5", "tab", *"0.5")  # the weight (selected on focus: typing replaces it)
+        await type_into(pilot, "#f-models-1-model", "code")
+        await pilot.press("tab", *"0.5", "tab", *density)
+    else:
+        values = {"base_model": "base", "models-0-model": "math", "models-0-parameters-weight": "0.5",
+                  "models-0-parameters-density": "0.5", "models-1-model": "code",
+                  "models-1-parameters-weight": "0.5", "models-1-parameters-density": density}
+        for key, value in values.items():
+            pilot.app.query_one(f"#f-{key}").value = value
+            await pilot.pause()
+    await settle(pilot.app)
+    return pilot.app.query_one(Designer)
+
+
+def run(coro) -> None:
+    asyncio.run(coro)
+
+
+def test_builds_a_spec_by_keys_and_clicks(models, tmp_path):
+    async def go():
+        app = designer_app(models, tmp_path)
+        async with app.run_test(size=SIZE) as pilot:
+            designer = await fill_ties(pilot, by_keys=True)
+            await click(pilot, "#f-parameters-lambda")
+            await pilot.press(*"0.9")
+            await settle(app)
+            assert designer.data == {
+                "merge_method": "ties", "base_model": "base",
+                "models": [{"model": "math", "parameters": {"weight": 0.5, "density": 0.5}},
+                           {"model": "code", "parameters": {"weight": 0.5, "density": 0.5}}],
+                "parameters": {"lambda": 0.9}, "dtype": "float32"}
+            assert designer.error is None and designer.plan is not None and len(designer.plan.jobs) == 21
+            assert "lambda: 0.9" in str(app.query_one("#yaml").render())
+
+            await pilot.click("#method")             # another method keeps what still applies
+            await pilot.press("up", "enter")         # the one before ties: task_arithmetic
+            await settle(app)
+            assert designer.method == "task_arithmetic"
+            assert designer.spec_file == str(tmp_path / "merges" / "designed-task_arithmetic.yaml")
+            assert designer.data["models"][0] == {"model": "math", "parameters": {"weight": 0.5}}
+            await click(pilot, "#f-models-1-model")
+            await pilot.press("f4")                  # drops the focused row
+            await pilot.press("f3")                  # a new, empty row
+            await settle(app)
+            assert [m["model"] for m in designer.data["models"]] == ["math", ""]
+            assert app.focused.id == "f-models-1-model"
+    run(go())
+
+
+def test_a_bad_value_shows_the_cli_message_under_its_field(models, tmp_path):
+    async def go():
+        app = designer_app(models, tmp_path)
+        async with app.run_test(size=SIZE) as pilot:
+            designer = await fill_ties(pilot)
+            await type_into(pilot, "#f-models-1-parameters-density", "1.5")
+            shown = str(app.query_one("#e-models-1").render())
+            assert shown == "models.1.parameters.density: must be in (0, 1] (got 1.5)"
+            assert app.query_one("#f-models-1-parameters-density").has_class("invalid")
+            await pilot.press("f8")
+            return designer.spec_file
+    spec_file = asyncio.run(go())
+    cli = CliRunner().invoke(main, ["merge", spec_file, str(tmp_path / "out"), "--dry-run", "--models-dir", models])
+    assert cli.exit_code == 2
+    assert cli.output.strip() == f"error: {spec_file}: models.1.parameters.density: must be in (0, 1] (got 1.5)"
+
+
+def test_a_missing_model_is_located_by_the_planner(models, tmp_path):
+    async def go():
+        app = designer_app(models, tmp_path)
+        async with app.run_test(size=SIZE) as pilot:
+            designer = await fill_ties(pilot)
+            await type_into(pilot, "#f-models-0-model", "nowhere")
+            await settle(app)
+            assert designer.error.field == "models.0.model"
+            shown = str(app.query_one("#e-models-0").render())
+            assert shown.startswith("models.0.model: model folder 'nowhere' does not exist"), shown
+            assert app.query_one("#f-models-0-model").has_class("invalid")
+    run(go())
+
+
+def test_saved_yaml_is_the_spec_built_and_plans(models, tmp_path):
+    async def go():
+        app = designer_app(models, tmp_path)
+        async with app.run_test(size=SIZE) as pilot:
+            designer = await fill_ties(pilot, density="0.2, 1")
+            await pilot.press("ctrl+s")
+            return designer.data, designer.spec_file
+    data, spec_file = asyncio.run(go())
+    assert spec_file == str(tmp_path / "merges" / "designed-ties.yaml")
+    spec = load_spec(spec_file)
+    assert spec == parse_spec(data, spec_file)
+    assert spec.models[1].parameters["density"] == [0.2, 1]
+    assert len(plan_merge(spec, spec_file, models_dir=models).jobs) == 21
+
+
+def test_a_gradient_is_shown_at_every_layer(models, tmp_path):
+    """The tiny Llama has 2 layers: t = 0 and 1, so [0.2, 0.6, 1] gives 0.2 then 1."""
+    async def go():
+        app = designer_app(models, tmp_path)
+        async with app.run_test(size=SIZE) as pilot:
+            await fill_ties(pilot, density="0.2, 0.6, 1")
+            await click(pilot, "#f-models-1-parameters-density")  # the help line follows the focus
+            assert "by layer (2 layers): 0.2 1" in str(app.query_one("#help").render())
+    run(go())
+
+
+def test_runs_a_merge_to_completion(models, tmp_path):
+    out = tmp_path / "merged"
+
+    async def go():
+        app = designer_app(models, tmp_path)
+        async with app.run_test(size=SIZE) as pilot:
+            designer = await fill_ties(pilot)
+            app.query_one("#out").value = str(out)  # a long path: typed, it would only slow the test
+            await pilot.press("f6")
+            await settle(app)
+            assert designer.state == "merged", app.query_one("#status").render()
+            assert designer.output == str(out)
+            bar = app.query_one("#progress")
+            assert bar.progress == bar.total == designer.meter.total
+            assert str(app.query_one("#rate").render()).startswith("tensor 21/21")
+    run(go())
+    assert os.path.isfile(out / "config.json")
+    assert [f for f in os.listdir(out) if f.endswith(".safetensors")]
+    assert len(ModelFolder(str(out)).tensors) == 21
+
+
+def test_cancel_midway_leaves_no_output(models, tmp_path):
+    """Tiny blocks make many progress calls; the first one waits until the cancel key is pressed."""
+    out = tmp_path / "cancelled"
+
+    async def go():
+        app = designer_app(models, tmp_path)
+        async with app.run_test(size=SIZE) as pilot:
+            designer = await fill_ties(pilot)
+            app.query_one("#out").value = str(out)  # a long path: typed, it would only slow the test
+            designer.block_bytes = 1024
+            reached, resume, record = threading.Event(), threading.Event(), designer.record_progress
+
+            def held(name: str, nbytes: int) -> None:
+                record(name, nbytes)
+                reached.set()
+                resume.wait(10)
+
+            designer.record_progress = held
+            await pilot.press("f6")
+            await until(pilot, reached.is_set)
+            assert designer.state == "running"
+            await pilot.press("escape")
+            assert designer.cancel_event.is_set()
+            resume.set()
+            await settle(app)
+            assert designer.state == "cancelled"
+            assert "cancelled" in str(app.query_one("#status").render())
+    run(go())
+    assert not out.exists()
+    assert not [f for f in os.listdir(tmp_path) if f.startswith(".cancelled")]  # no partial folder either
+
+
+def test_the_picker_fills_the_focused_model(models, tmp_path):
+    async def go():
+        app = designer_app(models, tmp_path)
+        async with app.run_test(size=SIZE) as pilot:
+            await until(pilot, lambda: app.focused is not None and app.focused.id == "f-base_model")  # the first focus
+            await click(pilot, "#f-models-0-model")
+            await pilot.press("f2")  # the tree loads in a worker that lives as long as the tree: no settle()
+            await until(pilot, lambda: app.screen.query("#tree"))
+            tree = app.screen.query_one("#tree")
+            await until(pilot, lambda: len(tree.root.children) >= 4)
+            for _ in range(10):  # down the folders, alphabetical: add, base, chat, code, ...
+                if tree.cursor_node is not None and tree.cursor_node.data.path.name == "code":
+                    break
+                await pilot.press("down")
+            await pilot.press("enter")
+            await until(pilot, lambda: not isinstance(app.screen, ModelPicker))
+            await pilot.pause()
+            assert app.query_one("#f-models-0-model").value == "code"
+            assert app.query_one(Designer).texts["models.0.model"] == "code"
+    run(go())
+
+
+def test_evaluate_scores_the_merge_and_refreshes_the_leaderboard(models, tmp_path, monkeypatch):
+    """The scoring itself is evals' (tested there); here: what it is asked, and the hand-off."""
+    calls, refreshed = [], []
+
+    def evaluate(paths, tasks, settings, store, force=False, say=print):
+        calls.append((paths, tasks, settings.limit, force))
+        say("1 task(s) to run")
+        return {paths[0]: {}}
+
+    monkeypatch.setattr("evals.run.evaluate", evaluate)
+    monkeypatch.setattr(LeaderboardPane, "refresh_rows", lambda self: refreshed.append(True))
+
+    async def go():
+        app = designer_app(models, tmp_path)
+        async with app.run_test(size=SIZE) as pilot:
+            designer = await fill_ties(pilot)
+            app.query_one("#out").value = str(tmp_path / "merged")
+            await pilot.press("f6")
+            await settle(app)
+            await type_into(pilot, "#limit", "3")
+            await pilot.press("f7")
+            await settle(app)
+            await pilot.pause()
+            assert designer.state == "evaluated"
+    run(go())
+    assert calls == [([str(tmp_path / "merged")], ["world_add", "world_reverse", "world_capital",
+                                                    "world_capital_choice", "world_perplexity"], 3, False)]
+    assert refreshed

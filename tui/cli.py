@@ -1,0 +1,23 @@
+"""`surgery tui`: the Textual app for designing merges by trial."""
+
+from __future__ import annotations
+
+import click
+
+
+@click.command()
+@click.option("--models-dir", default=".", show_default=True, type=click.Path(file_okay=False),
+              help="Folder of model folders: the file picker's root, and where relative model paths are read from.")
+@click.option("--db", type=click.Path(dir_okay=False), help="Results store (as for surgery eval; default "
+              "$SURGERY_HOME/evals.sqlite, else .surgery/evals.sqlite here).")
+@click.option("--runs", multiple=True, type=click.Path(file_okay=False),
+              help="A folder the Monitor tab watches for training runs (repeat for several; default: the current "
+                   "folder, a few levels deep).")
+@click.option("--merges-dir", default="merges", show_default=True, type=click.Path(file_okay=False),
+              help="Where the designer saves merge specs.")
+def tui(models_dir, db, runs, merges_dir) -> None:
+    """Design merges interactively: pick checkpoints, see their sign conflicts, set the method and its
+    parameters (checked as you type), run the merge, score it and find it on the leaderboard."""
+    from tui.app import SurgeryApp
+
+    SurgeryApp(models_dir=models_dir, db=db, runs=list(runs) or ["."], merges_dir=merges_dir).run()

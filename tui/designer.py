@@ -1,0 +1,518 @@
+"""The merge designer: pick a base and models, a method and its parameters, see every mistake where it
+was made (the spec model's and the planner's own messages, as `surgery merge --dry-run` gives them),
+the YAML at all times, where the models' task vectors conflict, then run the merge with a live
+progress bar, cancel it, and score the result on a suite.
+
+Every decision is the engine's: the spec is checked by `surgery.spec` and `surgery.plan`, merged by
+`surgery.engine.run_merge`, compared by `surgery.diff`, scored by `evals.run.evaluate`. Long work runs
+in worker threads; widgets are updated on the interface's thread through `call_from_thread`.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+
+from textual import events, on, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.message import Message
+from textual.widget import Widget
+from textual.widgets import Checkbox, Input, Label, ProgressBar, RichLog, Select, Static, TabbedContent, TabPane
+
+from surgery.engine import DEFAULT_BLOCK, Cancelled, Options, run_merge
+from surgery.errors import SpecError, SurgeryError
+from surgery.methods import REGISTRY
+from surgery.models import resolve_path
+from surgery.plan import MergePlan, plan_merge
+from surgery.spec import MergeSpec, parse_spec
+from tui.conflict_map import conflict_map
+from tui.picker import ModelPicker
+from tui.spec_form import (DTYPES, check_spec, drop_model, hint, layer_values, owner, parse_value, per_model_fields,
+                           placeholder, shared_fields, spec_data, spec_yaml)
+from tui.throughput import Throughput, size
+
+SUITES = ("world", "general", "alignment", "leaderboard")  # evals.suites.SUITES, in the order offered
+SHOWN_EVERY_S = 0.1  # the progress bar is redrawn at most this often
+PLAN_AFTER_S = 0.25  # the models are opened once typing pauses this long, not at every key
+
+
+def dom_id(path: str) -> str:
+    """A spec path as a widget id: 'models.1.parameters.density' -> 'f-models-1-parameters-density'."""
+    return "f-" + path.replace(".", "-")
+
+
+class Designer(Vertical):
+    DEFAULT_CSS = Path(__file__).with_name("designer.tcss").read_text()
+    BINDINGS = [
+        Binding("f2", "pick", "Pick"),
+        Binding("f3", "add_model", "Add"),
+        Binding("f4", "drop_model", "Drop"),
+        Binding("f5", "conflicts", "Diff"),
+        Binding("f6", "run", "Run"),
+        Binding("escape", "cancel", "Cancel"),
+        Binding("f7", "evaluate", "Eval"),
+        Binding("f8,ctrl+s", "save", "Save"),
+    ]
+
+    class Evaluated(Message):
+        """`path` was scored; the leaderboard has new rows."""
+
+        def __init__(self, path: str):
+            super().__init__()
+            self.path = path
+
+    def __init__(self, models_dir: str = ".", db: str | None = None, merges_dir: str = "merges",
+                 id: str | None = None):
+        super().__init__(id=id)
+        self.models_dir, self.db, self.merges_dir = models_dir, db, merges_dir
+        self.method = "ties"
+        self.count = 2
+        self.texts: dict[str, str] = {"dtype": "float32", **self._prefill(0), **self._prefill(1)}
+        self.data: dict = {}
+        self.spec: MergeSpec | None = None
+        self.error: SpecError | None = None      # the first problem of the spec as it stands
+        self.plan: MergePlan | None = None       # the last plan that checked out
+        self.block_bytes = DEFAULT_BLOCK
+        self.state = "idle"                      # idle, running, merged, cancelled, failed, evaluating, evaluated
+        self.cancel_event = threading.Event()
+        self.meter: Throughput | None = None
+        self.output: str | None = None           # the folder the last merge wrote
+        self.focused_path = ""
+        self._shown = 0.0
+        self._plan_timer = None
+
+    # ---- layout ------------------------------------------------------------------------------------
+
+    def compose(self) -> ComposeResult:
+        with Horizontal(id="panes"):
+            with VerticalScroll(id="form"):
+                yield from self._head()
+                yield Vertical(*self._dynamic(), id="dynamic")
+                yield from self._tail()
+            with TabbedContent(id="side"):
+                with TabPane("YAML", id="side-yaml"):
+                    yield VerticalScroll(Static(id="yaml"))
+                with TabPane("Conflicts", id="side-map"):
+                    yield VerticalScroll(Static("F5 compares the models' task vectors", id="map"))
+                with TabPane("Log", id="side-log"):
+                    yield RichLog(id="log", wrap=True, markup=False, min_width=20)
+        yield Static("", id="help")
+        with Horizontal(id="runbar"):
+            yield ProgressBar(id="progress", show_eta=False)
+            yield Static("", id="rate")
+        yield Static("", id="status")
+
+    def _head(self) -> ComposeResult:
+        options = [(f"{name}", name) for name in REGISTRY]
+        with Horizontal(classes="line"):
+            yield Label("method", classes="key")
+            yield Select(options, value=self.method, allow_blank=False, compact=True, id="method")
+        yield Static(REGISTRY[self.method].summary, id="summary")
+        with Horizontal(classes="line"):
+            yield Label("base", classes="key")
+            yield self._input("base_model", "a folder under the models folder (F2 picks)")
+        yield self._error("base_model")
+
+    def _dynamic(self) -> list[Widget]:
+        """The widgets that follow the method and the number of models."""
+        method = REGISTRY[self.method]
+        per = per_model_fields(method)
+        head = Horizontal(Label("models", classes="path-head"), *[Label(k, classes="num-head") for k in per],
+                          id="models-head", classes="line section")
+        out: list[Widget] = [head, self._error("models")]
+        for i in range(self.count):
+            cells = [self._input(f"models.{i}.model", "model folder (F2 picks)", "path")]
+            cells += [self._input(f"models.{i}.parameters.{k}", placeholder(k, f, method), "num", hint(f))
+                      for k, f in per.items()]
+            out += [Horizontal(*cells, classes="line row"), self._error(f"models.{i}")]
+        shared = shared_fields(method)
+        out.append(Static("parameters" if shared else "parameters: none", classes="section"))
+        for key, f in shared.items():
+            out += [Horizontal(Label(key, classes="key"), self._input(f"parameters.{key}", placeholder(key, f, method),
+                                                                      tip=hint(f)), classes="line"),
+                    self._error(f"parameters.{key}")]
+        return out
+
+    def _tail(self) -> ComposeResult:
+        yield Static("output", classes="section")
+        with Horizontal(classes="line"):
+            yield Label("dtype", classes="key")
+            yield Select([(d, d) for d in DTYPES], value=self.texts["dtype"], allow_blank=False, compact=True,
+                         id=dom_id("dtype"))
+            yield Label(" seed ")
+            yield self._input("seed", "0")
+        yield self._error("seed")
+        with Horizontal(classes="line"):
+            yield Label("merge into", classes="key")
+            yield Input(os.path.join(self.models_dir, "merged"), id="out", compact=True)
+            yield Checkbox("replace", id="replace", compact=True)
+        with Horizontal(classes="line"):
+            yield Label("spec file", classes="key")
+            yield Input(self._default_spec_file(), id="save", compact=True)
+        with Horizontal(classes="line"):
+            yield Label("eval suite", classes="key")
+            yield Select([(s, s) for s in SUITES], value="world", allow_blank=False, compact=True, id="suite")
+            yield Label(" limit ")
+            yield Input("", placeholder="all", id="limit", type="integer", valid_empty=True, compact=True)
+        yield self._error("")
+
+    def _input(self, path: str, placeholder: str = "", kind: str = "", tip: str = "") -> Input:
+        field = Input(self.texts.get(path, ""), placeholder=placeholder, name=path, id=dom_id(path),
+                      classes=f"field {kind}", compact=True)
+        field.tooltip = tip or None
+        return field
+
+    def _error(self, slot: str) -> Static:
+        return Static("", name=slot, id="e-" + (slot.replace(".", "-") or "spec"), classes="error")
+
+    def _default_spec_file(self, method: str | None = None) -> str:
+        return os.path.join(self.merges_dir, f"designed-{method or self.method}.yaml")
+
+    def _prefill(self, i: int) -> dict[str, str]:
+        """A new model row: its required per-model parameters start at 1 (e.g. each weight)."""
+        method = REGISTRY[self.method]
+        return {f"models.{i}.parameters.{k}": "1" for k in per_model_fields(method) if k in method.required}
+
+    def on_mount(self) -> None:
+        self.query_one("#runbar").display = False
+        self.refresh_spec()
+        self.say("type or pick (F2) the models; every value is checked as you type", log=False)
+
+    # ---- the spec as it is typed ---------------------------------------------------------------------
+
+    @property
+    def spec_file(self) -> str:
+        return self.query_one("#save", Input).value.strip() or os.path.join(self.merges_dir, "designed.yaml")
+
+    @on(Input.Changed, ".field")
+    def _typed(self, event: Input.Changed) -> None:
+        self.texts[event.input.name] = event.value
+        self.refresh_spec()
+
+    @on(Input.Changed, "#save")
+    def _renamed(self) -> None:
+        self.refresh_spec()
+
+    @on(Select.Changed, "#f-dtype")
+    def _dtype(self, event: Select.Changed) -> None:
+        self.texts["dtype"] = str(event.value)
+        self.refresh_spec()
+
+    @on(Select.Changed, "#method")
+    async def _method(self, event: Select.Changed) -> None:
+        if event.value == self.method:
+            return
+        save = self.query_one("#save", Input)
+        if save.value == self._default_spec_file():  # not renamed by hand: follows the method
+            save.value = self._default_spec_file(str(event.value))
+        self.method = str(event.value)
+        method = REGISTRY[self.method]
+        known = set(per_model_fields(method)) | set(shared_fields(method))
+        self.texts = {k: v for k, v in self.texts.items() if ".parameters." not in f".{k}" or k.split(".")[-1] in known}
+        for i in range(self.count):
+            self.texts = self._prefill(i) | self.texts
+        self.query_one("#summary", Static).update(method.summary)
+        await self.rebuild()
+
+    def on_descendant_focus(self, event: events.DescendantFocus) -> None:
+        name = getattr(event.widget, "name", None)
+        if isinstance(event.widget, Input) and name:
+            self.focused_path = name
+            self.show_help()
+
+    async def rebuild(self) -> None:
+        """Lay the model rows and parameters out again (after a method change, an added or dropped row)."""
+        dynamic = self.query_one("#dynamic")
+        await dynamic.remove_children()
+        await dynamic.mount_all(self._dynamic())
+        self.refresh_spec()
+
+    def refresh_spec(self) -> None:
+        """The spec dict from the form, its YAML, and the spec model's verdict; then the plan's, in a worker."""
+        self.data = spec_data(self.method, self.texts, self.count)
+        self.query_one("#yaml", Static).update(spec_yaml(self.data))
+        self.spec, error = check_spec(self.data, self.spec_file)
+        self.show_error(error)
+        self.show_help()
+        if self._plan_timer is not None:
+            self._plan_timer.stop()
+        if self.spec is not None:
+            data, file = self.data, self.spec_file
+            self._plan_timer = self.set_timer(PLAN_AFTER_S, lambda: self.check_plan(data, file))
+        elif self.state not in ("running", "evaluating"):
+            self.say("the spec does not check out yet; the message is under the field", log=False)
+
+    def show_error(self, error: SpecError | Exception | None) -> None:
+        """The message under the field it is about (the closest enclosing one), the field marked."""
+        self.error = error
+        for static in self.query(".error").results(Static):
+            static.update("")
+            static.display = False
+        for field in self.query(".field.invalid"):
+            field.remove_class("invalid")
+        if error is None:
+            return
+        where = getattr(error, "field", "")
+        text = f"{where}: {error.problem}" if where else getattr(error, "problem", str(error))
+        slots = [s.name for s in self.query(".error") if s.name]
+        slot = owner(where, slots)
+        static = self.query_one("#e-" + (slot.replace(".", "-") or "spec"), Static)
+        static.update(text)
+        static.display = True
+        path = owner(where, [f.name for f in self.query(".field") if f.name])
+        if path:
+            self.query_one("#" + dom_id(path)).add_class("invalid")
+
+    def show_help(self) -> None:
+        """The focused field's description and bounds; for a gradient, its value at every layer."""
+        path = self.focused_path
+        key = path.rsplit(".", 1)[-1]
+        method = REGISTRY[self.method]
+        field = (per_model_fields(method) | shared_fields(method)).get(key) if ".parameters." in f".{path}" else None
+        text = f"{key}: {hint(field)}" if field else ""
+        value = parse_value(self.texts.get(path, ""))
+        if field and isinstance(value, list) and value and all(isinstance(v, (int, float)) for v in value):
+            layers = len(self.plan.out_layers) if self.plan else 8
+            values = " ".join(f"{v:.3g}" for v in layer_values(value, layers))
+            assumed = "" if self.plan else ", assumed until the models open"
+            text += f"\nby layer ({layers} layers{assumed}): {values}"
+        self.query_one("#help", Static).update(text)
+
+    @work(thread=True, exclusive=True, group="plan", exit_on_error=False)
+    def check_plan(self, data: dict, file: str) -> None:
+        """What `surgery merge --dry-run` checks once the models are opened: paths, names, shapes, counts."""
+        try:
+            plan = plan_merge(parse_spec(data, file), file, models_dir=self.models_dir)
+            for folder in plan.folders.values():
+                folder.close()
+        except SurgeryError as e:
+            plan, error = None, e
+        else:
+            error = None
+        self.app.call_from_thread(self._planned, data, plan, error)
+
+    def _planned(self, data: dict, plan: MergePlan | None, error: SurgeryError | None) -> None:
+        if data != self.data:
+            return  # the form changed since; a newer check is on its way
+        self.plan = plan
+        self.show_error(error)
+        self.show_help()
+        if error is not None and self.state not in ("running", "evaluating"):
+            self.say("the spec does not check out yet; the message is under the field", log=False)
+        if plan is not None and self.state not in ("running", "evaluating"):
+            layers = len(plan.out_layers)
+            self.say(f"plan: {len(plan.jobs)} tensors, {layers} layers, writes {size(plan.write_bytes)}; F6 runs it",
+                     log=False)
+
+    # ---- actions -------------------------------------------------------------------------------------
+
+    def check_action(self, action: str, parameters: tuple) -> bool | None:
+        if action == "cancel":
+            return self.state == "running"
+        return True
+
+    def _focused_field(self) -> str:
+        """The spec path of the focused field, '' when focus is elsewhere."""
+        focused = self.screen.focused
+        return focused.name if isinstance(focused, Input) and focused.name and self in focused.ancestors else ""
+
+    def _row_of_focus(self) -> int | None:
+        parts = self._focused_field().split(".")
+        return int(parts[1]) if parts[0] == "models" and len(parts) > 1 else None
+
+    def _path_fields(self) -> list[str]:
+        return ["base_model"] + [f"models.{i}.model" for i in range(self.count)]
+
+    def action_pick(self) -> None:
+        """Pick a folder for the focused path field; elsewhere, for the first empty one."""
+        path = self._focused_field()
+        if path not in self._path_fields():
+            empty = [p for p in self._path_fields() if not self.texts.get(p, "").strip()]
+            path = empty[0] if empty else f"models.{self._row_of_focus() or 0}.model"
+        what = "the base model" if path == "base_model" else f"model {int(path.split('.')[1]) + 1}"
+        self.app.push_screen(ModelPicker(self.models_dir, self.db, what), lambda chosen: self._picked(path, chosen))
+
+    def _picked(self, path: str, chosen: str | None) -> None:
+        """Fill the field (relative to the models folder when inside it), then go on to the next empty one,
+        so that F2, F2, F2 picks the base and each model in turn."""
+        field = self.query_one("#" + dom_id(path), Input)
+        if chosen:
+            root, full = os.path.abspath(self.models_dir), os.path.abspath(chosen)
+            field.value = os.path.relpath(full, root) if full.startswith(root + os.sep) else full
+            self.texts[path] = field.value
+        empty = [p for p in self._path_fields() if not self.texts.get(p, "").strip()]
+        self.query_one("#" + dom_id(empty[0] if chosen and empty else path)).focus()
+
+    async def action_add_model(self) -> None:
+        self.texts |= self._prefill(self.count)
+        self.count += 1
+        await self.rebuild()
+        self.query_one("#" + dom_id(f"models.{self.count - 1}.model")).focus()
+
+    async def action_drop_model(self) -> None:
+        if self.count <= 1:
+            self.say("a merge keeps at least one model row")
+            return
+        row = self._row_of_focus()
+        row = self.count - 1 if row is None else row
+        self.texts = drop_model(self.texts, row)
+        self.count -= 1
+        await self.rebuild()
+        self.query_one("#" + dom_id(f"models.{min(row, self.count - 1)}.model")).focus()
+
+    def action_save(self) -> None:
+        path = self.spec_file
+        try:
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+            with open(path, "w") as f:
+                f.write(spec_yaml(self.data))
+        except OSError as e:
+            self.say(f"cannot write {path} ({e.strerror})")
+            return
+        note = f" (it does not check out yet: {self.error})" if self.error else ""
+        self.say(f"saved {path}{note}; run it with: surgery merge {path} OUT --models-dir {self.models_dir}")
+
+    def action_conflicts(self) -> None:
+        """`surgery diff --base BASE MODELS...` on the models as they stand, parameters aside."""
+        named = [self.texts.get(f"models.{i}.model", "").strip() for i in range(self.count)]
+        base = self.texts.get("base_model", "").strip()
+        try:
+            paths = [resolve_path(m, self.models_dir) for m in named if m]
+            base = resolve_path(base, self.models_dir) if base else None
+        except SurgeryError as e:
+            self.say(f"cannot compare: {e}")
+            return
+        self.query_one("#map", Static).update("comparing the task vectors ...")
+        self.query_one("#side", TabbedContent).active = "side-map"
+        self.compare(paths, base)
+
+    @work(thread=True, exclusive=True, group="diff", exit_on_error=False)
+    def compare(self, paths: list[str], base: str | None) -> None:
+        from surgery.diff import diff_models
+
+        try:
+            result = diff_models(paths, base=base)
+        except SurgeryError as e:
+            self.app.call_from_thread(self.query_one("#map", Static).update, f"cannot compare: {e}")
+            return
+        self.app.call_from_thread(self.query_one("#map", Static).update, conflict_map(result))
+
+    def action_run(self) -> None:
+        if self.state in ("running", "evaluating"):
+            self.say(f"busy ({self.state}); wait for it to finish")
+            return
+        if self.error or self.spec is None:
+            self.say(f"fix the spec first: {self.error}")
+            return
+        out = self.query_one("#out", Input).value.strip()
+        options = Options(block_bytes=self.block_bytes, force=self.query_one("#replace", Checkbox).value)
+        if os.path.lexists(out) and not options.force:  # the engine would say "pass --force", a CLI flag
+            self.say(f"{out} already exists: tick 'replace' to overwrite it, or merge into another folder")
+            return
+        self.cancel_event = threading.Event()
+        self.set_state("running")
+        self.query_one("#runbar").display = True
+        self.query_one("#progress", ProgressBar).update(total=None, progress=0)
+        self.query_one("#side", TabbedContent).active = "side-log"
+        self.say(f"merging into {out} ...")
+        self.merge(dict(self.data), self.spec_file, out, options, self.cancel_event)
+
+    @work(thread=True, exclusive=True, group="merge", exit_on_error=False)
+    def merge(self, data: dict, file: str, out: str, options: Options, cancel: threading.Event) -> None:
+        try:
+            plan = plan_merge(parse_spec(data, file), file, models_dir=self.models_dir)
+            self.meter = Throughput(plan.write_bytes, len(plan.jobs))
+            path = run_merge(plan, out, options, progress=self.record_progress, cancel=cancel)
+        except Cancelled as e:
+            self.app.call_from_thread(self._merge_done, "cancelled", str(e), None)
+        except SurgeryError as e:
+            self.app.call_from_thread(self._merge_done, "failed", f"error: {e}", None)
+        except Exception as e:  # noqa: BLE001 - shown, not raised: the interface stays up
+            self.app.call_from_thread(self._merge_done, "failed", f"internal error: {type(e).__name__}: {e}", None)
+        else:
+            self.app.call_from_thread(self._merge_done, "merged", f"wrote {path}; F7 scores it", path)
+
+    def record_progress(self, name: str, nbytes: int) -> None:
+        """The engine's progress call, on the merge's thread: count, and redraw now and then."""
+        self.meter.add(name, nbytes)
+        now = time.monotonic()
+        if now - self._shown >= SHOWN_EVERY_S:
+            self._shown = now
+            self.app.call_from_thread(self.show_progress)
+
+    def show_progress(self) -> None:
+        meter = self.meter
+        if meter is None:
+            return
+        self.query_one("#progress", ProgressBar).update(total=max(meter.total, 1), progress=meter.done_bytes)
+        self.query_one("#rate", Static).update(meter.line())
+
+    def _merge_done(self, state: str, message: str, path: str | None) -> None:
+        self.show_progress()
+        self.set_state(state)
+        self.say(message)
+        if path:
+            self.output = path
+
+    def action_cancel(self) -> None:
+        if self.state == "running":
+            self.cancel_event.set()
+            self.say("cancelling ...")
+
+    def action_evaluate(self) -> None:
+        if self.state in ("running", "evaluating"):
+            self.say(f"busy ({self.state}); wait for it to finish")
+            return
+        path = os.path.abspath(self.query_one("#out", Input).value.strip())
+        if not os.path.isfile(os.path.join(path, "config.json")):
+            self.say(f"no merged model at {path}; run the merge first (F6)")
+            return
+        limit = self.query_one("#limit", Input).value.strip()
+        suite = str(self.query_one("#suite", Select).value)
+        self.set_state("evaluating")
+        self.query_one("#side", TabbedContent).active = "side-log"
+        self.say(f"evaluating {path} on {suite} ...")
+        self.score(path, suite, int(limit) if limit else None)
+
+    @work(thread=True, exclusive=True, group="eval", exit_on_error=False)
+    def score(self, path: str, suite: str, limit: int | None) -> None:
+        from evals.harness import Settings
+        from evals.run import evaluate
+        from evals.store import Store
+        from evals.suites import suite_tasks
+
+        def say(message: str) -> None:
+            self.app.call_from_thread(self.say, message)
+
+        try:
+            with Store(self.db) as store:  # opened on this thread: an SQLite connection stays on its thread
+                table = evaluate([path], list(suite_tasks(suite)), Settings(limit=limit), store, force=False, say=say)
+        except SurgeryError as e:
+            self.app.call_from_thread(self._scored, "failed", f"error: {e}")
+            return
+        except Exception as e:  # noqa: BLE001 - shown, not raised: the interface stays up
+            self.app.call_from_thread(self._scored, "failed", f"internal error: {type(e).__name__}: {e}")
+            return
+        scores = ", ".join(f"{s.task} {s.value:.3g}" for scores in table.values() for s in scores.values())
+        self.app.call_from_thread(self._scored, "evaluated", f"scored {path}: {scores}; see the Leaderboard tab")
+
+    def _scored(self, state: str, message: str) -> None:
+        self.set_state(state)
+        self.say(message)
+        if state == "evaluated":
+            self.post_message(self.Evaluated(self.query_one("#out", Input).value.strip()))
+
+    # ---- feedback ------------------------------------------------------------------------------------
+
+    def set_state(self, state: str) -> None:
+        self.state = state
+        self.refresh_bindings()
+
+    def say(self, message: str, log: bool = True) -> None:
+        self.query_one("#status", Static).update(message)
+        if log:
+            self.query_one("#log", RichLog).write(message)
