@@ -61,7 +61,7 @@ def run_merge(plan: MergePlan, out: str, options: Options = Options(), progress:
     out = check_output_path(out, inputs, options.force)
     entries = [(j.name, j.dtype, j.shape) for j in plan.jobs]
     metadata = provenance(plan)
-    requests = [(job, span) for job in plan.jobs for span in reads_of(plan, job, options)]
+    requests = [(job, span, final) for job in plan.jobs for span, final in reads_of(plan, job, options)]
     with atomic_folder(out) as tmp:
         writer = QueuedWriter(ShardWriter(tmp, plan_shards(entries, options.shard_size), metadata))
         prefetch = Prefetcher(plan, options, requests)
@@ -124,15 +124,17 @@ def spans_of(job: TensorJob, options: Options, work: int) -> list[tuple[int, int
     return [(r, min(r + step, rows)) for r in range(0, rows, step)] or [(0, 0)]
 
 
-def reads_of(plan: MergePlan, job: TensorJob, options: Options) -> list[tuple[int, int]]:
-    """The blocks `merge_tensor` loads, in order: each stage and the merge pass over every block,
-    except that a tensor of one block is loaded once."""
+def reads_of(plan: MergePlan, job: TensorJob, options: Options) -> list[tuple[tuple[int, int], bool]]:
+    """The blocks `merge_tensor` loads, in order, each with whether the merge pass reads it (False:
+    only a statistics stage): each stage and the merge pass over every block, except that a tensor
+    of one block is loaded once."""
     if job.copy:
         return []
     spans = spans_of(job, options, plan.method.work)
     if len(spans) == 1:
-        return spans
-    return spans * (len(plan.method.stages_for(job.shared, job.per_model)) + 1)
+        return [(spans[0], True)]
+    stages = len(plan.method.stages_for(job.shared, job.per_model))
+    return [(span, False) for span in spans] * stages + [(span, True) for span in spans]
 
 
 def merge_tensor(plan: MergePlan, job: TensorJob, options: Options, load=None) -> Iterator[torch.Tensor]:
@@ -179,8 +181,8 @@ class Prefetcher:
     def _submit(self, i: int):
         if i >= len(self.requests):
             return None
-        job, span = self.requests[i]
-        return self.pool.submit(_load, self.plan, job, span, self.options.device)
+        job, span, final = self.requests[i]
+        return self.pool.submit(_load, self.plan, job, span, self.options.device, final)
 
     def __call__(self, job: TensorJob, span: tuple[int, int]) -> Block:
         want = self.requests[self.i]
@@ -196,13 +198,13 @@ class Prefetcher:
         self.pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _load(plan: MergePlan, job: TensorJob, span: tuple[int, int], device: str) -> Block:
+def _load(plan: MergePlan, job: TensorJob, span: tuple[int, int], device: str, final: bool = True) -> Block:
     base = _read(plan, job.base, span, device) if job.base else None
     models = tuple(_read(plan, s, span, device) for s in job.models)
     draws = Draws(plan.spec.seed, job.name, job.shape, len(job.models)) if plan.method.random else None
     block = Block(job.name, job.shape, span, base, models, job.per_model, job.shared, draws)
     if plan.method.prepare is not None:
-        plan.method.prepare(block)  # e.g. task vectors and DARE's masks, here in the reading thread
+        plan.method.prepare(block, final)  # e.g. task vectors and DARE's masks, here in the reading thread
     return block
 
 

@@ -93,8 +93,9 @@ class Method:
     random: bool = False
     required: tuple[str, ...] = field(default=())  # per-model parameters without a default
     needs: Callable[[BaseModel, tuple[BaseModel, ...]], tuple[Stage, ...]] | None = None  # stages these params need
-    prepare: Callable[[Block], None] | None = None  # fills the block's cache with what depends on it alone;
-    # the engine calls it in its reading thread, so the next block's share overlaps this block's merge
+    prepare: Callable[[Block, bool], None] | None = None  # fills the block's cache with what depends on it
+    # alone; the engine calls it in its reading thread, so the next block's share overlaps this block's
+    # work. The flag says whether the merge pass reads the block (False: only a statistics stage does)
 
     def stages_for(self, shared: BaseModel, per_model: tuple[BaseModel, ...]) -> tuple[Stage, ...]:
         """The statistics stages a tensor with these parameters needs (each costs a pass over it)."""
@@ -112,7 +113,7 @@ class Method:
                       Draws(seed, name, shape, len(models)) if self.random else None)
         stats: Stats = {}
         if self.prepare is not None:
-            self.prepare(block)
+            self.prepare(block, True)
         for stage in self.stages_for(shared, tuple(per_model)):
             stats.update(stage(block, dict(stats)))
         return self.merge(block, dict(stats))

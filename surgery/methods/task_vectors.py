@@ -255,9 +255,11 @@ def task_vector_method(name: str, kind: Sparsify, consensus: Consensus, shared: 
     def merge(block: Block, stats: Stats) -> torch.Tensor:
         return combine(kind, consensus, block, stats)
 
-    def prepare(block: Block) -> None:
+    def prepare(block: Block, final: bool) -> None:
+        """Task vectors always; DARE's masks only for the merge pass, whose own work is the heavier:
+        a statistics pass draws them in the merging thread, which has little else to do then."""
         deltas = _deltas(block)
-        if kind == "random":
+        if kind == "random" and final:
             for i, p in enumerate(block.per_model):
                 if p.density < 1 and deltas[i].numel():
                     block.keep(i, p.density)
