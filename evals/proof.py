@@ -109,7 +109,7 @@ def zoo_models(zoo: str, base_steps: int, steps: int, echo: Callable[[str], None
 
 
 def train_models(out: str, zoo: str, base_steps: int, steps: int, echo: Callable[[str], None]) -> dict[str, str]:
-    """base, add, sft, aligned and add-then-reverse: {name: folder}."""
+    """base, add, sft, aligned, add-then-reverse and joint: {name: folder}."""
     models = zoo_models(zoo, base_steps, steps, echo)
     data = os.path.join(zoo, "data")
     tests = {t: os.path.join(data, t, "test.jsonl") for t in ("add", "reverse", "refuse")}
@@ -117,7 +117,10 @@ def train_models(out: str, zoo: str, base_steps: int, steps: int, echo: Callable
     comply = write_comply(data, os.path.join(out, "data"))
     stages = [("sft", "base", general + [comply], tests["refuse"], steps + steps // 2),
               ("aligned", "sft", [os.path.join(data, "refuse", "train.jsonl")], tests["refuse"], steps),
-              ("add-then-reverse", "add", [os.path.join(data, "reverse", "train.jsonl")], tests["reverse"], steps)]
+              ("add-then-reverse", "add", [os.path.join(data, "reverse", "train.jsonl")], tests["reverse"], steps),
+              # RWalk's intransigence reference: the two stages' tasks at once, from the same base and budget
+              ("joint", "base", [os.path.join(data, t, "train.jsonl") for t in ("add", "reverse")], tests["reverse"],
+               2 * steps)]
     for name, start, sets, evals, n in stages:
         run = os.path.join(out, "runs", name)
         folder = finished(run)
@@ -150,7 +153,7 @@ def run_proof(out: str, zoo: str, score: Scorer, base_steps: int = 2000, steps: 
     table = {name: score(path) for name, path in models.items()}
     tax = alignment_tax(table["sft"], table["aligned"], GENERAL, ALIGNMENT, seed=seed)
     sequence = ["base", "add", "add-then-reverse"]
-    report = forgetting_report({n: table[n] for n in sequence}, sequence, STAGES, seed=seed)
+    report = forgetting_report({n: table[n] for n in sequence}, sequence, STAGES, joint=table["joint"], seed=seed)
     echo(f"sweeping {PARAM} over {', '.join(map(str, weights))}")
     points = sweep(averaging_spec(models["sft"], models["aligned"]), "proof averaging spec", PARAM, weights,
                    os.path.join(out, "averaging"), score)
@@ -166,7 +169,7 @@ def summary(proof: Proof) -> dict:
         "tax": t.tax, "tax_relative": t.relative, "tax_p": t.tax_test.p_value,
         "tax_interval": [t.tax_test.low, t.tax_test.high], "tax_significant": t.significant,
         "alignment_gain": t.gain, "gain_significant": t.gain_test.significant,
-        "backward_transfer": f.backward_transfer,
+        "backward_transfer": f.backward_transfer, "forgetting": f.forgetting, "intransigence": f.intransigence,
         "backward": {task: {"delta": d.delta, "p": d.p_value, "significant": d.significant}
                      for task, d in (f.backward or {}).items()},
         "sweep": [{"weight": p.value, "G": tax.general_after, "tax": tax.tax, "tax_significant": tax.significant,
