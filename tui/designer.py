@@ -31,8 +31,8 @@ from surgery.plan import MergePlan, plan_merge
 from surgery.spec import MergeSpec, parse_spec
 from tui.conflict_map import conflict_map
 from tui.picker import ModelPicker
-from tui.spec_form import (DTYPES, check_spec, drop_model, hint, layer_values, owner, parse_value, per_model_fields,
-                           placeholder, shared_fields, spec_data, spec_yaml)
+from tui.spec_form import (DTYPES, check_spec, choices, drop_model, hint, layer_values, owner, parse_value,
+                           per_model_fields, placeholder, shared_fields, spec_data, spec_yaml)
 from tui.throughput import Throughput, size
 
 SUITES = ("world", "general", "alignment", "leaderboard")  # evals.suites.SUITES, in the order offered
@@ -132,10 +132,19 @@ class Designer(Vertical):
         shared = shared_fields(method)
         out.append(Static("parameters" if shared else "parameters: none", classes="section"))
         for key, f in shared.items():
-            out += [Horizontal(Label(key, classes="key"), self._input(f"parameters.{key}", placeholder(key, f, method),
-                                                                      tip=hint(f)), classes="line"),
-                    self._error(f"parameters.{key}")]
+            path = f"parameters.{key}"
+            options = choices(f)
+            field = (self._choice(path, options, placeholder(key, f, method), hint(f)) if options else
+                     self._input(path, placeholder(key, f, method), tip=hint(f)))
+            out += [Horizontal(Label(key, classes="key"), field, classes="line"), self._error(path)]
         return out
+
+    def _choice(self, path: str, options: tuple[str, ...], default: str, tip: str) -> Select:
+        """A drop-down for a true/false or one-of parameter; its blank entry leaves the method's default."""
+        value = self.texts.get(path, "")
+        return Select([(o, o) for o in options], prompt=f"default ({default})" if default else "default",
+                      value=value if value in options else Select.NULL, name=path, id=dom_id(path),
+                      classes="field choice", compact=True, tooltip=tip or None)
 
     def _tail(self) -> ComposeResult:
         yield Static("output", classes="section")
@@ -195,6 +204,11 @@ class Designer(Vertical):
 
     @on(Input.Changed, "#save")
     def _renamed(self) -> None:
+        self.refresh_spec()
+
+    @on(Select.Changed, ".choice")
+    def _chose(self, event: Select.Changed) -> None:
+        self.texts[event.select.name] = "" if event.value is Select.NULL else str(event.value)
         self.refresh_spec()
 
     @on(Select.Changed, "#f-dtype")

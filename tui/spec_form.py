@@ -6,7 +6,7 @@ located messages. No validation of its own: every rule lives in `surgery.spec` a
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal, get_args, get_origin
 
 import yaml
 from pydantic.fields import FieldInfo
@@ -42,6 +42,15 @@ def per_model_fields(method: Method) -> dict[str, FieldInfo]:
 def shared_fields(method: Method) -> dict[str, FieldInfo]:
     """By the name the YAML uses (`lambda`, not the attribute `lambda_`)."""
     return {(f.alias or name): f for name, f in method.shared.model_fields.items()}
+
+
+def choices(field: FieldInfo) -> tuple[str, ...] | None:
+    """The values a true/false or one-of parameter takes, as YAML writes them; None for any other."""
+    if field.annotation is bool:
+        return ("true", "false")
+    if get_origin(field.annotation) is Literal:
+        return tuple(str(v).lower() if isinstance(v, bool) else str(v) for v in get_args(field.annotation))
+    return None
 
 
 def hint(field: FieldInfo) -> str:

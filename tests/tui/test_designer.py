@@ -17,6 +17,8 @@ from surgery.io.reader import ModelFolder
 from surgery.plan import plan_merge
 from surgery.spec import load_spec, parse_spec
 from tests.conftest import models_folder
+from textual.widgets import Select
+
 from tui.app import SurgeryApp
 from tui.designer import PLAN_AFTER_S, Designer
 from tui.leaderboard import LeaderboardPane
@@ -121,6 +123,30 @@ def test_builds_a_spec_by_keys_and_clicks(models, tmp_path):
             await settle(app)
             assert [m["model"] for m in designer.data["models"]] == ["math", ""]
             assert app.focused.id == "f-models-1-model"
+    run(go())
+
+
+def test_true_false_and_one_of_parameters_are_drop_downs(models, tmp_path):
+    """TIES' `normalize` (true/false) and `consensus` (sum/count) are chosen, not typed; the blank entry
+    leaves the method's default out of the spec, as an empty text field does."""
+    async def go():
+        app = designer_app(models, tmp_path)
+        async with app.run_test(size=SIZE) as pilot:
+            designer = await fill_ties(pilot)
+            normalize, consensus = app.query_one("#f-parameters-normalize"), app.query_one("#f-parameters-consensus")
+            assert isinstance(normalize, Select) and isinstance(consensus, Select)
+            assert "parameters" not in designer.data  # nothing chosen: the defaults
+            consensus.scroll_visible(animate=False)
+            consensus.focus()
+            await pilot.pause()
+            await pilot.press("enter", "down", "down", "enter")  # open, then blank, sum, count: count
+            normalize.value = "false"  # posts Changed as a choice by keys would
+            await settle(app)
+            assert designer.data["parameters"] == {"normalize": False, "consensus": "count"}
+            assert designer.error is None and designer.plan is not None
+            normalize.clear()
+            await settle(app)
+            assert designer.data["parameters"] == {"consensus": "count"}
     run(go())
 
 

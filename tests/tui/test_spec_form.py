@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from tui.spec_form import drop_model, layer_values, owner, parse_value, spec_data
+from surgery.methods import REGISTRY
+from tui.spec_form import choices, drop_model, layer_values, owner, parse_value, shared_fields, spec_data
 from tui.throughput import Throughput
 
 
@@ -53,3 +54,11 @@ def test_the_progress_line():
     meter.add("b", 0)
     now[0] = 102.0
     assert meter.line() == "tensor 2/3  1.0 KiB/s  2s left"
+
+
+def test_choices_of_true_false_and_one_of_parameters():
+    """From the method's typed parameters: bools and Literals get their values, numbers none."""
+    fields = shared_fields(REGISTRY["ties"])
+    assert choices(fields["normalize"]) == ("true", "false")
+    assert choices(fields["consensus"]) == ("sum", "count")
+    assert choices(fields["lambda"]) is None
