@@ -82,6 +82,7 @@ class Designer(Vertical):
         self.meter: Throughput | None = None
         self.output: str | None = None           # the folder the last merge wrote
         self.focused_path = ""
+        self.confirmed: str | None = None  # the spec file f8 was pressed for once while it held another spec
         self._shown = 0.0
         self._plan_timer = None
 
@@ -379,16 +380,34 @@ class Designer(Vertical):
         self.query_one("#" + dom_id(f"models.{min(row, self.count - 1)}.model")).focus()
 
     def action_save(self) -> None:
-        path = self.spec_file
+        path, text = self.spec_file, spec_yaml(self.data)
+        if self._must_confirm(path, text):
+            return
         try:
             os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-            with open(path, "w") as f:
-                f.write(spec_yaml(self.data))
+            temporary = f"{path}.{os.getpid()}.tmp"
+            with open(temporary, "w") as f:
+                f.write(text)
+            os.replace(temporary, path)  # the file appears whole or not at all
         except OSError as e:
             self.say(f"cannot write {path} ({e.strerror})")
             return
+        self.confirmed = None
         note = f" (it does not check out yet: {self.error})" if self.error else ""
         self.say(f"saved {path}{note}; run it with: surgery merge {path} OUT --models-dir {self.models_dir}")
+
+    def _must_confirm(self, path: str, text: str) -> bool:
+        """True (and a question asked) when `path` holds another spec and f8 was not pressed again for it."""
+        try:
+            with open(path) as f:
+                same = f.read() == text
+        except OSError:  # no such file yet
+            return False
+        if same or self.confirmed == path:
+            return False
+        self.confirmed = path
+        self.say(f"{path} holds another spec; press f8 again to replace it, or change the spec file name")
+        return True
 
     def action_conflicts(self) -> None:
         """`surgery diff --base BASE MODELS...` on the models as they stand, parameters aside."""

@@ -196,6 +196,25 @@ def test_saved_yaml_is_the_spec_built_and_plans(models, tmp_path):
     assert len(plan_merge(spec, spec_file, models_dir=models).jobs) == 21
 
 
+def test_saving_over_another_spec_asks_for_a_second_f8(models, tmp_path):
+    """A spec file that holds something else is replaced only on a second f8; the first says so."""
+    async def go():
+        app = designer_app(models, tmp_path)
+        async with app.run_test(size=SIZE) as pilot:
+            designer = await fill_ties(pilot)
+            await pilot.press("f8")
+            first = open(designer.spec_file).read()
+            app.query_one("#f-models-1-parameters-density").value = "0.3"
+            await settle(app)
+            await pilot.press("f8")
+            assert open(designer.spec_file).read() == first
+            assert "press f8 again to replace it" in str(app.query_one("#status").render())
+            await pilot.press("f8")
+            assert load_spec(designer.spec_file).models[1].parameters["density"] == 0.3
+            assert sorted(os.listdir(tmp_path / "merges")) == ["designed-ties.yaml"]  # no temporary left
+    run(go())
+
+
 def test_a_gradient_is_shown_at_every_layer(models, tmp_path):
     """The tiny Llama has 2 layers: t = 0 and 1, so [0.2, 0.6, 1] gives 0.2 then 1."""
     async def go():
