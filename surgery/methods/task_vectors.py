@@ -229,7 +229,7 @@ def combine(kind: Sparsify, consensus: Consensus, block: Block, stats: Stats) ->
         if divisor is not None:
             divisor.add_((divisor == 0).to(divisor.dtype))  # 0 -> 1, others unchanged (a masked store is slower)
     else:
-        mixed = tvs[0].clone()
+        mixed = tvs[0]  # a fresh tensor (`sparsified` never returns the cached delta): summed into in place
         for tv in tvs[1:]:
             mixed.add_(tv)
         total = torch.tensor(weights, dtype=torch.float32).sum()  # in float32, as a stacked sum would be
