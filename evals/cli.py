@@ -38,6 +38,15 @@ SCORING_OPTIONS = (  # how checkpoints are scored: `surgery eval`, `soup` and `s
 )
 
 
+# options the commands reading the store share (each call of these decorators adds a fresh option)
+db_option = click.option("--db", type=click.Path(dir_okay=False), help="Results store (as for surgery eval).")
+table_format_option = click.option("--format", "fmt", type=click.Choice(("table", "md", "csv")), default="table",
+                                   show_default=True)
+alpha_option = click.option("--alpha", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.05,
+                            show_default=True, help="Significance level of McNemar's test and the bootstrap interval.")
+seed_option = click.option("--seed", type=int, default=0, show_default=True, help="Seed of the paired bootstrap.")
+
+
 def scoring_options(command):
     for option in reversed(SCORING_OPTIONS):
         command = option(command)
@@ -88,7 +97,7 @@ def eval_(checkpoints, suite, tasks, limit, num_fewshot, batch_size, device, bac
 @click.option("--suite", help="Only this suite's tasks (default: every stored task).")
 @click.option("--sort", "sort_by", default="mean", show_default=True, help="Column to sort by.")
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True)
-@click.option("--db", type=click.Path(dir_okay=False), help="Results store (as for surgery eval).")
+@db_option
 @click.option("--pareto", "pareto_png", type=click.Path(dir_okay=False),
               help="Also draw every run at (alignment, general capability) with the Pareto front, as a PNG here.")
 @click.option("--general-suite", default="general", show_default=True, help="The suite of --pareto's G axis.")
@@ -149,11 +158,10 @@ def _suite_tasks(table: dict, suite: str) -> list[str]:
 @click.option("--after", required=True, type=click.Path(), help="The checkpoint after alignment.")
 @click.option("--suite", default="general", show_default=True, help="Suite whose mean normalised score is G.")
 @click.option("--alignment-suite", default="alignment", show_default=True, help="Suite the alignment should raise.")
-@click.option("--alpha", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.05, show_default=True,
-              help="Significance level of McNemar's test and the bootstrap interval.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the paired bootstrap.")
-@click.option("--format", "fmt", type=click.Choice(("table", "md", "csv")), default="table", show_default=True)
-@click.option("--db", type=click.Path(dir_okay=False), help="Results store (as for surgery eval).")
+@alpha_option
+@seed_option
+@table_format_option
+@db_option
 @handled
 def tax(before, after, suite, alignment_suite, alpha, seed, fmt, db) -> None:
     """Alignment tax: general capability G (mean chance-corrected score on --suite) before minus after,
@@ -181,11 +189,10 @@ def tax(before, after, suite, alignment_suite, alpha, seed, fmt, db) -> None:
               "reference of RWalk's intransigence.")
 @click.option("--normalise", is_flag=True, help="Chance-corrected scores instead of the scores as evaluated.")
 @click.option("--png", type=click.Path(dir_okay=False), help="Also write the stages x tasks heat map here.")
-@click.option("--alpha", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.05, show_default=True,
-              help="Significance level of McNemar's test and the bootstrap interval.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the paired bootstrap.")
-@click.option("--format", "fmt", type=click.Choice(("table", "md", "csv")), default="table", show_default=True)
-@click.option("--db", type=click.Path(dir_okay=False), help="Results store (as for surgery eval).")
+@alpha_option
+@seed_option
+@table_format_option
+@db_option
 @handled
 def forgetting(checkpoints, suite, stage_tasks, joint, normalise, png, alpha, seed, fmt, db) -> None:
     """Forgetting over a training sequence CKPT_0 CKPT_1 ... (CKPT_0 before the first stage): the
@@ -218,7 +225,7 @@ def forgetting(checkpoints, suite, stage_tasks, joint, normalise, png, alpha, se
 @click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]), help="dtype of the soups written "
               "(default: the inputs').")
 @scoring_options
-@click.option("--format", "fmt", type=click.Choice(("table", "md", "csv")), default="table", show_default=True)
+@table_format_option
 @handled
 def soup(checkpoints, out, select, dtype, suite, tasks, limit, num_fewshot, batch_size, device, backend, model_args,
          db, apply_chat_template, force, fmt) -> None:
@@ -251,7 +258,7 @@ def soup(checkpoints, out, select, dtype, suite, tasks, limit, num_fewshot, batc
               "(default: the current folder).")
 @click.option("--plot", type=click.Path(dir_okay=False), help="Also write the scores against the value as a PNG.")
 @scoring_options
-@click.option("--format", "fmt", type=click.Choice(("table", "md", "csv")), default="table", show_default=True)
+@table_format_option
 @handled
 def sweep(spec, param, values, out, models_dir, plot, suite, tasks, limit, num_fewshot, batch_size, device, backend,
           model_args, db, apply_chat_template, force, fmt) -> None:
@@ -261,13 +268,14 @@ def sweep(spec, param, values, out, models_dir, plot, suite, tasks, limit, num_f
     from evals.reports import render
     from evals.search import harness_scorer
     from evals.store import Store
-    from evals.sweep import parse_values, read_spec, sweep as run_sweep, sweep_rows, sweep_series
+    from evals.sweep import parse_values, sweep as run_sweep, sweep_rows, sweep_series
+    from surgery.spec import read_spec_data
 
     names, settings = _scoring(suite, tasks, limit, num_fewshot, batch_size, device, backend, model_args,
                                apply_chat_template)
     values = parse_values(values)
     with Store(db) as store:
-        points = run_sweep(read_spec(spec), spec, param, values, out, harness_scorer(names, settings, store, force,
+        points = run_sweep(read_spec_data(spec), spec, param, values, out, harness_scorer(names, settings, store, force,
                            _say), models_dir)
     click.echo(render(sweep_rows(points, param), fmt).rstrip("\n"))
     if plot:
@@ -287,8 +295,8 @@ def sweep(spec, param, values, out, models_dir, plot, suite, tasks, limit, num_f
               help="Weights of the aligned model's task vector to sweep (0: the parent, 1: the aligned model).")
 @click.option("--limit", type=int, help="Score only the first N documents of each task.")
 @click.option("--device", help="cpu, cuda, ... (default: cuda when there is one).")
-@click.option("--db", type=click.Path(dir_okay=False), help="Results store (as for surgery eval).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the paired bootstrap.")
+@db_option
+@seed_option
 @handled
 def proof(out, zoo, base_steps, steps, weights, limit, device, db, seed) -> None:
     """The small world's evals proof: the alignment tax of a refusal-trained model over its parent,
@@ -319,14 +327,15 @@ def proof(out, zoo, base_steps, steps, weights, limit, device, db, seed) -> None
                    "each task's expert being the input that scores best on it.")
 @click.option("--suite", help="Only this suite's tasks (default: every task scored on the merged model).")
 @click.option("--png", type=click.Path(dir_okay=False), help="Also draw the merged / expert bars as a PNG here.")
-@click.option("--format", "fmt", type=click.Choice(("table", "md", "csv")), default="table", show_default=True)
-@click.option("--db", type=click.Path(dir_okay=False), help="Results store (as for surgery eval).")
+@table_format_option
+@db_option
 @handled
 def merge_quality(merged, experts, suite, png, fmt, db) -> None:
     """Merge quality: the merged model's score on each expert's task over the expert's own, and their
     mean, the normalised accuracy (Ilharco et al. 2023), from stored scores."""
     import os
 
+    from evals.experts import chosen_experts
     from evals.metrics import merge_ratios
     from evals.plots import merge_quality_figure, save_png
     from evals.reports import render
@@ -335,7 +344,7 @@ def merge_quality(merged, experts, suite, png, fmt, db) -> None:
     with Store(db) as store:
         name = os.path.abspath(merged)
         scores = store.table([name], suite)[name]
-        chosen = _chosen_experts(store, name, scores, experts, suite)
+        chosen = chosen_experts(store, name, scores, experts, suite)
     ratios = merge_ratios(scores, {task: s for task, (_, s) in chosen.items()})
     rows = [{"task": t, "expert": path, "expert score": s.value, "merged": scores[t].value, "ratio": ratios[t]}
             for t, (path, s) in chosen.items()]
@@ -344,35 +353,3 @@ def merge_quality(merged, experts, suite, png, fmt, db) -> None:
     if png:
         save_png(merge_quality_figure(ratios, f"merge quality of {os.path.basename(name)}"), png)
         click.echo(f"wrote {png}", err=True)
-
-
-def _chosen_experts(store, name: str, scores: dict, experts: tuple[str, ...], suite: str | None) -> dict:
-    """{task: (expert checkpoint, its TaskScore)}: the given experts, or the best merge input per task."""
-    import os
-
-    from evals.origin import origin
-    from evals.parent_metrics import best_experts
-    from surgery.errors import InputError
-
-    if experts:
-        pairs = [e.split("=", 1) for e in experts]
-        bad = [e for e, p in zip(experts, pairs) if len(p) != 2]
-        if bad:
-            raise InputError(f"--expert {bad[0]!r}: write TASK=CHECKPOINT, e.g. world_add=runs/add/final")
-        table = store.table([os.path.abspath(p) for _, p in pairs])
-        missing = [f"{t}={p}" for t, p in pairs if t not in table[os.path.abspath(p)]]
-        if missing:
-            raise InputError(f"--expert {missing[0]}: no stored score of that checkpoint on that task; "
-                             "run `surgery eval` on it first")
-        return {t: (p, table[os.path.abspath(p)][t]) for t, p in pairs}
-    inputs = origin(store.lineage(store.hash_of(name))).inputs
-    if not inputs:
-        raise InputError(f"{name}: no merge inputs in its lineage (not made by `surgery merge`?); name the experts "
-                         "with --expert TASK=CHECKPOINT")
-    known = [p for p in inputs if p in store.names()]
-    if not known:
-        raise InputError(f"{name}: none of its merge inputs ({', '.join(inputs)}) was evaluated; run `surgery eval` "
-                         "on them, or name the experts with --expert TASK=CHECKPOINT")
-    table = store.table(known, suite)
-    best = best_experts(scores, [table[p] for p in known])
-    return {t: (next(p for p in known if table[p].get(t) is s), s) for t, s in best.items()}
