@@ -523,7 +523,7 @@ def main(argv: list[str]) -> None:
     results["io_floor"] = {"runs": floors, "wall_s": min(f["wall_s"] for f in floors)}
     results["finished"] = load_now()
     results["runner_maxrss_kib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    finish(results, args.tag)
+    save_results(results, markdown(results), args.tag)
 
 
 def summarize(samples: dict[str, list[Measured]], compared: dict | None, spec_path: str) -> dict:
@@ -642,8 +642,8 @@ def _compare_lines(method: str, c: dict | None) -> list[str]:
     return out
 
 
-def finish(results: dict, tag: str) -> None:
-    text = markdown(results)
+def save_results(results: dict, text: str, tag: str) -> None:
+    """`bench/results/TAG.json` (everything) and `TAG.md` (the table `text`), which is also printed."""
     with open(os.path.join(RESULTS, f"{tag}.json"), "w") as f:
         json.dump(results, f, indent=2, default=str)
     with open(os.path.join(RESULTS, f"{tag}.md"), "w") as f:

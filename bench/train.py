@@ -366,7 +366,7 @@ def main(argv: list[str]) -> None:
         best["all"] = {side: [round(x.get("real_tok_s", 0)) for x in v] for side, v in samples.items()}
         results["methods"][method] = best
     results["finished"] = run.load_now()
-    finish(results, args.tag)
+    run.save_results(results, markdown(results), args.tag)
 
 
 def versions() -> dict:
@@ -409,16 +409,6 @@ def markdown(results: dict) -> str:
                          f"{o['trained_tokens']} trained tokens timed); step times ours {o['step_durations_s']}, "
                          f"TRL {t['step_durations_s']}.")
     return "\n".join(lines) + "\n"
-
-
-def finish(results: dict, tag: str) -> None:
-    text = markdown(results)
-    with open(os.path.join(RESULTS, f"{tag}.json"), "w") as f:
-        json.dump(results, f, indent=2, default=str)
-    with open(os.path.join(RESULTS, f"{tag}.md"), "w") as f:
-        f.write(text)
-    print("\n" + text)
-    print(f"saved bench/results/{tag}.json and bench/results/{tag}.md")
 
 
 if __name__ == "__main__":

@@ -390,7 +390,7 @@ def main(argv: list[str]) -> None:
         best["all"] = {side: [round(x.get("steps_s", 0), 4) for x in v] for side, v in samples.items()}
         results["objectives"][objective] = best
     results["finished"] = run.load_now()
-    finish(results, a.tag)
+    run.save_results(results, markdown(results), a.tag)
 
 
 def markdown(results: dict) -> str:
@@ -446,16 +446,6 @@ def comparison(objective: str, r: dict) -> list[str]:
                  f"{t['real_tokens']}, padded slots {o['slots_tokens']} and {t['slots_tokens']}; mean reward by step ours "
                  f"{[round(x, 3) for x in o['rewards']]}, TRL {[round(x, 3) if x is not None else None for x in t['rewards']]}.")
     return [line]
-
-
-def finish(results: dict, tag: str) -> None:
-    text = markdown(results)
-    with open(os.path.join(RESULTS, f"{tag}.json"), "w") as f:
-        json.dump(results, f, indent=2, default=str)
-    with open(os.path.join(RESULTS, f"{tag}.md"), "w") as f:
-        f.write(text)
-    print("\n" + text)
-    print(f"saved bench/results/{tag}.json and bench/results/{tag}.md")
 
 
 if __name__ == "__main__":

@@ -32,22 +32,6 @@ class SweepPoint:
     scores: Scores
 
 
-def read_spec(path: str) -> dict:
-    """The spec file as YAML data (validated later, point by point); errors name the file."""
-    if not os.path.isfile(path):
-        raise SpecError(path, "", "no such spec file; give the YAML spec to sweep")
-    try:
-        with open(path) as f:
-            data = yaml.safe_load(f)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f"line {mark.line + 1}" if mark else ""
-        raise SpecError(path, where, f"not valid YAML ({getattr(e, 'problem', e)})") from None
-    if not isinstance(data, dict):
-        raise SpecError(path, "", "a spec is a YAML mapping with at least merge_method and models (or slices)")
-    return data
-
-
 def parse_values(text: str) -> list:
     """'0,0.25,0.5' -> [0, 0.25, 0.5]: each item read as YAML would read it (numbers, true/false, text)."""
     items = [t.strip() for t in text.split(",") if t.strip()]

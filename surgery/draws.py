@@ -36,33 +36,37 @@ class Draws:
 
     def uniform(self, model: int, rows: tuple[int, int]) -> torch.Tensor:
         """Flat U[0, 1) float32 numbers for elements [r0 * row, r1 * row) of input `model`."""
-        start, stop = rows[0] * self.row, rows[1] * self.row
-        if stop <= start:  # an empty tensor (or span) draws nothing
-            return torch.empty(0)
-        out = torch.empty(stop - start)
-        for c in range(start // CHUNK, (stop - 1) // CHUNK + 1):
+        out = torch.empty(self._count(rows))
+        for c, (lo, hi), (a, b) in self._pieces(rows):
             g = torch.Generator().manual_seed(chunk_seed(self.seed, self.name, model, c))
-            lo, hi = max(start - c * CHUNK, 0), min(stop - c * CHUNK, CHUNK)
-            dest = out[c * CHUNK + lo - start: c * CHUNK + hi - start]
             if lo == 0 and hi == CHUNK:
-                torch.rand(CHUNK, generator=g, out=dest)  # a whole chunk: draw in place
+                torch.rand(CHUNK, generator=g, out=out[a:b])  # a whole chunk: draw in place
             else:
-                dest.copy_(torch.rand(CHUNK, generator=g)[lo:hi])
+                out[a:b].copy_(torch.rand(CHUNK, generator=g)[lo:hi])
         return out
 
     def keep(self, model: int, rows: tuple[int, int], density: float) -> torch.Tensor:
         """Flat float32 0/1 mask for elements [r0 * row, r1 * row) of input `model`: 1 with probability
         `density`, rounded to a multiple of 2**-16 (2**-32 below FINE_BELOW)."""
-        start, stop = rows[0] * self.row, rows[1] * self.row
         bits = 16 if density >= FINE_BELOW else 32
         threshold = round(density * 2**bits)
-        out = np.empty(max(stop - start, 0), np.float32)
-        for c in range(start // CHUNK, (stop - 1) // CHUNK + 1) if stop > start else ():
-            lo, hi = max(start - c * CHUNK, 0), min(stop - c * CHUNK, CHUNK)
+        out = np.empty(self._count(rows), np.float32)
+        for c, (lo, hi), (a, b) in self._pieces(rows):
             raw = self._pcg64(model, c).random_raw(CHUNK * bits // 64)
             draws = raw.astype("<u8", copy=False).view(f"<u{bits // 8}")[lo:hi]  # (hi - lo,) little-endian
-            np.less(draws, threshold, out=out[c * CHUNK + lo - start: c * CHUNK + hi - start], casting="unsafe")
+            np.less(draws, threshold, out=out[a:b], casting="unsafe")
         return torch.from_numpy(out)
+
+    def _count(self, rows: tuple[int, int]) -> int:
+        return max(rows[1] - rows[0], 0) * self.row
+
+    def _pieces(self, rows: tuple[int, int]):
+        """(chunk c, its part [lo, hi), where that part lands in the span's flat output [a, b)) for each
+        chunk the elements [r0 * row, r1 * row) touch; none for an empty span."""
+        start, stop = rows[0] * self.row, rows[1] * self.row
+        for c in range(start // CHUNK, (stop - 1) // CHUNK + 1) if stop > start else ():
+            lo, hi = max(start - c * CHUNK, 0), min(stop - c * CHUNK, CHUNK)
+            yield c, (lo, hi), (c * CHUNK + lo - start, c * CHUNK + hi - start)
 
     def _pcg64(self, model: int, chunk: int) -> np.random.PCG64:
         """The bit generator of one chunk, its 128-bit state and stream set from blake2b(seed, name, i, c)

@@ -100,6 +100,11 @@ class MergeSpec(BaseModel):
 
 def load_spec(path: str) -> MergeSpec:
     """Read and validate a spec file's structure (method-level checks follow in `check.py`)."""
+    return parse_spec(read_spec_data(path), path)
+
+
+def read_spec_data(path: str) -> dict:
+    """A spec file's YAML, not yet validated; a missing file, bad YAML or a non-mapping names the file."""
     if not os.path.isfile(path):
         raise SpecError(path, "", "no such spec file")
     try:
@@ -109,12 +114,17 @@ def load_spec(path: str) -> MergeSpec:
         mark = getattr(e, "problem_mark", None)
         where = f"line {mark.line + 1}" if mark else ""
         raise SpecError(path, where, f"not valid YAML ({getattr(e, 'problem', e)})") from None
-    return parse_spec(data, path)
+    return _mapping(data, path)
+
+
+def _mapping(data: Any, file: str) -> dict:
+    if not isinstance(data, dict):
+        raise SpecError(file, "", "a spec is a YAML mapping with at least merge_method and models (or slices)")
+    return data
 
 
 def parse_spec(data: Any, file: str = "<spec>") -> MergeSpec:
-    if not isinstance(data, dict):
-        raise SpecError(file, "", "a spec is a YAML mapping with at least merge_method and models (or slices)")
+    _mapping(data, file)
     try:
         return MergeSpec.model_validate(data)
     except ValidationError as e:

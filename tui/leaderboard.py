@@ -19,7 +19,7 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.widget import Widget
 from textual.widgets import ContentSwitcher, DataTable, Input, Label, Static
 
-from evals.leaderboard import sort_rows
+from evals.leaderboard import short_path, sort_rows
 from evals.store import default_path
 from surgery.errors import SurgeryError
 from tui.board import Board, Entry, load_board
@@ -230,7 +230,7 @@ class LeaderboardPane(Widget):
         self._compares += 1
         self.comparison = None
         a, b = self.marks
-        self.query_one("#lb-compare-title", Label).update(f"comparing {_short(a)} and {_short(b)} ...")
+        self.query_one("#lb-compare-title", Label).update(f"comparing {short_path(a)} and {short_path(b)} ...")
         self.query_one("#lb-compare-table", DataTable).clear(columns=True)
         self.query_one("#lb-detail", ContentSwitcher).current = "lb-compare"
         self._run_comparison(self._compares, self.board.path, a, b)
@@ -244,7 +244,7 @@ class LeaderboardPane(Widget):
         if request != self._compares:
             return
         self.comparison = comparison
-        title = f"A {_short(comparison.a)}  B {_short(comparison.b)}: B - A"
+        title = f"A {short_path(comparison.a)}  B {short_path(comparison.b)}: B - A"
         self.query_one("#lb-compare-title", Label).update(comparison.error or title)
         table = self.query_one("#lb-compare-table", DataTable)
         rows = comparison.table()
@@ -259,14 +259,14 @@ def lineage_text(entry: Entry, board: Board) -> str:
     """What made the checkpoint: its parents (with their mean where they were evaluated), the method
     and the spec."""
     o = entry.origin
-    lines = [f"{_short(entry.name)}  hash {entry.hash[:12]}", f"made by  {o.made_by or 'unknown (no lineage)'}"]
+    lines = [f"{short_path(entry.name)}  hash {entry.hash[:12]}", f"made by  {o.made_by or 'unknown (no lineage)'}"]
     if o.base:
         lines.append(f"from     {_with_mean(o.base, board)}")
     lines += [f"input    {_with_mean(p, board)}" for p in o.inputs]
     if o.resumed_from:
-        lines.append(f"resumed  {_short(o.resumed_from)}")
+        lines.append(f"resumed  {short_path(o.resumed_from)}")
     if o.spec_file:
-        lines.append(f"spec     {_short(o.spec_file)}")
+        lines.append(f"spec     {short_path(o.spec_file)}")
     if o.spec_text:
         lines += ["", o.spec_text.rstrip()]
     return "\n".join(lines)
@@ -274,7 +274,7 @@ def lineage_text(entry: Entry, board: Board) -> str:
 
 def _with_mean(path: str, board: Board) -> str:
     parent = board.entry(path)
-    return _short(path) + (f"  (mean {_cell(parent.row['mean'])})" if parent else "  (not evaluated)")
+    return short_path(path) + (f"  (mean {_cell(parent.row['mean'])})" if parent else "  (not evaluated)")
 
 
 def _sorted(entries: list[Entry], column: str, reverse: bool) -> list[Entry]:
@@ -293,9 +293,3 @@ def _cell(value) -> str:
     if value is None:
         return "-"
     return f"{value:.4f}" if isinstance(value, float) else str(value)
-
-
-def _short(path: str) -> str:
-    """A path under the current folder, relative to it; others as they are."""
-    rel = os.path.relpath(path)
-    return path if rel.startswith("..") else rel

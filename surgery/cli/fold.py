@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import signal
-
 import click
 
-from surgery.cli.common import handled, interrupt, size_option
+from surgery.cli.common import handled, size_option
+from surgery.cli.streamed import run_plan
 
 
 @click.command()
@@ -24,18 +23,8 @@ from surgery.cli.common import handled, interrupt, size_option
 @handled
 def fold(base, adapters, out, weights, dtype, shard_size, block_size, force, allow_pickle, quiet) -> None:
     """Fold PEFT adapters (LoRA, DoRA, IA3, VeRA) into BASE, in order, and write the model to OUT."""
-    import torch
-
     from surgery.adapters.fold_plan import plan_fold
-    from surgery.allocator import keep_freed_memory
-    from surgery.engine import Options, arithmetic_threads, run_merge
-    from surgery.progress import Bar
+    from surgery.engine import Options
 
     plan = plan_fold(base, adapters, weights, out_dtype=dtype, allow_pickle=allow_pickle)
-    options = Options(shard_size=shard_size, block_bytes=block_size, force=force)
-    keep_freed_memory()
-    torch.set_num_threads(arithmetic_threads())
-    signal.signal(signal.SIGTERM, interrupt)  # clean up the partial output on `kill` as on Ctrl-C
-    with Bar(plan.write_bytes, len(plan.jobs), disable=quiet) as bar:
-        path = run_merge(plan, out, options, progress=bar.update)
-    click.echo(f"wrote {path}")
+    run_plan(plan, out, Options(shard_size=shard_size, block_bytes=block_size, force=force), quiet)

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import signal
-
 import click
 
-from surgery.cli.common import handled, interrupt, size_option
+from surgery.cli.common import handled, size_option
+from surgery.cli.streamed import run_plan
+
 
 @click.command()
 @click.argument("spec", type=click.Path(dir_okay=False))
@@ -26,12 +26,8 @@ from surgery.cli.common import handled, interrupt, size_option
 def merge(spec, out, dtype, shard_size, block_size, device, dry_run, force, allow_pickle, models_dir, threads,
           quiet) -> None:
     """Merge the models of SPEC (a mergekit-style YAML) into the folder OUT."""
-    import torch
-
-    from surgery.allocator import keep_freed_memory
-    from surgery.engine import Options, arithmetic_threads, run_merge
+    from surgery.engine import Options
     from surgery.plan import plan_merge
-    from surgery.progress import Bar
     from surgery.report import describe_plan
     from surgery.spec import load_spec
 
@@ -44,12 +40,7 @@ def merge(spec, out, dtype, shard_size, block_size, device, dry_run, force, allo
         return
     for warning in plan.vocab.warnings if plan.vocab else []:  # the pre-flight's, also shown by --dry-run
         click.echo(f"warning: {warning}", err=True)
-    keep_freed_memory()  # reuse block buffers instead of faulting fresh pages in for every block
-    torch.set_num_threads(arithmetic_threads(threads))
-    signal.signal(signal.SIGTERM, interrupt)  # clean up the partial output on `kill` as on Ctrl-C
-    with Bar(plan.write_bytes, len(plan.jobs), disable=quiet) as bar:
-        path = run_merge(plan, out, options, progress=bar.update)
-    click.echo(f"wrote {path}")
+    run_plan(plan, out, options, quiet, threads=threads)
 
 
 def _require_cuda() -> None:

@@ -1,5 +1,6 @@
-"""What `convert`, `slice` and `rename` share: the output flags, and running their plan through the
-merge engine with a progress bar (streamed, atomic, inputs never touched)."""
+"""What the writing commands share: the output flags of `convert`, `slice` and `rename`, and running a
+plan through the merge engine with a progress bar (streamed, atomic, inputs never touched), which
+`merge` and `fold` do too."""
 
 from __future__ import annotations
 
@@ -24,15 +25,23 @@ def output_options(fn):
 
 
 def write_plan(plan, out: str, shard_size: int, block_size: int, force: bool, quiet: bool, desc: str) -> None:
+    from surgery.engine import Options
+
+    run_plan(plan, out, Options(shard_size=shard_size, block_bytes=block_size, force=force), quiet, desc)
+
+
+def run_plan(plan, out: str, options, quiet: bool, desc: str = "merge", threads: int | None = None) -> None:
+    """Run `plan` into OUT with a progress bar, as every writing command does: freed block buffers kept
+    for reuse, torch threads set, SIGTERM unwinding as Ctrl-C (the partial output is removed)."""
     import torch
 
-    from surgery.engine import Options, arithmetic_threads, run_merge
+    from surgery.allocator import keep_freed_memory
+    from surgery.engine import arithmetic_threads, run_merge
     from surgery.progress import Bar
 
-    torch.set_num_threads(arithmetic_threads())
-
-    signal.signal(signal.SIGTERM, interrupt)  # clean up the partial output on `kill` as on Ctrl-C
-    options = Options(shard_size=shard_size, block_bytes=block_size, force=force)
+    keep_freed_memory()  # reuse block buffers instead of faulting fresh pages in for every block
+    torch.set_num_threads(arithmetic_threads(threads))
+    signal.signal(signal.SIGTERM, interrupt)
     with Bar(plan.write_bytes, len(plan.jobs), disable=quiet, desc=desc) as bar:
         path = run_merge(plan, out, options, progress=bar.update)
     click.echo(f"wrote {path}")

@@ -4,6 +4,7 @@ library, models through transformers, and the CLI through click's runner."""
 from __future__ import annotations
 
 import glob
+import hashlib
 import os
 import signal
 
@@ -42,3 +43,17 @@ def run_cli(*args):
         return CliRunner().invoke(main, [str(a) for a in args])
     finally:
         signal.signal(signal.SIGTERM, handler)
+
+
+def digest(*roots: str) -> dict[str, str]:
+    """sha256 of each given file and of every file under each given folder (links followed): equal
+    before and after a command when it left its inputs untouched."""
+    out = {}
+    for root in map(str, roots):
+        paths = [root] if os.path.isfile(root) else sorted(glob.glob(os.path.join(root, "**", "*"), recursive=True))
+        for path in paths:
+            if os.path.isfile(path):
+                with open(path, "rb") as f:
+                    out[path] = hashlib.sha256(f.read()).hexdigest()
+    assert out, roots
+    return out

@@ -6,7 +6,6 @@ from __future__ import annotations
 import copy
 import errno
 import glob
-import hashlib
 import os
 import signal
 import shutil
@@ -27,22 +26,12 @@ from surgery.errors import InputError, NumericsError, OutputError, SpecError
 from surgery.methods import REGISTRY
 from surgery.plan import plan_merge
 from surgery.spec import load_spec
+from tests.surgery.reference_checkpoints import digest
 
 WEIGHTS = "model.safetensors"
 TIES = {"merge_method": "ties", "base_model": "models/base",
         "models": [{"model": "models/math", "parameters": {"weight": 1.0, "density": 0.5}},
                    {"model": "models/code", "parameters": {"weight": 1.0, "density": 0.5}}]}
-
-
-def digest(*roots: str) -> dict[str, str]:
-    """sha256 of every file under the given folders (links followed)."""
-    out = {}
-    for root in roots:
-        for path in sorted(glob.glob(os.path.join(root, "**", "*"), recursive=True)):
-            if os.path.isfile(path):
-                out[path] = hashlib.sha256(open(path, "rb").read()).hexdigest()
-    assert out, roots
-    return out
 
 
 def leftovers(out: str) -> list[str]:

@@ -5,7 +5,6 @@ imports the real SmolLM2-135M-Instruct when its package is installed."""
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import os
 
@@ -19,6 +18,7 @@ from surgery.cli import main  # noqa: E402
 from surgery.errors import InputError, OutputError  # noqa: E402
 from surgery.gguf_import import import_gguf  # noqa: E402
 from surgery.tiny import CHATML  # noqa: E402
+from tests.surgery.reference_checkpoints import digest  # noqa: E402
 from tests.surgery.tiny_gguf import SPECIALS, tiny_llama, write_gguf, write_header_only  # noqa: E402
 
 IDS = torch.tensor([[1, 5, 100, 200, 259, 261, 2]])  # specials, bytes and merged tokens
@@ -27,10 +27,6 @@ IDS = torch.tensor([[1, 5, 100, 200, 259, 261, 2]])  # specials, bytes and merge
 def logits(model, ids=IDS) -> torch.Tensor:
     with torch.no_grad():
         return model(ids).logits
-
-
-def digest(path) -> str:
-    return hashlib.sha256(open(path, "rb").read()).hexdigest()
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,6 @@ folder either); the inputs are left as they were."""
 from __future__ import annotations
 
 import glob
-import hashlib
 import os
 
 import pytest
@@ -14,18 +13,11 @@ from click.testing import CliRunner
 from peft import IA3Config, LoraConfig
 
 from surgery.cli import main
+from tests.surgery.reference_checkpoints import digest
 
 Q_A = "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"
 Q_B = "base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight"
 WEIGHTS = "adapter_model.safetensors"
-
-
-def digest(folder: str) -> str:
-    h = hashlib.sha256()
-    for file in sorted(glob.glob(os.path.join(folder, "*"))):
-        with open(file, "rb") as f:
-            h.update(f.read())
-    return h.hexdigest()
 
 
 def refused(base: str, adapter: str, tmp_path, *flags: str, extra: tuple[str, ...] = ()) -> str:

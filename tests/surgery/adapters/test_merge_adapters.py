@@ -32,6 +32,7 @@ from surgery.adapters.lora_merge import Settings
 from surgery.adapters.merge import merge_adapters
 from surgery.cli import main
 from tests.surgery.adapters.conftest import TOKENS, fold_to, load_base, logits_of, save_adapter
+from tests.surgery.reference_checkpoints import digest
 
 DELTA_ATOL = 1e-5  # on max |difference| / max(1, max |delta|): float32 sums and SVDs of deltas up to ~30
 LOGITS_ATOL = 1e-4
@@ -337,14 +338,6 @@ def test_cli_writes_a_peft_adapter(pair, tmp_path):
     assert (config["peft_type"], config["r"], config["lora_alpha"], config["use_rslora"]) == ("LORA", 3, 3, False)
     assert "wrote" in result.output and "largest truncation error" in result.output
     assert (digest(first), digest(second)) == before  # inputs untouched
-
-
-def digest(folder: str) -> str:
-    h = hashlib.sha256()
-    for file in sorted(glob.glob(os.path.join(folder, "*"))):
-        with open(file, "rb") as f:
-            h.update(f.read())
-    return h.hexdigest()
 
 
 def refused(tmp_path, adapters: list[str], *flags: str) -> str:
