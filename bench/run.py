@@ -442,7 +442,7 @@ def io_floor(dirs: dict[str, str], out_dir: str, logs: str, label: str) -> dict:
 def import_times(logs: str) -> dict:
     """Seconds each engine spends starting up (interpreter plus imports), part of every wall time below."""
     out = {}
-    for engine, module in (("surgery", "surgery.engine"), ("mergekit", "mergekit.merge")):
+    for engine, module in (("surgery", "surgery.merge.engine"), ("mergekit", "mergekit.merge")):
         m = measure([PYTHON, "-c", f"import {module}"], os.path.join(logs, f"import-{engine}.log"))
         out[engine] = round(m.wall_s, 2)
     return out

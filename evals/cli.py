@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import click
 
-from evals.leaderboard import FORMATS
+from evals.report.leaderboard import FORMATS
 from surgery.cli.common import handled
 
 
@@ -54,12 +54,12 @@ def scoring_options(command):
 
 
 def _scoring(suite, tasks, limit, num_fewshot, batch_size, device, backend, model_args, apply_chat_template=False):
-    """(task names, harness Settings) from the scoring options."""
-    from evals.harness import Settings
-    from evals.suites import suite_tasks
+    """(task names, harness HarnessSettings) from the scoring options."""
+    from evals.scoring.harness import HarnessSettings
+    from evals.scoring.suites import suite_tasks
 
     names = [t.strip() for t in tasks.split(",") if t.strip()] if tasks else list(suite_tasks(suite))
-    settings = Settings(limit=limit, num_fewshot=num_fewshot, device=device, backend=backend,
+    settings = HarnessSettings(limit=limit, num_fewshot=num_fewshot, device=device, backend=backend,
                         batch_size=int(batch_size) if batch_size.isdigit() else batch_size,
                         model_args=_model_args(model_args), apply_chat_template=apply_chat_template)
     return names, settings
@@ -80,9 +80,9 @@ def eval_(checkpoints, suite, tasks, limit, num_fewshot, batch_size, device, bac
     Scores are stored by the hash of the weights: unchanged weights are served from the store, under
     any path; changed weights are evaluated again.
     """
-    from evals.leaderboard import render
-    from evals.run import evaluate
-    from evals.store import Store
+    from evals.report.leaderboard import render
+    from evals.scoring.run import evaluate
+    from evals.scoring.store import Store
 
     names, settings = _scoring(suite, tasks, limit, num_fewshot, batch_size, device, backend, model_args,
                                apply_chat_template)
@@ -105,8 +105,8 @@ def eval_(checkpoints, suite, tasks, limit, num_fewshot, batch_size, device, bac
 @handled
 def leaderboard(suite, sort_by, fmt, db, pareto_png, general_suite, alignment_suite) -> None:
     """Stored scores, one row per checkpoint, with what it was made by and from."""
-    from evals.leaderboard import render, rows, sort_rows
-    from evals.store import Store
+    from evals.report.leaderboard import render, rows, sort_rows
+    from evals.scoring.store import Store
 
     with Store(db) as store:
         table, changed = rows(store, suite)
@@ -121,11 +121,11 @@ def leaderboard(suite, sort_by, fmt, db, pareto_png, general_suite, alignment_su
 
 
 def _pareto(store, png: str, general_suite: str, alignment_suite: str) -> None:
-    from evals.leaderboard import short_path
-    from evals.metrics import pareto_front
-    from evals.pareto import pareto_points
-    from evals.plots import pareto_figure, save_png
-    from evals.suites import suite_tasks
+    from evals.report.leaderboard import short_path
+    from evals.analysis.metrics import pareto_front
+    from evals.analysis.pareto import pareto_points
+    from evals.report.plots import pareto_figure, save_png
+    from evals.scoring.suites import suite_tasks
     from surgery.errors import InputError
 
     points, skipped = pareto_points(store.table(), suite_tasks(general_suite), suite_tasks(alignment_suite))
@@ -142,7 +142,7 @@ def _pareto(store, png: str, general_suite: str, alignment_suite: str) -> None:
 
 def _suite_tasks(table: dict, suite: str) -> list[str]:
     """The stored tasks the suite covers (a group such as leaderboard stands for its subtasks)."""
-    from evals.suites import SUITES
+    from evals.scoring.suites import SUITES
     from surgery.errors import InputError
 
     tasks = list(dict.fromkeys(t for scores in table.values() for t in scores))
@@ -167,9 +167,9 @@ def tax(before, after, suite, alignment_suite, alpha, seed, fmt, db) -> None:
     """Alignment tax: general capability G (mean chance-corrected score on --suite) before minus after,
     its relative size and worst task, beside the gain on --alignment-suite. Each difference is tested
     (exact McNemar and a paired bootstrap); one both tests do not support is reported as noise."""
-    from evals.metrics import alignment_tax
-    from evals.reports import render_tax
-    from evals.store import Store
+    from evals.analysis.metrics import alignment_tax
+    from evals.report.tables import render_tax
+    from evals.scoring.store import Store
 
     with Store(db) as store:
         general = store.comparable_table([before, after], suite)
@@ -198,10 +198,10 @@ def forgetting(checkpoints, suite, stage_tasks, joint, normalise, png, alpha, se
     """Forgetting over a training sequence CKPT_0 CKPT_1 ... (CKPT_0 before the first stage): the
     stages x tasks scores, each task's change since its best earlier stage (tested: exact McNemar and
     a paired bootstrap), and with --stage-tasks the GEM and RWalk summaries."""
-    from evals.continual import forgetting_report
-    from evals.plots import forgetting_figure, save_png
-    from evals.reports import render_forgetting
-    from evals.store import Store
+    from evals.analysis.continual import forgetting_report
+    from evals.report.plots import forgetting_figure, save_png
+    from evals.report.tables import render_forgetting
+    from evals.scoring.store import Store
 
     names = list(checkpoints) + ([joint] if joint else [])
     stages = [t.strip() for t in stage_tasks.split(",") if t.strip()] if stage_tasks else None
@@ -232,10 +232,10 @@ def soup(checkpoints, out, select, dtype, suite, tasks, limit, num_fewshot, batc
     """Greedy soup of fine-tunes of one base: rank CHECKPOINTS by held-out score, start from the best,
     add each next one to the uniform average only if the score does not drop (Model Soups, Wortsman
     et al. 2022). Every soup tried is merged, scored and stored (see `surgery leaderboard`)."""
-    from evals.reports import render
-    from evals.search import check_select, harness_scorer
-    from evals.soup import check_candidates, run_soup, soup_rows
-    from evals.store import Store
+    from evals.report.tables import render
+    from evals.search.candidates import check_select, harness_scorer
+    from evals.search.soup import check_candidates, run_soup, soup_rows
+    from evals.scoring.store import Store
 
     names, settings = _scoring(suite, tasks, limit, num_fewshot, batch_size, device, backend, model_args,
                                apply_chat_template)
@@ -264,12 +264,12 @@ def sweep(spec, param, values, out, models_dir, plot, suite, tasks, limit, num_f
           model_args, db, apply_chat_template, force, fmt) -> None:
     """Sweep one merge parameter: for each value, SPEC with PARAM set to it is merged and scored; prints
     the score on each task and the mean per value. Every point is checked before the first merge."""
-    from evals.plots import save_png, sweep_figure
-    from evals.reports import render
-    from evals.search import harness_scorer
-    from evals.store import Store
-    from evals.sweep import parse_values, sweep as run_sweep, sweep_rows, sweep_series
-    from surgery.spec import read_spec_data
+    from evals.report.plots import save_png, sweep_figure
+    from evals.report.tables import render
+    from evals.search.candidates import harness_scorer
+    from evals.scoring.store import Store
+    from evals.search.sweep import parse_values, sweep as run_sweep, sweep_rows, sweep_series
+    from surgery.merge.spec import read_spec_data
 
     names, settings = _scoring(suite, tasks, limit, num_fewshot, batch_size, device, backend, model_args,
                                apply_chat_template)
@@ -304,15 +304,15 @@ def proof(out, zoo, base_steps, steps, weights, limit, device, db, seed) -> None
     Writes OUT/proof.json (the numbers) and OUT/averaging.png; every model lands in the results store."""
     import os
 
-    from evals.harness import Settings
-    from evals.proof import PARAM, TASKS, parse_weights, run_proof, save, sweep_table
-    from evals.reports import render, render_forgetting, render_tax
-    from evals.search import harness_scorer
-    from evals.store import Store
+    from evals.scoring.harness import HarnessSettings
+    from evals.search.proof import PARAM, TASKS, parse_weights, run_proof, save, sweep_table
+    from evals.report.tables import render, render_forgetting, render_tax
+    from evals.search.candidates import harness_scorer
+    from evals.scoring.store import Store
 
     values = parse_weights(weights)
     with Store(db) as store:
-        scorer = harness_scorer(TASKS, Settings(limit=limit, device=device), store, say=_say)
+        scorer = harness_scorer(TASKS, HarnessSettings(limit=limit, device=device), store, say=_say)
         result = run_proof(out, zoo or os.path.join(out, "zoo"), scorer, base_steps, steps, values, _say, seed)
     click.echo("(a) alignment tax, parent (sft) -> aligned\n" + render_tax(result.tax, "sft", "aligned"))
     click.echo("\n(b) forgetting, base -> add -> add-then-reverse\n" + render_forgetting(result.forgetting))
@@ -335,11 +335,11 @@ def merge_quality(merged, experts, suite, png, fmt, db) -> None:
     mean, the normalised accuracy (Ilharco et al. 2023), from stored scores."""
     import os
 
-    from evals.experts import chosen_experts
-    from evals.metrics import merge_ratios
-    from evals.plots import merge_quality_figure, save_png
-    from evals.reports import render
-    from evals.store import Store
+    from evals.analysis.experts import chosen_experts
+    from evals.analysis.metrics import merge_ratios
+    from evals.report.plots import merge_quality_figure, save_png
+    from evals.report.tables import render
+    from evals.scoring.store import Store
 
     with Store(db) as store:
         name = os.path.abspath(merged)

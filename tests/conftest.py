@@ -11,7 +11,7 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 import pytest
 import torch
 
-from surgery.tiny import build_family, build_model
+from surgery.demo.tiny import build_family, build_model
 
 torch.set_num_threads(1)
 

@@ -52,13 +52,13 @@ class Named(BaseModel):
     name: str
 
 
-class Source(Strict):
+class DataSource(Strict):
     path: str
     weight: float | None = Field(None, gt=0, description="relative sampling weight (default: from the size)")
 
 
 class Data(Strict):
-    train: list[Source] = Field(min_length=1, description="JSONL files or folders; several make a mixture")
+    train: list[DataSource] = Field(min_length=1, description="JSONL files or folders; several make a mixture")
     eval: list[str] = Field(default_factory=list, description="JSONL files or folders scored every eval_every steps")
     sampling: Literal["proportional", "temperature"] = "proportional"
     temperature: float = Field(1.0, gt=0, description="with sampling: temperature, p ∝ size^(1/T)")

@@ -1,17 +1,17 @@
 """The leaderboard's data, read from the results store in one go (slow enough for a worker thread):
-one entry per evaluated checkpoint with its row (evals.leaderboard.rows), where it came from
-(evals/origin.py) and its metrics against its parents (evals/parent_metrics.py)."""
+one entry per evaluated checkpoint with its row (evals.report.leaderboard.rows), where it came from
+(evals/analysis/origin.py) and its metrics against its parents (evals/analysis/parent_metrics.py)."""
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
 
-from evals.leaderboard import rows
-from evals.metrics import Scores
-from evals.store import Store, default_path
-from evals.origin import Origin, origin
-from evals.parent_metrics import COLUMNS as PARENT_COLUMNS, parent_metrics
+from evals.report.leaderboard import rows
+from evals.analysis.metrics import Scores
+from evals.scoring.store import Store, default_path
+from evals.analysis.origin import Origin, origin
+from evals.analysis.parent_metrics import COLUMNS as PARENT_COLUMNS, parent_metrics
 
 FIXED = ("checkpoint", "made_by", "mean")
 

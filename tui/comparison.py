@@ -1,5 +1,5 @@
 """Two checkpoints side by side: each task both were scored on, the difference B - A and whether it is
-more than noise (evals.metrics.task_difference: exact McNemar and the paired bootstrap over the
+more than noise (evals.analysis.metrics.task_difference: exact McNemar and the paired bootstrap over the
 stored per-document outcomes). Scores evaluated differently are refused, as `surgery tax` refuses them."""
 
 from __future__ import annotations
@@ -7,11 +7,11 @@ from __future__ import annotations
 import sqlite3
 from dataclasses import dataclass, field
 
-from evals.metrics import task_difference
-from evals.reports import difference_row
-from evals.scores import TaskScore
-from evals.significance import Difference
-from evals.store import Store
+from evals.analysis.metrics import task_difference
+from evals.report.tables import difference_row
+from evals.scoring.scores import TaskScore
+from evals.analysis.significance import Difference
+from evals.scoring.store import Store
 from surgery.errors import InputError
 
 

@@ -1,6 +1,6 @@
 """`surgery diff`'s interference summary drawn in the terminal: the share of sign conflicts (what TIES
 resolves) per layer and module type as colored blocks, and each pair's cosine over the whole model.
-The numbers are `surgery.diff`'s and `surgery.diff_report.grids`'s; this only colors them."""
+The numbers are `surgery.diagnose.diff`'s and `surgery.diagnose.diff_report.grids`'s; this only colors them."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import math
 
 from rich.text import Text
 
-from surgery.diff import Diff
-from surgery.diff_report import grids
+from surgery.diagnose.diff import Diff
+from surgery.diagnose.diff_report import grids
 
 RAMP = ("#1d4877", "#1b8a5a", "#8bb33a", "#fbb021", "#f68838", "#ee3e32")  # low -> high
 CELL = "██"

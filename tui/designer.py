@@ -3,8 +3,8 @@ was made (the spec model's and the planner's own messages, as `surgery merge --d
 the YAML at all times, where the models' task vectors conflict, then run the merge with a live
 progress bar, cancel it, and score the result on a suite.
 
-Every decision is the engine's: the spec is checked by `surgery.spec` and `surgery.plan`, merged by
-`surgery.engine.run_merge`, compared by `surgery.diff`, scored by `evals.run.evaluate`. Long work runs
+Every decision is the engine's: the spec is checked by `surgery.merge.spec` and `surgery.merge.plan`, merged by
+`surgery.merge.engine.run_merge`, compared by `surgery.diagnose.diff`, scored by `evals.scoring.run.evaluate`. Long work runs
 in worker threads; widgets are updated on the interface's thread through `call_from_thread`.
 """
 
@@ -23,19 +23,19 @@ from textual.message import Message
 from textual.widget import Widget
 from textual.widgets import Checkbox, Input, Label, ProgressBar, RichLog, Select, Static, TabbedContent, TabPane
 
-from surgery.engine import DEFAULT_BLOCK, Cancelled, Options, run_merge
+from surgery.merge.engine import DEFAULT_BLOCK, Cancelled, Options, run_merge
 from surgery.errors import SpecError, SurgeryError
-from surgery.methods import REGISTRY
-from surgery.models import resolve_path
-from surgery.plan import MergePlan, plan_merge
-from surgery.spec import MergeSpec, parse_spec
+from surgery.merge.methods import REGISTRY
+from surgery.io.locate import resolve_path
+from surgery.merge.plan import MergePlan, plan_merge
+from surgery.merge.spec import MergeSpec, parse_spec
 from tui.conflict_map import conflict_map
 from tui.picker import ModelPicker
 from tui.spec_form import (DTYPES, check_spec, choices, drop_model, hint, layer_values, owner, parse_value,
                            per_model_fields, placeholder, shared_fields, spec_data, spec_yaml)
 from tui.throughput import Throughput, size
 
-SUITES = ("world", "general", "alignment", "leaderboard")  # evals.suites.SUITES, in the order offered
+SUITES = ("world", "general", "alignment", "leaderboard")  # evals.scoring.suites.SUITES, in the order offered
 SHOWN_EVERY_S = 0.1  # the progress bar is redrawn at most this often
 PLAN_AFTER_S = 0.25  # the models are opened once typing pauses this long, not at every key
 
@@ -425,7 +425,7 @@ class Designer(Vertical):
 
     @work(thread=True, exclusive=True, group="diff", exit_on_error=False)
     def compare(self, paths: list[str], base: str | None) -> None:
-        from surgery.diff import diff_models
+        from surgery.diagnose.diff import diff_models
 
         try:
             result = diff_models(paths, base=base)
@@ -513,17 +513,17 @@ class Designer(Vertical):
 
     @work(thread=True, exclusive=True, group="eval", exit_on_error=False)
     def score(self, path: str, suite: str, limit: int | None) -> None:
-        from evals.harness import Settings
-        from evals.run import evaluate
-        from evals.store import Store
-        from evals.suites import suite_tasks
+        from evals.scoring.harness import HarnessSettings
+        from evals.scoring.run import evaluate
+        from evals.scoring.store import Store
+        from evals.scoring.suites import suite_tasks
 
         def say(message: str) -> None:
             self.app.call_from_thread(self.say, message)
 
         try:
             with Store(self.db) as store:  # opened on this thread: an SQLite connection stays on its thread
-                table = evaluate([path], list(suite_tasks(suite)), Settings(limit=limit), store, force=False, say=say)
+                table = evaluate([path], list(suite_tasks(suite)), HarnessSettings(limit=limit), store, force=False, say=say)
         except SurgeryError as e:
             self.app.call_from_thread(self._scored, "failed", f"error: {e}")
             return

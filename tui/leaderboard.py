@@ -19,8 +19,8 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.widget import Widget
 from textual.widgets import ContentSwitcher, DataTable, Input, Label, Static
 
-from evals.leaderboard import short_path, sort_rows
-from evals.store import default_path
+from evals.report.leaderboard import short_path, sort_rows
+from evals.scoring.store import default_path
 from surgery.errors import SurgeryError
 from tui.board import Board, Entry, load_board
 from tui.comparison import Comparison, compare_checkpoints

@@ -22,8 +22,8 @@ def is_model(path: str | Path) -> bool:
 
 def stored_checkpoints(db: str | None) -> list[str]:
     """Absolute paths of the checkpoints on the leaderboard; none when there is no store yet."""
-    from evals.leaderboard import rows
-    from evals.store import Store, default_path
+    from evals.report.leaderboard import rows
+    from evals.scoring.store import Store, default_path
 
     if not os.path.exists(db or default_path()):
         return []  # opening the store would create it

@@ -1,7 +1,7 @@
 """The merge spec as form fields: the texts typed into the designer, keyed by the spec path they fill
 (`base_model`, `models.1.model`, `models.1.parameters.density`, `parameters.lambda`, `seed`), turned
 into the spec dict that `surgery merge` reads, and checked by the same spec model with the same
-located messages. No validation of its own: every rule lives in `surgery.spec` and `surgery.plan`.
+located messages. No validation of its own: every rule lives in `surgery.merge.spec` and `surgery.merge.plan`.
 """
 
 from __future__ import annotations
@@ -12,11 +12,11 @@ import yaml
 from pydantic.fields import FieldInfo
 
 from surgery.errors import SpecError
-from surgery.methods import REGISTRY
-from surgery.methods.method import Method
-from surgery.params import bounds_text, evaluate
-from surgery.plan import check_parameters
-from surgery.spec import MergeSpec, parse_spec
+from surgery.merge.methods import REGISTRY
+from surgery.merge.methods.method import Method
+from surgery.merge.params import bounds_text, evaluate
+from surgery.merge.plan import check_parameters
+from surgery.merge.spec import MergeSpec, parse_spec
 
 DTYPES = ("float32", "bfloat16", "float16", "float64")
 
@@ -97,7 +97,7 @@ def _params(texts: dict[str, str], prefix: str) -> dict:
 
 def check_spec(data: dict, file: str) -> tuple[MergeSpec | None, SpecError | None]:
     """The spec model's verdict and the method's parameter check, as `surgery merge --dry-run` runs
-    them before it opens a model; the opening itself is `surgery.plan.plan_merge`'s."""
+    them before it opens a model; the opening itself is `surgery.merge.plan.plan_merge`'s."""
     try:
         spec = parse_spec(data, file)
         if spec.merge_method in REGISTRY:
@@ -129,7 +129,7 @@ def drop_model(texts: dict[str, str], i: int) -> dict[str, str]:
 
 def layer_values(setting: Any, layers: int) -> list[Any]:
     """A setting's value at each of `layers` layers, interpolated by the engine's own rule
-    (`surgery.params.evaluate`, depth t = k / (layers - 1) as the plan computes it)."""
+    (`surgery.merge.params.evaluate`, depth t = k / (layers - 1) as the plan computes it)."""
     return [evaluate(setting, "", k / (layers - 1) if layers > 1 else 1.0) for k in range(layers)]
 
 

@@ -8,7 +8,7 @@ rsLoRA) and the user's weight w_i; its delta is s_i B_i @ A_i. Two families, as 
         exactly, at rank sum_i r_i.
   *_svd the task-vector merge of the deltas d_i = s_i B_i @ A_i (our own `task_arithmetic`, `ties`,
         `dare_linear` or `dare_ties` on a zero base, so the same code as `surgery merge`), then the
-        best rank-R approximation (truncated SVD, sqrt(sigma) in each factor, `surgery.lowrank`).
+        best rank-R approximation (truncated SVD, sqrt(sigma) in each factor, `surgery.adapters.lowrank`).
 
 Factors come out with scale 1: the caller writes lora_alpha = r (and no rsLoRA) for them.
 """
@@ -19,8 +19,8 @@ from dataclasses import dataclass
 
 import torch
 
-from surgery.lowrank import factors
-from surgery.methods import REGISTRY
+from surgery.adapters.lowrank import factors
+from surgery.merge.methods import REGISTRY
 
 COMBINATIONS = ("cat", "svd", "ties_svd", "dare_linear_svd", "dare_ties_svd")
 SPARSE = ("ties_svd", "dare_linear_svd", "dare_ties_svd")  # those that take a density

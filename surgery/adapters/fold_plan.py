@@ -5,12 +5,12 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from surgery.adapters.folded import FoldedModel
+from surgery.adapters.folded_model import FoldedModel
 from surgery.errors import InputError
 from surgery.io.reader import ModelFolder
-from surgery.models import resolve_path
-from surgery.plan import MergePlan, plan_merge
-from surgery.spec import MergeSpec
+from surgery.io.locate import resolve_path
+from surgery.merge.plan import MergePlan, plan_merge
+from surgery.merge.spec import MergeSpec
 
 SOURCE = "surgery fold"  # where plan errors say they come from: there is no spec file
 

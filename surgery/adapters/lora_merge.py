@@ -25,18 +25,18 @@ import torch
 
 from surgery.adapters.combine import COMBINATIONS, SPARSE, Term, cat, combined_delta, svd_factors
 from surgery.adapters.config import WEIGHTS, AdapterConfig, raw_config, read_config
-from surgery.adapters.folder import AdapterWeights, group_parts
+from surgery.adapters.mapping import AdapterWeights, group_parts
 from surgery.errors import InputError, NumericsError, SpecError
 from surgery.io.output import atomic_folder, check_output_path, write_json
 from surgery.io.writer import Shard, ShardWriter
-from surgery.lora_format import adapter_config, factor_keys
-from surgery.lowrank import relative_error
+from surgery.adapters.lora_format import adapter_config, factor_keys
+from surgery.adapters.lowrank import relative_error
 
 REPORT = "merge_adapters.json"
 
 
 @dataclass(frozen=True)
-class Settings:
+class AdapterMergeSettings:
     combination: str
     rank: int | None = None       # svd combinations: the merged rank (default: the largest input rank)
     density: float | None = None  # ties/dare combinations: share of each delta kept
@@ -44,7 +44,7 @@ class Settings:
 
 
 @dataclass(frozen=True)
-class Source:
+class AdapterInput:
     """One input adapter."""
 
     config: AdapterConfig
@@ -68,17 +68,17 @@ class Part:
 @dataclass(frozen=True)
 class Module:
     name: str
-    kind: str                   # linear, conv1d or embedding (the names of `surgery.lora_format`)
+    kind: str                   # linear, conv1d or embedding (the names of `surgery.adapters.lora_format`)
     shape: tuple[int, int]      # (out, in) of B @ A
     parts: tuple[Part, ...]
     rank: int = 0               # of the merged module
 
 
 @dataclass
-class Plan:
-    sources: list[Source]
+class AdapterMergePlan:
+    sources: list[AdapterInput]
     modules: list[Module]
-    settings: Settings
+    settings: AdapterMergeSettings
     dtype: torch.dtype
     carried: dict[str, int] = field(default_factory=dict)  # saved base layer -> the input it is copied from
     errors: dict[str, float] = field(default_factory=dict)  # module -> ||target - B A|| / ||target||, once written
@@ -88,7 +88,7 @@ class Plan:
             s.weights.close()
 
 
-def check_settings(s: Settings) -> None:
+def check_settings(s: AdapterMergeSettings) -> None:
     if s.combination is None:
         raise SpecError("--combination", "", f"needed for LoRA adapters: one of {', '.join(COMBINATIONS)}")
     if s.combination not in COMBINATIONS:
@@ -105,7 +105,7 @@ def check_settings(s: Settings) -> None:
         raise SpecError("--density", str(s.density), "the density must be in (0, 1]")
 
 
-def open_source(path: str, weight: float) -> Source:
+def open_source(path: str, weight: float) -> AdapterInput:
     raw = raw_config(path)
     kind = str(raw.get("peft_type", "")).upper()
     if kind != "LORA":
@@ -117,10 +117,10 @@ def open_source(path: str, weight: float) -> Source:
         if getattr(config, flag):
             raise InputError(f"{config.file}: {flag}: true: {what}; fold the adapters into the base instead "
                              "(`surgery fold BASE A1 A2 OUT --weight ...`)")
-    return Source(config, AdapterWeights(path), weight, raw.get("base_model_name_or_path"), raw.get("task_type"))
+    return AdapterInput(config, AdapterWeights(path), weight, raw.get("base_model_name_or_path"), raw.get("task_type"))
 
 
-def check_same(sources: list[Source], field_name: str, what: str) -> None:
+def check_same(sources: list[AdapterInput], field_name: str, what: str) -> None:
     """Inputs that state `field_name` must state the same value; one that leaves it out is not compared."""
     stated = [(s, getattr(s, field_name)) for s in sources if getattr(s, field_name)]
     for s, value in stated[1:]:
@@ -130,7 +130,7 @@ def check_same(sources: list[Source], field_name: str, what: str) -> None:
                              "(if both name the same model, give one copy's adapter_config.json the other's value)")
 
 
-def source_modules(i: int, s: Source) -> list[Module]:
+def source_modules(i: int, s: AdapterInput) -> list[Module]:
     """The LoRA modules of input `i`, checked from the header alone."""
     modules, _, replaced = group_parts(s.weights.tensors)
     whole = sorted(n for n in replaced.values() if ".base_layer." not in n)
@@ -140,7 +140,7 @@ def source_modules(i: int, s: Source) -> list[Module]:
     return [_module(i, s, name, parts) for name, parts in sorted(modules.items())]
 
 
-def carried(sources: list[Source]) -> dict[str, int]:
+def carried(sources: list[AdapterInput]) -> dict[str, int]:
     """Saved base layers (PEFT's copy of an adapted embedding): tensor -> the first input holding it.
     Every input holding one must hold the same values, or the adapters saw different vocabularies."""
     out: dict[str, int] = {}
@@ -156,7 +156,7 @@ def carried(sources: list[Source]) -> dict[str, int]:
     return out
 
 
-def _module(i: int, s: Source, name: str, parts: dict[str, str]) -> Module:
+def _module(i: int, s: AdapterInput, name: str, parts: dict[str, str]) -> Module:
     extra = sorted(set(parts) - {"A", "B", "embedding_A", "embedding_B"})
     if extra:
         raise InputError(f"{s.config.weights_file}: module {name!r} has {extra} besides its LoRA factors "
@@ -179,7 +179,7 @@ def _module(i: int, s: Source, name: str, parts: dict[str, str]) -> Module:
     return Module(name, kind, (B[0], A[1]), (part,))
 
 
-def joined(sources: list[Source], found: list[Module], into: dict[str, Module]) -> None:
+def joined(sources: list[AdapterInput], found: list[Module], into: dict[str, Module]) -> None:
     """Add one input's modules to the union; the same module must have one kind and shape everywhere."""
     for m in found:
         have = into.get(m.name)
@@ -195,7 +195,7 @@ def joined(sources: list[Source], found: list[Module], into: dict[str, Module]) 
         into[m.name] = Module(m.name, kind, m.shape, have.parts + m.parts)
 
 
-def with_ranks(modules: list[Module], settings: Settings) -> list[Module]:
+def with_ranks(modules: list[Module], settings: AdapterMergeSettings) -> list[Module]:
     """Each module's merged rank: the sum of its inputs' ranks (cat), or --rank / the largest input rank."""
     largest = max(p.rank for m in modules for p in m.parts)
     out = []
@@ -209,7 +209,7 @@ def with_ranks(modules: list[Module], settings: Settings) -> list[Module]:
     return out
 
 
-def plan_merge(paths: list[str], weights: list[float], settings: Settings) -> Plan:
+def plan_adapter_merge(paths: list[str], weights: list[float], settings: AdapterMergeSettings) -> AdapterMergePlan:
     """Open and check everything: flags, configs and headers; reads no factor."""
     check_settings(settings)
     sources = [open_source(p, w) for p, w in zip(paths, weights)]
@@ -223,10 +223,10 @@ def plan_merge(paths: list[str], weights: list[float], settings: Settings) -> Pl
     dtypes = {s.weights.tensors[p.A].dtype for m in union.values() for p in m.parts for s in [sources[p.source]]}
     dtype = dtypes.pop() if len(dtypes) == 1 else torch.float32
     modules = with_ranks(sorted(union.values(), key=lambda m: m.name), settings)
-    return Plan(sources, modules, settings, dtype, carried(sources))
+    return AdapterMergePlan(sources, modules, settings, dtype, carried(sources))
 
 
-def terms(plan: Plan, m: Module) -> list[Term]:
+def terms(plan: AdapterMergePlan, m: Module) -> list[Term]:
     out = []
     for p in m.parts:
         s = plan.sources[p.source]
@@ -235,14 +235,14 @@ def terms(plan: Plan, m: Module) -> list[Term]:
     return out
 
 
-def _finite(s: Source, name: str, t: torch.Tensor) -> torch.Tensor:
+def _finite(s: AdapterInput, name: str, t: torch.Tensor) -> torch.Tensor:
     if not torch.isfinite(t).all():
         raise InputError(f"{s.config.weights_file}: tensor {name!r} holds NaN or Inf; the adapter is broken: use an "
                          "earlier checkpoint of it")
     return t
 
 
-def merged_factors(plan: Plan, m: Module) -> tuple[torch.Tensor, torch.Tensor, float]:
+def merged_factors(plan: AdapterMergePlan, m: Module) -> tuple[torch.Tensor, torch.Tensor, float]:
     """(A (rank, in), B (out, rank), relative truncation error) of module `m`."""
     found = terms(plan, m)
     if plan.settings.combination == "cat":
@@ -254,7 +254,7 @@ def merged_factors(plan: Plan, m: Module) -> tuple[torch.Tensor, torch.Tensor, f
     return A, B, relative_error(delta, B, A)
 
 
-def entries(plan: Plan) -> list[tuple[str, torch.dtype, tuple[int, ...]]]:
+def entries(plan: AdapterMergePlan) -> list[tuple[str, torch.dtype, tuple[int, ...]]]:
     out = []
     for m in plan.modules:
         a, b = factor_keys(m.name, m.kind)
@@ -265,7 +265,7 @@ def entries(plan: Plan) -> list[tuple[str, torch.dtype, tuple[int, ...]]]:
     return out
 
 
-def write_merge(plan: Plan, out: str, force: bool = False) -> str:
+def write_merge(plan: AdapterMergePlan, out: str, force: bool = False) -> str:
     """Write the merged adapter to `out`, atomically; returns its absolute path."""
     out = check_output_path(out, [s.config.path for s in plan.sources], force)
     with atomic_folder(out) as tmp:
@@ -289,7 +289,7 @@ def write_merge(plan: Plan, out: str, force: bool = False) -> str:
     return out
 
 
-def output_config(plan: Plan) -> dict:
+def output_config(plan: AdapterMergePlan) -> dict:
     base = next((s.base_name for s in plan.sources if s.base_name), None)
     task = next((s.task_type for s in plan.sources if s.task_type), None)
     ranks = {m.name: m.rank for m in plan.modules}
@@ -297,12 +297,12 @@ def output_config(plan: Plan) -> dict:
     return adapter_config(ranks, kinds, [], base, task)
 
 
-def partial(plan: Plan) -> list[str]:
+def partial(plan: AdapterMergePlan) -> list[str]:
     """Modules that only some inputs adapt (merged with a zero delta for the others)."""
     return [m.name for m in plan.modules if len(m.parts) < len(plan.sources)]
 
 
-def report(plan: Plan) -> dict:
+def report(plan: AdapterMergePlan) -> dict:
     s = plan.settings
     return {"combination": s.combination, "rank": s.rank, "density": s.density, "seed": s.seed,
             "inputs": [{"path": x.config.path, "weight": x.weight} for x in plan.sources],
@@ -311,7 +311,7 @@ def report(plan: Plan) -> dict:
                          "relative_error": plan.errors.get(m.name)} for m in plan.modules]}
 
 
-def describe(plan: Plan) -> str:
+def describe(plan: AdapterMergePlan) -> str:
     ranks = sorted({m.rank for m in plan.modules})
     lines = [f"{plan.settings.combination}: {len(plan.modules)} modules from {len(plan.sources)} adapters, "
              f"rank {ranks[0] if len(ranks) == 1 else f'{ranks[0]}-{ranks[-1]}'}"]

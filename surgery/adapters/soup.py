@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from surgery.adapters.config import CONFIG, WEIGHTS, raw_config
-from surgery.adapters.folder import AdapterWeights
+from surgery.adapters.mapping import AdapterWeights
 from surgery.errors import InputError, SpecError
 from surgery.io.output import atomic_folder, check_output_path, write_json
 from surgery.io.writer import Shard, ShardWriter

@@ -7,7 +7,7 @@ import json
 import os
 
 from surgery.adapters.config import CONFIG, read_config
-from surgery.adapters.folder import AdapterWeights, group_parts
+from surgery.adapters.mapping import AdapterWeights, group_parts
 from surgery.errors import InputError
 
 FROZEN = ("base_model.vera_A", "base_model.vera_B")  # VeRA's shared random projections are not trained

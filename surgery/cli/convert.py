@@ -17,7 +17,7 @@ from surgery.cli.streamed import output_options, write_plan
 @handled
 def convert(src, out, dtype, shard_size, block_size, force, allow_pickle, quiet) -> None:
     """Write the model folder IN to OUT with its floating-point tensors cast to --dtype."""
-    from surgery.convert import plan_convert
+    from surgery.ops.convert import plan_convert
 
     plan = plan_convert(src, dtype, allow_pickle=allow_pickle)
     write_plan(plan, out, shard_size, block_size, force, quiet, "convert")

@@ -12,6 +12,6 @@ from surgery.cli.common import handled
 @handled
 def demo(folder, specs) -> None:
     """Build small models in FOLDER, merge them, load each result and score it on a sentence."""
-    from surgery.demo import run_demo
+    from surgery.demo.untrained import run_demo
 
     run_demo(folder, specs, echo=click.echo)

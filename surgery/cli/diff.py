@@ -20,10 +20,10 @@ from surgery.cli.common import handled, size_option
 def diff(models, base, png, as_json, tensors, block_size, allow_pickle, quiet) -> None:
     """Compare checkpoints tensor by tensor: ||A − B|| / ||B|| for every pair, or with --base the
     task vectors' sizes, pairwise cosines and the share of sign conflicts (what TIES resolves)."""
-    from surgery.diff import open_models, read_bytes, run_diff
-    from surgery.diff_report import as_json as to_json, describe, grids
-    from surgery.heatmap import save_heatmap
-    from surgery.progress import Bar
+    from surgery.diagnose.diff import open_models, read_bytes, run_diff
+    from surgery.diagnose.diff_report import as_json as to_json, describe, grids
+    from surgery.diagnose.heatmap import save_heatmap
+    from surgery.merge.progress import Bar
 
     folders, result = open_models(list(models), base, allow_pickle=allow_pickle)
     with Bar(read_bytes(folders), len(folders[-1].tensors), disable=quiet, desc="diff") as bar:

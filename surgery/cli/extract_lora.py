@@ -30,12 +30,12 @@ def extract_lora(base, tuned, out, rank, energy, modules, dtype, device, everyth
 
     Each changed weight matrix is replaced by the truncated SVD of TUNED − BASE; the table (also
     OUT/extraction.json) gives each tensor's rank and relative reconstruction error."""
-    from surgery.extract import Settings, describe, open_extraction, scan, scan_bytes, write_adapter, write_bytes
-    from surgery.progress import Bar
+    from surgery.adapters.extract import ExtractSettings, describe, open_extraction, scan, scan_bytes, write_adapter, write_bytes
+    from surgery.merge.progress import Bar
 
     if device == "cuda":
         _require_cuda()
-    settings = Settings(rank=rank, energy=energy, modules=modules, dtype=dtype, device=device)
+    settings = ExtractSettings(rank=rank, energy=energy, modules=modules, dtype=dtype, device=device)
     x = open_extraction(base, tuned, out, settings, force=force, allow_pickle=allow_pickle)
     signal.signal(signal.SIGTERM, interrupt)  # clean up the partial output on `kill` as on Ctrl-C
     try:

@@ -24,7 +24,7 @@ from surgery.cli.streamed import run_plan
 def fold(base, adapters, out, weights, dtype, shard_size, block_size, force, allow_pickle, quiet) -> None:
     """Fold PEFT adapters (LoRA, DoRA, IA3, VeRA) into BASE, in order, and write the model to OUT."""
     from surgery.adapters.fold_plan import plan_fold
-    from surgery.engine import Options
+    from surgery.merge.engine import Options
 
     plan = plan_fold(base, adapters, weights, out_dtype=dtype, allow_pickle=allow_pickle)
     run_plan(plan, out, Options(shard_size=shard_size, block_bytes=block_size, force=force), quiet)

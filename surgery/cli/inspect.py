@@ -14,8 +14,8 @@ from surgery.cli.common import handled
 @handled
 def inspect(path, as_json, tensors, allow_pickle) -> None:
     """Tensors, shapes, dtypes, parameter count and provenance of a model folder."""
-    from surgery.inspect import inspect_folder
-    from surgery.report import describe_inspection
+    from surgery.diagnose.inspect import inspect_folder
+    from surgery.diagnose.report import describe_inspection
 
     report = inspect_folder(path, allow_pickle=allow_pickle)
     click.echo(report.as_json() if as_json else describe_inspection(report, tensors))

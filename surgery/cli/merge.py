@@ -26,10 +26,10 @@ from surgery.cli.streamed import run_plan
 def merge(spec, out, dtype, shard_size, block_size, device, dry_run, force, allow_pickle, models_dir, threads,
           quiet) -> None:
     """Merge the models of SPEC (a mergekit-style YAML) into the folder OUT."""
-    from surgery.engine import Options
-    from surgery.plan import plan_merge
-    from surgery.report import describe_plan
-    from surgery.spec import load_spec
+    from surgery.merge.engine import Options
+    from surgery.merge.plan import plan_merge
+    from surgery.diagnose.report import describe_plan
+    from surgery.merge.spec import load_spec
 
     if device == "cuda":
         _require_cuda()

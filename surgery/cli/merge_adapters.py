@@ -27,10 +27,10 @@ from surgery.cli.common import handled, interrupt
 def merge_adapters(adapters, out, combination, weights, rank, density, seed, force) -> None:
     """Merge PEFT adapters of one base into one adapter at OUT: LoRA adapters in adapter space, or
     PROMPT_TUNING / P_TUNING / PREFIX_TUNING adapters averaged into a soft-prompt soup."""
-    from surgery.adapters.lora_merge import Settings
-    from surgery.adapters.merge import merge_adapters as run
+    from surgery.adapters.lora_merge import AdapterMergeSettings
+    from surgery.adapters.merge_adapters import merge_adapters as run
 
-    settings = Settings(combination, rank, density, seed)
+    settings = AdapterMergeSettings(combination, rank, density, seed)
     signal.signal(signal.SIGTERM, interrupt)  # clean up the partial output on `kill` as on Ctrl-C
     path, summary = run(list(adapters), out, settings, weights, force)
     click.echo(summary)

@@ -17,7 +17,7 @@ from surgery.cli.streamed import output_options, write_plan
 @handled
 def rename(src, out, maps, shard_size, block_size, force, allow_pickle, quiet) -> None:
     """Write the model folder IN to OUT with tensors renamed; values and dtypes are unchanged."""
-    from surgery.rename import plan_rename
+    from surgery.ops.rename import plan_rename
 
     plan = plan_rename(src, list(maps), allow_pickle=allow_pickle)
     write_plan(plan, out, shard_size, block_size, force, quiet, "rename")

@@ -17,7 +17,7 @@ from surgery.cli.streamed import output_options, write_plan
 @handled
 def slice_(src, out, layers, shard_size, block_size, force, allow_pickle, quiet) -> None:
     """Write the model folder IN to OUT keeping, dropping or repeating ranges of its layers."""
-    from surgery.layer_slice import plan_slice
+    from surgery.ops.layer_slice import plan_slice
 
     plan = plan_slice(src, layers, allow_pickle=allow_pickle)
     write_plan(plan, out, shard_size, block_size, force, quiet, "slice")

@@ -25,7 +25,7 @@ def output_options(fn):
 
 
 def write_plan(plan, out: str, shard_size: int, block_size: int, force: bool, quiet: bool, desc: str) -> None:
-    from surgery.engine import Options
+    from surgery.merge.engine import Options
 
     run_plan(plan, out, Options(shard_size=shard_size, block_bytes=block_size, force=force), quiet, desc)
 
@@ -35,9 +35,9 @@ def run_plan(plan, out: str, options, quiet: bool, desc: str = "merge", threads:
     for reuse, torch threads set, SIGTERM unwinding as Ctrl-C (the partial output is removed)."""
     import torch
 
-    from surgery.allocator import keep_freed_memory
-    from surgery.engine import arithmetic_threads, run_merge
-    from surgery.progress import Bar
+    from surgery.io.allocator import keep_freed_memory
+    from surgery.merge.engine import arithmetic_threads, run_merge
+    from surgery.merge.progress import Bar
 
     keep_freed_memory()  # reuse block buffers instead of faulting fresh pages in for every block
     torch.set_num_threads(arithmetic_threads(threads))

@@ -1,6 +1,6 @@
 """A model folder seen through a vocabulary map: its vocabulary tensors (embeddings, output head) have
 the output vocabulary's rows, gathered by token from the model's own rows or filled from other
-models' rows (see `surgery.vocab`); every other tensor passes through unchanged.
+models' rows (see `surgery.vocab.align`); every other tensor passes through unchanged.
 
 It has the reader's interface (`path`, `tensors`, `config`, `metadata`, `read`, `close`), so the engine
 reads it block by block like any folder, and it wraps any object with that interface. A block of rows
@@ -15,7 +15,7 @@ import dataclasses
 import torch
 
 from surgery.io.format import TensorInfo, nbytes
-from surgery.vocab import RowMap, runs
+from surgery.vocab.align import RowMap, runs
 
 
 class GatheredFolder:

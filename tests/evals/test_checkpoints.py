@@ -9,7 +9,7 @@ import shutil
 import pytest
 from safetensors.torch import load_file, save_file
 
-from evals.checkpoints import lineage, open_checkpoint
+from evals.scoring.checkpoints import lineage, open_checkpoint
 from surgery.errors import InputError
 
 

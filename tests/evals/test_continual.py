@@ -21,10 +21,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from evals.continual import (average_accuracy, backward_transfer, drop_from_best, forgetting, forgetting_report,
+from evals.analysis.continual import (average_accuracy, backward_transfer, drop_from_best, forgetting, forgetting_report,
                              forward_transfer, intransigence, task_forgetting, task_intransigence)
-from evals.reports import render_forgetting
-from evals.scores import TaskScore
+from evals.report.tables import render_forgetting
+from evals.scoring.scores import TaskScore
 from surgery.errors import InputError
 
 R = [[0.80, 0.10, 0.20], [0.85, 0.90, 0.30], [0.50, 0.70, 0.95]]

@@ -10,7 +10,7 @@ import sqlite3
 import pytest
 from click.testing import CliRunner
 
-from evals import suites
+from evals.scoring import suites
 from evals.cli import eval_, leaderboard
 from surgery.errors import InputError
 

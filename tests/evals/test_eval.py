@@ -13,10 +13,10 @@ import pytest
 from click.testing import CliRunner
 from safetensors.torch import load_file, save_file
 
-from evals import harness, run
+from evals.scoring import harness, run
 from evals.cli import eval_, leaderboard
-from evals.store import Store
-from evals.suites import TASKS_DIR
+from evals.scoring.store import Store
+from evals.scoring.suites import TASKS_DIR
 
 ORACLE_TASKS = ["world_add", "world_capital_choice", "world_perplexity", "bigbench_arithmetic"]
 LIMIT = 3
@@ -63,7 +63,7 @@ def test_stored_scores_equal_lm_evals_own_cli(char_model, tmp_path):
 def test_an_in_memory_model_scores_as_its_folder(char_model):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    settings = harness.Settings(limit=LIMIT, device="cpu")
+    settings = harness.HarnessSettings(limit=LIMIT, device="cpu")
     tasks = ["world_capital_choice"]
     from_folder = harness.evaluate_path(char_model, tasks, settings)
     in_memory = harness.evaluate_model(AutoModelForCausalLM.from_pretrained(char_model),
@@ -78,7 +78,7 @@ class Counting:
         self.calls = []
 
     def __call__(self, path, tasks, settings, adapter=None, manager=None):
-        from evals.scores import TaskScore
+        from evals.scoring.scores import TaskScore
 
         self.calls.append((path, tuple(tasks)))
         return {t: harness.Evaluated(TaskScore(t, "exact_match", 0.5, 0.1, 2, None, (0.0, 1.0)), "1.0", 0)

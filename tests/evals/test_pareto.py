@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from evals.metrics import pareto_front
-from evals.pareto import pareto_points
-from evals.scores import TaskScore
+from evals.analysis.metrics import pareto_front
+from evals.analysis.pareto import pareto_points
+from evals.scoring.scores import TaskScore
 
 
 def score(task: str, value: float, chance: float | None = None) -> TaskScore:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from evals.plots import forgetting_figure, merge_quality_figure, pareto_figure, save_png
+from evals.report.plots import forgetting_figure, merge_quality_figure, pareto_figure, save_png
 from surgery.errors import OutputError
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

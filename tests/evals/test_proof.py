@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import pytest
 
-from evals.harness import Settings
-from evals.proof import PARAM, TASKS, averaging_spec, comply_rows, finished, parse_weights, run_proof, summary
-from evals.search import harness_scorer
-from evals.store import Store
-from evals.sweep import set_field
+from evals.scoring.harness import HarnessSettings
+from evals.search.proof import PARAM, TASKS, averaging_spec, comply_rows, finished, parse_weights, run_proof, summary
+from evals.search.candidates import harness_scorer
+from evals.scoring.store import Store
+from evals.search.sweep import set_field
 from surgery.errors import InputError, OutputError
 
 BASE_STEPS, STEPS, LIMIT = 1000, 150, None
@@ -44,7 +44,7 @@ def test_an_unfinished_run_is_refused(tmp_path):
 @pytest.mark.slow
 def test_tax_forgetting_and_averaging_point_the_right_way(tmp_path):
     with Store(str(tmp_path / "evals.sqlite")) as store:
-        score = harness_scorer(TASKS, Settings(limit=LIMIT, device="cpu"), store)
+        score = harness_scorer(TASKS, HarnessSettings(limit=LIMIT, device="cpu"), store)
         proof = run_proof(str(tmp_path / "proof"), str(tmp_path / "zoo"), score, BASE_STEPS, STEPS,
                           weights=(0.5, 1.0), echo=lambda _: None)
     s = summary(proof)

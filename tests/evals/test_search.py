@@ -15,13 +15,13 @@ import yaml
 from click.testing import CliRunner
 from safetensors.torch import load_file
 
-from evals import harness
+from evals.scoring import harness
 from evals.cli import leaderboard, soup as soup_command, sweep as sweep_command
-from evals.harness import Evaluated
-from evals.scores import TaskScore
-from evals.search import held_out
-from evals.soup import greedy_soup, run_soup, soup_rows
-from evals.sweep import parse_values, set_field, sweep, sweep_rows, sweep_series
+from evals.scoring.harness import Evaluated
+from evals.scoring.scores import TaskScore
+from evals.search.candidates import held_out
+from evals.search.soup import greedy_soup, run_soup, soup_rows
+from evals.search.sweep import parse_values, set_field, sweep, sweep_rows, sweep_series
 from surgery.errors import InputError, SpecError
 from surgery.io.reader import ModelFolder
 

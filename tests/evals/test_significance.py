@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from evals.significance import (Difference, agree, binomial_p, binomial_two_sided, bootstrap_interval, compare,
+from evals.analysis.significance import (Difference, agree, binomial_p, binomial_two_sided, bootstrap_interval, compare,
                                 mcnemar, stratified_interval)
 from surgery.errors import InputError
 

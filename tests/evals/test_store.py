@@ -10,10 +10,10 @@ import textwrap
 
 import pytest
 
-from evals.checkpoints import Checkpoint
-from evals.harness import Evaluated
-from evals.scores import TaskScore
-from evals.store import SCHEMA_VERSION, Store
+from evals.scoring.checkpoints import Checkpoint
+from evals.scoring.harness import Evaluated
+from evals.scoring.scores import TaskScore
+from evals.scoring.store import SCHEMA_VERSION, Store
 from surgery.errors import InputError
 
 
@@ -76,10 +76,10 @@ def test_a_newer_schema_is_refused_and_left_untouched(tmp_path):
 
 WRITER = textwrap.dedent("""
     import sys
-    from evals.checkpoints import Checkpoint
-    from evals.harness import Evaluated
-    from evals.scores import TaskScore
-    from evals.store import Store
+    from evals.scoring.checkpoints import Checkpoint
+    from evals.scoring.harness import Evaluated
+    from evals.scoring.scores import TaskScore
+    from evals.scoring.store import Store
     db, who = sys.argv[1], sys.argv[2]
     with Store(db) as store:
         for i in range(40):
@@ -104,8 +104,8 @@ def test_two_processes_writing_at_once_lose_nothing(tmp_path):
 
 def test_leaderboard_mean_counts_over_refusal_the_right_way_round():
     """Refusing 0.9 of harmful requests and 0.2 of benign ones: mean of 0.9 and 1 - 0.2 = 0.85."""
-    from evals.leaderboard import mean_score
-    from evals.scores import TaskScore
+    from evals.report.leaderboard import mean_score
+    from evals.scoring.scores import TaskScore
 
     scores = {"refusal": TaskScore("refusal", "exact_match", 0.9, None, 10, None, ()),
               "over_refusal": TaskScore("over_refusal", "exact_match", 0.2, None, 10, None, ())}

@@ -8,11 +8,11 @@ import os
 import pytest
 from click.testing import CliRunner
 
-from evals.checkpoints import Checkpoint
+from evals.scoring.checkpoints import Checkpoint
 from evals.cli import forgetting, tax
-from evals.harness import Evaluated
-from evals.scores import TaskScore
-from evals.store import Store
+from evals.scoring.harness import Evaluated
+from evals.scoring.scores import TaskScore
+from evals.scoring.store import Store
 
 N = 40
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import json
 
-from evals.harness import Settings
-from evals.template_check import template_warnings
+from evals.scoring.harness import HarnessSettings
+from evals.scoring.template_check import template_warnings
 
 CHATML = "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
 LLAMA3 = "{% for m in messages %}<|start_header_id|>{{ m.role }}<|end_header_id|>{{ m.content }}{% endfor %}"
@@ -59,5 +59,5 @@ def test_applying_a_template_that_is_not_there(tmp_path):
 
 def test_the_chat_setting_is_part_of_the_stored_key_only_when_set():
     """Scores stored before the option existed keep matching; chat-formatted scores never mix with them."""
-    assert Settings(limit=5).key == "limit=5;fewshot=None"
-    assert Settings(limit=5, apply_chat_template=True).key == "limit=5;fewshot=None;chat"
+    assert HarnessSettings(limit=5).key == "limit=5;fewshot=None"
+    assert HarnessSettings(limit=5, apply_chat_template=True).key == "limit=5;fewshot=None;chat"

@@ -14,10 +14,10 @@ import torch
 from click.testing import CliRunner
 
 import surgery
-import surgery.engine
+import surgery.merge.engine
 from surgery.cli import main
 from surgery.io.reader import ModelFolder
-from surgery.report import human
+from surgery.diagnose.report import human
 
 MERGES = Path(__file__).resolve().parents[2] / "merges"
 
@@ -106,7 +106,7 @@ def test_internal_error_exit_1(work, tmp_path, monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(surgery.engine, "run_merge", broken)
+    monkeypatch.setattr(surgery.merge.engine, "run_merge", broken)
     result = merge_example(work, tmp_path / "out")
     assert result.exit_code == 1
     assert result.stderr.strip() == "internal error: RuntimeError: boom (run with --debug for the traceback)"

@@ -9,7 +9,7 @@ import json
 import pytest
 import torch
 
-from surgery.convert import plan_convert
+from surgery.ops.convert import plan_convert
 from surgery.errors import InputError
 from tests.surgery.reference_checkpoints import logits, run_cli, state_dict
 

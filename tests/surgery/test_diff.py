@@ -12,8 +12,8 @@ from itertools import combinations
 import pytest
 import torch
 
-from surgery.diff import diff_models, task_sums
-from surgery.diff_report import grids
+from surgery.diagnose.diff import diff_models, task_sums
+from surgery.diagnose.diff_report import grids
 from surgery.errors import InputError
 from tests.surgery.reference_checkpoints import run_cli, state_dict
 

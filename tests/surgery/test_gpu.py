@@ -6,9 +6,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from surgery.engine import Options, run_merge
-from surgery.plan import plan_merge
-from surgery.spec import parse_spec
+from surgery.merge.engine import Options, run_merge
+from surgery.merge.plan import plan_merge
+from surgery.merge.spec import parse_spec
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 

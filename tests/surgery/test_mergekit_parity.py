@@ -22,10 +22,10 @@ from mergekit.merge import run_merge as mergekit_run_merge
 from mergekit.options import MergeOptions
 from safetensors.torch import load_file
 
-from surgery.engine import Options, run_merge
-from surgery.methods import REGISTRY
-from surgery.plan import plan_merge
-from surgery.spec import parse_spec
+from surgery.merge.engine import Options, run_merge
+from surgery.merge.methods import REGISTRY
+from surgery.merge.plan import plan_merge
+from surgery.merge.spec import parse_spec
 
 TINY_BLOCK = 4096  # bytes: a handful of rows per block, so every statistics stage spans many blocks
 

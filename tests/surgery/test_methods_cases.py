@@ -1,5 +1,5 @@
 """Small cases of each merge method, worked out by hand in each test's docstring, and the exact
-order statistics behind the magnitude cut-offs (`surgery.selection`) against `torch.sort`."""
+order statistics behind the magnitude cut-offs (`surgery.merge.selection`) against `torch.sort`."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from surgery.draws import Draws
-from surgery.methods import REGISTRY
-from surgery.selection import bin_of_rank, high_histogram, low_histogram, value_of_rank
+from surgery.merge.draws import Draws
+from surgery.merge.methods import REGISTRY
+from surgery.merge.selection import bin_of_rank, high_histogram, low_histogram, value_of_rank
 
 NAME = "model.layers.0.mlp.up_proj.weight"
 

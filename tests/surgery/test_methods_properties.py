@@ -21,13 +21,13 @@ from hypothesis import strategies as st
 from pydantic import BaseModel
 from safetensors.torch import load_file, save_file
 
-from surgery.draws import CHUNK, Draws
-from surgery.engine import Options, run_merge
-from surgery.methods import REGISTRY
-from surgery.methods.method import Method
-from surgery.methods.task_vectors import total
-from surgery.plan import plan_merge
-from surgery.spec import parse_spec
+from surgery.merge.draws import CHUNK, Draws
+from surgery.merge.engine import Options, run_merge
+from surgery.merge.methods import REGISTRY
+from surgery.merge.methods.method import Method
+from surgery.merge.methods.task_vectors import total
+from surgery.merge.plan import plan_merge
+from surgery.merge.spec import parse_spec
 
 METHODS = sorted(REGISTRY)
 RANDOM = [n for n in METHODS if REGISTRY[n].random]

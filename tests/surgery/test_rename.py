@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from surgery.errors import SpecError
-from surgery.rename import parse_maps, renamed
+from surgery.ops.rename import parse_maps, renamed
 from tests.surgery.reference_checkpoints import logits, run_cli, state_dict
 
 FORWARD = r"^model\.layers\.(\d+)\.self_attn\.=model.blocks.\1.attention."

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from surgery.errors import SpecError
-from surgery.layer_slice import parse_ranges
+from surgery.ops.layer_slice import parse_ranges
 from tests.surgery.reference_checkpoints import logits, model_logits, run_cli, state_dict
 
 

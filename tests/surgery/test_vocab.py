@@ -10,7 +10,7 @@ fine-tunes of it that changed the vocabulary as people do:
 - `d` is a fine-tune `plain` re-indexed: the same rows under a shuffled vocabulary without `water`,
   with 120 rows.
 
-Expected values are worked out here from the inputs by the rule stated in `surgery.vocab`, by token
+Expected values are worked out here from the inputs by the rule stated in `surgery.vocab.align`, by token
 string, and against mergekit's own union merge.
 """
 
@@ -26,13 +26,13 @@ import torch
 from click.testing import CliRunner
 
 from surgery.cli import main
-from surgery.engine import Options, run_merge
+from surgery.merge.engine import Options, run_merge
 from surgery.errors import SpecError
 from surgery.io.reader import ModelFolder
-from surgery.plan import plan_merge
-from surgery.spec import parse_spec
-from surgery.tiny import CHATML, WORDS, build_model
-from surgery.vocab import RowMap, align, remap_ids, runs, union_order
+from surgery.merge.plan import plan_merge
+from surgery.merge.spec import parse_spec
+from surgery.demo.tiny import CHATML, WORDS, build_model
+from surgery.vocab.align import RowMap, align, remap_ids, runs, union_order
 
 SPECIALS = ["<unk>", "<|im_start|>", "<|im_end|>", "<pad>"]
 OTHER_TEMPLATE = "{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}"

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from surgery.tiny import CHATML
+from surgery.demo.tiny import CHATML
 
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]  # ids 0, 1, 2, as in SmolLM2
 MERGES = ["Ġ t", "h e", "Ġt he"]
@@ -34,7 +34,7 @@ def tiny_llama(tied: bool = False, seed: int = 0):
     """A random Llama (hidden 32, 2 layers, 4 heads, 2 key-value heads) over `vocabulary()`."""
     from transformers import LlamaForCausalLM
 
-    from surgery.tiny import tiny_config
+    from surgery.demo.tiny import tiny_config
 
     torch.manual_seed(seed)
     config = tiny_config("llama", vocab_size=len(vocabulary()), tie_word_embeddings=tied,

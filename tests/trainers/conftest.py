@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from surgery.tiny import build_model
+from surgery.demo.tiny import build_model
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -155,7 +155,7 @@ def test_loss_equals_trl(trl_trainer, loss_type, beta, kl_ratio):
 def early_words(prompt: str, completion: str, row: dict) -> float:
     """A toy reward the tiny base can learn within a few steps: the share of the completion's words
     among the first 40 of its vocabulary (about a third of what the untrained base says)."""
-    from surgery.tiny import WORDS
+    from surgery.demo.tiny import WORDS
 
     words = completion.split()
     return sum(w in WORDS[:40] for w in words) / max(len(words), 1)

@@ -144,7 +144,7 @@ def test_trained_adapter_folds_into_its_base(name, lively, tmp_path):
 
 def assert_folds_to(model, base: str, adapter: str, out: str) -> None:
     from surgery.adapters.fold_plan import plan_fold
-    from surgery.engine import run_merge
+    from surgery.merge.engine import run_merge
 
     folded = run_merge(plan_fold(base, [adapter]), out)
     batch = fixed_batch()

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from surgery.errors import InputError, NumericsError, SpecError
-from surgery.tiny import build_tokenizer, tiny_config
+from surgery.demo.tiny import build_tokenizer, tiny_config
 from trainers import ppo, scorers
 from trainers.loop import train
 from trainers.objectives import ppo as math

@@ -48,7 +48,7 @@ def test_weighted_sum_and_errors():
 def reward_model(tmp_path_factory):
     from transformers import LlamaForSequenceClassification
 
-    from surgery.tiny import build_tokenizer, tiny_config
+    from surgery.demo.tiny import build_tokenizer, tiny_config
 
     folder = str(tmp_path_factory.mktemp("rm"))
     tok = build_tokenizer()

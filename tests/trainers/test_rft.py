@@ -29,7 +29,7 @@ def test_select_by_hand():
 
 
 def share_of_early_words(prompt: str, completion: str, row: dict) -> float:
-    from surgery.tiny import WORDS
+    from surgery.demo.tiny import WORDS
 
     words = completion.split()
     return sum(w in WORDS[:40] for w in words) / max(len(words), 1)

@@ -10,9 +10,9 @@ import os
 
 import pytest
 
-from surgery.engine import Options, run_merge
-from surgery.plan import plan_merge
-from surgery.spec import load_spec
+from surgery.merge.engine import Options, run_merge
+from surgery.merge.plan import plan_merge
+from surgery.merge.spec import load_spec
 from tests.trainers.conftest import REPO
 from trainers.loop import train
 from trainers.spec import load_run

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from surgery.tiny import CHATML, build_tokenizer
+from surgery.demo.tiny import CHATML, build_tokenizer
 from trainers import templates
 from trainers.templates import assistant_spans, resolve, template_mismatch
 

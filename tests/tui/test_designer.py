@@ -14,8 +14,8 @@ from click.testing import CliRunner
 
 from surgery.cli import main
 from surgery.io.reader import ModelFolder
-from surgery.plan import plan_merge
-from surgery.spec import load_spec, parse_spec
+from surgery.merge.plan import plan_merge
+from surgery.merge.spec import load_spec, parse_spec
 from tests.conftest import models_folder
 from textual.widgets import Select
 
@@ -310,7 +310,7 @@ def test_evaluate_scores_the_merge_and_refreshes_the_leaderboard(models, tmp_pat
         say("1 task(s) to run")
         return {paths[0]: {}}
 
-    monkeypatch.setattr("evals.run.evaluate", evaluate)
+    monkeypatch.setattr("evals.scoring.run.evaluate", evaluate)
     monkeypatch.setattr(LeaderboardPane, "refresh_rows", lambda self: refreshed.append(True))
 
     async def go():

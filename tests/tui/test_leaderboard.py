@@ -1,6 +1,6 @@
 """The leaderboard pane on a results store filled by hand (no lm-eval run), as the evals tests fill
 one: it sorts by key and by a click on a header, filters, shows the lineage of the highlighted
-checkpoint, and compares two marked checkpoints with the p-value evals.significance gives."""
+checkpoint, and compares two marked checkpoints with the p-value evals.analysis.significance gives."""
 
 from __future__ import annotations
 
@@ -12,11 +12,11 @@ import pytest
 from textual.app import App, ComposeResult
 from textual.widgets import ContentSwitcher, DataTable, Footer, Static
 
-from evals.checkpoints import Checkpoint
-from evals.harness import Evaluated
-from evals.scores import TaskScore
-from evals.significance import compare
-from evals.store import Store
+from evals.scoring.checkpoints import Checkpoint
+from evals.scoring.harness import Evaluated
+from evals.scoring.scores import TaskScore
+from evals.analysis.significance import compare
+from evals.scoring.store import Store
 from tui.leaderboard import LeaderboardPane
 
 SIZE = (80, 24)

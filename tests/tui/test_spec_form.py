@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from surgery.methods import REGISTRY
+from surgery.merge.methods import REGISTRY
 from tui.spec_form import choices, drop_model, layer_values, owner, parse_value, shared_fields, spec_data
 from tui.throughput import Throughput
 

@@ -37,9 +37,9 @@ def ensure_zoo(models: str, base_steps: int, expert_steps: int, echo: Callable[[
 
 def merge_all(folder: str, specs: str) -> list[tuple[str, str, float]]:
     """Every spec in `specs` merged into `folder/out/<spec>`; returns (name, method, seconds)."""
-    from surgery.engine import Options, run_merge
-    from surgery.plan import plan_merge
-    from surgery.spec import load_spec
+    from surgery.merge.engine import Options, run_merge
+    from surgery.merge.plan import plan_merge
+    from surgery.merge.spec import load_spec
 
     done = []
     for file in sorted(glob.glob(os.path.join(specs, "*.yaml"))):

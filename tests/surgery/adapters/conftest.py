@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from surgery.adapters.fold_plan import plan_fold
-from surgery.engine import Options, run_merge
+from surgery.merge.engine import Options, run_merge
 
 TOKENS = torch.tensor([[5, 17, 42, 3, 99, 120, 7, 64, 1, 30], [12, 0, 77, 101, 4, 56, 90, 2, 11, 127]])
 SMALL_BLOCKS = Options(block_bytes=2048)  # a few rows per block: every folded weight is read in several blocks

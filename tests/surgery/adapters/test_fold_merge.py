@@ -14,11 +14,11 @@ from click.testing import CliRunner
 from safetensors.torch import load_file
 
 from surgery.cli import main
-from surgery.engine import Options, run_merge
+from surgery.merge.engine import Options, run_merge
 from surgery.errors import SpecError
 from surgery.io.reader import ModelFolder
-from surgery.plan import plan_merge
-from surgery.spec import load_spec
+from surgery.merge.plan import plan_merge
+from surgery.merge.spec import load_spec
 
 
 def write_spec(folder, models: list[str], base: str, method: str = "task_arithmetic") -> str:

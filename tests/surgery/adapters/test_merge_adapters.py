@@ -28,8 +28,8 @@ from peft import IA3Config, LoraConfig, PrefixTuningConfig, PromptEncoderConfig,
 from safetensors.torch import load_file, save_file
 
 from surgery.adapters.combine import Term, combined_delta
-from surgery.adapters.lora_merge import Settings
-from surgery.adapters.merge import merge_adapters
+from surgery.adapters.lora_merge import AdapterMergeSettings
+from surgery.adapters.merge_adapters import merge_adapters
 from surgery.cli import main
 from tests.surgery.adapters.conftest import TOKENS, fold_to, load_base, logits_of, save_adapter
 from tests.surgery.reference_checkpoints import digest
@@ -53,7 +53,7 @@ def pair(llama, tmp_path_factory) -> tuple[str, str, str]:
 
 def merged(pair, tmp_path, combination: str, weights=WEIGHTS, name: str = "merged", **settings) -> str:
     _, first, second = pair
-    path, _ = merge_adapters([first, second], str(tmp_path / name), Settings(combination, **settings), weights)
+    path, _ = merge_adapters([first, second], str(tmp_path / name), AdapterMergeSettings(combination, **settings), weights)
     return path
 
 
@@ -174,7 +174,7 @@ def test_rslora_first_input_keeps_the_exact_sum(pair, tmp_path):
     rsLoRA adapter first still gives the exact sum (PEFT's cat copies use_rslora from its first input,
     and its delta then comes out sqrt(r) times too large)."""
     base, first, second = pair
-    ours, _ = merge_adapters([second, first], str(tmp_path / "rs"), Settings("cat"), [1.0, 2.0])
+    ours, _ = merge_adapters([second, first], str(tmp_path / "rs"), AdapterMergeSettings("cat"), [1.0, 2.0])
     assert json.load(open(os.path.join(ours, "adapter_config.json")))["use_rslora"] is False
     model = peft_model(base, {"a": second, "b": first, "ours": ours})
     assert_close_deltas(deltas(model, "ours"), exact_sum(model, [1.0, 2.0]))
@@ -309,7 +309,7 @@ def test_soft_prompt_soup(llama, tmp_path, kind):
     base = llama["base"]
     one = save_adapter(base, PROMPTS[kind](), str(tmp_path / "one"), seed=1)
     two = save_adapter(base, PROMPTS[kind](), str(tmp_path / "two"), seed=2)
-    out, _ = merge_adapters([one, two], str(tmp_path / "soup"), Settings(None), [1.0, 3.0])
+    out, _ = merge_adapters([one, two], str(tmp_path / "soup"), AdapterMergeSettings(None), [1.0, 3.0])
     read = [load_file(os.path.join(p, "adapter_model.safetensors")) for p in (one, two, out)]
     assert read[2].keys() == read[0].keys() == {"prompt_embeddings"}
     want = 0.25 * read[0]["prompt_embeddings"] + 0.75 * read[1]["prompt_embeddings"]

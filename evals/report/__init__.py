@@ -1,0 +1,1 @@
+"""Showing results: tables (text, Markdown, CSV), the leaderboard, and PNG plots."""

@@ -1,0 +1,72 @@
+"""Evaluate checkpoints on tasks, served from the results store where the same weights were already
+scored under the same settings; only the missing tasks go to lm-eval."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import asdict
+from importlib.metadata import version
+
+from evals.scoring import harness
+from evals.scoring.checkpoints import Checkpoint, lineage, open_checkpoint
+from evals.scoring.scores import ScoreTable
+from evals.scoring.store import Store
+from evals.scoring.suites import METRICS, check_tasks, task_digest
+from evals.scoring.template_check import template_warnings
+
+
+def evaluate(paths: Sequence[str], tasks: Sequence[str], settings: harness.HarnessSettings, store: Store,
+             force: bool = False, say: Callable[[str], None] = lambda _: None) -> ScoreTable:
+    """Scores of each checkpoint folder on `tasks`, keyed by absolute path; runs what the store lacks."""
+    checkpoints = [open_checkpoint(p) for p in paths]  # every folder checked before the first run
+    manager = _checked(list(tasks))
+    for warning in template_warnings([c.path for c in checkpoints], settings.apply_chat_template):
+        say(f"warning: {warning}")
+    table = {}
+    for checkpoint in checkpoints:
+        name = os.path.abspath(checkpoint.path)
+        store.register(name, checkpoint, lineage(checkpoint))
+        keys = {t: task_key(t, settings) for t in tasks}
+        missing = [t for t in tasks if force or not _have(store, checkpoint.hash, t, keys[t])]
+        say(f"{name}: {len(tasks) - len(missing)} task(s) from the store, {len(missing)} to run")
+        if missing:
+            results = _run(checkpoint, missing, settings, manager)
+            keys |= {t: task_key(t, settings) for t in results}  # a group's subtasks
+            store.put(name, checkpoint.hash, asdict(settings), keys, version("lm_eval"), results)
+        table[name] = {k: v for t in tasks for k, v in _found(store, checkpoint.hash, t, settings).items()}
+    return table
+
+
+def task_key(task: str, settings: harness.HarnessSettings) -> str:
+    """What a stored score is matched on besides the weights: the settings that change it, and the
+    digest of the task's own files."""
+    digest = task_digest(task)
+    return f"{settings.key};task={digest}" if digest else settings.key
+
+
+def _have(store: Store, hash: str, task: str, key: str) -> bool:
+    if store.stored(hash, task, key) is not None:
+        return True
+    return bool(store.scores(hash, [task], key)) and task not in METRICS  # a group: its subtasks
+
+
+def _found(store: Store, hash: str, task: str, settings: harness.HarnessSettings) -> dict:
+    exact = store.stored(hash, task, task_key(task, settings))
+    return {task: exact} if exact else store.scores(hash, [task], settings.key)
+
+
+def _checked(tasks: list[str]):
+    """Check task names before any model loads; lm-eval's task index is built only for non-local tasks."""
+    if all(t in METRICS for t in tasks):
+        check_tasks(tasks, list(METRICS))
+        return None
+    manager = harness.task_manager()
+    check_tasks(tasks, harness.known_tasks(manager))
+    return manager
+
+
+def _run(checkpoint: Checkpoint, tasks: list[str], settings: harness.HarnessSettings, manager) -> dict:
+    if checkpoint.base is not None:
+        return harness.evaluate_path(checkpoint.base.path, tasks, settings, adapter=checkpoint.path, manager=manager)
+    return harness.evaluate_path(checkpoint.path, tasks, settings, manager=manager)

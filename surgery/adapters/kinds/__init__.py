@@ -1,0 +1,1 @@
+"""Adapter kinds that fold into weights, one module each: LoRA, DoRA, IA3, VeRA."""

@@ -1,0 +1,63 @@
+"""Plain-text reports for the terminal: a merge plan (for --dry-run) and a checkpoint inspection."""
+
+from __future__ import annotations
+
+from surgery.merge.engine import Options, rows_per_block
+from surgery.io.format import num_rows, row_numel
+from surgery.diagnose.inspect import Inspection
+from surgery.merge.plan import MergePlan
+
+
+def human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return str(n)
+
+
+def peak_working_set(plan: MergePlan, options: Options) -> int:
+    """Largest float32 working set of one block (inputs plus the method's temporaries)."""
+    peak = 0
+    for job in plan.jobs:
+        rows = num_rows(job.shape)
+        row = row_numel(job.shape)
+        step = min(rows, rows_per_block(job, options.block_bytes, plan.method.work))
+        peak = max(peak, step * row * 4 * (len(job.sources) + plan.method.work))
+    return peak
+
+
+def describe_plan(plan: MergePlan, options: Options) -> str:
+    passes = 1 + len(plan.method.stages)
+    lines = [
+        f"spec        {plan.file} (sha256 {plan.spec.digest()[:12]})",
+        f"method      {plan.method.name}: {plan.method.summary}",
+        "models      " + "\n            ".join(f"{k} -> {v.path}" for k, v in plan.folders.items()),
+        f"tensors     {len(plan.jobs)} to write, {len(plan.out_layers)} layers",
+        f"read        {human(plan.read_bytes)} (statistics stages re-read large tensors: up to {passes} passes)",
+        f"write       {human(plan.write_bytes)} in shards of at most {human(options.shard_size)}",
+        f"peak memory about {human(peak_working_set(plan, options))} of working set (block size {human(options.block_bytes)})"
+        " plus the Python runtime",
+    ]
+    if plan.vocab is not None:
+        lines += plan.vocab.lines()  # pre-flight: vocabulary sizes, mismatches, chat templates
+    return "\n".join(lines)
+
+
+def describe_inspection(r: Inspection, tensors: bool = True) -> str:
+    lines = [f"{r.path}", f"  files       {', '.join(r.files)}",
+             f"  parameters  {r.parameters:,} ({human(r.nbytes)})",
+             "  dtypes      " + ", ".join(f"{k}: {v:,}" for k, v in r.dtypes.items())]
+    if r.config:
+        arch = ", ".join(r.config.get("architectures", []) or [r.config.get("model_type", "?")])
+        lines.append(f"  config      {arch}, {r.config.get('num_hidden_layers', r.config.get('n_layer', '?'))} layers")
+    if r.adapter:
+        lines.append("  adapter     " + "\n              ".join(f"{k}: {v}" for k, v in r.adapter.items()))
+    if r.provenance:
+        lines.append("  provenance  " + "\n              ".join(
+            f"{k.removeprefix('surgery.')}: {v if len(v) < 200 else v[:200] + '...'}" for k, v in sorted(r.provenance.items())))
+    if tensors:
+        width = max((len(n) for n, _, _ in r.tensors), default=0)
+        lines.append("  tensors")
+        lines += [f"    {n:<{width}}  {d:<8}  {list(s)}" for n, d, s in r.tensors]
+    return "\n".join(lines)

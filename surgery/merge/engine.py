@@ -1,0 +1,226 @@
+"""The one merge loop: for each planned tensor, read its inputs a block of rows at a time, run the
+method's statistics stages then its merge, check the result is finite, cast, and stream it to the
+writer. Working memory is a few blocks per input whatever the model's size; the output folder
+appears only when everything has been written.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import torch
+
+from surgery import __version__
+from surgery.merge.draws import Draws
+from surgery.errors import NumericsError, OutputError, SurgeryError
+from surgery.io.format import num_rows, row_numel
+from surgery.io.output import CONFIG_FILES, TOKENIZER_FILES, atomic_folder, check_output_path, copy_side_files, write_json
+from surgery.io.writer import QueuedWriter, ShardWriter, plan_shards
+from surgery.merge.methods.method import Block, Stats
+from surgery.merge.plan import MergePlan, TensorJob
+from surgery.vocab.plan import write_vocabulary
+
+DEFAULT_SHARD = 5 * 1024**3
+DEFAULT_BLOCK = 16 * 1024**2  # small blocks stay in cache and reuse freed pages: faster, see bench/
+
+
+def arithmetic_threads(requested: int | None = None) -> int:
+    """torch threads for a merge's arithmetic: by default one less than the CPUs this process may use
+    (at least one), since the engine reads and writes in threads of its own. On 2 CPUs a DARE-TIES merge
+    of 1.6 GB models took 15.1 s with one torch thread against 17.1 s with two (bench/README.md)."""
+    if requested is not None:
+        return max(1, requested)
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cpus - 1)
+
+
+class Cancelled(SurgeryError):
+    """The merge was cancelled; nothing was written at the output path."""
+
+
+@dataclass(frozen=True)
+class Options:
+    shard_size: int = DEFAULT_SHARD
+    block_bytes: int = DEFAULT_BLOCK       # float32 working set of one block, all inputs together
+    device: str = "cpu"
+    force: bool = False
+
+
+Progress = Callable[[str, int], None]  # (tensor name, bytes written)
+
+
+def run_merge(plan: MergePlan, out: str, options: Options = Options(), progress: Progress | None = None,
+              cancel: threading.Event | None = None) -> str:
+    """Merge into `out` atomically; returns the output folder's absolute path."""
+    inputs = [p for f in plan.folders.values() for p in getattr(f, "inputs", [f.path])]  # a FoldedModel's adapters too
+    out = check_output_path(out, inputs, options.force)
+    entries = [(j.name, j.dtype, j.shape) for j in plan.jobs]
+    metadata = provenance(plan)
+    requests = [(job, span, final) for job in plan.jobs for span, final in reads_of(plan, job, options)]
+    with atomic_folder(out) as tmp:
+        writer = QueuedWriter(ShardWriter(tmp, plan_shards(entries, options.shard_size), metadata))
+        prefetch = Prefetcher(plan, options, requests)
+        try:
+            for job in plan.jobs:
+                for block in merge_tensor(plan, job, options, prefetch):
+                    if cancel is not None and cancel.is_set():
+                        raise Cancelled(f"merge into {out!r} cancelled; nothing was written there")
+                    writer.write(job.name, block)
+                    if progress:
+                        progress(job.name, block.numel() * block.element_size())
+            writer.finish()
+        finally:
+            prefetch.close()
+            writer.abort()
+            for folder in plan.folders.values():
+                folder.close()  # no input file stays open after the merge (reads reopen on demand)
+        try:
+            write_side_files(plan, tmp)
+        except OSError as e:  # e.g. the disk fills up after the last shard
+            raise OutputError(f"{out}: cannot write the config and tokenizer files ({e.strerror}); "
+                              "nothing was written there") from None
+    return out
+
+
+def provenance(plan: MergePlan) -> dict[str, str]:
+    """Stored in every shard's safetensors metadata: what made these weights."""
+    return {
+        "format": "pt",
+        "surgery.version": __version__,
+        "surgery.method": plan.method.name,
+        "surgery.spec_sha256": plan.spec.digest(),
+        "surgery.spec": plan.spec.canonical_json(),
+        "surgery.models": ",".join(f"{k}={v.path}" for k, v in plan.folders.items()),
+    }
+
+
+def write_side_files(plan: MergePlan, folder: str) -> None:
+    """config.json (layer count updated), generation config, tokenizer files and chat template."""
+    config_source = plan.folders[plan.config_model].path
+    copy_side_files(config_source, folder, CONFIG_FILES[1:])
+    write_json(os.path.join(folder, "config.json"), plan.config)
+    copy_side_files(plan.tokenizer_path, folder, TOKENIZER_FILES)
+    if plan.vocab is not None:
+        write_vocabulary(plan.vocab, folder, plan.config_model)  # union tokenizer, remapped token ids
+    if plan.spec.chat_template:
+        with open(os.path.join(folder, "chat_template.jinja"), "w") as f:
+            f.write(plan.spec.chat_template)
+
+
+def rows_per_block(job: TensorJob, block_bytes: int, work: int) -> int:
+    row = row_numel(job.shape)
+    per_row = max(row, 1) * 4 * (len(job.sources) + work)
+    return max(1, block_bytes // per_row)
+
+
+def spans_of(job: TensorJob, options: Options, work: int) -> list[tuple[int, int]]:
+    rows = num_rows(job.shape)
+    step = rows_per_block(job, options.block_bytes, work)
+    return [(r, min(r + step, rows)) for r in range(0, rows, step)] or [(0, 0)]
+
+
+def reads_of(plan: MergePlan, job: TensorJob, options: Options) -> list[tuple[tuple[int, int], bool]]:
+    """The blocks `merge_tensor` loads, in order, each with whether the merge pass reads it (False:
+    only a statistics stage): each stage and the merge pass over every block, except that a tensor
+    of one block is loaded once."""
+    if job.copy:
+        return []
+    spans = spans_of(job, options, plan.method.work)
+    if len(spans) == 1:
+        return [(spans[0], True)]
+    stages = len(plan.method.stages_for(job.shared, job.per_model))
+    return [(span, False) for span in spans] * stages + [(span, True) for span in spans]
+
+
+def merge_tensor(plan: MergePlan, job: TensorJob, options: Options, load=None) -> Iterator[torch.Tensor]:
+    """The output tensor `job.name`, block by block, in the output dtype.
+
+    `load(job, span)` supplies blocks in the order `reads_of` lists (the engine prefetches them)."""
+    load = load or (lambda j, span: _load(plan, j, span, options.device))
+    if job.copy:
+        rows = num_rows(job.shape)
+        yield _read(plan, job.base or job.models[0], (0, rows), None)
+        return
+    method = plan.method
+    spans = spans_of(job, options, method.work)
+    cached = load(job, spans[0]) if len(spans) == 1 else None
+    stats: Stats = {}
+    for stage in method.stages_for(job.shared, job.per_model):
+        partial: Stats = {}
+        running = dict(stats)  # one per pass: blocks come in row order, running counts live here
+        for span in spans:
+            block = cached or load(job, span)
+            for key, value in stage(block, running).items():
+                partial[key] = partial[key] + value if key in partial else value
+        stats.update(partial)
+    running = dict(stats)
+    for span in spans:
+        block = cached or load(job, span)
+        out = method.merge(block, running)
+        _check_finite(plan, job, block, out, span)
+        yield out.to(device="cpu", dtype=job.dtype)
+
+
+class Prefetcher:
+    """Loads the next blocks in a worker thread while the current one is merged (reads and torch
+    kernels release the GIL). Blocks must be asked for in the order of `requests`. Two blocks ahead
+    rather than one: blocks of unequal cost then even out instead of stalling one thread or the other."""
+
+    DEPTH = 2
+
+    def __init__(self, plan: MergePlan, options: Options, requests: list[tuple[TensorJob, tuple[int, int]]]):
+        self.plan, self.options, self.requests, self.i = plan, options, requests, 0
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="surgery-read")
+        self.ahead = deque(f for f in (self._submit(k) for k in range(self.DEPTH)) if f is not None)
+
+    def _submit(self, i: int):
+        if i >= len(self.requests):
+            return None
+        job, span, final = self.requests[i]
+        return self.pool.submit(_load, self.plan, job, span, self.options.device, final)
+
+    def __call__(self, job: TensorJob, span: tuple[int, int]) -> Block:
+        want = self.requests[self.i]
+        if want[0] is not job or want[1] != span:
+            raise RuntimeError(f"prefetch order broken: expected {want[0].name} {want[1]}, got {job.name} {span}")
+        future, self.i = self.ahead.popleft(), self.i + 1
+        following = self._submit(self.i + self.DEPTH - 1)
+        if following is not None:
+            self.ahead.append(following)
+        return future.result()
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _load(plan: MergePlan, job: TensorJob, span: tuple[int, int], device: str, final: bool = True) -> Block:
+    base = _read(plan, job.base, span, device) if job.base else None
+    models = tuple(_read(plan, s, span, device) for s in job.models)
+    draws = Draws(plan.spec.seed, job.name, job.shape, len(job.models)) if plan.method.random else None
+    block = Block(job.name, job.shape, span, base, models, job.per_model, job.shared, draws)
+    if plan.method.prepare is not None:
+        plan.method.prepare(block, final)  # e.g. task vectors and DARE's masks, here in the reading thread
+    return block
+
+
+def _read(plan: MergePlan, src, span: tuple[int, int], device: str | None) -> torch.Tensor:
+    t = plan.folders[src.model].read(src.name, span)
+    if device is None:
+        return t
+    return t.to(device=device, dtype=torch.float32)
+
+
+def _check_finite(plan: MergePlan, job: TensorJob, block: Block, out: torch.Tensor, span: tuple[int, int]) -> None:
+    if torch.isfinite(out.sum()) or torch.isfinite(out).all():  # one cheap pass; the exact check only if it fails
+        return
+    bad = [s.model for s, t in zip(job.sources, ((block.base,) if block.base is not None else ()) + block.models)
+           if not torch.isfinite(t).all()]
+    cause = f"input(s) {bad} already hold NaN/Inf there" if bad else \
+        "the inputs are finite, so the method's parameters produced it (e.g. weights summing to zero with normalize)"
+    raise NumericsError(f"{plan.method.name} produced NaN or Inf in tensor {job.name!r} (rows {span[0]}-{span[1]}); "
+                        f"{cause}. Nothing was written.")

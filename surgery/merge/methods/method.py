@@ -1,0 +1,119 @@
+"""What a merge method is: typed parameters, a few tensor-wide statistics, and a pure `merge`.
+
+The engine hands a method one block of rows at a time (the whole tensor when it is small), all in
+float32. A method that needs tensor-wide numbers (a magnitude cut-off, a norm, a dot product)
+declares `stages`: each stage maps a block to partial statistics, which the engine sums over all
+blocks before the next stage, then `merge` sees the totals. Within one pass the blocks arrive in row
+order and share one copy of the statistics, where a method may keep running counts under keys that
+start with "~" (TIES ranks entries tied at its cut-off this way). Memory is bounded by the block, never by
+the tensor, and the result does not depend on where the blocks fall.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict
+
+from surgery.merge.draws import Draws
+from surgery.io.format import num_rows
+
+Stats = dict[str, torch.Tensor]
+
+
+class Params(BaseModel):
+    """Base of every method's parameter models: typed, bounded, no unknown keys."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class NoParams(Params):
+    pass
+
+
+@dataclass(frozen=True)
+class Block:
+    """Rows [r0, r1) of one output tensor, from every input, in float32."""
+
+    name: str                              # output tensor name
+    shape: tuple[int, ...]                 # the whole tensor's shape
+    rows: tuple[int, int]
+    base: torch.Tensor | None              # (r, ...) the base model's rows, when the method uses a base
+    models: tuple[torch.Tensor, ...]       # (r, ...) each other input's rows
+    per_model: tuple[BaseModel, ...]       # each other input's resolved parameters
+    shared: BaseModel                      # the resolved global parameters
+    draws: Draws | None = None             # uniform random numbers, reproducible per tensor
+
+    @property
+    def numel(self) -> int:
+        """Elements of the whole tensor (not of the block)."""
+        return math.prod(self.shape)
+
+    def uniform(self, i: int) -> torch.Tensor:
+        """U[0, 1) numbers for input `i`, shaped like this block, the same whatever the blocking."""
+        assert self.draws is not None
+        return self.cached(f"uniform{i}", lambda: self.draws.uniform(i, self.rows).reshape(self.models[i].shape)
+                           .to(self.models[i].device))
+
+    def keep(self, i: int, density: float) -> torch.Tensor:
+        """Input `i`'s float32 0/1 Bernoulli(density) mask, shaped like this block, the same whatever
+        the blocking."""
+        assert self.draws is not None
+        return self.cached(f"keep{i}", lambda: self.draws.keep(i, self.rows, density).reshape(self.models[i].shape)
+                           .to(self.models[i].device))
+
+    def cached(self, key: str, make: Callable[[], object]):
+        """Values derived from this block, computed once while it is alive (a block read once serves
+        every statistics stage and the merge). Callers must not modify what they get."""
+        cache = self.__dict__.setdefault("_cache", {})
+        if key not in cache:
+            cache[key] = make()
+        return cache[key]
+
+
+Stage = Callable[[Block, Stats], Stats]
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    merge: Callable[[Block, Stats], torch.Tensor]
+    summary: str
+    reference: str = ""
+    shared: type[Params] = NoParams
+    per_model: type[Params] = NoParams
+    base: Literal["required", "unused"] = "required"
+    min_models: int = 1                    # inputs besides the base
+    max_models: int | None = None
+    stages: tuple[Stage, ...] = ()
+    work: int = 4                          # block-sized float32 temporaries `merge` needs per input
+    random: bool = False
+    required: tuple[str, ...] = field(default=())  # per-model parameters without a default
+    needs: Callable[[BaseModel, tuple[BaseModel, ...]], tuple[Stage, ...]] | None = None  # stages these params need
+    prepare: Callable[[Block, bool], None] | None = None  # fills the block's cache with what depends on it
+    # alone; the engine calls it in its reading thread, so the next block's share overlaps this block's
+    # work. The flag says whether the merge pass reads the block (False: only a statistics stage does)
+
+    def stages_for(self, shared: BaseModel, per_model: tuple[BaseModel, ...]) -> tuple[Stage, ...]:
+        """The statistics stages a tensor with these parameters needs (each costs a pass over it)."""
+        return self.stages if self.needs is None else self.needs(shared, per_model)
+
+    def merge_tensors(self, base: torch.Tensor | None, models: list[torch.Tensor], per_model: list[BaseModel],
+                      shared: BaseModel, seed: int = 0, name: str = "tensor") -> torch.Tensor:
+        """The method on whole tensors (one block): the reference form used by tests and callers."""
+        from surgery.merge.draws import Draws  # local: keeps this module free of engine imports
+
+        shape = tuple(models[0].shape)
+        f32 = [m.float() for m in models]
+        block = Block(name, shape, (0, num_rows(shape)),
+                      None if base is None else base.float(), tuple(f32), tuple(per_model), shared,
+                      Draws(seed, name, shape, len(models)) if self.random else None)
+        stats: Stats = {}
+        if self.prepare is not None:
+            self.prepare(block, True)
+        for stage in self.stages_for(shared, tuple(per_model)):
+            stats.update(stage(block, dict(stats)))
+        return self.merge(block, dict(stats))

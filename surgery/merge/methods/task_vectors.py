@@ -1,0 +1,275 @@
+"""The task-vector family: base + lambda * combine_i(w_i * sparsify(m_i - base)).
+
+Task arithmetic (Ilharco et al. 2022, https://arxiv.org/abs/2212.04089), TIES (Yadav et al. 2023,
+https://arxiv.org/abs/2306.01708), DARE (Yu et al. 2023, https://arxiv.org/abs/2311.03099),
+Model Breadcrumbs (Davari & Belilovsky 2023, https://arxiv.org/abs/2312.06795) and DELLA
+(Deep et al. 2024, https://arxiv.org/abs/2406.11617) differ only in how each task vector is
+sparsified and whether signs are elected; each method file picks its variant here.
+
+Blocked execution: magnitude cut-offs are exact order statistics found with two histogram stages
+(`surgery.merge.selection`), the optional L1 rescale is one more stage, and everything else is elementwise.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+from pydantic import Field
+
+from surgery.io.format import row_numel
+from surgery.merge.methods.method import Block, Method, Params, Stats
+from surgery.merge.selection import bin_of_rank, counts_at, high_histogram, low_histogram, value_of_rank
+
+Sparsify = Literal["none", "magnitude", "random", "outliers", "magprune"]
+Consensus = Literal["none", "sum", "count"]
+EPS = 1e-7
+
+
+class Weighted(Params):
+    weight: float | None = Field(None, description="scale of this model's task vector (its lambda)")
+
+
+class Sparse(Weighted):
+    density: float = Field(1.0, gt=0, le=1, description="fraction of the task vector kept")
+
+
+class Outliers(Sparse):
+    gamma: float = Field(0.01, ge=0, lt=1, description="fraction of the largest entries removed as outliers")
+
+
+class MagPrune(Sparse):
+    epsilon: float = Field(0.15, ge=0, lt=1, description="spread of keep probabilities around density")
+
+
+class Shared(Params):
+    normalize: bool = Field(False, description="divide by the sum of the weights that contribute")
+    rescale: bool = Field(False, description="rescale each sparsified task vector to its original L1 norm")
+    lambda_: float = Field(1.0, alias="lambda", description="scale of the combined task vector")
+    int8_mask: bool = Field(False, description="accepted for mergekit configs; masks here are always compact")
+
+
+class Elected(Shared):
+    consensus: Literal["sum", "count"] = Field("sum", description="sign election: by summed mass or by count")
+
+
+# ---- sparsification -----------------------------------------------------------------------------
+
+def _deltas(block: Block) -> list[torch.Tensor]:
+    return block.cached("deltas", lambda: [m - block.base for m in block.models])  # each (r, ...); read-only
+
+
+def _ranks(kind: Sparsify, p: Params, numel: int) -> list[int]:
+    """Ascending ranks of |delta| whose values bound the kept set."""
+    if p.density >= 1:
+        return []
+    if kind == "magnitude":
+        return [numel - max(1, int(p.density * numel))]
+    target = int(p.density * numel)
+    bottom = max(0, numel - target - int(p.gamma * numel))
+    return [bottom, bottom + target - 1] if target else []
+
+
+def selection_stages(kind: Sparsify):
+    """Two stages that find, per input, the exact |delta| values at the cut-off ranks."""
+
+    def high(block: Block, stats: Stats) -> Stats:
+        return {f"hi{i}": high_histogram(d) for i, (d, p) in enumerate(zip(_deltas(block), block.per_model))
+                if _ranks(kind, p, block.numel)}
+
+    def low(block: Block, stats: Stats) -> Stats:
+        out: Stats = {}
+        for i, (d, p) in enumerate(zip(_deltas(block), block.per_model)):
+            for r in _ranks(kind, p, block.numel):
+                b = bin_of_rank(stats[f"hi{i}"], r)
+                if f"lo{i}.{b}" not in out:
+                    out[f"lo{i}.{b}"] = low_histogram(d, b)
+        return out
+
+    return (high, low)
+
+
+def _tie_quota(shape: tuple[int, ...], p: Params, stats: Stats, i: int) -> int | None:
+    """How many entries equal to the cut-off to keep, when fewer than all of them fit in k."""
+    ranks = _ranks("magnitude", p, math.prod(shape))
+    if not ranks or f"hi{i}" not in stats:
+        return None
+    r, high = ranks[0], stats[f"hi{i}"]
+    b = bin_of_rank(high, r)
+    greater, equal = counts_at(high, stats[f"lo{i}.{b}"], b, r)
+    quota = (math.prod(shape) - r) - greater
+    return quota if quota < equal else None
+
+
+def _cutoffs(kind: Sparsify, block: Block, stats: Stats, i: int) -> list[float]:
+    values = []
+    for r in _ranks(kind, block.per_model[i], block.numel):
+        b = bin_of_rank(stats[f"hi{i}"], r)
+        values.append(value_of_rank(stats[f"hi{i}"], stats[f"lo{i}.{b}"], b, r))
+    return values
+
+
+def keep_mask(kind: Sparsify, block: Block, stats: Stats, i: int, delta: torch.Tensor) -> torch.Tensor | None:
+    """Mask of the entries of input i's task vector that survive (bool, or float32 0/1 for DARE's
+    draws); None keeps all."""
+    p = block.per_model[i]
+    if kind == "none" or p.density >= 1:
+        return None
+    if kind == "magnitude":
+        return _top_k(block, stats, i, delta)
+    if kind == "outliers":
+        cuts = _cutoffs(kind, block, stats, i)
+        if not cuts:
+            return torch.zeros_like(delta, dtype=torch.bool)
+        a = delta.abs()
+        return (a >= cuts[0]) & (a <= cuts[1])
+    if kind == "random":
+        return block.keep(i, p.density)
+    return block.uniform(i) < _magprune_probs(delta, p.density, p.epsilon)
+
+
+def _top_k(block: Block, stats: Stats, i: int, delta: torch.Tensor) -> torch.Tensor:
+    """Exactly k entries, as a sort would keep: all above the cut-off magnitude, then the first
+    `quota` of those equal to it in row-major order. Blocks of one pass arrive in row order, so a
+    running count in the pass's statistics ranks each tie across blocks, whatever the blocking."""
+    if f"~cut{i}" not in stats:  # once per pass, not per block
+        stats[f"~cut{i}"] = (_cutoffs("magnitude", block, stats, i)[0],
+                             _tie_quota(block.shape, block.per_model[i], stats, i))
+    cut, quota = stats[f"~cut{i}"]
+    a = delta.abs()
+    if quota is None:
+        return a >= cut
+    tied = a == cut
+    before, here = int(stats.get(f"~ties{i}", 0)), int(tied.sum())
+    stats[f"~ties{i}"] = before + here
+    if before >= quota:
+        return a > cut
+    if before + here <= quota:
+        return a >= cut
+    order = tied.reshape(-1).cumsum(0).reshape(tied.shape) + before  # 1-based rank among ties
+    return (a > cut) | (tied & (order <= quota))
+
+
+def _magprune_probs(delta: torch.Tensor, density: float, epsilon: float) -> torch.Tensor:
+    """DELLA: keep probability rises linearly with the entry's magnitude rank within its row."""
+    rows = delta.reshape(1, -1) if delta.dim() < 2 else delta.flatten(1)  # (r, c)
+    c = rows.shape[1]
+    ranks = torch.argsort(torch.argsort(rows.abs(), dim=1), dim=1).float()  # 0 .. c-1
+    rank_norm = ranks / (c - 1) if c > 1 else torch.zeros_like(ranks)
+    return ((density - epsilon) + rank_norm * (2 * epsilon)).reshape(delta.shape)
+
+
+def l1_stage(kind: Sparsify):
+    def l1(block: Block, stats: Stats) -> Stats:
+        out: Stats = {}
+        for i, d in enumerate(_deltas(block)):
+            m = keep_mask(kind, block, stats, i, d)
+            a = d.abs()
+            out[f"l1_{i}"] = total(a, block.shape)
+            out[f"l1m_{i}"] = out[f"l1_{i}"] if m is None else total(a.mul_(_float(m)), block.shape)
+        return out
+
+    return l1
+
+
+SEGMENT = 16384  # torch sums this many elements on one thread: a segment's float32 sum is repeatable
+
+
+def total(x: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    """Sum of a block in float64, the same whatever the thread count, and whatever the blocking up to
+    float64 rounding. Each row is cut into segments of SEGMENT elements from its start, summed in
+    float32 each by one thread in a fixed order, and the segment sums added in float64: ten times
+    cheaper than a float64 sum of every entry, and as exact for float32 results."""
+    if x.numel() == 0:
+        return torch.zeros((), dtype=torch.float64, device=x.device)
+    rows = x.reshape(-1, row_numel(shape))  # (r, c)
+    whole = rows.shape[1] // SEGMENT * SEGMENT
+    out = rows[:, whole:].sum(1).sum(dtype=torch.float64)  # each row's tail, (r,) -> ()
+    if whole:
+        out += rows[:, :whole].reshape(-1, SEGMENT).sum(1).sum(dtype=torch.float64)  # (r * k,) -> ()
+    return out
+
+
+def _float(m: torch.Tensor) -> torch.Tensor:
+    """A mask as float32 0/1: a float product is several times faster than one with a bool tensor."""
+    return m if m.dtype == torch.float32 else m.to(torch.float32)
+
+
+def sparsified(kind: Sparsify, block: Block, stats: Stats, i: int, delta: torch.Tensor, w: float = 1.0) -> torch.Tensor:
+    """w * the sparsified (and, with rescale, L1-restored) task vector: a new tensor, never the cached delta."""
+    m = keep_mask(kind, block, stats, i, delta)
+    if m is None:
+        return delta * w
+    out = delta * _float(m)
+    scale = w
+    if block.shared.rescale:
+        before, after = float(stats[f"l1_{i}"]), float(stats[f"l1m_{i}"])
+        if before >= EPS and after >= EPS:
+            scale = w * (before / after)  # one pass over the block for both factors
+    return out.mul_(scale) if scale != 1 else out
+
+
+# ---- combination --------------------------------------------------------------------------------
+
+def combine(kind: Sparsify, consensus: Consensus, block: Block, stats: Stats) -> torch.Tensor:
+    """base + lambda * (sum of agreeing weighted task vectors) / (sum of their weights), accumulated
+    one input at a time (no (n, ...) stack; the same summation order as a sum over a stacked axis)."""
+    weights = [p.weight for p in block.per_model]
+    tvs = [sparsified(kind, block, stats, i, d, w) for i, (w, d) in enumerate(zip(weights, _deltas(block)))]  # each (r, ...)
+    if consensus != "none":
+        elected = _elect(tvs, block.shared.consensus)
+        mixed, divisor = torch.zeros_like(tvs[0]), torch.zeros_like(tvs[0]) if block.shared.normalize else None
+        for w, tv in zip(weights, tvs):
+            along = (tv * elected).clamp_(min=0)  # |tv| where its sign is the elected one, else 0
+            mixed.add_(along)
+            if divisor is not None:
+                divisor.add_(along.sign_(), alpha=w)  # zeros never agree
+        mixed.mul_(elected)  # the sum of the agreeing entries, bit for bit: elected is +-1
+        if divisor is not None:
+            divisor.add_((divisor == 0).to(divisor.dtype))  # 0 -> 1, others unchanged (a masked store is slower)
+    else:
+        mixed = tvs[0]  # a fresh tensor (`sparsified` never returns the cached delta): summed into in place
+        for tv in tvs[1:]:
+            mixed.add_(tv)
+        total = torch.tensor(weights, dtype=torch.float32).sum()  # in float32, as a stacked sum would be
+        divisor = float(total) if abs(float(total)) >= 1e-8 else 1.0
+    if block.shared.normalize:
+        mixed /= divisor
+    return mixed.mul_(block.shared.lambda_).add_(block.base) if block.shared.lambda_ != 1 else mixed.add_(block.base)
+
+
+def _elect(tvs: list[torch.Tensor], how: str) -> torch.Tensor:
+    """The elected sign per entry, +1 or -1 (TIES step 2): by summed mass, or by count of signs."""
+    total = torch.zeros_like(tvs[0])  # +0: adding -0 or x and -x to it gives +0, so no entry is -0
+    for tv in tvs:
+        total.add_(tv if how == "sum" else tv.sign())
+    return torch.copysign(torch.ones((), device=total.device), total)  # +1 where total >= 0, else -1
+
+
+def task_vector_method(name: str, kind: Sparsify, consensus: Consensus, shared: type[Params],
+                       per_model: type[Params], summary: str, reference: str) -> Method:
+    select = selection_stages(kind) if kind in ("magnitude", "outliers") else ()
+    l1 = (l1_stage(kind),) if kind != "none" else ()
+
+    def merge(block: Block, stats: Stats) -> torch.Tensor:
+        return combine(kind, consensus, block, stats)
+
+    def prepare(block: Block, final: bool) -> None:
+        """Task vectors always; DARE's masks only for the merge pass, whose own work is the heavier:
+        a statistics pass draws them in the merging thread, which has little else to do then."""
+        deltas = _deltas(block)
+        if kind == "random" and final:
+            for i, p in enumerate(block.per_model):
+                if p.density < 1 and deltas[i].numel():
+                    block.keep(i, p.density)
+
+    def needs(shared_params: Params, models: tuple[Params, ...]) -> tuple:
+        sparse = kind != "none" and any(p.density < 1 for p in models)
+        return (select if sparse else ()) + (l1 if sparse and shared_params.rescale else ())
+
+    return Method(
+        name=name, merge=merge, summary=summary, reference=reference, shared=shared, per_model=per_model,
+        stages=select + l1, needs=needs, random=kind in ("random", "magprune"), required=("weight",),
+        work=6 if kind == "magprune" else 4, prepare=prepare,
+    )

@@ -1,6 +1,0 @@
-"""Model Breadcrumbs sparsification with TIES sign election (https://arxiv.org/abs/2312.06795)."""
-
-from surgery.methods.task_vectors import Elected, Outliers, task_vector_method
-
-METHOD = task_vector_method("breadcrumbs_ties", "outliers", "sum", Elected, Outliers,
-                            "drop small entries and large outliers, elect signs", "https://arxiv.org/abs/2312.06795")
