@@ -16,7 +16,6 @@ import subprocess
 
 from run import PYTHON, Measured, measure
 
-
 # ---- inside a child ------------------------------------------------------------------------------
 
 def start_torch(threads: int):

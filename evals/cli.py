@@ -121,9 +121,9 @@ def leaderboard(suite, sort_by, fmt, db, pareto_png, general_suite, alignment_su
 
 
 def _pareto(store, png: str, general_suite: str, alignment_suite: str) -> None:
-    from evals.report.leaderboard import short_path
     from evals.analysis.metrics import pareto_front
     from evals.analysis.pareto import pareto_points
+    from evals.report.leaderboard import short_path
     from evals.report.plots import pareto_figure, save_png
     from evals.scoring.suites import suite_tasks
     from surgery.errors import InputError
@@ -233,9 +233,9 @@ def soup(checkpoints, out, select, dtype, suite, tasks, limit, num_fewshot, batc
     add each next one to the uniform average only if the score does not drop (Model Soups, Wortsman
     et al. 2022). Every soup tried is merged, scored and stored (see `surgery leaderboard`)."""
     from evals.report.tables import render
+    from evals.scoring.store import Store
     from evals.search.candidates import check_select, harness_scorer
     from evals.search.soup import check_candidates, run_soup, soup_rows
-    from evals.scoring.store import Store
 
     names, settings = _scoring(suite, tasks, limit, num_fewshot, batch_size, device, backend, model_args,
                                apply_chat_template)
@@ -266,9 +266,10 @@ def sweep(spec, param, values, out, models_dir, plot, suite, tasks, limit, num_f
     the score on each task and the mean per value. Every point is checked before the first merge."""
     from evals.report.plots import save_png, sweep_figure
     from evals.report.tables import render
-    from evals.search.candidates import harness_scorer
     from evals.scoring.store import Store
-    from evals.search.sweep import parse_values, sweep as run_sweep, sweep_rows, sweep_series
+    from evals.search.candidates import harness_scorer
+    from evals.search.sweep import parse_values, sweep_rows, sweep_series
+    from evals.search.sweep import sweep as run_sweep
     from surgery.merge.spec import read_spec_data
 
     names, settings = _scoring(suite, tasks, limit, num_fewshot, batch_size, device, backend, model_args,
@@ -304,11 +305,11 @@ def proof(out, zoo, base_steps, steps, weights, limit, device, db, seed) -> None
     Writes OUT/proof.json (the numbers) and OUT/averaging.png; every model lands in the results store."""
     import os
 
-    from evals.scoring.harness import HarnessSettings
-    from evals.search.proof import PARAM, TASKS, parse_weights, run_proof, save, sweep_table
     from evals.report.tables import render, render_forgetting, render_tax
-    from evals.search.candidates import harness_scorer
+    from evals.scoring.harness import HarnessSettings
     from evals.scoring.store import Store
+    from evals.search.candidates import harness_scorer
+    from evals.search.proof import PARAM, TASKS, parse_weights, run_proof, save, sweep_table
 
     values = parse_weights(weights)
     with Store(db) as store:

@@ -63,7 +63,8 @@ def world(folder, specs, base_steps, expert_steps) -> None:
 def label(label_spec, overrides) -> None:
     """RLAIF labels: sample two answers per prompt from the policy, let the judge of LABEL.yaml (reward
     model, LM or rule) pick one, and write the pairs as preference JSONL (prompt/chosen/rejected)."""
-    from trainers.judges import label as run_label, load_label_spec
+    from trainers.judges import label as run_label
+    from trainers.judges import load_label_spec
 
     spec = load_label_spec(label_spec, tuple(overrides))
     counts = run_label(spec, label_spec)

@@ -21,7 +21,8 @@ from tqdm import tqdm
 
 from surgery.errors import InputError, NumericsError, OutputError, SpecError
 from surgery.io.output import atomic_folder, write_json
-from trainers import checkpoint, data, parallel, reference as references, templates
+from trainers import checkpoint, data, parallel, templates
+from trainers import reference as references
 from trainers.checkpoint import Resumed
 from trainers.objectives.sft import pad_token_id
 from trainers.spec import Run

@@ -7,11 +7,12 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from evals.report.leaderboard import rows
 from evals.analysis.metrics import Scores
-from evals.scoring.store import Store, default_path
 from evals.analysis.origin import Origin, origin
-from evals.analysis.parent_metrics import COLUMNS as PARENT_COLUMNS, parent_metrics
+from evals.analysis.parent_metrics import COLUMNS as PARENT_COLUMNS
+from evals.analysis.parent_metrics import parent_metrics
+from evals.report.leaderboard import rows
+from evals.scoring.store import Store, default_path
 
 FIXED = ("checkpoint", "made_by", "mean")
 

@@ -8,9 +8,9 @@ import sqlite3
 from dataclasses import dataclass, field
 
 from evals.analysis.metrics import task_difference
+from evals.analysis.significance import Difference
 from evals.report.tables import difference_row
 from evals.scoring.scores import TaskScore
-from evals.analysis.significance import Difference
 from evals.scoring.store import Store
 from surgery.errors import InputError
 

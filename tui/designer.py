@@ -23,16 +23,29 @@ from textual.message import Message
 from textual.widget import Widget
 from textual.widgets import Checkbox, Input, Label, ProgressBar, RichLog, Select, Static, TabbedContent, TabPane
 
-from surgery.merge.engine import DEFAULT_BLOCK, Cancelled, Options, run_merge
 from surgery.errors import SpecError, SurgeryError
-from surgery.merge.methods import REGISTRY
 from surgery.io.locate import resolve_path
+from surgery.merge.engine import DEFAULT_BLOCK, Cancelled, Options, run_merge
+from surgery.merge.methods import REGISTRY
 from surgery.merge.plan import MergePlan, plan_merge
 from surgery.merge.spec import MergeSpec, parse_spec
 from tui.conflict_map import conflict_map
 from tui.picker import ModelPicker
-from tui.spec_form import (DTYPES, check_spec, choices, drop_model, hint, layer_values, owner, parse_value,
-                           per_model_fields, placeholder, shared_fields, spec_data, spec_yaml)
+from tui.spec_form import (
+    DTYPES,
+    check_spec,
+    choices,
+    drop_model,
+    hint,
+    layer_values,
+    owner,
+    parse_value,
+    per_model_fields,
+    placeholder,
+    shared_fields,
+    spec_data,
+    spec_yaml,
+)
 from tui.throughput import Throughput, size
 
 SUITES = ("world", "general", "alignment", "leaderboard")  # evals.scoring.suites.SUITES, in the order offered

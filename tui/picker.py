@@ -4,8 +4,8 @@ config.json is chosen with enter, others open), or from the checkpoints the resu
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 from textual import on, work
 from textual.app import ComposeResult

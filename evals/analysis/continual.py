@@ -23,8 +23,8 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from evals.analysis.metrics import PERPLEXITIES, Scores, normalised_score, oriented, task_difference
-from evals.scoring.scores import ScoreTable, TaskScore
 from evals.analysis.significance import ALPHA, RESAMPLES, SEED, Difference
+from evals.scoring.scores import ScoreTable, TaskScore
 from surgery.errors import InputError
 
 

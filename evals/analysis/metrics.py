@@ -20,9 +20,17 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
+from evals.analysis.significance import (
+    ALPHA,
+    RESAMPLES,
+    SEED,
+    Difference,
+    binomial_p,
+    compare,
+    mcnemar,
+    stratified_interval,
+)
 from evals.scoring.scores import TaskScore
-from evals.analysis.significance import (ALPHA, RESAMPLES, SEED, Difference, binomial_p, compare, mcnemar,
-                                stratified_interval)
 from surgery.errors import InputError
 
 # lm-eval's task YAML marks these `higher_is_better: false`; a TaskScore does not carry that flag.

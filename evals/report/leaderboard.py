@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 import os
 
-from evals.report import tables
 from evals.analysis.metrics import oriented
+from evals.report import tables
 from evals.scoring.scores import TaskScore
 from evals.scoring.store import Store
 from surgery.errors import InputError

@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from surgery.diagnose.heatmap import save_png  # one atomic PNG writer for every figure
+from surgery.diagnose.heatmap import save_png  # noqa: F401  (re-exported: one atomic PNG writer for every figure)
 
 
 def _figure(width: float, height: float):

@@ -13,8 +13,8 @@ from collections.abc import Mapping, Sequence
 
 from evals.analysis.continual import ForgettingReport
 from evals.analysis.metrics import LOWER_IS_BETTER_TASKS, AlignmentTax
-from evals.scoring.scores import TaskScore
 from evals.analysis.significance import Difference
+from evals.scoring.scores import TaskScore
 from surgery.errors import InputError
 
 Row = Mapping[str, object]

@@ -8,8 +8,8 @@ would be served the first one's answers. Results are cached by weight hash in ev
 from __future__ import annotations
 
 import math
-from functools import cache
 from dataclasses import dataclass, field
+from functools import cache
 
 from evals.scoring.scores import TaskScore
 from evals.scoring.suites import METRICS, TASKS_DIR, check_tasks

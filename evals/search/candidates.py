@@ -13,9 +13,9 @@ import os
 import re
 from collections.abc import Callable, Sequence
 
-from evals.scoring.harness import HarnessSettings
-from evals.report.leaderboard import mean_score
 from evals.analysis.metrics import oriented
+from evals.report.leaderboard import mean_score
+from evals.scoring.harness import HarnessSettings
 from evals.scoring.scores import TaskScore
 from evals.scoring.store import Store
 from surgery.errors import InputError

@@ -25,8 +25,8 @@ from dataclasses import dataclass
 
 from evals.analysis.continual import ForgettingReport, forgetting_report
 from evals.analysis.metrics import AlignmentTax, alignment_tax
-from evals.search.candidates import Scorer
 from evals.scoring.suites import SUITES
+from evals.search.candidates import Scorer
 from evals.search.sweep import SweepPoint, parse_values, sweep
 from surgery.errors import InputError, OutputError
 

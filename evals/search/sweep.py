@@ -17,8 +17,8 @@ from dataclasses import dataclass
 
 import yaml
 
-from evals.report.leaderboard import mean_score
 from evals.analysis.metrics import PERPLEXITIES
+from evals.report.leaderboard import mean_score
 from evals.search.candidates import Scorer, Scores, check_spec, folder_name, merge_spec
 from surgery.errors import InputError, SpecError
 

@@ -18,18 +18,18 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
-from typing import Callable
 
 import torch
 
+from surgery.adapters.lora_format import TRANSPOSED, adapter_config, factor_keys, saved_key
+from surgery.adapters.lowrank import energy_rank, factors, relative_error, spectrum
 from surgery.errors import InputError, NumericsError, SpecError
 from surgery.io.output import atomic_folder, check_output_path, write_json
 from surgery.io.reader import ModelFolder
 from surgery.io.writer import Shard, ShardWriter
 from surgery.merge.layers import PRE_MARKERS
-from surgery.adapters.lora_format import TRANSPOSED, adapter_config, factor_keys, saved_key
-from surgery.adapters.lowrank import energy_rank, factors, relative_error, spectrum
 from surgery.merge.plan import DTYPES
 
 ADAPTER_FILE = "adapter_model.safetensors"

@@ -3,12 +3,12 @@ streamed, sharded, checked and written atomically by the merge engine, with prov
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from surgery.adapters.folded_model import FoldedModel
 from surgery.errors import InputError
-from surgery.io.reader import ModelFolder
 from surgery.io.locate import resolve_path
+from surgery.io.reader import ModelFolder
 from surgery.merge.plan import MergePlan, plan_merge
 from surgery.merge.spec import MergeSpec
 

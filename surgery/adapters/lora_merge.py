@@ -25,12 +25,12 @@ import torch
 
 from surgery.adapters.combine import COMBINATIONS, SPARSE, Term, cat, combined_delta, svd_factors
 from surgery.adapters.config import WEIGHTS, AdapterConfig, raw_config, read_config
+from surgery.adapters.lora_format import adapter_config, factor_keys
+from surgery.adapters.lowrank import relative_error
 from surgery.adapters.mapping import AdapterWeights, group_parts
 from surgery.errors import InputError, NumericsError, SpecError
 from surgery.io.output import atomic_folder, check_output_path, write_json
 from surgery.io.writer import Shard, ShardWriter
-from surgery.adapters.lora_format import adapter_config, factor_keys
-from surgery.adapters.lowrank import relative_error
 
 REPORT = "merge_adapters.json"
 

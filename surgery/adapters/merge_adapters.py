@@ -7,7 +7,7 @@ soup (`surgery.adapters.soup`). This module checks the inputs are all of one fam
 from __future__ import annotations
 
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 from surgery.adapters import lora_merge, soup
 from surgery.adapters.config import CONFIG, raw_config

@@ -6,6 +6,7 @@ import click
 
 from surgery.cli.common import handled
 
+
 @click.command()
 @click.argument("folder", type=click.Path(), default="demo")
 @click.option("--specs", type=click.Path(file_okay=False, exists=True), help="Run every *.yaml here (e.g. merges/) instead of the built-in TIES spec.")

@@ -30,7 +30,15 @@ def extract_lora(base, tuned, out, rank, energy, modules, dtype, device, everyth
 
     Each changed weight matrix is replaced by the truncated SVD of TUNED − BASE; the table (also
     OUT/extraction.json) gives each tensor's rank and relative reconstruction error."""
-    from surgery.adapters.extract import ExtractSettings, describe, open_extraction, scan, scan_bytes, write_adapter, write_bytes
+    from surgery.adapters.extract import (
+        ExtractSettings,
+        describe,
+        open_extraction,
+        scan,
+        scan_bytes,
+        write_adapter,
+        write_bytes,
+    )
     from surgery.merge.progress import Bar
 
     if device == "cuda":

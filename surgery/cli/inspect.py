@@ -6,6 +6,7 @@ import click
 
 from surgery.cli.common import handled
 
+
 @click.command()
 @click.argument("path", type=click.Path())
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")

@@ -26,9 +26,9 @@ from surgery.cli.streamed import run_plan
 def merge(spec, out, dtype, shard_size, block_size, device, dry_run, force, allow_pickle, models_dir, threads,
           quiet) -> None:
     """Merge the models of SPEC (a mergekit-style YAML) into the folder OUT."""
+    from surgery.diagnose.report import describe_plan
     from surgery.merge.engine import Options
     from surgery.merge.plan import plan_merge
-    from surgery.diagnose.report import describe_plan
     from surgery.merge.spec import load_spec
 
     if device == "cuda":

@@ -6,17 +6,16 @@ from __future__ import annotations
 
 import glob
 import os
-import shutil
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import yaml
 
+from surgery.demo.tiny import build_family
 from surgery.merge.engine import Options, run_merge
 from surgery.merge.plan import plan_merge
 from surgery.merge.spec import load_spec, parse_spec
-from surgery.demo.tiny import build_family
 
 DEFAULT_SPEC = """\
 merge_method: ties

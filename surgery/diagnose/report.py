@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from surgery.merge.engine import Options, rows_per_block
-from surgery.io.format import num_rows, row_numel
 from surgery.diagnose.inspect import Inspection
+from surgery.io.format import num_rows, row_numel
+from surgery.merge.engine import Options, rows_per_block
 from surgery.merge.plan import MergePlan
 
 

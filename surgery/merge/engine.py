@@ -9,18 +9,25 @@ from __future__ import annotations
 import os
 import threading
 from collections import deque
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable, Iterator
 
 import torch
 
 from surgery import __version__
-from surgery.merge.draws import Draws
 from surgery.errors import NumericsError, OutputError, SurgeryError
 from surgery.io.format import num_rows, row_numel
-from surgery.io.output import CONFIG_FILES, TOKENIZER_FILES, atomic_folder, check_output_path, copy_side_files, write_json
+from surgery.io.output import (
+    CONFIG_FILES,
+    TOKENIZER_FILES,
+    atomic_folder,
+    check_output_path,
+    copy_side_files,
+    write_json,
+)
 from surgery.io.writer import QueuedWriter, ShardWriter, plan_shards
+from surgery.merge.draws import Draws
 from surgery.merge.methods.method import Block, Stats
 from surgery.merge.plan import MergePlan, TensorJob
 from surgery.vocab.plan import write_vocabulary

@@ -13,11 +13,11 @@ from pydantic import BaseModel, ValidationError
 
 from surgery.errors import InputError, SpecError
 from surgery.io.format import TensorInfo, nbytes
+from surgery.io.locate import resolve_path
 from surgery.io.reader import ModelFolder
 from surgery.merge.layers import is_pre, layer_of, layer_template, num_layers, with_layer
 from surgery.merge.methods import REGISTRY
 from surgery.merge.methods.method import Method
-from surgery.io.locate import resolve_path
 from surgery.merge.params import build, check_value, first_value, scalars
 from surgery.merge.spec import MergeSpec
 from surgery.vocab.plan import VocabPlan, plan_vocabulary

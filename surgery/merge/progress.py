@@ -21,7 +21,7 @@ class Bar:
             self.bar.set_postfix_str(f"tensor {self.done}/{self.tensors}", refresh=False)
         self.bar.update(nbytes)
 
-    def __enter__(self) -> "Bar":
+    def __enter__(self) -> Bar:
         return self
 
     def __exit__(self, *exc) -> None:

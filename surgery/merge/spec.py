@@ -23,7 +23,7 @@ class Conditional(BaseModel):
     """`{filter: self_attn, value: [0, 0.5, 1]}`: applies where `filter` is a substring of the tensor name."""
 
     model_config = ConfigDict(extra="forbid")
-    value: Union[Scalar, list[Scalar]]
+    value: Scalar | list[Scalar]
     filter: str | None = None
 
 
@@ -44,7 +44,7 @@ class SliceSource(BaseModel):
     parameters: Parameters | None = None
 
     @model_validator(mode="after")
-    def _range(self) -> "SliceSource":
+    def _range(self) -> SliceSource:
         a, b = self.layer_range
         if not 0 <= a < b:
             raise ValueError(f"layer_range [{a}, {b}] must satisfy 0 <= start < end")
@@ -78,7 +78,7 @@ class MergeSpec(BaseModel):
     seed: int = Field(0, description="seeds each tensor's random draws (DARE, DELLA) with the tensor's name")
 
     @model_validator(mode="after")
-    def _one_layout(self) -> "MergeSpec":
+    def _one_layout(self) -> MergeSpec:
         if bool(self.models) == bool(self.slices):
             raise ValueError("give exactly one of 'models' and 'slices'")
         return self

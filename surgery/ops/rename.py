@@ -17,8 +17,9 @@ import torch
 from surgery.errors import SpecError
 from surgery.io.reader import ModelFolder
 from surgery.merge.methods.method import NoParams
-from surgery.merge.methods.passthrough import METHOD as PASSTHROUGH, Scale
-from surgery.merge.plan import MergePlan, TensorSource, TensorJob
+from surgery.merge.methods.passthrough import METHOD as PASSTHROUGH
+from surgery.merge.methods.passthrough import Scale
+from surgery.merge.plan import MergePlan, TensorJob, TensorSource
 from surgery.merge.spec import parse_spec
 
 FLAG = "--map"

@@ -22,12 +22,12 @@ from tokenizers import Tokenizer
 
 from surgery.errors import InputError, SpecError
 from surgery.io.gathered import GatheredFolder
+from surgery.io.locate import resolve_path
 from surgery.io.output import write_json
 from surgery.merge.layers import layer_of
-from surgery.io.locate import resolve_path
 from surgery.merge.spec import MergeSpec
-from surgery.vocab.tokenizer_files import TokenizerInfo, extend, read_tokenizer, token_flags, write_extended
 from surgery.vocab.align import RowMap, align, missing, output_rows, remap_ids, union_order, with_rows
+from surgery.vocab.tokenizer_files import TokenizerInfo, extend, read_tokenizer, token_flags, write_extended
 
 EMBED_SUFFIXES = ("embed_tokens.weight", "wte.weight", "tok_embeddings.weight", "word_embeddings.weight")
 HEAD_SUFFIXES = ("lm_head.weight", "embed_out.weight")

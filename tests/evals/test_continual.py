@@ -21,8 +21,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from evals.analysis.continual import (average_accuracy, backward_transfer, drop_from_best, forgetting, forgetting_report,
-                             forward_transfer, intransigence, task_forgetting, task_intransigence)
+from evals.analysis.continual import (
+    average_accuracy,
+    backward_transfer,
+    drop_from_best,
+    forgetting,
+    forgetting_report,
+    forward_transfer,
+    intransigence,
+    task_forgetting,
+    task_intransigence,
+)
 from evals.report.tables import render_forgetting
 from evals.scoring.scores import TaskScore
 from surgery.errors import InputError

@@ -10,8 +10,8 @@ import sqlite3
 import pytest
 from click.testing import CliRunner
 
-from evals.scoring import suites
 from evals.cli import eval_, leaderboard
+from evals.scoring import suites
 from surgery.errors import InputError
 
 

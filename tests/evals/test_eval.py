@@ -13,8 +13,8 @@ import pytest
 from click.testing import CliRunner
 from safetensors.torch import load_file, save_file
 
-from evals.scoring import harness, run
 from evals.cli import eval_, leaderboard
+from evals.scoring import harness, run
 from evals.scoring.store import Store
 from evals.scoring.suites import TASKS_DIR
 

@@ -8,8 +8,8 @@ import os
 import pytest
 from click.testing import CliRunner
 
-from evals.scoring.checkpoints import Checkpoint
 from evals.cli import leaderboard, merge_quality
+from evals.scoring.checkpoints import Checkpoint
 from evals.scoring.store import Store
 from evals.scoring.suites import SUITES
 from tests.evals.test_tax_forgetting_cli import _evaluated

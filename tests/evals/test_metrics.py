@@ -5,8 +5,18 @@ from __future__ import annotations
 
 import pytest
 
-from evals.analysis.metrics import (alignment_tax, check_comparable, general_capability, merge_ratios, normalised,
-                           normalised_accuracy, over_refusal, pareto_front, suite_difference, task_difference)
+from evals.analysis.metrics import (
+    alignment_tax,
+    check_comparable,
+    general_capability,
+    merge_ratios,
+    normalised,
+    normalised_accuracy,
+    over_refusal,
+    pareto_front,
+    suite_difference,
+    task_difference,
+)
 from evals.report.tables import render, render_tax
 from evals.scoring.scores import TaskScore
 from surgery.errors import InputError

@@ -7,9 +7,9 @@ from __future__ import annotations
 import pytest
 
 from evals.scoring.harness import HarnessSettings
-from evals.search.proof import PARAM, TASKS, averaging_spec, comply_rows, finished, parse_weights, run_proof, summary
-from evals.search.candidates import harness_scorer
 from evals.scoring.store import Store
+from evals.search.candidates import harness_scorer
+from evals.search.proof import PARAM, TASKS, averaging_spec, comply_rows, finished, parse_weights, run_proof, summary
 from evals.search.sweep import set_field
 from surgery.errors import InputError, OutputError
 

@@ -15,8 +15,10 @@ import yaml
 from click.testing import CliRunner
 from safetensors.torch import load_file
 
+from evals.cli import leaderboard
+from evals.cli import soup as soup_command
+from evals.cli import sweep as sweep_command
 from evals.scoring import harness
-from evals.cli import leaderboard, soup as soup_command, sweep as sweep_command
 from evals.scoring.harness import Evaluated
 from evals.scoring.scores import TaskScore
 from evals.search.candidates import held_out

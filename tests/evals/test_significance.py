@@ -6,8 +6,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from evals.analysis.significance import (Difference, agree, binomial_p, binomial_two_sided, bootstrap_interval, compare,
-                                mcnemar, stratified_interval)
+from evals.analysis.significance import (
+    Difference,
+    agree,
+    binomial_p,
+    binomial_two_sided,
+    bootstrap_interval,
+    compare,
+    mcnemar,
+    stratified_interval,
+)
 from surgery.errors import InputError
 
 

@@ -8,8 +8,8 @@ import os
 import pytest
 from click.testing import CliRunner
 
-from evals.scoring.checkpoints import Checkpoint
 from evals.cli import forgetting, tax
+from evals.scoring.checkpoints import Checkpoint
 from evals.scoring.harness import Evaluated
 from evals.scoring.scores import TaskScore
 from evals.scoring.store import Store

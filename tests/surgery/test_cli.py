@@ -4,8 +4,8 @@ one located line with exit code 2 (a traceback only with --debug), inspect in te
 from __future__ import annotations
 
 import json
-import re
 import os
+import re
 import signal
 from pathlib import Path
 
@@ -16,8 +16,8 @@ from click.testing import CliRunner
 import surgery
 import surgery.merge.engine
 from surgery.cli import main
-from surgery.io.reader import ModelFolder
 from surgery.diagnose.report import human
+from surgery.io.reader import ModelFolder
 
 MERGES = Path(__file__).resolve().parents[2] / "merges"
 

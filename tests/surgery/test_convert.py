@@ -9,8 +9,8 @@ import json
 import pytest
 import torch
 
-from surgery.ops.convert import plan_convert
 from surgery.errors import InputError
+from surgery.ops.convert import plan_convert
 from tests.surgery.reference_checkpoints import logits, run_cli, state_dict
 
 

@@ -7,8 +7,8 @@ import copy
 import errno
 import glob
 import os
-import signal
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -21,8 +21,8 @@ from safetensors.torch import load_file, save_file
 
 import surgery.io.output
 import surgery.io.writer
-from surgery.merge.engine import Options, run_merge
 from surgery.errors import InputError, NumericsError, OutputError, SpecError
+from surgery.merge.engine import Options, run_merge
 from surgery.merge.methods import REGISTRY
 from surgery.merge.plan import plan_merge
 from surgery.merge.spec import load_spec

@@ -15,9 +15,9 @@ from click.testing import CliRunner
 pytest.importorskip("gguf")
 
 from surgery.cli import main  # noqa: E402
+from surgery.demo.tiny import CHATML  # noqa: E402
 from surgery.errors import InputError, OutputError  # noqa: E402
 from surgery.ops.gguf_import import import_gguf  # noqa: E402
-from surgery.demo.tiny import CHATML  # noqa: E402
 from tests.surgery.reference_checkpoints import digest  # noqa: E402
 from tests.surgery.tiny_gguf import SPECIALS, tiny_llama, write_gguf, write_header_only  # noqa: E402
 

@@ -15,13 +15,13 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 import surgery
-from surgery.merge.engine import Options, run_merge
+from surgery.demo.tiny import CHATML
 from surgery.errors import InputError
 from surgery.io.reader import ModelFolder
 from surgery.io.writer import ShardWriter, plan_shards
+from surgery.merge.engine import Options, run_merge
 from surgery.merge.plan import plan_merge
 from surgery.merge.spec import parse_spec
-from surgery.demo.tiny import CHATML
 
 WEIGHTS = "model.safetensors"
 IDS = torch.tensor([[5, 9, 14, 20, 7, 33, 2]])

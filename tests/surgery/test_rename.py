@@ -9,7 +9,6 @@ import re
 import pytest
 import torch
 
-from surgery.errors import SpecError
 from surgery.ops.rename import parse_maps, renamed
 from tests.surgery.reference_checkpoints import logits, run_cli, state_dict
 

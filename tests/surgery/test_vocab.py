@@ -26,12 +26,12 @@ import torch
 from click.testing import CliRunner
 
 from surgery.cli import main
-from surgery.merge.engine import Options, run_merge
+from surgery.demo.tiny import CHATML, WORDS, build_model
 from surgery.errors import SpecError
 from surgery.io.reader import ModelFolder
+from surgery.merge.engine import Options, run_merge
 from surgery.merge.plan import plan_merge
 from surgery.merge.spec import parse_spec
-from surgery.demo.tiny import CHATML, WORDS, build_model
 from surgery.vocab.align import RowMap, align, remap_ids, runs, union_order
 
 SPECIALS = ["<unk>", "<|im_start|>", "<|im_end|>", "<pad>"]

@@ -13,8 +13,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from surgery.errors import InputError, NumericsError, SpecError
 from surgery.demo.tiny import build_tokenizer, tiny_config
+from surgery.errors import InputError, NumericsError, SpecError
 from trainers import ppo, scorers
 from trainers.loop import train
 from trainers.objectives import ppo as math

@@ -11,14 +11,13 @@ import threading
 
 import pytest
 from click.testing import CliRunner
+from textual.widgets import Select
 
 from surgery.cli import main
 from surgery.io.reader import ModelFolder
 from surgery.merge.plan import plan_merge
 from surgery.merge.spec import load_spec, parse_spec
 from tests.conftest import models_folder
-from textual.widgets import Select
-
 from tui.app import SurgeryApp
 from tui.designer import PLAN_AFTER_S, Designer
 from tui.leaderboard import LeaderboardPane

@@ -12,10 +12,10 @@ import pytest
 from textual.app import App, ComposeResult
 from textual.widgets import ContentSwitcher, DataTable, Footer, Static
 
+from evals.analysis.significance import compare
 from evals.scoring.checkpoints import Checkpoint
 from evals.scoring.harness import Evaluated
 from evals.scoring.scores import TaskScore
-from evals.analysis.significance import compare
 from evals.scoring.store import Store
 from tui.leaderboard import LeaderboardPane
 

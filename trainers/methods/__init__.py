@@ -18,8 +18,20 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from trainers.methods import freeze, full
-from trainers.methods import bottleneck, dora, ia3, lora, lora_plus, p_tuning_v2, prefix, prompt, qlora, vera
+from trainers.methods import (
+    bottleneck,
+    dora,
+    freeze,
+    full,
+    ia3,
+    lora,
+    lora_plus,
+    p_tuning_v2,
+    prefix,
+    prompt,
+    qlora,
+    vera,
+)
 
 REGISTRY: dict[str, ModuleType] = {
     "full": full,

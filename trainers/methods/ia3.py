@@ -23,7 +23,7 @@ class Config(BaseModel):
                                                   "layers (their input is rescaled, not their output)")
 
     @model_validator(mode="after")
-    def _feedforward_within_targets(self) -> "Config":
+    def _feedforward_within_targets(self) -> Config:
         if self.target_modules is None and self.feedforward_modules is not None:
             raise ValueError("feedforward_modules needs target_modules too (it names a subset of them)")
         if self.target_modules is not None and self.feedforward_modules is None:

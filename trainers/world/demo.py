@@ -11,7 +11,7 @@ import glob
 import json
 import os
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from surgery.errors import OutputError
 from trainers.world.tasks import TASKS

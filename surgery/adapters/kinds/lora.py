@@ -7,7 +7,7 @@ LoRA: Hu et al. 2021, arXiv:2106.09685; scale = alpha / r, or alpha / sqrt(r) wi
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 

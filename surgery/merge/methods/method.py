@@ -12,14 +12,15 @@ the tensor, and the result does not depend on where the blocks fall.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, Literal
+from typing import Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict
 
-from surgery.merge.draws import Draws
 from surgery.io.format import num_rows
+from surgery.merge.draws import Draws
 
 Stats = dict[str, torch.Tensor]
 

@@ -14,9 +14,9 @@ from click.testing import CliRunner
 from safetensors.torch import load_file
 
 from surgery.cli import main
-from surgery.merge.engine import Options, run_merge
 from surgery.errors import SpecError
 from surgery.io.reader import ModelFolder
+from surgery.merge.engine import Options, run_merge
 from surgery.merge.plan import plan_merge
 from surgery.merge.spec import load_spec
 
