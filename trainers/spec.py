@@ -24,11 +24,9 @@ a field before validation.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
+import warnings
 from dataclasses import dataclass
-from types import ModuleType
 from typing import Any, Literal
 
 import yaml
@@ -36,9 +34,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from surgery.errors import SpecError
 from trainers import methods, objectives, templates
-
-# Fields that do not change the trajectory of the weights: a resume may change them.
-VOLATILE = ("out", "eval_every", "save_every")
+from trainers.methods.method import TrainingMethod
+from trainers.objectives.objective import Objective
 
 
 class Strict(BaseModel):
@@ -80,7 +77,8 @@ class Optim(Strict):
     weight_decay: float = Field(0.0, ge=0, le=1, description="decoupled weight decay (not applied to biases and norms)")
     betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW's moment decays, each in [0, 1)")
     eps: float = Field(1e-8, gt=0)
-    max_grad_norm: float | None = Field(1.0, gt=0, description="clip the gradient's global norm to this (null: no clipping)")
+    max_grad_norm: float | None = Field(1.0, gt=0,
+                                        description="clip the gradient's global norm to this (null: no clipping)")
 
     @field_validator("betas")
     @classmethod
@@ -101,7 +99,8 @@ class Batch(Strict):
     size: int = Field(8, ge=1, description="rows per optimizer step, all processes and accumulation together")
     grad_accum: int = Field(1, ge=1, description="micro-batches per process and step")
     max_length: int = Field(1024, ge=2, description="longest sequence in tokens")
-    on_overflow: Literal["truncate", "error"] = Field("truncate", description="a longer row is cut (and counted) or refused")
+    on_overflow: Literal["truncate", "error"] = Field("truncate",
+                                                      description="a longer row is cut (and counted) or refused")
 
 
 class RunSpec(Strict):
@@ -118,7 +117,8 @@ class RunSpec(Strict):
     seed: int = 0
     out: str = Field(description="the run's folder: checkpoint-N/, final/, log.jsonl")
     dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="dtype the model is loaded in")
-    parallel: Literal["ddp", "fsdp"] = Field("ddp", description="under torchrun: replicate (ddp) or shard (fsdp) the model")
+    parallel: Literal["ddp", "fsdp"] = Field("ddp",
+                                             description="under torchrun: replicate (ddp) or shard (fsdp) the model")
     trust_remote_code: bool = Field(False, description="run code shipped with the base model (only if you trust it)")
 
     @field_validator("chat_template")
@@ -135,21 +135,10 @@ class Run:
 
     spec: RunSpec
     file: str
-    objective: ModuleType
+    objective: Objective
     objective_config: BaseModel
-    method: ModuleType
+    method: TrainingMethod
     method_config: BaseModel
-
-    def identity(self) -> dict:
-        """The fields that determine the weights' trajectory (what a resume must share); the objective
-        and method with every default filled in, so writing a default out changes nothing."""
-        fields = {k: v for k, v in self.spec.model_dump(mode="json").items() if k not in VOLATILE}
-        fields["objective"] = {"name": self.spec.objective.name, **self.objective_config.model_dump(mode="json")}
-        fields["method"] = {"name": self.spec.method.name, **self.method_config.model_dump(mode="json")}
-        return fields
-
-    def digest(self) -> str:
-        return hashlib.sha256(json.dumps(self.identity(), sort_keys=True).encode()).hexdigest()
 
 
 def load_run(path: str, overrides: tuple[str, ...] = ()) -> Run:
@@ -161,7 +150,8 @@ def load_run(path: str, overrides: tuple[str, ...] = ()) -> Run:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
-        raise SpecError(path, f"line {mark.line + 1}" if mark else "", f"not valid YAML ({getattr(e, 'problem', e)})") from None
+        raise SpecError(path, f"line {mark.line + 1}" if mark else "",
+                        f"not valid YAML ({getattr(e, 'problem', e)})") from None
     if not isinstance(data, dict):
         raise SpecError(path, "", "a run spec is a YAML mapping with base, objective, data, optim, schedule and out")
     for item in overrides:
@@ -206,19 +196,27 @@ def parse_run(data: dict, file: str = "<run>", text: str | None = None) -> Run:
     return Run(spec, file, objective, objective_config, method, method_config)
 
 
-def component(named: Named, registry: dict[str, ModuleType], kind: str, file: str, text: str | None):
+def component(named: Named, registry: dict[str, Objective] | dict[str, TrainingMethod], kind: str, file: str,
+              text: str | None):
+    """The registry's entry for `named.name` and its validated config; a deprecated field set warns."""
     if named.name not in registry:
         raise SpecError(file, at_line(f"{kind}.name", text),
                         f"unknown {kind} '{named.name}'; choose one of {', '.join(sorted(registry))}")
-    module = registry[named.name]
+    entry = registry[named.name]
     try:
-        return module, module.Config.model_validate(named.model_extra or {})
+        config = entry.config.model_validate(named.model_extra or {})
     except ValidationError as e:
         field, problem = first_error(e)
         if problem.startswith("unknown field"):
-            choices = ", ".join(["name", *module.Config.model_fields]) or "name"
+            choices = ", ".join(["name", *entry.config.model_fields]) or "name"
             problem += f" of {kind} '{named.name}'; its fields are {choices}"
         raise SpecError(file, at_line(f"{kind}.{field}", text), problem) from None
+    for name in sorted(set(named.model_extra or {}) & set(entry.config.model_fields)):
+        advice = entry.config.model_fields[name].deprecated
+        if advice:
+            warnings.warn(f"{file}: {at_line(f'{kind}.{name}', text)}: deprecated; {advice}", FutureWarning,
+                          stacklevel=2)
+    return entry, config
 
 
 def first_error(e: ValidationError) -> tuple[str, str]:

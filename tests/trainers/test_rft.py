@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from surgery.errors import InputError, SpecError
-from trainers.loop import train
+from trainers.loops import train
 from trainers.objectives import rft
 from trainers.spec import load_run, parse_run
 
@@ -89,9 +89,10 @@ def test_rft_errors(workdir):
 def test_example_spec_runs(workdir):
     run = load_run("runs/rft-add.yaml", ("base=models/base", "objective.threshold=null", "objective.rows_per_round=4",
                                          "objective.samples=2", "schedule.total_steps=2"))
-    assert run.objective is rft and run.objective_config.reward_functions == ["world.add"]
+    assert run.objective is rft.OBJECTIVE and run.objective_config.reward_functions == ["world.add"]
     final = train(run, quiet=True)
-    assert os.path.isdir(final) and records(run.spec.out)[-1]["acceptance"] == 1.0  # no threshold: every prompt keeps one
+    # no threshold: every prompt keeps one
+    assert os.path.isdir(final) and records(run.spec.out)[-1]["acceptance"] == 1.0
 
 
 @pytest.mark.slow
