@@ -264,6 +264,21 @@ def test_lora_saves_an_adapter(workdir, rewards):
             and os.path.isfile(os.path.join(final, "lineage.json")))
 
 
+def test_lora_reference_is_the_policy_without_its_adapter(workdir, rewards, monkeypatch):
+    """PPO on an adapter loads the base once, as DPO does: the reference is the policy with its adapter
+    switched off. At the first rollout the adapter is still zero (LoRA's B), so the KL is exactly 0."""
+    from trainers import models
+
+    loads = []
+    real = models.load_weights
+    monkeypatch.setattr(models, "load_weights", lambda run, path: loads.append(path) or real(run, path))
+    spec = ppo_spec(method={"name": "lora", "r": 4}, schedule={"total_steps": 1},
+                    data={"train": "runs/data/instruct.jsonl"})
+    train(parse_run(spec, "ppo.yaml"), quiet=True)
+    assert loads == ["models/base"]
+    assert [r["kl"] for r in log_rows("out/ppo") if "pg_loss" in r] == [0.0]
+
+
 def test_nan_reward_is_refused_with_its_prompt(workdir, rewards):
     spec = ppo_spec(objective={"reward_function": "ppo_rewards:nan"}, schedule={"total_steps": 2}, save_every=1)
     with pytest.raises(InputError, match="reward function 'ppo_rewards:nan' returned nan on prompt"):
