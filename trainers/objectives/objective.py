@@ -4,7 +4,8 @@ the pieces that loop calls. Each objective is one file of trainers/objectives/ e
 
 Adding an objective:
 - `Config`: its spec fields, a subclass of `Config` below (`ReferenceConfig` when the user may name
-  the frozen reference), with bounds and a description for each field;
+  the frozen reference, `RewardConfig` when samples are scored by rewards), with bounds and a
+  description for each field;
 - `shapes`: the row shapes it trains on (trainers/data.py SHAPES); other rows are refused with file and line;
 - `loop`: which loop runs it (a key of LOOPS; trainers/loops/ holds the loops). What that loop calls
   is required here, and checked when the `Objective` is built:
@@ -21,10 +22,15 @@ Adding an objective:
 - `load_model`: only when the objective trains another model class than a causal LM (the reward
   model's scalar head).
 
+And one test file: the loss on numbers worked out by hand, and against TRL's where TRL has it (the
+same token ids in, the same loss out).
+
 The batch is the objective's business: the loops never look inside it except for `num_items`, the
 count of items (tokens, pairs, completions) its loss is a mean over, by which micro-batches and
 processes are weighted so that accumulation equals one big batch. A packed layout (rows concatenated,
-position ids restarting per row) is therefore a matter of `Batches` and `loss` alone.
+position ids restarting per row) is therefore another `collate` (and `loss` reading the position ids);
+the session is unaffected, and only the offline loop's `step_batches`, which splits a step's rows into
+micro-batches by count, would split them by tokens instead.
 """
 
 from __future__ import annotations
