@@ -12,6 +12,11 @@ per-step hook, or rounds of such sessions:
   and self_play.py (SPIN).
 
 REGISTRY maps an objective's `loop` (trainers/objectives/objective.py LOOPS) to the loop's `train`.
+
+A pipeline of several runs (rounds of generated data, stages of a sequence) runs one session per run,
+as rounds.py does; a term added to a loss (a penalty) is an Objective with another `loss`
+(`dataclasses.replace`), and rows mixed into a run (a replay buffer) are one more data.train source:
+neither needs a loop of its own.
 """
 
 from __future__ import annotations
