@@ -181,6 +181,14 @@ class Reward:
         return (torch.tensor(self.weights, dtype=torch.float32).unsqueeze(1) * table).sum(0)  # (N,)
 
 
+def imported(names: list[str], where: str = "", field: str = "reward_functions") -> list[tuple[str, RewardFunction]]:
+    """The named functions, imported; an error is located at `where.field` (a spec file and objective)."""
+    try:
+        return [(name, function(name)) for name in names]
+    except InputError as e:
+        raise InputError(f"{where}.{field}: {e}" if where else str(e)) from None
+
+
 def load(functions: list[str], model: str | None = None, weights: list[float] | None = None, *,
          template: Template, device: torch.device | str = "cpu", policy_tokenizer=None, where: str = "",
          functions_field: str = "reward_functions") -> Reward:
@@ -191,10 +199,7 @@ def load(functions: list[str], model: str | None = None, weights: list[float] | 
         raise InputError("a reward needs at least one reward function or a reward model")
     if weights is not None and len(weights) != count:
         raise InputError(f"{len(weights)} reward weights for {count} rewards (the functions, then the model)")
-    try:
-        named = [(name, function(name)) for name in functions]
-    except InputError as e:
-        raise InputError(f"{where}.{functions_field}: {e}" if where else str(e)) from None
+    named = imported(functions, where, functions_field)
     scorer, field = None, f"{where}.reward_model" if where else "reward model"
     if model is not None:
         scorer = RewardModel(model, template, device, where=field) if policy_tokenizer is None else \

@@ -107,3 +107,12 @@ def test_rft_raises_add_exact_match(workdir):
     log = records(run.spec.out)
     print("rft:", [{k: r[k] for k in ("round", "acceptance", "eval_exact_match") if k in r} for r in log])
     assert log[-1]["eval_exact_match"] > log[0]["eval_exact_match"]
+
+
+def test_an_unimportable_reward_is_refused_before_any_model_loads(workdir):
+    spec = rft_spec()
+    spec["objective"] = {**spec["objective"], "reward_functions": ["no_such_module:score"]}
+    with pytest.raises(InputError, match=r"rft.yaml: objective.reward_functions: reward function "
+                                         r"'no_such_module:score': cannot import it"):
+        train(parse_run(spec, "rft.yaml"), quiet=True)
+    assert not os.path.exists("out/rft")
