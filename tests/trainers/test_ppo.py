@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math as pymath
 import os
+import re
 from collections import defaultdict
 from types import SimpleNamespace
 
@@ -390,3 +391,16 @@ def test_ppo_raises_exact_match_of_the_world_base_on_add(tmp_path):
     train_rewards = [round(r["reward"], 3) for r in rows if "pg_loss" in r]
     print(f"held-out exact match by step: {evals}\ntraining reward by step: {train_rewards}")
     assert evals[-1][1] > evals[0][1], evals
+
+
+def test_former_reward_function_field_still_runs_with_a_warning(workdir):
+    from click.testing import CliRunner
+
+    from surgery.cli import main
+
+    done = CliRunner().invoke(main, ["train", "runs/ppo.yaml", "--quiet", "--set", "schedule.total_steps=1", "--set",
+                                     "objective.reward_model=null", "--set", "objective.reward_function=world.add"])
+    assert done.exit_code == 0, done.output
+    assert re.search(r"^warning: runs/ppo.yaml: objective.reward_function \(line \d+\): deprecated; write "
+                     r"reward_functions: \[NAME\]", done.output, flags=re.M), done.output
+    assert done.output.strip().endswith("wrote out/ppo/final")
