@@ -27,7 +27,9 @@ from trainers.spec import Run
 
 
 class GroupRollouts(session.Steps):
-    label, shown, evaluate_first = "grpo", ("reward",), True
+    label = "grpo"
+    shown = ("reward",)
+    evaluate_first = True
 
     @staticmethod
     def check(run: Run, world: parallel.World) -> None:
@@ -112,4 +114,4 @@ def evaluate(policy, rows: list[data.Row], tokenizer, template, reward, cfg: grp
 
 
 def train(run: Run, resume: str | None = None, stop_after: int | None = None, quiet: bool = False) -> str:
-    return session.run(run, GroupRollouts, resume, stop_after, quiet)
+    return session.run_loop(run, GroupRollouts, resume, stop_after, quiet)

@@ -95,4 +95,4 @@ def evaluate(model, examples: list[list[dict]], run: Run, micro: int, pad: int, 
 
 
 def train(run: Run, resume: str | None = None, stop_after: int | None = None, quiet: bool = False) -> str:
-    return session.run(run, Offline, resume, stop_after, quiet)
+    return session.run_loop(run, Offline, resume, stop_after, quiet)

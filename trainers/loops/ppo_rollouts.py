@@ -37,7 +37,10 @@ VALUE_HEAD = "value_head.safetensors"
 
 
 class PPORollouts(session.Steps):
-    label, shown, train_mode, evaluate_first = "ppo", ("reward", "kl"), False, True
+    label = "ppo"
+    shown = ("reward", "kl")
+    train_mode = False  # no dropout: the rollout's and the update's log-probabilities agree
+    evaluate_first = True
     advice = "a lower optim.lr or objective.kl_coef, or check the reward"
 
     @staticmethod
@@ -167,4 +170,4 @@ def evaluate(policy, tokenizer, template, reward, rows: list[dict], run: Run, pa
 
 
 def train(run: Run, resume: str | None = None, stop_after: int | None = None, quiet: bool = False) -> str:
-    return session.run(run, PPORollouts, resume, stop_after, quiet)
+    return session.run_loop(run, PPORollouts, resume, stop_after, quiet)

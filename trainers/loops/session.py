@@ -1,7 +1,7 @@
 """The run skeleton every training loop shares: a `Session` does what a run needs around its steps,
 and a loop is a `Steps` hook that does one optimizer step's work.
 
-    final = session.run(run, Offline, resume=None, stop_after=None, quiet=False)
+    final = session.run_loop(run, Offline, resume=None, stop_after=None, quiet=False)
 
 What the session does, in order:
 1. the loop's spec checks (`Steps.check`), the micro-batch split, and the output folder claimed
@@ -95,8 +95,8 @@ class Data:
     mixture: data.Mixture
 
 
-def run(run: Run, loop: type[Steps], resume: str | None = None, stop_after: int | None = None,
-        quiet: bool = False) -> str:
+def run_loop(run: Run, loop: type[Steps], resume: str | None = None, stop_after: int | None = None,
+             quiet: bool = False) -> str:
     """Train as `run` says with `loop`'s steps; returns the final folder (or, with `stop_after`, that
     step's checkpoint)."""
     world = parallel.start()
@@ -111,6 +111,9 @@ def run(run: Run, loop: type[Steps], resume: str | None = None, stop_after: int 
 
 
 class Session:
+    """One run as it trains: what `run_loop` builds (tokenizer, template, data, model, reference,
+    optimizer, schedule, log) and what a loop's steps call (`draw`, `accumulate`, `apply`, `check_finite`)."""
+
     def __init__(self, run: Run, world: parallel.World, resume: str | None):
         spec = run.spec
         self.run, self.world, self.resume = run, world, resume
