@@ -28,11 +28,10 @@ from surgery.io.locate import resolve_path
 from surgery.merge.engine import DEFAULT_BLOCK, Cancelled, Options, run_merge
 from surgery.merge.methods import REGISTRY
 from surgery.merge.plan import MergePlan, plan_merge
-from surgery.merge.spec import MergeSpec, parse_spec
+from surgery.merge.spec import DTYPE_NAMES, MergeSpec, parse_spec
 from tui.conflict_map import conflict_map
 from tui.picker import ModelPicker
 from tui.spec_form import (
-    DTYPES,
     check_spec,
     choices,
     drop_model,
@@ -164,7 +163,7 @@ class Designer(Vertical):
         yield Static("output", classes="section")
         with Horizontal(classes="line"):
             yield Label("dtype", classes="key")
-            yield Select([(d, d) for d in DTYPES], value=self.texts["dtype"], allow_blank=False, compact=True,
+            yield Select([(d, d) for d in DTYPE_NAMES], value=self.texts["dtype"], allow_blank=False, compact=True,
                          id=dom_id("dtype"))
             yield Label(" seed ")
             yield self._input("seed", "0")

@@ -57,7 +57,8 @@ class Slice(BaseModel):
     parameters: Parameters | None = None
 
 
-DTypeName = Literal["float32", "float16", "bfloat16", "float64"]
+DTYPE_NAMES = ("float32", "float16", "bfloat16", "float64")  # the CLI's --dtype choices and the TUI's list too
+DTypeName = Literal[DTYPE_NAMES]
 
 
 class MergeSpec(BaseModel):
