@@ -36,8 +36,8 @@ def describe_plan(plan: MergePlan, options: Options) -> str:
         f"tensors     {len(plan.jobs)} to write, {len(plan.out_layers)} layers",
         f"read        {human(plan.read_bytes)} (statistics stages re-read large tensors: up to {passes} passes)",
         f"write       {human(plan.write_bytes)} in shards of at most {human(options.shard_size)}",
-        f"peak memory about {human(peak_working_set(plan, options))} of working set (block size "
-        f"{human(options.block_bytes)}) plus the Python runtime",
+        f"peak memory about {human(peak_working_set(plan, options))} of working set "
+        f"(block size {human(options.block_bytes)}) plus the Python runtime",
     ]
     lines += [f"warning     {w}" for w in plan.warnings]  # parameters ignored or kept for mergekit compatibility
     if plan.vocab is not None:

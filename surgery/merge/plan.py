@@ -218,8 +218,8 @@ def _models_slice(spec: MergeSpec, method: Method, file: str) -> SliceInputs:
     base = None
     if method.base == "required":
         if not spec.base_model:
-            raise SpecError(file, "base_model", f"{method.name} needs a base_model (the model the others are "
-                            "compared to)")
+            raise SpecError(file, "base_model",
+                            f"{method.name} needs a base_model (the model the others are compared to)")
         base = (spec.base_model, FULL, "base_model")
     others = tuple((m.model, FULL, m.parameters, f"models.{i}") for i, m in enumerate(spec.models)
                    if base is None or m.model != spec.base_model)
@@ -232,8 +232,8 @@ def _slice(spec: MergeSpec, method: Method, file: str, i: int) -> SliceInputs:
     srcs = [(s.model, tuple(s.layer_range), s.parameters, f"{where}.sources.{j}") for j, s in enumerate(sl.sources)]
     lengths = {b - a for _, (a, b), _, _ in srcs}
     if len(lengths) > 1:
-        raise SpecError(file, f"{where}.sources", "every source of a slice needs the same number of layers; got "
-                        f"{sorted(lengths)}")
+        raise SpecError(file, f"{where}.sources",
+                        f"every source of a slice needs the same number of layers; got {sorted(lengths)}")
     base = None
     if method.base == "required":
         name = sl.base_model or spec.base_model
@@ -307,11 +307,11 @@ def _check_ranges(s: SliceInputs, folders: dict[str, ModelFolder], file: str) ->
         if (a, b) == FULL:
             if len(set(counts.values())) > 1:
                 raise SpecError(file, where, f"model {model!r} has {counts[model]} layers but the others have "
-                                f"{sorted(set(counts.values()))}; merging needs equal depths (use slices for other "
-                                "layouts)")
+                                f"{sorted(set(counts.values()))}; merging needs equal depths "
+                                "(use slices for other layouts)")
         elif b > counts[model]:
-            raise SpecError(file, f"{where}.layer_range", f"[{a}, {b}] is past the end of {model!r}, which has "
-                            f"{counts[model]} layers")
+            raise SpecError(file, f"{where}.layer_range",
+                            f"[{a}, {b}] is past the end of {model!r}, which has {counts[model]} layers")
 
     def fill(model: str, r: tuple[int, int]) -> tuple[int, int]:
         return (0, counts[model]) if r == FULL else r
@@ -394,8 +394,8 @@ def _resolve(params: type[BaseModel], method: Method, sources: list, tensor: str
     try:
         return build(params, values)
     except ValidationError as e:
-        problem = e.errors()[0]["msg"].removeprefix("Value error, ")
-        raise SpecError(file, where, f"{problem} (tensor {tensor!r})") from None
+        raise SpecError(file, where,
+                        f"{e.errors()[0]['msg'].removeprefix('Value error, ')} (tensor {tensor!r})") from None
 
 
 def output_config(config: dict, out_layers: list[int], jobs: list[TensorJob]) -> dict:
