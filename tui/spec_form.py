@@ -14,8 +14,7 @@ from pydantic.fields import FieldInfo
 from surgery.errors import SpecError
 from surgery.merge.methods import REGISTRY
 from surgery.merge.methods.method import Method, is_compat
-from surgery.merge.params import bounds_text, evaluate
-from surgery.merge.plan import check_parameters
+from surgery.merge.params import bounds_text, check_parameters, evaluate
 from surgery.merge.spec import MergeSpec, parse_spec
 
 

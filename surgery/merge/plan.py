@@ -5,14 +5,11 @@ is written; errors name the spec field, the tensor and the models involved.
 
 from __future__ import annotations
 
-import difflib
 import os
 from dataclasses import dataclass, field
-from functools import cache
 
 import torch
 from pydantic import BaseModel, ValidationError
-from pydantic.fields import FieldInfo
 
 from surgery.errors import InputError, SpecError
 from surgery.io.format import TensorInfo, nbytes
@@ -20,8 +17,8 @@ from surgery.io.locate import resolve_path
 from surgery.io.reader import ModelFolder
 from surgery.merge.layers import is_pre, layer_of, layer_template, num_layers, with_layer
 from surgery.merge.methods import REGISTRY
-from surgery.merge.methods.method import COMPAT, Method, is_compat
-from surgery.merge.params import build, check_value, first_value, scalars
+from surgery.merge.methods.method import Method
+from surgery.merge.params import build, check_parameters, fields_by_alias, first_value
 from surgery.merge.spec import DTYPE_NAMES, MergeSpec
 from surgery.vocab.plan import VocabPlan, plan_vocabulary
 
@@ -143,62 +140,6 @@ def _method(spec: MergeSpec, file: str) -> Method:
     if spec.merge_method not in REGISTRY:
         raise SpecError(file, "merge_method", f"unknown method {spec.merge_method!r}; known: {', '.join(REGISTRY)}")
     return REGISTRY[spec.merge_method]
-
-
-def check_parameters(spec: MergeSpec, method: Method, file: str) -> list[str]:
-    """Every parameter name known to the method, at a level where it applies, every value in bounds.
-    Returns the warnings, one per name: a name this method does not use but another does (ignored, as
-    mergekit ignores it), and a parameter kept for mergekit compatibility only that the spec sets."""
-    warnings: dict[str, str] = {}
-    for where, params, model_level in _parameter_levels(spec):
-        for key, setting in (params or {}).items():
-            fld = _field_for(method, key, f"{where}.{key}", model_level, file)
-            if fld is None:
-                warnings.setdefault(key, f"{where}.{key}: {method.name} does not use '{key}'; ignored, as mergekit "
-                                         "does")
-                continue
-            for path, value in scalars(setting, f"{where}.{key}"):
-                check_value(fld, value, file, path)
-            if is_compat(fld):
-                warnings.setdefault(key, f"{where}.{key}: {COMPAT}")
-    return list(warnings.values())
-
-
-def _parameter_levels(spec: MergeSpec) -> list[tuple[str, dict | None, bool]]:
-    """(spec path, parameters, whether the level is one model's) for every parameters mapping of the spec."""
-    out = [(f"models.{i}.parameters", m.parameters, True) for i, m in enumerate(spec.models or [])]
-    for i, sl in enumerate(spec.slices or []):
-        out += [(f"slices.{i}.sources.{j}.parameters", s.parameters, True) for j, s in enumerate(sl.sources)]
-    out.append(("parameters", spec.parameters, False))
-    return out + [(f"slices.{i}.parameters", s.parameters, False) for i, s in enumerate(spec.slices or [])]
-
-
-def _field_for(method: Method, key: str, path: str, model_level: bool, file: str) -> FieldInfo | None:
-    """The method's field for parameter `key`; None for a name only other methods use; an error for a
-    global parameter set per model and for a name no method knows (with the closest known name)."""
-    per, shared = _fields_by_alias(method.per_model), _fields_by_alias(method.shared)
-    if key in shared and model_level:
-        raise SpecError(file, path, f"'{key}' is a global parameter of {method.name}; move it to the top-level "
-                        "parameters")
-    if key in per or key in shared:
-        return per.get(key) or shared[key]
-    if key in every_parameter():
-        return None
-    known = sorted(k for k, f in {**per, **shared}.items() if not is_compat(f))  # those worth suggesting
-    near = difflib.get_close_matches(key, known, n=1) or difflib.get_close_matches(key, every_parameter(), n=1)
-    hint = f"; did you mean '{near[0]}'?" if near else ""
-    raise SpecError(file, path, f"unknown parameter for {method.name} (known: {', '.join(known) or 'none'}){hint}")
-
-
-@cache
-def every_parameter() -> tuple[str, ...]:
-    """Every parameter name some method of the registry takes."""
-    names = {k for m in REGISTRY.values() for k in [*_fields_by_alias(m.per_model), *_fields_by_alias(m.shared)]}
-    return tuple(sorted(names))
-
-
-def _fields_by_alias(model: type[BaseModel]) -> dict[str, FieldInfo]:
-    return {(f.alias or name): f for name, f in model.model_fields.items()}
 
 
 def _slices(spec: MergeSpec, method: Method, file: str) -> list[SliceInputs]:
@@ -385,7 +326,7 @@ def _check_shapes(name: str, shapes: dict[TensorSource, tuple[int, ...]]) -> Non
 
 def _resolve(params: type[BaseModel], method: Method, sources: list, tensor: str, t: float, file: str,
              where: str, model_name: str | None = None) -> BaseModel:
-    values = {key: first_value(sources, key, tensor, t) for key in _fields_by_alias(params)}
+    values = {key: first_value(sources, key, tensor, t) for key in fields_by_alias(params)}
     for key in method.required:
         if key in values and values[key] is None:
             whose = f" for model {model_name!r}" if model_name else ""
