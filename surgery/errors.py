@@ -25,6 +25,11 @@ class InputError(SurgeryError):
     """A model folder or checkpoint file that is missing, corrupt or incompatible."""
 
 
+class IncompatibleInput(SpecError, InputError):
+    """A model folder named by a spec field that does not fit the others (another architecture,
+    vocabulary or tokenizer): an InputError, located as a SpecError is (`file: field.path: problem`)."""
+
+
 class OutputError(SurgeryError):
     """The output path cannot be written (exists, equals an input, disk full)."""
 

@@ -84,7 +84,7 @@ def finished(run: str) -> str | None:
 
 def fine_tune(start: str, sets: Sequence[str], evals: str, run: str, steps: int, name: str) -> str:
     """`start` fine-tuned (fully, SFT, the zoo experts' recipe) on the equal mixture of `sets`."""
-    from trainers.loop import train
+    from trainers.loops import train
     from trainers.spec import parse_run
     from trainers.world.zoo import run_spec
 
