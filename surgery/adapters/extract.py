@@ -250,7 +250,7 @@ def write_adapter(x: Extraction, out: str, force: bool = False, progress: Progre
     """Pass 2: SVD of each LoRA tensor, factors and saved modules into a PEFT adapter folder, atomically."""
     out = check_output_path(out, [x.base.path, x.tuned.path], force)
     entries = {e.tensor: e for e in x.entries}
-    with atomic_folder(out) as tmp:
+    with atomic_folder(out, replace=force) as tmp:
         writer = ShardWriter(tmp, [Shard(ADAPTER_FILE, tuple(adapter_entries(x)))], {"format": "pt"})
         try:
             for e in x.lora:

@@ -69,7 +69,7 @@ def run_merge(plan: MergePlan, out: str, options: Options = Options(), progress:
     entries = [(j.name, j.dtype, j.shape) for j in plan.jobs]
     metadata = provenance(plan)
     requests = [(job, span, final) for job in plan.jobs for span, final in reads_of(plan, job, options)]
-    with atomic_folder(out) as tmp:
+    with atomic_folder(out, replace=options.force) as tmp:
         writer = QueuedWriter(ShardWriter(tmp, plan_shards(entries, options.shard_size), metadata))
         prefetch = Prefetcher(plan, options, requests)
         try:
