@@ -22,8 +22,7 @@ def diff(models, base, png, as_json, tensors, block_size, allow_pickle, quiet) -
     task vectors' sizes, pairwise cosines and the share of sign conflicts (what TIES resolves)."""
     from surgery.diagnose.diff import open_models, read_bytes, run_diff
     from surgery.diagnose.diff_report import as_json as to_json
-    from surgery.diagnose.diff_report import describe, grids
-    from surgery.diagnose.diff_report import colour_ranges
+    from surgery.diagnose.diff_report import colour_ranges, describe, grids
     from surgery.diagnose.heatmap import save_heatmap
     from surgery.io.output import check_file_output
     from surgery.merge.progress import Bar
