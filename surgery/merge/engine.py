@@ -103,6 +103,7 @@ def provenance(plan: MergePlan) -> dict[str, str]:
         "surgery.spec_sha256": plan.spec.digest(),
         "surgery.spec": plan.spec.canonical_json(),
         "surgery.models": ",".join(f"{k}={v.path}" for k, v in plan.folders.items()),
+        **plan.provenance,
     }
 
 

@@ -75,6 +75,8 @@ class MergePlan:
     tokenizer_path: str = ""  # folder the tokenizer files and chat template are copied from
     out_layers: list[int] = field(default_factory=list)  # config-source layer feeding each output layer
     vocab: VocabPlan | None = None  # vocabulary surgery (tokenizer_source); None when nothing was compared
+    provenance: dict[str, str] = field(default_factory=dict)  # metadata entries replacing the engine's own
+    # (an operation run as a merge, e.g. fold, names itself and its inputs)
 
     def info(self, src: TensorSource) -> TensorInfo:
         return self.folders[src.model].tensors[src.name]
