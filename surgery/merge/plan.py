@@ -77,6 +77,12 @@ class MergePlan:
     vocab: VocabPlan | None = None  # vocabulary surgery (tokenizer_source); None when nothing was compared
     provenance: dict[str, str] = field(default_factory=dict)  # metadata entries replacing the engine's own
     # (an operation run as a merge, e.g. fold, names itself and its inputs)
+    fell_back: list[str] = field(default_factory=list)  # tensors the last run gave the method's fallback
+
+    @property
+    def merged(self) -> int:
+        """Tensors the method computes (the rest are integer buffers, copied)."""
+        return sum(not j.copy for j in self.jobs)
 
     def info(self, src: TensorSource) -> TensorInfo:
         return self.folders[src.model].tensors[src.name]
