@@ -237,6 +237,6 @@ def _check_finite(plan: MergePlan, job: TensorJob, block: Block, out: torch.Tens
     bad = [s.model for s, t in zip(job.sources, ((block.base,) if block.base is not None else ()) + block.models)
            if not torch.isfinite(t).all()]
     cause = f"input(s) {bad} already hold NaN/Inf there" if bad else \
-        "the inputs are finite, so the method's parameters produced it (e.g. weights summing to zero with normalize)"
+        "the inputs are finite, so the method's parameters produced it (e.g. weights too large)"
     raise NumericsError(f"{plan.method.name} produced NaN or Inf in tensor {job.name!r} (rows {span[0]}-{span[1]}); "
                         f"{cause}. Nothing was written.")

@@ -316,6 +316,9 @@ def _job(spec: MergeSpec, method: Method, file: str, folders: dict[str, ModelFol
     per_model = tuple(_resolve(method.per_model, method, [p, s.params, spec.parameters], src.name, t, file,
                                f"{w}.parameters", model_name=m)
                       for (m, _, p, w), src in zip(s.others, models))
+    problem = method.check(shared, per_model) if method.check is not None else None
+    if problem:
+        raise SpecError(file, s.where, f"{method.name}: {problem} (tensor {out_name!r})")
     floating = ref_info.dtype.is_floating_point
     return TensorJob(out_name, ref_info.shape, (dtype or ref_info.dtype) if floating else ref_info.dtype,
                      base, models, shared, per_model, copy=not floating)

@@ -239,15 +239,38 @@ def test_nan_in_an_input(work, llama, tmp_path, method):
 
 
 def test_nan_produced_by_the_merge(work, tmp_path):
-    """Weights 1 and -1 with normalize divide by zero in the first tensor written, the embedding."""
+    """A lambda too large for float32 overflows in the first tensor written, the embedding."""
+    out = str(tmp_path / "out")
+    spec = {"merge_method": "task_arithmetic", "base_model": "models/base", "parameters": {"lambda": 1e40},
+            "models": [{"model": "models/math", "parameters": {"weight": 1.0}}]}
+    with refused(NumericsError, out, work) as e:
+        attempt(work, spec, out)
+    assert "task_arithmetic produced NaN or Inf in tensor 'model.embed_tokens.weight'" in str(e.value)
+    assert "weights too large" in str(e.value) and "Nothing was written" in str(e.value)
+
+
+def test_a_weight_too_large_for_float32(work, tmp_path):
+    """torch refused it mid-merge (exit 1, 'value cannot be converted to type float without overflow')."""
+    out = str(tmp_path / "out")
+    spec = {"merge_method": "linear", "models": [{"model": "models/math", "parameters": {"weight": 1e40}},
+                                                 {"model": "models/code", "parameters": {"weight": 1.0}}]}
+    with refused(SpecError, out, work) as e:
+        attempt(work, spec, out)
+    assert "spec.yaml: models: linear: weight 1e+40 is too large for float32 arithmetic (at most 3.4e+38)" in str(e.value)
+
+
+def test_weights_summing_to_zero_are_refused_when_planning(work, tmp_path):
+    """normalize would divide by 0 (it gave NaN in the first tensor written): the plan says so, reading
+    no tensor, with the weights and what to change."""
     out = str(tmp_path / "out")
     spec = {"merge_method": "linear", "parameters": {"normalize": True},
             "models": [{"model": "models/math", "parameters": {"weight": 1.0}},
                        {"model": "models/code", "parameters": {"weight": -1.0}}]}
-    with refused(NumericsError, out, work) as e:
+    with refused(SpecError, out, work) as e:
         attempt(work, spec, out)
-    assert "linear produced NaN or Inf in tensor 'model.embed_tokens.weight'" in str(e.value)
-    assert "weights summing to zero" in str(e.value) and "Nothing was written" in str(e.value)
+    assert str(e.value).endswith("spec.yaml: models: linear: normalize divides by the sum of the weights, which is 0 "
+                                 "(1, -1); change a weight or set parameters.normalize: false (tensor "
+                                 "'model.embed_tokens.weight')")
 
 
 # ---- output errors -----------------------------------------------------------------------------------
