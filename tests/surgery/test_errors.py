@@ -256,7 +256,8 @@ def test_a_weight_too_large_for_float32(work, tmp_path):
                                                  {"model": "models/code", "parameters": {"weight": 1.0}}]}
     with refused(SpecError, out, work) as e:
         attempt(work, spec, out)
-    assert "spec.yaml: models: linear: weight 1e+40 is too large for float32 arithmetic (at most 3.4e+38)" in str(e.value)
+    assert "spec.yaml: models: linear: weight 1e+40 is too large for float32 arithmetic (at most 3.4e+38)" in str(
+        e.value)
 
 
 def test_weights_summing_to_zero_are_refused_when_planning(work, tmp_path):
