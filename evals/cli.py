@@ -254,12 +254,13 @@ def soup(checkpoints, out, select, dtype, suite, tasks, limit, num_fewshot, batc
     from evals.scoring.store import Store
     from evals.search.candidates import check_select, harness_scorer
     from evals.search.soup import check_soup, run_soup, soup_rows
+    from surgery.io.output import output_lock
 
     names, settings = _scoring(suite, tasks, limit, num_fewshot, batch_size, device, backend, model_args,
                                apply_chat_template)
     check_select(select, names)
     check_soup(checkpoints, dtype)  # every candidate's files, and the soup of them all, before any scoring
-    with Store(db) as store:
+    with output_lock(out), Store(db) as store:  # OUT locked first: a second search into it opens no store
         result = run_soup(checkpoints, out, harness_scorer(names, settings, store, force, _say), select, dtype)
     click.echo(render(soup_rows(result), fmt).rstrip("\n"))
     click.echo(f"soup of {len(result.ingredients)}: {result.folder} (held-out {result.score:.4f})", err=True)
@@ -288,6 +289,7 @@ def sweep(spec, param, values, out, models_dir, plot, suite, tasks, limit, num_f
     from evals.search.candidates import harness_scorer
     from evals.search.sweep import parse_values, point_specs, sweep_rows, sweep_series
     from evals.search.sweep import sweep as run_sweep
+    from surgery.io.output import output_lock
     from surgery.merge.spec import read_spec_data
 
     names, settings = _scoring(suite, tasks, limit, num_fewshot, batch_size, device, backend, model_args,
@@ -296,7 +298,7 @@ def sweep(spec, param, values, out, models_dir, plot, suite, tasks, limit, num_f
     _figure_path(plot, "--plot")
     data = read_spec_data(spec)
     point_specs(data, spec, param, values, models_dir)  # every point planned before the store is opened
-    with Store(db) as store:
+    with output_lock(out), Store(db) as store:
         points = run_sweep(data, spec, param, values, out, harness_scorer(names, settings, store, force, _say),
                            models_dir)
     click.echo(render(sweep_rows(points, param), fmt).rstrip("\n"))

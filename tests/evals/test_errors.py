@@ -180,3 +180,22 @@ def test_a_figure_into_a_missing_folder_is_refused_first(llama, tmp_path, record
     _fails(command, [names.get(a, a) for a in args] + ["--db", str(tmp_path / "db.sqlite")],
            f"{png}: the folder '{png.parent}' does not exist; create it or choose another path")
     _nothing_done(tmp_path, recorder)
+
+
+@pytest.mark.parametrize("command", ["soup", "sweep"])
+def test_a_search_into_an_output_another_process_is_writing(llama, tmp_path, recorder, command):
+    """The whole --out folder is locked for the search (each point's merge locks its own folder too)."""
+    from tests.surgery.test_output_lock import held_elsewhere
+
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump({"merge_method": "linear", "models": [
+        {"model": llama["math"], "parameters": {"weight": 1.0}}, {"model": llama["code"], "parameters": {
+            "weight": 1.0}}]}))
+    args = {"soup": [llama["math"], llama["code"], "--tasks", "refusal"],
+            "sweep": [str(spec), "--param", "models.0.parameters.weight", "--values", "0.5,1", "--tasks", "refusal"]}
+    out = tmp_path / "out"
+    with held_elsewhere(out) as pid:
+        _fails({"soup": soup, "sweep": sweep}[command], args[command] + ["--out", str(out), "--db",
+                                                                          str(tmp_path / "db.sqlite")],
+               f"output '{out}' is being written by another process (pid {pid})")
+    _nothing_done(tmp_path, recorder)
