@@ -199,3 +199,16 @@ def test_a_search_into_an_output_another_process_is_writing(llama, tmp_path, rec
                                                                           str(tmp_path / "db.sqlite")],
                f"output '{out}' is being written by another process (pid {pid})")
     _nothing_done(tmp_path, recorder)
+
+
+def test_eval_and_sweep_of_a_truncated_model(llama, char_model, tmp_path, recorder):
+    """The located message inspect and convert give, before a store is created or anything merged."""
+    cut = _truncated_copy(char_model, tmp_path / "cut")
+    _fails(eval_, [str(tmp_path / "cut"), "--db", str(tmp_path / "db.sqlite")], f"{cut}: truncated: tensor ")
+    cut = _truncated_copy(llama["code"], tmp_path / "cut-code")
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump({"merge_method": "linear", "models": [{"model": llama["math"], "parameters": {
+        "weight": 1.0}}, {"model": str(tmp_path / "cut-code"), "parameters": {"weight": 1.0}}]}))
+    _fails(sweep, [str(spec), "--param", "models.0.parameters.weight", "--values", "0.5,1", "--tasks", "refusal",
+                   "--out", str(tmp_path / "out"), "--db", str(tmp_path / "db.sqlite")], f"{cut}: truncated: tensor ")
+    _nothing_done(tmp_path, recorder)
