@@ -138,13 +138,11 @@ def _take(path: str, out: str) -> int:
         except OSError as e:
             raise OutputError(f"cannot create the lock file {path!r} of output {out!r} ({e.strerror}); "
                               "check that the folder is writable") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        if not _lock(fd):
             pid = _pid_in(fd)
             os.close(fd)
             raise OutputError(f"output {out!r} is being written by another process (pid {pid}); wait for it to "
-                              f"finish or choose another output (its lock: {path})") from None
+                              f"finish or choose another output (its lock: {path})")
         if _still_at(fd, path):
             break
         os.close(fd)  # its holder finished and removed it meanwhile: lock the one at the path now
@@ -155,6 +153,19 @@ def _take(path: str, out: str) -> int:
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     return fd
+
+
+def _lock(fd: int) -> bool:
+    """Take the kernel lock of `fd` without waiting; False when another process holds it. On a filesystem
+    without kernel locks (some network mounts) the pid in the file decides: held while that process lives."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
+    except OSError:
+        pid = _pid_in(fd)
+        return pid is None or pid == os.getpid() or not _alive(pid)
 
 
 def _pid_in(fd: int) -> int | None:

@@ -199,3 +199,30 @@ def test_outputs_get_the_mode_of_a_new_file(tmp_path):
         os.umask(old)
     modes = {p.name: p.stat().st_mode & 0o777 for p in out.rglob("*")}
     assert modes == {"secret": 0o640, "sub": 0o750, "plain": 0o640}
+
+
+def test_without_kernel_locks_the_pid_decides(tmp_path, monkeypatch):
+    """A filesystem that refuses flock (ENOLCK, as some network mounts do): the lock file's pid is held
+    while that process lives, and taken over, as stale, once it has ended."""
+    import errno
+
+    import surgery.io.output
+
+    def no_locks(fd, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(surgery.io.output.fcntl, "flock", no_locks)
+    out = tmp_path / "out"
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        Path(lock_file(out)).write_text(f"{sleeper.pid}\n")
+        with pytest.raises(OutputError, match=f"being written by another process \\(pid {sleeper.pid}\\)"):
+            with atomic_folder(out):
+                pass
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    with pytest.warns(SurgeryWarning, match=f"took over the stale lock of pid {sleeper.pid}"):
+        with atomic_folder(out) as tmp:
+            Path(tmp, "x").write_text("x")
+    assert sorted(os.listdir(tmp_path)) == ["out"]
