@@ -149,7 +149,7 @@ def _take(path: str, out: str) -> int:
     stale = _pid_in(fd)
     if stale is not None:  # a holder that ended without removing its lock file (killed)
         warnings.warn(f"output {out!r}: took over the stale lock of pid {stale}, which ended without releasing it "
-                      "(killed?); its partial output is removed", SurgeryWarning, stacklevel=4)
+                      "(killed?)", SurgeryWarning, stacklevel=4)
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     return fd
