@@ -1,27 +1,31 @@
 """Linear merge: sum_i w_i m_i, divided by sum_i w_i when `normalize` (Wortsman et al. 2022,
 model soups, https://arxiv.org/abs/2203.05482). The base model is not an input unless listed."""
 
-import torch
-from pydantic import Field
+from typing import Annotated
 
-from surgery.merge.methods.method import Block, Method, Params, Stats
+import torch
+from pydantic import BaseModel, Field
+
+from surgery.merge.methods.elementwise import Models, PerModel, elementwise
 
 ZERO_SUM = 1e-8  # a sum of weights this small would blow the merged weights up to Inf or NaN
 FLOAT32_MAX = torch.finfo(torch.float32).max
 
 
-class Weight(Params):
-    weight: float | None = Field(None, description="this model's coefficient")
+def merge(models: Models, weight: PerModel[Annotated[float, Field(description="this model's coefficient")]],
+          normalize: Annotated[bool, Field(description="divide by the sum of the weights")] = True) -> torch.Tensor:
+    out = torch.zeros_like(models[0])
+    for w, m in zip(weight, models):
+        out.add_(m, alpha=w)
+    return out / sum(weight) if normalize else out
 
 
-class LinearShared(Params):
-    normalize: bool = Field(True, description="divide by the sum of the weights")
-
-
-def check(shared: LinearShared, per_model: tuple[Weight, ...]) -> str | None:
+def check(shared: BaseModel, per_model: tuple[BaseModel, ...]) -> str | None:
+    """Weights the merge cannot compute with, found when planning: one beyond float32's range (torch refuses
+    it as a factor), or a sum of zero that `normalize` would divide by."""
     weights = [p.weight for p in per_model]
     big = [w for w in weights if abs(w) > FLOAT32_MAX]
-    if big:  # torch refuses such a factor for float32 tensors
+    if big:
         return f"weight {big[0]:g} is too large for float32 arithmetic (at most {FLOAT32_MAX:.3g})"
     if shared.normalize and abs(sum(weights)) < ZERO_SUM:
         return (f"normalize divides by the sum of the weights, which is 0 ({', '.join(f'{w:g}' for w in weights)}); "
@@ -29,13 +33,5 @@ def check(shared: LinearShared, per_model: tuple[Weight, ...]) -> str | None:
     return None
 
 
-def merge(block: Block, stats: Stats) -> torch.Tensor:
-    weights = [p.weight for p in block.per_model]
-    out = torch.zeros_like(block.models[0])
-    for w, m in zip(weights, block.models):
-        out.add_(m, alpha=w)
-    return out / sum(weights) if block.shared.normalize else out
-
-
-METHOD = Method("linear", merge, "weighted average of the models", "https://arxiv.org/abs/2203.05482",
-                shared=LinearShared, per_model=Weight, base="unused", required=("weight",), work=1, check=check)
+METHOD = elementwise(merge, "linear", "weighted average of the models", "https://arxiv.org/abs/2203.05482", work=1,
+                     check=check)
