@@ -75,6 +75,7 @@ class MergePlan:
     tokenizer_path: str = ""  # folder the tokenizer files and chat template are copied from
     out_layers: list[int] = field(default_factory=list)  # config-source layer feeding each output layer
     vocab: VocabPlan | None = None  # vocabulary surgery (tokenizer_source); None when nothing was compared
+    warnings: list[str] = field(default_factory=list)  # parameters ignored or kept for mergekit compatibility
     provenance: dict[str, str] = field(default_factory=dict)  # metadata entries replacing the engine's own
     # (an operation run as a merge, e.g. fold, names itself and its inputs)
     fell_back: list[str] = field(default_factory=list)  # tensors the last run gave the method's fallback
@@ -83,7 +84,6 @@ class MergePlan:
     def merged(self) -> int:
         """Tensors the method computes (the rest are integer buffers, copied)."""
         return sum(not j.copy for j in self.jobs)
-    warnings: list[str] = field(default_factory=list)  # parameters ignored or kept for mergekit compatibility
 
     def info(self, src: TensorSource) -> TensorInfo:
         return self.folders[src.model].tensors[src.name]
