@@ -36,3 +36,8 @@ class OutputError(SurgeryError):
 
 class NumericsError(SurgeryError):
     """A merge produced NaN or Inf; nothing is written."""
+
+
+class SurgeryWarning(UserWarning):
+    """Something the user should know that does not stop the work (a stale lock taken over, a method's
+    fallback); the CLI prints it as one `warning: ...` line."""
