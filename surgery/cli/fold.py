@@ -27,4 +27,4 @@ def fold(base, adapters, out, weights, dtype, shard_size, block_size, force, all
     from surgery.merge.engine import Options
 
     plan = plan_fold(base, adapters, weights, out_dtype=dtype, allow_pickle=allow_pickle)
-    run_plan(plan, out, Options(shard_size=shard_size, block_bytes=block_size, force=force), quiet)
+    run_plan(plan, out, Options(shard_size=shard_size, block_bytes=block_size, force=force, card=False), quiet)
