@@ -46,10 +46,9 @@ def invoke(*args) -> object:
 def test_stages_run_in_order_and_equal_mergekit_multimerge(llama, tmp_path):
     """The final document comes first in the file: it still runs last, and OUT equals what
     mergekit-multimerge writes to --out-path for the same file."""
+    from mergekit.graph import Executor
     from mergekit.options import MergeOptions
     from mergekit.scripts.multimerge import load_config, make_tasks
-
-    from mergekit.graph import Executor
 
     spec = write_multi(tmp_path / "multi.yaml", two_stages(llama, final_first=True))
     plan = plan_stages(spec)
