@@ -31,6 +31,7 @@ COMMANDS = {
     "merge-adapters": "surgery.cli.merge_adapters:merge_adapters",
     "import-gguf": "surgery.cli.import_gguf:import_gguf",
     "moe": "surgery.cli.moe:moe",
+    "tokensurgeon": "surgery.cli.tokensurgeon:tokensurgeon",
 }
 
 

@@ -17,7 +17,6 @@ import torch
 
 from surgery import __version__
 from surgery.errors import InputError, SpecError
-from surgery.io.format import num_rows, row_numel
 from surgery.io.locate import resolve_path
 from surgery.io.output import (
     CONFIG_FILES,
@@ -28,7 +27,7 @@ from surgery.io.output import (
     write_json,
 )
 from surgery.io.reader import ModelFolder
-from surgery.io.writer import ShardWriter, plan_shards
+from surgery.io.writer import write_tensors
 from surgery.merge.card import Card, write_card
 from surgery.moe.gates import GATE_MODES, GateInputs
 from surgery.moe.layouts import LAYOUTS, Layout, mlp_names, moe_shapes
@@ -161,17 +160,10 @@ def write_moe(plan: MoEPlan, out: str, gates: torch.Tensor, shared_gates: torch.
     entries = plan.entries
     producers = _producers(plan, gates, shared_gates, block_bytes)
     with atomic_folder(out) as tmp:
-        writer = ShardWriter(tmp, plan_shards([(n, plan.dtype, s) for n, s in entries], shard_size), provenance(plan))
         try:
-            for name, _ in entries:
-                for block in producers[name]():
-                    block = block.to(plan.dtype).contiguous()
-                    writer.write(name, block)
-                    if progress:
-                        progress(name, block.numel() * block.element_size())
-            writer.finish()
+            write_tensors(tmp, [(n, plan.dtype, s) for n, s in entries], producers, provenance(plan), shard_size,
+                          progress)
         finally:
-            writer.abort()
             for folder in {id(f): f for f in [plan.base, *plan.experts, *plan.shared]}.values():
                 folder.close()
         write_json(os.path.join(tmp, "config.json"), plan.config)
@@ -213,16 +205,7 @@ def _given(tensor: torch.Tensor) -> Blocks:
 
 
 def _copied(folder: ModelFolder, name: str, block_bytes: int) -> Blocks:
-    info = folder.tensors[name]
-    step = max(1, block_bytes // max(1, row_numel(info.shape) * info.dtype.itemsize))
-
-    def blocks() -> Iterator[torch.Tensor]:
-        rows = num_rows(info.shape)
-        for r in range(0, rows, step):
-            yield folder.read(name, (r, min(r + step, rows)))
-        if rows == 0:
-            yield folder.read(name)
-    return blocks
+    return lambda: folder.blocks(name, block_bytes)
 
 
 def _stacked(folders: list[ModelFolder], experts: list[Expert], names: tuple[str, ...], seed: int) -> Blocks:
