@@ -66,6 +66,28 @@ def test_stages_run_in_order_and_equal_mergekit_multimerge(llama, tmp_path):
         torch.testing.assert_close(ours[name], t, rtol=1e-6, atol=1e-9, msg=name)
 
 
+def test_intermediates_are_deleted_once_no_later_stage_reads_them(llama, tmp_path):
+    """a <- b <- final: when the final stage starts, `a` is gone and only `b` is in the scratch folder."""
+    from surgery.merge.engine import run_merge
+
+    soup, final = two_stages(llama)
+    a = {**soup, "name": "a"}
+    b = {**soup, "name": "b", "models": [{"model": "a", "parameters": {"weight": 0.5}},
+                                         {"model": llama["chat"], "parameters": {"weight": 0.5}}]}
+    final = {**final, "models": [{**final["models"][0], "model": "b"}, final["models"][1]]}
+    plan = plan_stages(write_multi(tmp_path / "multi.yaml", [a, b, final]))
+    present = []
+
+    def merge(merge_plan, folder, options, card):
+        scratch = glob.glob(str(tmp_path / ".out.scratch-*"))
+        present.append(sorted(os.listdir(scratch[0])) if scratch else None)
+        return run_merge(merge_plan, folder, options, card=card)
+
+    run_multi(plan, str(tmp_path / "out"), merge=merge, echo=lambda m: None)
+    assert present == [[], ["a"], ["b"]]
+    assert glob.glob(str(tmp_path / ".out.*")) == []
+
+
 def test_a_card_names_the_leaf_models_and_holds_the_file(llama, tmp_path):
     spec = write_multi(tmp_path / "multi.yaml", two_stages(llama))
     result = invoke(spec, tmp_path / "out")
