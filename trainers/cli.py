@@ -75,18 +75,22 @@ def label(label_spec, overrides) -> None:
 @click.command("moe-proof")
 @click.argument("zoo", type=click.Path(file_okay=False, exists=True))
 @click.argument("out", type=click.Path(file_okay=False))
-@click.option("--prompts", type=click.IntRange(min=1), default=16, show_default=True,
+@click.option("--prompts", type=click.IntRange(min=1), default=32, show_default=True,
               help="Training prompts per expert used as its positive prompts.")
-@click.option("--gate-modes", default="hidden,hidden_avg", show_default=True, help="Gate modes to build, comma-separated.")
+@click.option("--gate-modes", default="hidden,hidden_avg,cheap_embed", show_default=True, help="Gate modes to build, comma-separated.")
 @click.option("--per-token", default="1,2", show_default=True, help="experts_per_token values, comma-separated.")
+@click.option("--expert", "experts", multiple=True, metavar="TASK=FOLDER",
+              help="Another expert for add or reverse (default ZOO/add, ZOO/reverse), e.g. add=ZOO/add-mlp.")
+@click.option("--no-answers", is_flag=True, help="Positive prompts without their answers (the prompt text alone).")
 @handled
-def moe_proof(zoo, out, prompts, gate_modes, per_token) -> None:
+def moe_proof(zoo, out, prompts, gate_modes, per_token, experts, no_answers) -> None:
     """Build two-expert MoEs of the small world's add and reverse experts (ZOO: a `surgery world`
     models folder) and report their routing shares and exact match next to the base and experts."""
     from trainers.world.moe_proof import run_moe_proof
 
+    chosen = dict(e.split("=", 1) for e in experts)
     run_moe_proof(zoo, out, prompts, tuple(gate_modes.split(",")), tuple(int(k) for k in per_token.split(",")),
-                  echo=click.echo)
+                  chosen, not no_answers, echo=click.echo)
 
 
 @click.command("transplant-proof")

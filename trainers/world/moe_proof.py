@@ -19,14 +19,17 @@ from trainers.world.tasks import TASKS
 EXPERTS = ("add", "reverse")
 
 
-def moe_spec(zoo: str, prompts: int, gate_mode: str, per_token: int) -> dict:
-    """mergekit-moe's YAML for the two experts, positive prompts from each task's training rows."""
+def moe_spec(zoo: str, experts: dict[str, str], prompts: int, gate_mode: str, per_token: int,
+             answers: bool = True) -> dict:
+    """mergekit-moe's YAML for the two experts ({task: folder}), positive prompts from each task's
+    training rows: prompt and answer (every token of both is routed), or with `answers` off the prompt alone."""
     def train_prompts(task: str) -> list[str]:
         with open(os.path.join(zoo, "data", task, "train.jsonl")) as f:
-            return [json.loads(line)["prompt"] for _, line in zip(range(prompts), f)]
+            rows = [json.loads(line) for _, line in zip(range(prompts), f)]
+        return [r["prompt"] + (r["completion"] if answers else "") for r in rows]
 
     return {"base_model": os.path.join(zoo, "base"), "gate_mode": gate_mode, "experts_per_token": per_token,
-            "dtype": "float32", "experts": [{"source_model": os.path.join(zoo, t), "positive_prompts": train_prompts(t)}
+            "dtype": "float32", "experts": [{"source_model": experts[t], "positive_prompts": train_prompts(t)}
                                             for t in EXPERTS]}
 
 
@@ -60,22 +63,27 @@ def shares(folder: str, rows: dict[str, list[dict]]) -> dict[str, dict[str, floa
     return out
 
 
-def run_moe_proof(zoo: str, out: str, prompts: int = 16, gate_modes: tuple[str, ...] = ("hidden", "hidden_avg"),
-                  per_token: tuple[int, ...] = (1, 2), echo: Callable[[str], None] = print) -> dict:
+def run_moe_proof(zoo: str, out: str, prompts: int = 32,
+                  gate_modes: tuple[str, ...] = ("hidden", "hidden_avg", "cheap_embed"),
+                  per_token: tuple[int, ...] = (1, 2), experts: dict[str, str] | None = None, answers: bool = True,
+                  echo: Callable[[str], None] = print) -> dict:
+    """`experts` ({task: folder}) default to the zoo's `add` and `reverse`."""
     from trainers.world.demo import score_table
 
     zoo, out = os.path.abspath(zoo), os.path.abspath(out)
     os.makedirs(out, exist_ok=True)
+    experts = {t: os.path.abspath((experts or {}).get(t, os.path.join(zoo, t))) for t in EXPERTS}
     rows = {t: [json.loads(line) for line in open(os.path.join(zoo, "data", t, "test.jsonl"))] for t in TASKS}
-    models = {name: os.path.join(zoo, name) for name in ("base", *EXPERTS)}
+    models = {"base": os.path.join(zoo, "base"), **{f"expert {t}": experts[t] for t in EXPERTS}}
     routing = {}
     for mode in gate_modes:
         for k in per_token:
             name = f"moe-{mode}-k{k}"
-            models[name] = build(moe_spec(zoo, prompts, mode, k), os.path.join(out, name))
+            models[name] = build(moe_spec(zoo, experts, prompts, mode, k, answers), os.path.join(out, name))
             routing[name] = shares(models[name], rows)
     scores = score_table(models, os.path.join(zoo, "data"))
-    result = {"prompts_per_expert": prompts, "scores": scores, "routing": routing}
+    result = {"prompts_per_expert": prompts, "answers_in_prompts": answers, "experts": experts, "scores": scores,
+              "routing": routing}
     with open(os.path.join(out, "moe_proof.json"), "w") as f:
         json.dump(result, f, indent=2)
     echo(format_proof(result))
