@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
+from surgery import spec_file
 from surgery.errors import SpecError
-from surgery.merge.spec import _first_error, read_spec_data
 
 PROMPTED = ("hidden", "hidden_avg", "cheap_embed")  # gate modes computed from the prompts
 
@@ -45,38 +45,45 @@ class MoESpec(BaseModel):
         return out + [(e.source_model, f"shared_experts.{i}.source_model") for i, e in shared]
 
 
+SHAPE = "with at least base_model and experts"
+
+
 def load_moe_spec(path: str, allow_identical: bool = False) -> MoESpec:
-    return parse_moe_spec(read_spec_data(path), path, allow_identical)
+    """Read and validate a MoE spec file; every error gives the field and its YAML line."""
+    found = spec_file.read(path, "MoE spec", SHAPE)
+    return parse_moe_spec(found.data, path, allow_identical, found.text)
 
 
-def parse_moe_spec(data: dict, file: str = "<moe spec>", allow_identical: bool = False) -> MoESpec:
-    try:
-        spec = MoESpec.model_validate(data)
-    except ValidationError as e:
-        raise SpecError(file, *_first_error(e)) from None
-    check(spec, file, allow_identical)
+def parse_moe_spec(data: dict, file: str = "<moe spec>", allow_identical: bool = False,
+                   text: str | None = None) -> MoESpec:
+    spec_file.mapping(data, file, f"a MoE spec is a YAML mapping {SHAPE}")
+    spec = spec_file.validate(MoESpec, data, file, text)
+    check(spec, file, allow_identical, text)
     return spec
 
 
-def check(spec: MoESpec, file: str, allow_identical: bool = False) -> None:
+def check(spec: MoESpec, file: str, allow_identical: bool = False, text: str | None = None) -> None:
     """mergekit's refusals, located: too few experts for `experts_per_token`, prompts missing where
     the gates are computed from them, every expert prompted alike, every expert the same model."""
+    def refuse(field: str, problem: str) -> SpecError:
+        return spec_file.located(file, field, problem, text)
+
     n = len(spec.experts)
     if spec.experts_per_token > n:
-        raise SpecError(file, "experts_per_token", f"{spec.experts_per_token} is more than the {n} expert(s); "
-                        f"each token is routed to experts_per_token of the experts, so give at most {n}")
+        raise refuse("experts_per_token", f"{spec.experts_per_token} is more than the {n} expert(s); each token is "
+                     f"routed to experts_per_token of the experts, so give at most {n}")
     if spec.gate_mode in PROMPTED:
         for field, experts in (("experts", spec.experts), ("shared_experts", spec.shared_experts or [])):
             for i, e in enumerate(experts):
                 if not e.positive_prompts:
-                    raise SpecError(file, f"{field}.{i}.positive_prompts", f"gate_mode {spec.gate_mode} computes "
-                                    "each router row from the expert's prompts; give at least one positive prompt")
+                    raise refuse(f"{field}.{i}", f"gate_mode {spec.gate_mode} computes each router row from the "
+                                 "expert's prompts; give it at least one positive_prompts entry")
         prompts = {(tuple(e.positive_prompts or ()), tuple(e.negative_prompts or ())) for e in spec.experts}
         if n > 1 and len(prompts) == 1:
-            raise SpecError(file, "experts", "every expert has the same positive and negative prompts, so every "
-                            "router row is the same and no token prefers any expert; give each expert prompts of "
-                            "what should be routed to it (as mergekit-moe requires)")
+            raise refuse("experts", "every expert has the same positive and negative prompts, so every router row "
+                         "is the same and no token prefers any expert; give each expert prompts of what should be "
+                         "routed to it (as mergekit-moe requires)")
     if n > 1 and len({e.source_model for e in spec.experts}) == 1 and not allow_identical:
-        raise SpecError(file, "experts", f"every expert is {spec.experts[0].source_model!r}: the MoE would give the "
-                        "dense model's outputs at a higher cost; use different experts, or pass "
-                        "--allow-identical-experts if you will train it further")
+        raise refuse("experts", f"every expert is {spec.experts[0].source_model!r}: the MoE would give the dense "
+                     "model's outputs at a higher cost; use different experts, or pass --allow-identical-experts "
+                     "if you will train it further")

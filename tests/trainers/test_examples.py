@@ -40,6 +40,7 @@ def test_there_are_examples():
 
 
 @pytest.mark.parametrize("example", EXAMPLES, ids=lambda p: p.stem)
+@pytest.mark.integration
 def test_example_trains(example, workdir):
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
@@ -64,7 +65,8 @@ def test_surgery_train_command(workdir):
     again = runner.invoke(main, ["train", "runs/sft-freeze.yaml", "--quiet", "--set", "schedule.total_steps=4",
                                  "--set", "out=out/again", "--resume", "out/sft-freeze/checkpoint-2"])
     assert again.exit_code == 0, again.output
-    refused = runner.invoke(main, ["train", "runs/sft-freeze.yaml", "--quiet", "--resume", "out/sft-freeze/checkpoint-2"])
+    refused = runner.invoke(main, ["train", "runs/sft-freeze.yaml", "--quiet", "--resume",
+                                   "out/sft-freeze/checkpoint-2"])
     assert refused.exit_code == 2
     assert "written by a different run (schedule.total_steps: 4 there, 12 here)" in refused.output
     bad = runner.invoke(main, ["train", "runs/sft-freeze.yaml", "--set", "optim.lr=-1"])

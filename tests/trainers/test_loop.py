@@ -138,7 +138,8 @@ def head_only() -> types.ModuleType:
         return model
 
     def save(model, folder, config):
-        save_file({"lm_head.weight": model.lm_head.weight.detach().contiguous()}, os.path.join(folder, "head.safetensors"))
+        save_file({"lm_head.weight": model.lm_head.weight.detach().contiguous()},
+                  os.path.join(folder, "head.safetensors"))
 
     module.Config, module.attach, module.save = Config, attach, save
     return module
@@ -163,6 +164,7 @@ def test_schedule_by_hand():
     assert lr_factor(5, Schedule(total_steps=6, cosine=False)) == 1.0
 
 
+@pytest.mark.integration
 def test_killed_run_resumes_to_the_same_weights(workdir):
     """A `python -m trainers` process killed (SIGKILL, no clean-up) between checkpoints; resumed from
     its last complete checkpoint it ends where an uninterrupted run ends."""
@@ -177,8 +179,9 @@ def test_killed_run_resumes_to_the_same_weights(workdir):
                      batch={"size": 2, "max_length": 64}, eval_every=None)
     with open("kill.yaml", "w") as f:
         yaml.safe_dump(spec, f)
-    proc = subprocess.Popen([sys.executable, "-m", "trainers", "kill.yaml", "--quiet"], env={**os.environ, "OMP_NUM_THREADS": "1"},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen([sys.executable, "-m", "trainers", "kill.yaml", "--quiet"],
+                            env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
     deadline = time.time() + 60
     while not os.path.isdir("out/killed/checkpoint-20") and time.time() < deadline and proc.poll() is None:
         time.sleep(0.005)
@@ -194,6 +197,7 @@ def test_killed_run_resumes_to_the_same_weights(workdir):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.integration
 def test_sigterm_stops_cleanly(workdir):
     """SIGTERM (what schedulers send) unwinds like Ctrl-C: exit 130, complete checkpoints only, no
     partial folder, and the message says how to continue."""
@@ -208,8 +212,9 @@ def test_sigterm_stops_cleanly(workdir):
                      eval_every=None)
     with open("term.yaml", "w") as f:
         yaml.safe_dump(spec, f)
-    proc = subprocess.Popen([sys.executable, "-m", "trainers", "term.yaml", "--quiet"], env={**os.environ, "OMP_NUM_THREADS": "1"},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, "-m", "trainers", "term.yaml", "--quiet"],
+                            env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 60
     while not os.path.isdir("out/term/checkpoint-10") and time.time() < deadline and proc.poll() is None:
         time.sleep(0.005)

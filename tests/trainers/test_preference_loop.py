@@ -48,6 +48,7 @@ def evals(out: str) -> list[dict]:
 
 
 @pytest.mark.parametrize("name", list(RUNS))
+@pytest.mark.integration
 def test_margin_and_held_out_accuracy_rise(name, workdir, monkeypatch):
     """From the first evaluation (after step 1) to the last (step 12), on held-out pairs."""
     loads = []
@@ -103,7 +104,8 @@ def test_kto_label_must_be_a_boolean(workdir, tmp_path):
 
 
 def test_pairs_given_to_kto_are_named(workdir):
-    with pytest.raises(InputError, match="line 1: this objective trains on prompt/completion/label rows, not 'preference'"):
+    with pytest.raises(InputError,
+                       match="line 1: this objective trains on prompt/completion/label rows, not 'preference'"):
         train(parse_run(preference_spec("kto", data={"train": "runs/data/prefs.jsonl"}), "run.yaml"), quiet=True)
 
 
