@@ -79,7 +79,8 @@ def label(label_spec, overrides) -> None:
 @click.argument("out", type=click.Path(file_okay=False))
 @click.option("--prompts", type=click.IntRange(min=1), default=32, show_default=True,
               help="Training prompts per expert used as its positive prompts.")
-@click.option("--gate-modes", default="hidden,hidden_avg,cheap_embed", show_default=True, help="Gate modes to build, comma-separated.")
+@click.option("--gate-modes", default="hidden,hidden_avg,cheap_embed", show_default=True,
+              help="Gate modes to build, comma-separated.")
 @click.option("--per-token", default="1,2", show_default=True, help="experts_per_token values, comma-separated.")
 @click.option("--expert", "experts", multiple=True, metavar="TASK=FOLDER",
               help="Another expert for add or reverse (default ZOO/add, ZOO/reverse), e.g. add=ZOO/add-mlp.")

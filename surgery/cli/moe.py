@@ -48,4 +48,5 @@ def moe(spec, out, dtype, shard_size, block_size, device, models_dir, force, all
     total = sum(nbytes(plan.dtype, s) for _, s in plan.entries)
     with Bar(total, len(plan.entries), disable=quiet, desc="moe") as bar:
         path = write_moe(plan, out, gates, shared, shard_size, block_size, force, card, bar.update)
-    click.echo(f"wrote {path} ({plan.layout.name}, {len(plan.experts)} experts, {plan.spec.experts_per_token} per token)")
+    click.echo(f"wrote {path} ({plan.layout.name}, {len(plan.experts)} experts, "
+               f"{plan.spec.experts_per_token} per token)")

@@ -18,6 +18,8 @@ from safetensors.torch import load_file
 from surgery.cli import main
 from tests.surgery.test_mergekit_parity import load_all
 
+pytestmark = pytest.mark.integration  # mergekit-extract-lora run in-process
+
 RANK = 4
 PREFIX = "base_model.model."
 

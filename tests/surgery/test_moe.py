@@ -71,6 +71,7 @@ def mergekit_moe(spec: dict, out: str, monkeypatch) -> str:
     return out
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("gate_mode", ["hidden", "cheap_embed"])
 def test_mixtral_equals_mergekit_moe(gate_mode, llama, tmp_path, monkeypatch):
     spec = moe_spec(llama, gate_mode=gate_mode)
@@ -91,6 +92,7 @@ def test_mixtral_equals_mergekit_moe(gate_mode, llama, tmp_path, monkeypatch):
     torch.testing.assert_close(logits(ours), logits(theirs), rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.integration
 def test_qwen2_moe_with_a_shared_expert_equals_mergekit_logits(llama, tmp_path, monkeypatch):
     """mergekit writes Qwen2-MoE experts one tensor each (transformers converts them on loading); we write
     the fused tensors. Loaded, both models give the same logits. (mergekit-moe 0.1.5 opens only the base

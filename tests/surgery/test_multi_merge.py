@@ -43,6 +43,7 @@ def invoke(*args) -> object:
     return CliRunner().invoke(main, ["merge", *[str(a) for a in args], "--quiet"])
 
 
+@pytest.mark.integration
 def test_stages_run_in_order_and_equal_mergekit_multimerge(llama, tmp_path):
     """The final document comes first in the file: it still runs last, and OUT equals what
     mergekit-multimerge writes to --out-path for the same file."""

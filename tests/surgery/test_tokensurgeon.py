@@ -81,6 +81,7 @@ def mergekit_tokensurgeon(model: str, donor: str, out, *flags: str) -> dict[str,
     return load_all(str(out))
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("method,mk_flags", [("omp", ["-a", "omp", "-k", "8"]), ("subword", ["-a", "subword"])])
 def test_matrices_equal_mergekit_tokensurgeon(method, mk_flags, llama, donor, tmp_path):
     result = transplant(llama["math"], donor, tmp_path / "ours", "--method", method, "--k", "8")
