@@ -230,6 +230,8 @@ def run_multi(plan: StagePlan, out: str, options: Options | None = None, merge: 
 
     def run(stage: Stage, spec: MergeSpec, folder: str, final: bool) -> str:
         merge_plan = early.get(stage.index) or plan_merge(spec, stage.where, **settings)
+        for warning in merge_plan.warnings + (merge_plan.vocab.warnings if merge_plan.vocab else []):
+            echo(f"warning: {stage.where}: {warning}")
         return merge(merge_plan, folder, options, multi_card(plan, out, spec) if final else None)
 
     with scratch_folder(out) as scratch:
