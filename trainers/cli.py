@@ -80,3 +80,50 @@ def label(label_spec, overrides) -> None:
     counts = run_label(spec, label_spec)
     click.echo(f"wrote {spec.out}: {counts['pairs']} pairs from {counts['prompts']} prompts "
                f"({counts['skipped']} ties or equal answers skipped)")
+
+
+@click.command("moe-proof")
+@click.argument("zoo", type=click.Path(file_okay=False, exists=True))
+@click.argument("out", type=click.Path(file_okay=False))
+@click.option("--prompts", type=click.IntRange(min=1), default=32, show_default=True,
+              help="Training prompts per expert used as its positive prompts.")
+@click.option("--gate-modes", default="hidden,hidden_avg,cheap_embed", show_default=True,
+              help="Gate modes to build, comma-separated.")
+@click.option("--per-token", default="1,2", show_default=True, help="experts_per_token values, comma-separated.")
+@click.option("--expert", "experts", multiple=True, metavar="TASK=FOLDER",
+              help="Another expert for add or reverse (default ZOO/add, ZOO/reverse), e.g. add=ZOO/add-mlp.")
+@click.option("--no-answers", is_flag=True, help="Positive prompts without their answers (the prompt text alone).")
+@handled
+def moe_proof(zoo, out, prompts, gate_modes, per_token, experts, no_answers) -> None:
+    """Build two-expert MoEs of the small world's add and reverse experts (ZOO: a `surgery world`
+    models folder) and report their routing shares and exact match next to the base and experts."""
+    from trainers.world.moe_proof import run_moe_proof
+
+    chosen = dict(e.split("=", 1) for e in experts)
+    run_moe_proof(zoo, out, prompts, tuple(gate_modes.split(",")), tuple(int(k) for k in per_token.split(",")),
+                  chosen, not no_answers, echo=click.echo)
+
+
+@click.command("transplant-proof")
+@click.argument("zoo", type=click.Path(file_okay=False, exists=True))
+@click.argument("out", type=click.Path(file_okay=False))
+@click.option("--model", type=click.Path(file_okay=False), help="The model to transplant (default: ZOO/base).")
+@click.option("--donor", type=click.Path(file_okay=False),
+              help="The donor model (default: ZOO/bpe-base, trained first with a byte-level BPE tokenizer).")
+@click.option("--donor-steps", type=click.IntRange(min=1), default=600, show_default=True,
+              help="Training steps of the BPE donor when it is built.")
+@click.option("--k", type=click.IntRange(min=1), default=64, show_default=True, help="OMP's k.")
+@click.option("--rows", type=click.IntRange(min=1), help="Test rows per task (default: all).")
+@click.option("--no-exact", is_flag=True, help="Skip exact match (perplexity only; for slow models).")
+@handled
+def transplant_proof(zoo, out, model, donor, donor_steps, k, rows, no_exact) -> None:
+    """Give a model (the small world's base by default) a byte-level BPE donor's tokenizer by every
+    approximation method and report held-out answer perplexity per byte and exact match."""
+    import json
+
+    from trainers.world.transplant import build_donor, run_transplant
+
+    donor = donor or build_donor(zoo, donor_steps)
+    result = run_transplant(model or os.path.join(zoo, "base"), donor, zoo, out, k, rows, not no_exact,
+                            echo=click.echo)
+    click.echo(json.dumps(result, indent=2))

@@ -30,6 +30,8 @@ COMMANDS = {
     "rename": "surgery.cli.rename:rename",
     "merge-adapters": "surgery.cli.merge_adapters:merge_adapters",
     "import-gguf": "surgery.cli.import_gguf:import_gguf",
+    "moe": "surgery.cli.moe:moe",
+    "tokensurgeon": "surgery.cli.tokensurgeon:tokensurgeon",
 }
 
 

@@ -18,20 +18,33 @@ from surgery.cli.streamed import dtype_option, output_options, run_plan
               help="Read relative model paths from here (default: the current folder).")
 @click.option("--threads", type=click.IntRange(min=1), help="torch threads for the arithmetic (default: the CPUs "
               "less one, for the engine's reading and writing threads).")
+@click.option("--no-card", is_flag=True, help="Write no README.md model card beside the weights.")
+@click.option("--keep-intermediates", type=click.Path(file_okay=False), metavar="DIR",
+              help="Multi-stage specs: keep each named stage's output in DIR/NAME (reused when its spec is unchanged) "
+              "and run every document; by default intermediates are deleted as soon as no later stage reads them.")
 @output_options
 @handled
-def merge(spec, out, dtype, device, dry_run, models_dir, threads, shard_size, block_size, force, allow_pickle,
-          quiet) -> None:
-    """Merge the models of SPEC (a mergekit-style YAML) into the folder OUT."""
+def merge(spec, out, dtype, device, dry_run, models_dir, threads, no_card, keep_intermediates, shard_size, block_size,
+          force, allow_pickle, quiet) -> None:
+    """Merge the models of SPEC (a mergekit-style YAML) into the folder OUT. A SPEC of several YAML
+    documents is a multi-stage merge (mergekit-multi's format): OUT receives the final document's model."""
     from surgery.diagnose.report import describe_plan
     from surgery.merge.engine import Options
+    from surgery.merge.multi import is_multi
     from surgery.merge.plan import plan_merge
     from surgery.merge.spec import load_spec
 
     if device == "cuda":
         _require_cuda()
+    options = Options(shard_size=shard_size, block_bytes=block_size, device=device, force=force, card=not no_card)
+    if is_multi(spec):
+        from surgery.cli.multi_merge import merge_stages
+
+        merge_stages(spec, out, options, dtype, allow_pickle, models_dir, keep_intermediates, dry_run, quiet, threads)
+        return
+    if keep_intermediates:
+        raise click.UsageError("--keep-intermediates applies to multi-stage specs (several YAML documents) only")
     plan = plan_merge(load_spec(spec), spec, out_dtype=dtype, allow_pickle=allow_pickle, models_dir=models_dir)
-    options = Options(shard_size=shard_size, block_bytes=block_size, device=device, force=force)
     if dry_run:
         click.echo(describe_plan(plan, options))
         return

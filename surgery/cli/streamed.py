@@ -36,10 +36,12 @@ def dtype_option(help: str, required: bool = False):
 def write_plan(plan, out: str, shard_size: int, block_size: int, force: bool, quiet: bool, desc: str) -> None:
     from surgery.merge.engine import Options
 
-    run_plan(plan, out, Options(shard_size=shard_size, block_bytes=block_size, force=force), quiet, desc)
+    # one-model operations, not merges: no model card
+    run_plan(plan, out, Options(shard_size=shard_size, block_bytes=block_size, force=force, card=False), quiet, desc)
 
 
-def run_plan(plan, out: str, options, quiet: bool, desc: str = "merge", threads: int | None = None) -> None:
+def run_plan(plan, out: str, options, quiet: bool, desc: str = "merge", threads: int | None = None, card=None,
+             announce: bool = True) -> str:
     """Run `plan` into OUT with a progress bar, as every writing command does: freed block buffers kept
     for reuse, torch threads set, SIGTERM unwinding as Ctrl-C (the partial output is removed)."""
     import torch
@@ -52,5 +54,7 @@ def run_plan(plan, out: str, options, quiet: bool, desc: str = "merge", threads:
     torch.set_num_threads(arithmetic_threads(threads))
     signal.signal(signal.SIGTERM, interrupt)
     with Bar(plan.write_bytes, len(plan.jobs), disable=quiet, desc=desc) as bar:
-        path = run_merge(plan, out, options, progress=bar.update)
-    click.echo(f"wrote {path}")
+        path = run_merge(plan, out, options, progress=bar.update, card=card)
+    if announce:
+        click.echo(f"wrote {path}")
+    return path

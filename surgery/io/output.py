@@ -199,12 +199,32 @@ def _set_modes(folder: str) -> None:
 
 
 def remove_stale(parent: str, name: str) -> None:
-    """Remove partial folders left by killed runs (their process is gone) for this output name."""
-    prefix = f".{name}.partial-"
-    for entry in os.listdir(parent):
-        if entry.startswith(prefix) and entry[len(prefix):].isdigit() and not _alive(int(entry[len(prefix):])):
-            shutil.rmtree(os.path.join(parent, entry), ignore_errors=True)
-    shutil.rmtree(os.path.join(parent, f"{prefix}{os.getpid()}"), ignore_errors=True)
+    """Remove partial and scratch folders left by killed runs (their process is gone) for this output name."""
+    for kind in ("partial", "scratch"):
+        prefix = f".{name}.{kind}-"
+        for entry in os.listdir(parent):
+            if entry.startswith(prefix) and entry[len(prefix):].isdigit() and not _alive(int(entry[len(prefix):])):
+                shutil.rmtree(os.path.join(parent, entry), ignore_errors=True)
+    shutil.rmtree(os.path.join(parent, f".{name}.partial-{os.getpid()}"), ignore_errors=True)
+
+
+@contextmanager
+def scratch_folder(out: str) -> Iterator[str]:
+    """A hidden sibling folder of `out` for work that must not outlive the run (a multi-stage merge's
+    intermediate models), on the output's disk; removed on exit, and by a later run if this one is killed."""
+    parent, name = os.path.split(os.path.abspath(out))
+    try:
+        os.makedirs(parent, exist_ok=True)
+    except OSError as e:
+        raise OutputError(f"cannot create the output's parent folder {parent!r} ({e.strerror})") from None
+    remove_stale(parent, name)
+    path = os.path.join(parent, f".{name}.scratch-{os.getpid()}")
+    shutil.rmtree(path, ignore_errors=True)
+    os.mkdir(path)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def _alive(pid: int) -> bool:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+from collections.abc import Iterator
 from functools import cached_property
 
 import torch
@@ -113,6 +114,16 @@ class ModelFolder:
         buf = bytearray(nbytes)
         self._pread_into(info, memoryview(buf), info.start + r0 * info.row_bytes)
         return torch.frombuffer(buf, dtype=info.dtype).reshape(shape)
+
+    def blocks(self, name: str, block_bytes: int) -> Iterator[torch.Tensor]:
+        """Tensor `name` as consecutive blocks of rows of about `block_bytes` each (at least one row)."""
+        info = self.tensors[name]
+        if info.rows == 0 or len(info.shape) < 2:
+            yield self.read(name)
+            return
+        step = max(1, block_bytes // max(1, info.row_bytes))
+        for r in range(0, info.rows, step):
+            yield self.read(name, (r, min(r + step, info.rows)))
 
     def _pread_into(self, info: TensorInfo, view: memoryview, offset: int) -> None:
         fd, done = self._fd(info.file), 0

@@ -9,6 +9,7 @@ import errno
 import json
 import os
 import shutil
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -141,6 +142,25 @@ def add_metadata(path: str, extra: dict[str, str]) -> None:
         os.replace(tmp, path)
     except OSError as e:
         raise OutputError(f"{path}: cannot write ({e.strerror})") from None
+
+
+def write_tensors(folder: str, entries: list[tuple[str, torch.dtype, tuple[int, ...]]],
+                  blocks: dict[str, Callable[[], Iterator[torch.Tensor]]], metadata: dict[str, str],
+                  shard_size: int, progress: Callable[[str, int], None] | None = None) -> None:
+    """Write `entries` in order into sharded safetensors in `folder`, each tensor from `blocks[name]()`:
+    its rows as consecutive blocks of any float dtype, cast here. For writers outside the merge engine
+    (mixtures of experts, tokenizer transplants) that still stream."""
+    writer = ShardWriter(folder, plan_shards(entries, shard_size), metadata)
+    try:
+        for name, dtype, _ in entries:
+            for block in blocks[name]():
+                block = block.to(dtype).contiguous()
+                writer.write(name, block)
+                if progress:
+                    progress(name, block.numel() * block.element_size())
+        writer.finish()
+    finally:
+        writer.abort()
 
 
 def _write_text(path: str, text: str) -> None:

@@ -28,6 +28,7 @@ from surgery.io.output import (
     write_json,
 )
 from surgery.io.writer import QueuedWriter, ShardWriter, plan_shards
+from surgery.merge.card import Card, spec_card, write_card
 from surgery.merge.draws import Draws
 from surgery.merge.methods.method import Block, Stats
 from surgery.merge.plan import MergePlan, TensorJob
@@ -57,14 +58,16 @@ class Options:
     block_bytes: int = DEFAULT_BLOCK       # float32 working set of one block, all inputs together
     device: str = "cpu"
     force: bool = False
+    card: bool = True                      # write README.md, a model card (front matter, method, inputs, spec)
 
 
 Progress = Callable[[str, int], None]  # (tensor name, bytes written)
 
 
 def run_merge(plan: MergePlan, out: str, options: Options = Options(), progress: Progress | None = None,
-              cancel: threading.Event | None = None) -> str:
-    """Merge into `out` atomically; returns the output folder's absolute path."""
+              cancel: threading.Event | None = None, card: Card | None = None) -> str:
+    """Merge into `out` atomically; returns the output folder's absolute path. The model card is `card`,
+    or by default the plan's spec (with `options.card` off, none)."""
     inputs = [p for f in plan.folders.values() for p in getattr(f, "inputs", [f.path])]  # a FoldedModel's adapters too
     out = check_output_path(out, inputs, options.force)
     entries = [(j.name, j.dtype, j.shape) for j in plan.jobs]
@@ -90,6 +93,8 @@ def run_merge(plan: MergePlan, out: str, options: Options = Options(), progress:
                 folder.close()  # no input file stays open after the merge (reads reopen on demand)
         try:
             write_side_files(plan, tmp)
+            if options.card:
+                write_card(tmp, card or spec_card(plan.spec, out))
         except OSError as e:  # e.g. the disk fills up after the last shard
             raise OutputError(f"{out}: cannot write the config and tokenizer files ({e.strerror}); "
                               "nothing was written there") from None

@@ -240,12 +240,7 @@ def fold_on_read(folder: ModelFolder, adapter: str):
 
 
 def _model_fields(spec: MergeSpec) -> list[tuple[str, str]]:
-    out = [(spec.base_model, "base_model")] if spec.base_model else []
-    out += [(m.model, f"models.{i}.model") for i, m in enumerate(spec.models or [])]
-    for i, sl in enumerate(spec.slices or []):
-        out += [(sl.base_model, f"slices.{i}.base_model")] if sl.base_model else []
-        out += [(s.model, f"slices.{i}.sources.{j}.model") for j, s in enumerate(sl.sources)]
-    return out
+    return spec.references()
 
 
 def _check_ranges(s: SliceInputs, folders: dict[str, ModelFolder], file: str) -> SliceInputs:

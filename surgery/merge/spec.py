@@ -91,6 +91,15 @@ class MergeSpec(BaseModel):
             names += ([s.base_model] if s.base_model else []) + [src.model for src in s.sources]
         return list(dict.fromkeys(names))
 
+    def references(self) -> list[tuple[str, str]]:
+        """Every model reference with the spec field that holds it, in spec order (repeats kept)."""
+        out = [(self.base_model, "base_model")] if self.base_model else []
+        out += [(m.model, f"models.{i}.model") for i, m in enumerate(self.models or [])]
+        for i, sl in enumerate(self.slices or []):
+            out += [(sl.base_model, f"slices.{i}.base_model")] if sl.base_model else []
+            out += [(s.model, f"slices.{i}.sources.{j}.model") for j, s in enumerate(sl.sources)]
+        return out
+
     def digest(self) -> str:
         return hashlib.sha256(self.canonical_json().encode()).hexdigest()
 

@@ -37,14 +37,15 @@ def _jsonl(path: str, rows: list[dict]) -> str:
     return os.path.abspath(path)
 
 
-def init_model(folder: str, seed: int = 0) -> str:
-    """A randomly initialised character-level Llama with its tokenizer, saved atomically."""
+def init_model(folder: str, seed: int = 0, tokenizer=None) -> str:
+    """A randomly initialised Llama with its tokenizer (the character tokenizer unless another is
+    given), saved atomically."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from trainers.world.tokenizer import char_tokenizer
 
-    tokenizer = char_tokenizer()
+    tokenizer = tokenizer or char_tokenizer()
     config = LlamaConfig(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
                          bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, **MODEL)
     torch.manual_seed(seed)
