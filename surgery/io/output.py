@@ -1,5 +1,5 @@
-"""The output folder appears atomically: everything is written into a hidden sibling folder, which is
-renamed into place only once complete. A failed or interrupted merge leaves nothing at the output path.
+"""The output folder (or file) appears atomically: everything is written into a hidden sibling, which
+is renamed into place only once complete. A failed or interrupted merge leaves nothing at the output path.
 """
 
 from __future__ import annotations
@@ -36,6 +36,41 @@ def check_output_path(out: str, inputs: list[str], force: bool) -> str:
     return out
 
 
+def check_output_file(out: str, inputs: list[str], force: bool) -> str:
+    """As `check_output_path`, for an output that is one file (a GGUF file)."""
+    out = os.path.abspath(out)
+    real = os.path.realpath(out)
+    for path in inputs:
+        path = os.path.realpath(path)
+        if real == path or real.startswith(path + os.sep) or path.startswith(real + os.sep):
+            raise OutputError(f"output {out!r} overlaps input model {path!r}; choose another output file "
+                              "(inputs are never overwritten, even with --force)")
+    if os.path.isdir(out):
+        raise OutputError(f"output {out!r} is a folder; give the path of the file to write, e.g. {out}/model.gguf")
+    if os.path.lexists(out) and not force:
+        raise OutputError(f"output {out!r} already exists; remove it or pass --force to replace it")
+    return out
+
+
+@contextmanager
+def atomic_file(out: str) -> Iterator[str]:
+    """Yield a temporary sibling file path; on success it replaces `out`, on any error it is removed."""
+    parent, name = os.path.split(os.path.abspath(out))
+    try:
+        os.makedirs(parent, exist_ok=True)
+    except OSError as e:
+        raise OutputError(f"cannot create the output's parent folder {parent!r} ({e.strerror})") from None
+    remove_stale(parent, name)
+    tmp = os.path.join(parent, f".{name}.partial-{os.getpid()}")
+    try:
+        yield tmp
+        os.replace(tmp, out)
+    except BaseException:
+        if os.path.lexists(tmp):
+            os.remove(tmp)
+        raise
+
+
 @contextmanager
 def atomic_folder(out: str) -> Iterator[str]:
     """Yield a temporary sibling folder; on success it replaces `out`, on any error it is removed."""
@@ -60,8 +95,16 @@ def remove_stale(parent: str, name: str) -> None:
     prefix = f".{name}.partial-"
     for entry in os.listdir(parent):
         if entry.startswith(prefix) and entry[len(prefix):].isdigit() and not _alive(int(entry[len(prefix):])):
-            shutil.rmtree(os.path.join(parent, entry), ignore_errors=True)
-    shutil.rmtree(os.path.join(parent, f"{prefix}{os.getpid()}"), ignore_errors=True)
+            _remove(os.path.join(parent, entry))
+    _remove(os.path.join(parent, f"{prefix}{os.getpid()}"))
+
+
+def _remove(path: str) -> None:
+    """A partial folder or file (a GGUF output is one file)."""
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path, ignore_errors=True)
+    elif os.path.lexists(path):
+        os.remove(path)
 
 
 def _alive(pid: int) -> bool:
