@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from surgery.cli.common import handled, size_option
-from surgery.cli.streamed import run_plan
+from surgery.cli.streamed import gguf_options, output_format, run_plan
 
 
 @click.command()
@@ -22,10 +22,11 @@ from surgery.cli.streamed import run_plan
 @click.option("--threads", type=click.IntRange(min=1), help="torch threads for the arithmetic (default: the CPUs "
               "less one, for the engine's reading and writing threads).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@gguf_options
 @handled
 def merge(spec, out, dtype, shard_size, block_size, device, dry_run, force, allow_pickle, models_dir, threads,
-          quiet) -> None:
-    """Merge the models of SPEC (a mergekit-style YAML) into the folder OUT."""
+          quiet, out_format, quant) -> None:
+    """Merge the models of SPEC (a mergekit-style YAML) into the folder OUT (or the GGUF file OUT)."""
     from surgery.diagnose.report import describe_plan
     from surgery.merge.engine import Options
     from surgery.merge.plan import plan_merge
@@ -33,8 +34,12 @@ def merge(spec, out, dtype, shard_size, block_size, device, dry_run, force, allo
 
     if device == "cuda":
         _require_cuda()
+    out_format, quant = output_format(out, out_format, quant, dtype)
+    if out_format == "gguf":
+        dtype = "float32"  # quantized once, from the float32 merge, rather than rounded twice
     plan = plan_merge(load_spec(spec), spec, out_dtype=dtype, allow_pickle=allow_pickle, models_dir=models_dir)
-    options = Options(shard_size=shard_size, block_bytes=block_size, device=device, force=force)
+    options = Options(shard_size=shard_size, block_bytes=block_size, device=device, force=force, format=out_format,
+                      quant=quant)
     if dry_run:
         click.echo(describe_plan(plan, options))
         return

@@ -157,8 +157,8 @@ def _parse(cur: _Cursor) -> GGUFHeader:
         raise InputError(f"{cur.path}: GGUF version {version} is not supported (only {VERSIONS}){hint}")
     n_tensors, n_kv = cur.scalar(10, "the tensor count"), cur.scalar(10, "the key-value count")
     if n_tensors * 24 + n_kv * 12 > cur.size:  # the smallest tensor info and key-value pair
-        raise InputError(f"{cur.path}: corrupt GGUF header: {n_tensors} tensors and {n_kv} key-value pairs "
-                         f"cannot fit in {cur.size} bytes")
+        raise InputError(f"{cur.path}: truncated or corrupt GGUF file: its header announces {n_tensors} tensors and "
+                         f"{n_kv} key-value pairs, which cannot fit in its {cur.size} bytes; copy the file again")
     metadata, types = {}, {}
     for i in range(n_kv):
         key = cur.string(f"key-value pair {i}")
@@ -184,14 +184,19 @@ def _value(cur: _Cursor, kind: int, key: str):
     cur.last_item = item
     if item in NUMPY:
         if n * SCALARS[item][1] > cur.size:
-            raise InputError(f"{cur.path}: corrupt GGUF header: array {key!r} claims {n} elements")
+            raise _too_long(cur, key, n)
         values = np.frombuffer(cur.take(n * SCALARS[item][1], f"the array {key!r}"), dtype=NUMPY[item])
         return values.astype(bool).tolist() if item == 7 else values.tolist()
     if n * 8 > cur.size:
-        raise InputError(f"{cur.path}: corrupt GGUF header: array {key!r} claims {n} elements")
+        raise _too_long(cur, key, n)
     values = [_value(cur, item, f"{key}[{j}]") for j in range(n)]
     cur.last_item = item  # an inner array set its own
     return values
+
+
+def _too_long(cur: _Cursor, key: str, n: int) -> InputError:
+    return InputError(f"{cur.path}: truncated or corrupt GGUF file: array {key!r} claims {n} elements, more than "
+                      f"its {cur.size} bytes can hold; copy the file again")
 
 
 def _tensor_info(cur: _Cursor, i: int) -> tuple[str, tuple[int, ...], int, int]:
