@@ -89,7 +89,7 @@ def _default_dtype(config: dict) -> torch.dtype:
 
 def _quantized(raw: ModelFolder, dtype: torch.dtype) -> dict[str, Quantized]:
     out = {}
-    for name, info in raw.tensors.items():
+    for name in raw.tensors:
         if STATE in name:
             weight = name.split(STATE)[0]
             out[weight] = _four_bit_entry(raw, weight, name)
@@ -146,6 +146,10 @@ def _int8_entry(raw: ModelFolder, weight: str, scb: str, dtype: torch.dtype) -> 
 
 
 def bitsandbytes():
+    import logging
+
+    # on CPUs with avx512_bf16 its import tries an optional kernel and warns when it is not installed
+    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
     try:
         import bitsandbytes.functional as functional
     except ImportError:

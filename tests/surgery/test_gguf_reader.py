@@ -18,7 +18,7 @@ from surgery.errors import InputError  # noqa: E402
 from surgery.io.gguf_format import read_header  # noqa: E402
 from surgery.io.gguf_reader import GGUFModel  # noqa: E402
 from surgery.io.opener import model_path, open_model  # noqa: E402
-from tests.surgery.tiny_gguf import encoder, tiny_llama, write_gguf  # noqa: E402
+from tests.surgery.tiny_gguf import encoder, lie_about_rows, tiny_llama, write_gguf  # noqa: E402
 
 BLOCK_32 = ["F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1"]   # quantized by the gguf package
 K_QUANTS = ["Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"]                  # 256-value blocks: random codes
@@ -149,18 +149,9 @@ def test_a_truncated_file_is_refused_naming_the_tensor(files, tmp_path):
 
 def test_a_header_lying_about_a_size_is_refused(files, tmp_path):
     """token_embd's row count doubled in the header: its data would run over the next tensor's."""
-    path = files["F32"]
-    header = read_header(path)
-    embed = header.tensors["token_embd.weight"]
-    data = bytearray(open(path, "rb").read())
-    name = b"token_embd.weight"
-    at = data.index(len(name).to_bytes(8, "little") + name) + 8 + len(name) + 4  # the dims after n_dims
-    assert int.from_bytes(data[at + 8:at + 16], "little") == embed.dims[1]
-    data[at + 8:at + 16] = (embed.dims[1] * 2).to_bytes(8, "little")
-    lying = tmp_path / "lying.gguf"
-    lying.write_bytes(bytes(data))
+    lying = lie_about_rows(files["F32"], tmp_path / "lying.gguf")
     with pytest.raises(InputError, match=r"tensor 'token_embd.weight' \(shape \[524, 32\], F32\) needs .* header lies"):
-        GGUFModel(str(lying))
+        GGUFModel(lying)
 
 
 def test_a_type_gguf_cannot_dequantize_is_refused_naming_the_tensor(tmp_path):

@@ -162,3 +162,17 @@ def write_header_only(path, architecture: str) -> str:
     w.write_tensors_to_file()
     w.close()
     return str(path)
+
+
+def lie_about_rows(src, dst, tensor: str = "token_embd.weight") -> str:
+    """A copy of the GGUF file `src` whose header doubles `tensor`'s row count (its outer dimension)."""
+    data = bytearray(open(src, "rb").read())
+    name = tensor.encode()
+    at = data.index(len(name).to_bytes(8, "little") + name) + 8 + len(name)  # then n_dims (uint32), dims
+    n_dims = int.from_bytes(data[at:at + 4], "little")
+    outer = at + 4 + 8 * (n_dims - 1)
+    rows = int.from_bytes(data[outer:outer + 8], "little")
+    data[outer:outer + 8] = (rows * 2).to_bytes(8, "little")
+    with open(dst, "wb") as f:
+        f.write(bytes(data))
+    return str(dst)
