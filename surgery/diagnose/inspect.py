@@ -30,8 +30,8 @@ class Inspection:
         return json.dumps({
             "path": self.path, "files": self.files, "parameters": self.parameters, "bytes": self.nbytes,
             "dtypes": self.dtypes, "provenance": self.provenance, **({"adapter": self.adapter} if self.adapter else {}),
-            "tensors": [{"name": n, "dtype": d, "shape": list(s), **({"stored": self.stored[n]} if n in self.stored else {})}
-                        for n, d, s in self.tensors],
+            "tensors": [{"name": n, "dtype": d, "shape": list(s),
+                         **({"stored": self.stored[n]} if n in self.stored else {})} for n, d, s in self.tensors],
         }, indent=2)
 
 

@@ -104,7 +104,8 @@ def test_inspect_shows_how_a_gguf_file_stores_its_tensors(zoo):
 def test_a_gguf_with_another_vocabulary_takes_vocabulary_surgery(zoo, tmp_path):
     """A fine-tune that added a token: refused without tokenizer_source, merged by token with union."""
     grown = write_gguf(tmp_path / "grown.gguf", tiny_llama(seed=2, extra=("<tool>",)), extra=("<tool>",))
-    text = f"merge_method: linear\nparameters: {{weight: 1}}\nmodels:\n  - model: {zoo['base.gguf']}\n  - model: {grown}\n"
+    text = (f"merge_method: linear\nparameters: {{weight: 1}}\n"
+            f"models:\n  - model: {zoo['base.gguf']}\n  - model: {grown}\n")
     (tmp_path / "plain.yaml").write_text(text)
     result = run_cli("merge", str(tmp_path / "plain.yaml"), str(tmp_path / "out"))
     assert result.exit_code == 2 and "tokenizer_source" in result.stderr, result.output
