@@ -12,15 +12,16 @@ from __future__ import annotations
 
 from surgery.errors import InputError
 from surgery.io.gguf_arch import Architecture
-from surgery.io.gguf_format import SCALARS, STRING, Typed
+from surgery.io.gguf_format import STRING, Typed
 
-U32, F32, BOOL = 4, 6, 7
+U32, F32 = 4, 6  # GGUF value types
 FILE_TYPES = {"f32": 0, "f16": 1, "q8_0": 7, "bf16": 32}  # gguf.LlamaFileType for each --quant
 QUANTIZATION_VERSION = 2  # ggml's block formats as of the K-quants (general.quantization_version)
 
 
-def hf_config(metadata: dict, tensor_names, path: str) -> dict:
-    """The transformers config of a GGUF file, as `AutoConfig.from_pretrained(..., gguf_file=...)` gives it."""
+def hf_config(metadata: dict, tensor_names, path: str):
+    """The transformers config (a `PretrainedConfig`) of a GGUF file, as `AutoConfig.from_pretrained(...,
+    gguf_file=...)` builds it."""
     from transformers import AutoConfig
     from transformers.integrations.ggml import GGUF_CONFIG_DEFAULTS_MAPPING, GGUF_CONFIG_MAPPING
 
@@ -86,10 +87,3 @@ def hyperparameters(config: dict, arch: Architecture, quant: str, name: str, whe
     if arch.rope_dimension_key:
         keys[f"{a}.rope.dimension_count"] = Typed(U32, head_dim)
     return keys
-
-
-def typed(kind: int, value, item: int | None = None) -> Typed:
-    """A value as the header parser gave it, typed again for writing."""
-    if kind not in SCALARS and kind != STRING and item is None:
-        raise ValueError(f"array without an element type: {value!r}")  # caller bug
-    return Typed(kind, value, item)

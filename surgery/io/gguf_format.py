@@ -15,6 +15,7 @@ file before any data is read: a truncated file or a header that lies about a ten
 
 from __future__ import annotations
 
+import functools
 import io
 import math
 import os
@@ -78,6 +79,7 @@ class GGUFHeader:
     data_start: int
 
 
+@functools.cache
 def type_sizes() -> dict[int, tuple[int, int]]:
     """ggml type id -> (elements per block, bytes per block), from the gguf package."""
     from gguf import GGML_QUANT_SIZES

@@ -52,6 +52,7 @@ class GGUFModel:
         self.tensors = {name: _info(self.path, name, t) for name, t in self.stored.items()}
         self.encodings = {name: type_name(t.type) for name, t in self.stored.items()}
         self._fd: int | None = None
+        self._fd_lock = threading.Lock()  # the engine reads ahead in a worker thread
         self._heads = {name: rotary_heads(self.arch, t.name, self.config) for name, t in self.stored.items()}
 
     @property
@@ -83,13 +84,14 @@ class GGUFModel:
         from gguf import GGMLQuantizationType
         from gguf.quants import dequantize
 
-        values = dequantize(raw.reshape(-1, t.dims[0] // type_sizes()[t.type][0] * type_sizes()[t.type][1]),
-                            GGMLQuantizationType(t.type))
+        block, size = type_sizes()[t.type]
+        values = dequantize(raw.reshape(-1, t.dims[0] // block * size), GGMLQuantizationType(t.type))  # (rows, in)
         return torch.from_numpy(np.ascontiguousarray(values)).reshape(shape)
 
     def _pread(self, t: GGUFTensor, view: memoryview, offset: int) -> None:
-        if self._fd is None:
-            self._fd = os.open(self.path, os.O_RDONLY)
+        with self._fd_lock:
+            if self._fd is None:
+                self._fd = os.open(self.path, os.O_RDONLY)
         done = 0
         while done < len(view):  # one pread returns at most ~2 GiB
             got = os.preadv(self._fd, [view[done:]], offset + done)
@@ -98,9 +100,10 @@ class GGUFModel:
             done += got
 
     def close(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+        with self._fd_lock:
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
 
     def __repr__(self) -> str:
         return f"GGUFModel({self.path!r}, {self.arch.gguf}, {len(self.tensors)} tensors)"
@@ -203,15 +206,3 @@ def _write_side_files(model: GGUFModel, folder: str) -> None:
     config = AutoConfig.for_model(model.config["model_type"], **settings)
     GenerationConfig.from_model_config(config).save_pretrained(folder)
     save_tokenizer(model.header.metadata, model.header.types, folder, model.path)
-
-
-def describe_stored(model: GGUFModel) -> str:
-    """One line: the types the file stores, with counts."""
-    counts: dict[str, int] = {}
-    for t in model.stored.values():
-        counts[type_name(t.type)] = counts.get(type_name(t.type), 0) + 1
-    return ", ".join(f"{n} {k}" for k, n in sorted(counts.items(), key=lambda kv: -kv[1]))
-
-
-def stored_bytes(model: GGUFModel) -> int:
-    return sum(t.nbytes for t in model.stored.values())
