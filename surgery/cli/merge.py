@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import click
 
 from surgery.cli.common import handled, size_option
@@ -44,6 +46,10 @@ def merge(spec, out, dtype, shard_size, block_size, device, dry_run, force, allo
     options = Options(shard_size=shard_size, block_bytes=block_size, device=device, force=force, format=out_format,
                       quant=quant)
     if dry_run:
+        if out_format == "gguf":  # the file's keys and tensor names, checked as writing would check them
+            from surgery.merge.outputs import gguf_layout
+
+            gguf_layout(plan, quant, os.path.basename(out))
         click.echo(describe_plan(plan, options))
         return
     for warning in plan.vocab.warnings if plan.vocab else []:  # the pre-flight's, also shown by --dry-run

@@ -1,7 +1,7 @@
 """The one merge loop: for each planned tensor, read its inputs a block of rows at a time, run the
 method's statistics stages then its merge, check the result is finite, cast, and stream it to the
-writer. Working memory is a few blocks per input whatever the model's size; the output folder
-appears only when everything has been written.
+writer (`surgery.merge.outputs`: a model folder or a GGUF file). Working memory is a few blocks per
+input whatever the model's size; the output appears only when everything has been written.
 """
 
 from __future__ import annotations

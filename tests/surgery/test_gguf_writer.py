@@ -176,6 +176,10 @@ def test_what_cannot_be_written_is_refused_before_writing(llama, gpt2, tmp_path)
                          (gpt2["base"], "model_type 'gpt2' cannot be written as GGUF")]:
         result = run_cli("convert", src, str(tmp_path / "out.gguf"))
         assert result.exit_code == 2 and message in result.stderr, result.output
+    spec = tmp_path.parent / f"{tmp_path.name}-spec.yaml"
+    spec.write_text(f"merge_method: passthrough\nmodels:\n  - model: {llama['base']}\n")
+    result = run_cli("merge", str(spec), str(tmp_path / "out.gguf"), "--dry-run")  # checked by the dry run too
+    assert result.exit_code == 2 and "WordLevel tokenizer is not byte-level BPE" in result.stderr
     assert os.listdir(tmp_path) == [] and digest(llama["base"], gpt2["base"]) == before
 
 
