@@ -5,14 +5,14 @@ from __future__ import annotations
 import click
 
 from surgery.cli.common import handled
-from surgery.cli.streamed import gguf_options, output_format, output_options, write_plan
+from surgery.cli.streamed import dtype_option, gguf_options, output_format, output_options, write_plan
 
 
 @click.command()
 @click.argument("src", metavar="IN", type=click.Path())
 @click.argument("out", type=click.Path())
-@click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16", "float64"]),
-              help="dtype of every floating-point tensor in OUT (integer buffers are copied as they are).")
+@dtype_option("dtype of every floating-point tensor in OUT (integer buffers are copied as they are; a folder "
+              "output needs it).")
 @gguf_options
 @output_options
 @handled

@@ -106,7 +106,7 @@ def test_unknown_spec_field(work, tmp_path):
     out = str(tmp_path / "out")
     with refused(SpecError, out, work) as e:
         attempt(work, {**TIES, "base_modle": "models/base"}, out)
-    assert str(e.value).endswith("spec.yaml: base_modle: unknown field 'base_modle'")
+    assert str(e.value).endswith("spec.yaml: base_modle (line 2): unknown field 'base_modle'")  # keys sorted
 
 
 @pytest.mark.parametrize("density, field", [
@@ -296,6 +296,7 @@ def test_disk_full_after_the_last_shard(work, tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
+@pytest.mark.integration
 def test_killed_process_leaves_nothing(build, tmp_path, sig):
     """Kill a `surgery merge` while it writes shards: the output path never appears and the inputs'
     bytes are unchanged. SIGTERM is handled (exit 130, partial folder removed); SIGKILL runs no
