@@ -85,6 +85,7 @@ def test_blocks_of_rows_are_the_rows_of_the_whole(saved, fmt):
             assert torch.equal(folder.read(name, span), whole[span[0]:span[1]])
 
 
+@pytest.mark.integration
 def test_a_qlora_base_and_its_adapter_merge_directly(saved, tmp_path):
     """fold and `base+adapter` on the 4-bit folder give what they give on its dequantized weights."""
     from peft import LoraConfig

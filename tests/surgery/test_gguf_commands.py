@@ -12,6 +12,7 @@ import os
 import pytest
 import torch
 
+pytestmark = pytest.mark.integration  # every test runs whole commands, from GGUF files and from folders
 pytest.importorskip("gguf")
 
 from surgery.io.opener import open_model  # noqa: E402
