@@ -26,6 +26,7 @@ import torch
 from surgery.adapters.lora_format import TRANSPOSED, adapter_config, factor_keys, saved_key
 from surgery.adapters.lowrank import energy_rank, factors, relative_error, spectrum
 from surgery.errors import InputError, NumericsError, SpecError
+from surgery.io.opener import open_model
 from surgery.io.output import atomic_folder, check_output_path, write_json
 from surgery.io.reader import ModelFolder
 from surgery.io.writer import Shard, ShardWriter
@@ -146,7 +147,7 @@ def open_extraction(base: str, tuned: str, out: str, settings: ExtractSettings, 
                     allow_pickle: bool = False) -> Extraction:
     """Open and check everything that can be checked from headers; reads no tensor data."""
     check_settings(settings)
-    folders = ModelFolder(base, allow_pickle=allow_pickle), ModelFolder(tuned, allow_pickle=allow_pickle)
+    folders = open_model(base, allow_pickle=allow_pickle), open_model(tuned, allow_pickle=allow_pickle)
     check_output_path(out, [f.path for f in folders], force)
     check_counterparts(*folders)
     check_ranks(folders[1], settings)

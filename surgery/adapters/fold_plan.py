@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from surgery.adapters.folded_model import FoldedModel
 from surgery.errors import InputError
 from surgery.io.locate import resolve_path
-from surgery.io.reader import ModelFolder
+from surgery.io.opener import open_model
 from surgery.merge.plan import MergePlan, plan_merge
 from surgery.merge.spec import MergeSpec
 
@@ -26,7 +26,7 @@ def plan_fold(base: str, adapters: Sequence[str], weights: Sequence[float] = (),
     if len(weights) != len(adapters):
         raise InputError(f"--weight given {len(weights)} times for {len(adapters)} adapters; give one per adapter "
                          "(in the adapters' order) or none")
-    folder = ModelFolder(resolve_path(base), allow_pickle=allow_pickle)
+    folder = open_model(resolve_path(base), allow_pickle=allow_pickle)
     folded = FoldedModel(folder, [(resolve_path(a), w) for a, w in zip(adapters, weights)])
     name = "+".join([base] + [a if w == 1 else f"{a}*{w:g}" for a, w in zip(adapters, weights)])
     spec = MergeSpec(merge_method="passthrough", models=[{"model": name}])

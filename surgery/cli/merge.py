@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
+
 import click
 
 from surgery.cli.common import handled
-from surgery.cli.streamed import dtype_option, output_options, run_plan
+from surgery.cli.streamed import dtype_option, gguf_options, output_format, output_options, run_plan
 
 
 @click.command()
@@ -22,12 +24,14 @@ from surgery.cli.streamed import dtype_option, output_options, run_plan
 @click.option("--keep-intermediates", type=click.Path(file_okay=False), metavar="DIR",
               help="Multi-stage specs: keep each named stage's output in DIR/NAME (reused when its spec is unchanged) "
               "and run every document; by default intermediates are deleted as soon as no later stage reads them.")
+@gguf_options
 @output_options
 @handled
-def merge(spec, out, dtype, device, dry_run, models_dir, threads, no_card, keep_intermediates, shard_size, block_size,
-          force, allow_pickle, quiet) -> None:
-    """Merge the models of SPEC (a mergekit-style YAML) into the folder OUT. A SPEC of several YAML
-    documents is a multi-stage merge (mergekit-multi's format): OUT receives the final document's model."""
+def merge(spec, out, dtype, device, dry_run, models_dir, threads, no_card, keep_intermediates, out_format, quant,
+          shard_size, block_size, force, allow_pickle, quiet) -> None:
+    """Merge the models of SPEC (a mergekit-style YAML) into the folder OUT (or the GGUF file OUT). A SPEC of
+    several YAML documents is a multi-stage merge (mergekit-multi's format): OUT receives the final document's
+    model."""
     from surgery.diagnose.report import describe_plan
     from surgery.merge.engine import Options
     from surgery.merge.multi import is_multi
@@ -36,7 +40,11 @@ def merge(spec, out, dtype, device, dry_run, models_dir, threads, no_card, keep_
 
     if device == "cuda":
         _require_cuda()
-    options = Options(shard_size=shard_size, block_bytes=block_size, device=device, force=force, card=not no_card)
+    out_format, quant = output_format(out, out_format, quant, dtype)
+    if out_format == "gguf":
+        dtype = "float32"  # quantized once, from the float32 merge, rather than rounded twice
+    options = Options(shard_size=shard_size, block_bytes=block_size, device=device, force=force, card=not no_card,
+                      format=out_format, quant=quant)
     if is_multi(spec):
         from surgery.cli.multi_merge import merge_stages
 
@@ -46,6 +54,10 @@ def merge(spec, out, dtype, device, dry_run, models_dir, threads, no_card, keep_
         raise click.UsageError("--keep-intermediates applies to multi-stage specs (several YAML documents) only")
     plan = plan_merge(load_spec(spec), spec, out_dtype=dtype, allow_pickle=allow_pickle, models_dir=models_dir)
     if dry_run:
+        if out_format == "gguf":  # the file's keys and tensor names, checked as writing would check them
+            from surgery.merge.outputs import gguf_layout
+
+            gguf_layout(plan, quant, os.path.basename(out))
         click.echo(describe_plan(plan, options))
         return
     for warning in plan.warnings + (plan.vocab.warnings if plan.vocab else []):  # also shown by --dry-run

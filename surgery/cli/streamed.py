@@ -26,6 +26,32 @@ def output_options(fn):
     return fn
 
 
+def gguf_options(fn):
+    """--format and --quant: a GGUF file instead of a model folder."""
+    for option in reversed([
+        click.option("--format", "out_format", type=click.Choice(["safetensors", "gguf"]),
+                     help="safetensors: a model folder; gguf: one GGUF file llama.cpp loads "
+                          "(default: gguf when OUT ends in .gguf)."),
+        click.option("--quant", type=click.Choice(["f32", "f16", "bf16", "q8_0"]),
+                     help="GGUF output: the type of its matrices, as llama.cpp's converter writes them (default "
+                          "f16; norms stay f32). Lower bits: run llama-quantize on the f16 or q8_0 file."),
+    ]):
+        fn = option(fn)
+    return fn
+
+
+def output_format(out: str, out_format: str | None, quant: str | None, dtype: str | None) -> tuple[str, str]:
+    """(format, quant) for OUT: GGUF when asked or when OUT ends in .gguf; flags of the other format refused."""
+    from surgery.errors import InputError
+
+    out_format = out_format or ("gguf" if out.endswith(".gguf") else "safetensors")
+    if out_format == "safetensors" and quant:
+        raise InputError(f"--quant {quant}: only GGUF output is quantized; add --format gguf or name OUT *.gguf")
+    if out_format == "gguf" and dtype:
+        raise InputError(f"--dtype {dtype}: GGUF output takes --quant (f32, f16, bf16 or q8_0) instead")
+    return out_format, quant or "f16"
+
+
 def dtype_option(help: str, required: bool = False):
     """--dtype, one of the dtypes a spec's `dtype` and `out_dtype` take."""
     from surgery.merge.spec import DTYPE_NAMES
@@ -33,11 +59,14 @@ def dtype_option(help: str, required: bool = False):
     return click.option("--dtype", type=click.Choice(DTYPE_NAMES), required=required, help=help)
 
 
-def write_plan(plan, out: str, shard_size: int, block_size: int, force: bool, quiet: bool, desc: str) -> None:
+def write_plan(plan, out: str, shard_size: int, block_size: int, force: bool, quiet: bool, desc: str,
+               out_format: str = "safetensors", quant: str = "f16") -> None:
     from surgery.merge.engine import Options
 
     # one-model operations, not merges: no model card
-    run_plan(plan, out, Options(shard_size=shard_size, block_bytes=block_size, force=force, card=False), quiet, desc)
+    options = Options(shard_size=shard_size, block_bytes=block_size, force=force, card=False, format=out_format,
+                      quant=quant)
+    run_plan(plan, out, options, quiet, desc)
 
 
 def run_plan(plan, out: str, options, quiet: bool, desc: str = "merge", threads: int | None = None, card=None,

@@ -30,6 +30,7 @@ import torch
 
 from surgery.errors import InputError
 from surgery.io.format import num_rows, row_numel
+from surgery.io.opener import open_model
 from surgery.io.reader import ModelFolder
 from surgery.merge.layers import layer_of, natural_key
 
@@ -143,7 +144,7 @@ def open_models(paths: list[str], base: str | None, allow_pickle: bool = False) 
     if len(paths) < (1 if base else 2):
         raise InputError("diff needs two models to compare, or a --base and at least one model")
     everything = ([base] if base else []) + list(paths)
-    folders = [ModelFolder(p, allow_pickle=allow_pickle) for p in everything]
+    folders = [open_model(p, allow_pickle=allow_pickle) for p in everything]
     labels = labels_of(everything)
     return folders, Diff(labels[1:] if base else labels, labels[0] if base else None)
 

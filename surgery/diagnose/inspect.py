@@ -1,15 +1,16 @@
-"""What is in a checkpoint folder, read from headers alone: tensors, shapes, dtypes, parameter
-count, shards, and the provenance a merge stored in the safetensors metadata."""
+"""What is in a checkpoint (a folder, or a GGUF file), read from headers alone: tensors, shapes,
+dtypes, parameter count, shards, how quantized tensors are stored, and the provenance a merge stored
+in the safetensors (or GGUF) metadata."""
 
 from __future__ import annotations
 
 import json
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from surgery.adapters.config import is_adapter
 from surgery.adapters.summary import summarize
-from surgery.io.reader import ModelFolder
+from surgery.io.opener import open_model
 from surgery.merge.layers import natural_key
 
 
@@ -24,17 +25,19 @@ class Inspection:
     provenance: dict[str, str]
     config: dict
     adapter: dict | None = None  # a PEFT adapter folder: type, ranks, alpha, targets (surgery.adapters.summary)
+    stored: dict[str, str] = field(default_factory=dict)  # tensor -> how a quantized checkpoint stores it (Q4_1, nf4)
 
     def as_json(self) -> str:
         return json.dumps({
             "path": self.path, "files": self.files, "parameters": self.parameters, "bytes": self.nbytes,
             "dtypes": self.dtypes, "provenance": self.provenance, **({"adapter": self.adapter} if self.adapter else {}),
-            "tensors": [{"name": n, "dtype": d, "shape": list(s)} for n, d, s in self.tensors],
+            "tensors": [{"name": n, "dtype": d, "shape": list(s),
+                         **({"stored": self.stored[n]} if n in self.stored else {})} for n, d, s in self.tensors],
         }, indent=2)
 
 
 def inspect_folder(path: str, allow_pickle: bool = False) -> Inspection:
-    folder = ModelFolder(path, allow_pickle=allow_pickle)
+    folder = open_model(path, allow_pickle=allow_pickle)
     infos = sorted(folder.tensors.values(), key=lambda i: natural_key(i.name))  # layers.2 before layers.10
     dtypes = Counter()
     for i in infos:
@@ -49,4 +52,5 @@ def inspect_folder(path: str, allow_pickle: bool = False) -> Inspection:
         provenance={k: v for k, v in folder.metadata.items() if k.startswith("surgery.")},
         config=folder.config,
         adapter=summarize(path) if is_adapter(path) else None,
+        stored=dict(getattr(folder, "encodings", {})),  # quantized readers say how each tensor is stored
     )

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import os
+from collections import Counter
 
 from surgery.diagnose.inspect import Inspection
 from surgery.io.format import num_rows, row_numel
@@ -74,6 +76,11 @@ def describe_inspection(r: Inspection, tensors: bool = True) -> str:
     lines = [f"{r.path}", f"  files       {', '.join(r.files)}",
              f"  parameters  {r.parameters:,} ({human(r.nbytes)})",
              "  dtypes      " + ", ".join(f"{k}: {v:,}" for k, v in r.dtypes.items())]
+    if r.stored:
+        counts = Counter()
+        for name, dtype, shape in r.tensors:
+            counts[r.stored.get(name, dtype)] += math.prod(shape)
+        lines.append("  stored      " + ", ".join(f"{k}: {v:,}" for k, v in counts.most_common()))
     if r.config:
         arch = ", ".join(r.config.get("architectures", []) or [r.config.get("model_type", "?")])
         lines.append(f"  config      {arch}, {r.config.get('num_hidden_layers', r.config.get('n_layer', '?'))} layers")
@@ -86,5 +93,6 @@ def describe_inspection(r: Inspection, tensors: bool = True) -> str:
     if tensors:
         width = max((len(n) for n, _, _ in r.tensors), default=0)
         lines.append("  tensors")
-        lines += [f"    {n:<{width}}  {d:<8}  {list(s)}" for n, d, s in r.tensors]
+        lines += [f"    {n:<{width}}  {d:<8}  {list(s)}" + (f"  ({r.stored[n]})" if n in r.stored else "")
+                  for n, d, s in r.tensors]
     return "\n".join(lines)

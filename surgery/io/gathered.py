@@ -24,6 +24,7 @@ class GatheredFolder:
         `sources[model]`: those models' unwrapped folders; `config`: the config to show."""
         self.inner, self.row_map, self.names, self.sources = inner, row_map, names, sources
         self.path, self.metadata, self.config = inner.path, inner.metadata, config
+        self.side_folder = inner.side_folder
         self.inputs = getattr(inner, "inputs", [inner.path])  # every folder read, for the output-overlap check
         self.tensors = {n: (_resized(i, row_map.rows) if n in names else i) for n, i in inner.tensors.items()}
 

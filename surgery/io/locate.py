@@ -1,6 +1,6 @@
-"""Finding model folders: a local path (relative to the current folder, as mergekit does), or a
-Hugging Face Hub id resolved through the local hub cache (`HF_HOME`) or, when online, a download of
-the safetensors, config and tokenizer files only.
+"""Finding models: a local folder or GGUF file (relative to the current folder, as mergekit does), or
+a Hugging Face Hub id resolved through the local hub cache (`HF_HOME`) or, when online, a download of
+the safetensors, config and tokenizer files only. What a path holds is `surgery.io.opener`'s business.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ HUB_FILES = ["*.safetensors", "*.json", "tokenizer.model", "*.txt", "*.jinja"]
 
 
 def resolve_path(ref: str, root: str | None = None) -> str:
-    """A local folder for `ref` (relative to `root`, default the current folder); else a Hub id."""
+    """A local folder or file for `ref` (relative to `root`, default the current folder); else a Hub id."""
     local = os.path.join(root or os.getcwd(), os.path.expanduser(ref))
-    if os.path.isdir(local):
+    if os.path.isdir(local) or os.path.isfile(local):
         return os.path.abspath(local)
     if HUB_ID.match(ref) and not os.path.exists(os.path.join(root or os.getcwd(), ref.split("/")[0])):
         return _from_hub(ref)

@@ -1,4 +1,4 @@
-"""The output folder appears atomically: everything is written into a hidden sibling folder, which is
+"""The output folder (or file) appears atomically: everything is written into a hidden sibling, which is
 renamed into place only once complete. A failed or interrupted merge leaves nothing at the output path.
 
 An output path being written is locked: a hidden sibling file `.NAME.lock` holds the writer's pid under
@@ -54,6 +54,41 @@ def check_file_output(path: str, flag: str) -> str:
     if os.path.isdir(path):
         raise OutputError(f"{flag} {path}: is a folder; give a file name, e.g. {os.path.join(path, 'plot.png')}")
     return path
+
+
+def check_output_file(out: str, inputs: list[str], force: bool) -> str:
+    """As `check_output_path`, for an output that is one file (a GGUF file)."""
+    out = os.path.abspath(out)
+    real = os.path.realpath(out)
+    for path in inputs:
+        path = os.path.realpath(path)
+        if real == path or real.startswith(path + os.sep) or path.startswith(real + os.sep):
+            raise OutputError(f"output {out!r} overlaps input model {path!r}; choose another output file "
+                              "(inputs are never overwritten, even with --force)")
+    if os.path.isdir(out):
+        raise OutputError(f"output {out!r} is a folder; give the path of the file to write, e.g. {out}/model.gguf")
+    if os.path.lexists(out) and not force:
+        raise OutputError(f"output {out!r} already exists; remove it or pass --force to replace it")
+    return out
+
+
+@contextmanager
+def atomic_file(out: str, replace: bool = True) -> Iterator[str]:
+    """Yield a temporary sibling file path; on success it replaces `out`, on any error it is removed. The
+    output's lock is held throughout, as for `atomic_folder`."""
+    parent, name = os.path.split(os.path.abspath(out))
+    with output_lock(out):
+        if not replace and os.path.lexists(out):  # made by another writer since the caller checked
+            raise OutputError(f"output {out!r} already exists; remove it or pass --force to replace it")
+        remove_stale(parent, name)
+        tmp = os.path.join(parent, f".{name}.partial-{os.getpid()}")
+        try:
+            yield tmp
+            os.replace(tmp, out)
+        except BaseException:
+            if os.path.lexists(tmp):
+                os.remove(tmp)
+            raise
 
 
 @contextmanager
@@ -199,13 +234,21 @@ def _set_modes(folder: str) -> None:
 
 
 def remove_stale(parent: str, name: str) -> None:
-    """Remove partial and scratch folders left by killed runs (their process is gone) for this output name."""
+    """Remove partial and scratch outputs left by killed runs (their process is gone) for this output name."""
     for kind in ("partial", "scratch"):
         prefix = f".{name}.{kind}-"
         for entry in os.listdir(parent):
             if entry.startswith(prefix) and entry[len(prefix):].isdigit() and not _alive(int(entry[len(prefix):])):
-                shutil.rmtree(os.path.join(parent, entry), ignore_errors=True)
-    shutil.rmtree(os.path.join(parent, f".{name}.partial-{os.getpid()}"), ignore_errors=True)
+                _remove(os.path.join(parent, entry))
+    _remove(os.path.join(parent, f".{name}.partial-{os.getpid()}"))
+
+
+def _remove(path: str) -> None:
+    """A partial folder, or a partial file (a GGUF output is one file)."""
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path, ignore_errors=True)
+    elif os.path.lexists(path):
+        os.remove(path)
 
 
 @contextmanager

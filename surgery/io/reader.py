@@ -87,6 +87,11 @@ class ModelFolder:
             out.update(torch.load(os.path.join(self.path, file), map_location="cpu", weights_only=True, mmap=True))
         return out
 
+    @property
+    def side_folder(self) -> str:
+        """Where config.json and the tokenizer files are: the folder itself."""
+        return self.path
+
     @cached_property
     def config(self) -> dict:
         file = os.path.join(self.path, "config.json")

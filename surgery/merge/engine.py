@@ -1,7 +1,7 @@
 """The one merge loop: for each planned tensor, read its inputs a block of rows at a time, run the
 method's statistics stages then its merge, check the result is finite, cast, and stream it to the
-writer. Working memory is a few blocks per input whatever the model's size; the output folder
-appears only when everything has been written.
+writer (`surgery.merge.outputs`: a model folder or a GGUF file). Working memory is a few blocks per
+input whatever the model's size; the output appears only when everything has been written.
 """
 
 from __future__ import annotations
@@ -16,23 +16,13 @@ from dataclasses import dataclass
 
 import torch
 
-from surgery import __version__
 from surgery.errors import NumericsError, OutputError, SurgeryError, SurgeryWarning
 from surgery.io.format import num_rows, row_numel
-from surgery.io.output import (
-    CONFIG_FILES,
-    TOKENIZER_FILES,
-    atomic_folder,
-    check_output_path,
-    copy_side_files,
-    write_json,
-)
-from surgery.io.writer import QueuedWriter, ShardWriter, plan_shards
-from surgery.merge.card import Card, spec_card, write_card
+from surgery.merge.card import Card, spec_card
 from surgery.merge.draws import Draws
 from surgery.merge.methods.method import Block, Stats
+from surgery.merge.outputs import OUTPUTS, provenance, write_side_files  # noqa: F401 - provenance re-exported
 from surgery.merge.plan import MergePlan, TensorJob
-from surgery.vocab.plan import write_vocabulary
 
 DEFAULT_SHARD = 5 * 1024**3
 DEFAULT_BLOCK = 16 * 1024**2  # small blocks stay in cache and reuse freed pages: faster, see bench/
@@ -59,6 +49,8 @@ class Options:
     device: str = "cpu"
     force: bool = False
     card: bool = True                      # write README.md, a model card (front matter, method, inputs, spec)
+    format: str = "safetensors"            # or "gguf": one file llama.cpp loads (surgery.merge.outputs)
+    quant: str = "f16"                     # GGUF only: the type of its matrices (f32, f16, bf16, q8_0)
 
 
 Progress = Callable[[str, int], None]  # (tensor name, bytes written)
@@ -66,16 +58,17 @@ Progress = Callable[[str, int], None]  # (tensor name, bytes written)
 
 def run_merge(plan: MergePlan, out: str, options: Options = Options(), progress: Progress | None = None,
               cancel: threading.Event | None = None, card: Card | None = None) -> str:
-    """Merge into `out` atomically; returns the output folder's absolute path. The model card is `card`,
-    or by default the plan's spec (with `options.card` off, none)."""
+    """Merge into `out` atomically (a folder, or a GGUF file with `options.format`); returns its absolute
+    path. The model card is `card`, or by default the plan's spec (with `options.card` off, none)."""
+    if options.format not in OUTPUTS:
+        raise OutputError(f"output format {options.format!r} is unknown; choose one of {', '.join(OUTPUTS)}")
+    output = OUTPUTS[options.format](options)
     inputs = [p for f in plan.folders.values() for p in getattr(f, "inputs", [f.path])]  # a FoldedModel's adapters too
-    out = check_output_path(out, inputs, options.force)
-    entries = [(j.name, j.dtype, j.shape) for j in plan.jobs]
-    metadata = provenance(plan)
+    out = output.check(out, inputs, options.force)
     requests = [(job, span, final) for job in plan.jobs for span, final in reads_of(plan, job, options)]
     plan.fell_back.clear()
-    with atomic_folder(out, replace=options.force) as tmp:
-        writer = QueuedWriter(ShardWriter(tmp, plan_shards(entries, options.shard_size), metadata))
+    card = (card or spec_card(plan.spec, out)) if options.card else None
+    with output.open(plan, out, options.force, card) as writer:
         prefetch = Prefetcher(plan, options, requests)
         try:
             for job in plan.jobs:
@@ -88,47 +81,13 @@ def run_merge(plan: MergePlan, out: str, options: Options = Options(), progress:
             writer.finish()
         finally:
             prefetch.close()
-            writer.abort()
             for folder in plan.folders.values():
                 folder.close()  # no input file stays open after the merge (reads reopen on demand)
-        try:
-            write_side_files(plan, tmp)
-            if options.card:
-                write_card(tmp, card or spec_card(plan.spec, out))
-        except OSError as e:  # e.g. the disk fills up after the last shard
-            raise OutputError(f"{out}: cannot write the config and tokenizer files ({e.strerror}); "
-                              "nothing was written there") from None
     fallback = plan.method.fallback
     if plan.fell_back:  # the result equals the simpler merge on those tensors: the user should know
         warnings.warn(f"{plan.method.name} fell back to {fallback.what} on {len(plan.fell_back)} of {plan.merged} "
                       f"tensors ({fallback.why})", SurgeryWarning, stacklevel=2)
     return out
-
-
-def provenance(plan: MergePlan) -> dict[str, str]:
-    """Stored in every shard's safetensors metadata: what made these weights."""
-    return {
-        "format": "pt",
-        "surgery.version": __version__,
-        "surgery.method": plan.method.name,
-        "surgery.spec_sha256": plan.spec.digest(),
-        "surgery.spec": plan.spec.canonical_json(),
-        "surgery.models": ",".join(f"{k}={v.path}" for k, v in plan.folders.items()),
-        **plan.provenance,
-    }
-
-
-def write_side_files(plan: MergePlan, folder: str) -> None:
-    """config.json (layer count updated), generation config, tokenizer files and chat template."""
-    config_source = plan.folders[plan.config_model].path
-    copy_side_files(config_source, folder, CONFIG_FILES[1:])
-    write_json(os.path.join(folder, "config.json"), plan.config)
-    copy_side_files(plan.tokenizer_path, folder, TOKENIZER_FILES)
-    if plan.vocab is not None:
-        write_vocabulary(plan.vocab, folder, plan.config_model)  # union tokenizer, remapped token ids
-    if plan.spec.chat_template:
-        with open(os.path.join(folder, "chat_template.jinja"), "w") as f:
-            f.write(plan.spec.chat_template)
 
 
 def rows_per_block(job: TensorJob, block_bytes: int, work: int) -> int:

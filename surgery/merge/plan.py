@@ -14,6 +14,7 @@ from pydantic import BaseModel, ValidationError
 from surgery.errors import InputError, SpecError
 from surgery.io.format import TensorInfo, nbytes
 from surgery.io.locate import resolve_path
+from surgery.io.opener import open_model, side_folder
 from surgery.io.reader import ModelFolder
 from surgery.merge.layers import is_pre, layer_of, layer_template, num_layers, with_layer
 from surgery.merge.methods import REGISTRY
@@ -130,7 +131,7 @@ def plan_merge(spec: MergeSpec, file: str, out_dtype: str | None = None, allow_p
         jobs.append(_job(spec, method, file, folders, last, name, 0, None, 0.0, dtype))
     config_model = spec.base_model or ref0
     config = output_config(folders[config_model].config, out_layers, jobs)
-    tokenizer = _tokenizer_path(spec, file, folders[config_model].path, models_dir)
+    tokenizer = _tokenizer_path(spec, file, folders[config_model].side_folder, models_dir)
     return MergePlan(spec, file, method, folders, jobs, config_model, config, tokenizer, out_layers, vocab, warnings)
 
 
@@ -139,7 +140,7 @@ def _tokenizer_path(spec: MergeSpec, file: str, base: str, root: str | None) -> 
     if source in (None, "base", "union"):
         return base  # union: the base's files, extended by `write_vocabulary`
     try:
-        return resolve_path(source, root)
+        return side_folder(resolve_path(source, root))  # a GGUF file's: written from its metadata
     except InputError as e:
         raise SpecError(file, "tokenizer_source", str(e)) from None
 
@@ -220,15 +221,15 @@ def _open(spec: MergeSpec, file: str, allow_pickle: bool, root: str | None,
                 path, adapters = resolve_path(model, root), [resolve_path(a, root) for a in adapters]
             except InputError as e:  # the spec names a folder that is not there: a spec error, located
                 raise SpecError(file, where, str(e)) from None
-            folders[ref] = ModelFolder(path, allow_pickle=allow_pickle)  # corrupt files: InputError naming the file
+            folders[ref] = open_model(path, allow_pickle=allow_pickle)  # corrupt files: InputError naming the file
             if adapters:
                 folders[ref] = fold_on_read(folders[ref], adapters[0])
     return folders
 
 
 def _split_adapter(ref: str, root: str | None) -> list[str]:
-    """`base+adapter` -> [base, adapter]; a folder whose own name holds a `+` stays whole."""
-    if "+" not in ref or os.path.isdir(os.path.join(root or os.getcwd(), os.path.expanduser(ref))):
+    """`base+adapter` -> [base, adapter]; a folder (or file) whose own name holds a `+` stays whole."""
+    if "+" not in ref or os.path.exists(os.path.join(root or os.getcwd(), os.path.expanduser(ref))):
         return [ref]
     return ref.split("+")
 

@@ -10,12 +10,11 @@ buffers are copied unchanged; config.json gets the new dtype.
 from __future__ import annotations
 
 import dataclasses
-import os
 
 import torch
 
 from surgery.errors import InputError
-from surgery.io.reader import ModelFolder
+from surgery.io.opener import open_model
 from surgery.merge.plan import DTYPES, MergePlan, TensorJob, plan_merge
 from surgery.merge.spec import parse_spec
 
@@ -38,6 +37,7 @@ def _keep_float64(plan: MergePlan, job: TensorJob) -> TensorJob:
 
 
 def open_path(path: str, allow_pickle: bool = False) -> str:
-    """The absolute path of a readable model folder (InputError naming the folder otherwise)."""
-    ModelFolder(path, allow_pickle=allow_pickle).close()
-    return os.path.abspath(path)
+    """The absolute path of a readable model (InputError naming the folder or file otherwise)."""
+    model = open_model(path, allow_pickle=allow_pickle)
+    model.close()
+    return model.path

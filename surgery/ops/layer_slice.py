@@ -9,7 +9,7 @@ follow the new stack. The engine streams and writes it atomically.
 from __future__ import annotations
 
 from surgery.errors import SpecError
-from surgery.io.reader import ModelFolder
+from surgery.io.opener import open_model
 from surgery.merge.layers import num_layers
 from surgery.merge.plan import MergePlan, plan_merge
 from surgery.merge.spec import parse_spec
@@ -42,7 +42,7 @@ def _parse_range(part: str, depth: int) -> tuple[int, int]:
 
 def plan_slice(path: str, layers: str, allow_pickle: bool = False) -> MergePlan:
     """The plan that writes `path` with only (and in the order of) the layer ranges in `layers`."""
-    folder = ModelFolder(path, allow_pickle=allow_pickle)
+    folder = open_model(path, allow_pickle=allow_pickle)
     folder.close()
     depth = num_layers(list(folder.tensors))
     if depth == 0:

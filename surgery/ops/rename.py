@@ -15,6 +15,7 @@ import re
 import torch
 
 from surgery.errors import SpecError
+from surgery.io.opener import open_model
 from surgery.io.reader import ModelFolder
 from surgery.merge.methods.passthrough import METHOD as PASSTHROUGH
 from surgery.merge.plan import MergePlan, TensorJob, TensorSource
@@ -74,12 +75,12 @@ def _check_collisions(mapping: dict[str, str]) -> None:
 def plan_rename(path: str, maps: list[str], allow_pickle: bool = False) -> MergePlan:
     """The plan that writes every tensor of `path` under its new name, unchanged."""
     parsed = parse_maps(maps)
-    folder = ModelFolder(path, allow_pickle=allow_pickle)
+    folder = open_model(path, allow_pickle=allow_pickle)
     mapping = renamed(sorted(folder.tensors), parsed)
     jobs = [_job(folder, old, new) for old, new in mapping.items()]
     spec = parse_spec({"merge_method": "passthrough", "models": [{"model": folder.path}]}, "rename")
     return MergePlan(spec=spec, file="rename", method=PASSTHROUGH, folders={MODEL: folder}, jobs=jobs,
-                     config_model=MODEL, config=dict(folder.config), tokenizer_path=folder.path)
+                     config_model=MODEL, config=dict(folder.config), tokenizer_path=folder.side_folder)
 
 
 def _job(folder: ModelFolder, old: str, new: str) -> TensorJob:

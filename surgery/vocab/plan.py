@@ -23,6 +23,7 @@ from tokenizers import Tokenizer
 from surgery.errors import InputError, SpecError
 from surgery.io.gathered import GatheredFolder
 from surgery.io.locate import resolve_path
+from surgery.io.opener import model_path
 from surgery.io.output import write_json
 from surgery.merge.layers import layer_of
 from surgery.merge.spec import MergeSpec
@@ -112,7 +113,7 @@ def _layout(source: str | None, file: str, folders: dict, base: str, root: str |
     if source in (None, "base", "union"):
         return base
     try:
-        path = os.path.realpath(resolve_path(source, root))
+        path = os.path.realpath(model_path(resolve_path(source, root)))  # a folder holding a GGUF: the file
     except InputError as e:
         raise SpecError(file, "tokenizer_source", f"{e}; use 'base', 'union' or one of the merged models") from None
     for model, folder in folders.items():
@@ -127,10 +128,10 @@ def _tokenizers(source: str | None, file: str, folders: dict,
                 fields: dict[str, str]) -> dict[str, TokenizerInfo] | None:
     infos = {}
     for model, folder in folders.items():
-        if source is None and not os.path.isfile(os.path.join(folder.path, "tokenizer.json")):
+        if source is None and not os.path.isfile(os.path.join(folder.side_folder, "tokenizer.json")):
             return None
         try:
-            infos[model] = read_tokenizer(folder.path)
+            infos[model] = read_tokenizer(folder.side_folder)
         except InputError as e:
             if source is None:
                 return None  # unset: tokenizer files are only copied, as before any comparison existed

