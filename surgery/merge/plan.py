@@ -180,12 +180,14 @@ FULL = (0, -1)  # layer range placeholder: all layers, filled in once the folder
 
 def _models_slice(spec: MergeSpec, method: Method, file: str) -> SliceInputs:
     base = None
-    if method.base == "required":
-        if not spec.base_model:
-            raise SpecError(file, "base_model", f"{method.name} needs a base_model (the model the others are compared to)")
+    if method.base == "required" and not spec.base_model:
+        raise SpecError(file, "base_model", f"{method.name} needs a base_model (the model the others are compared to)")
+    if method.uses_base and spec.base_model:
         base = (spec.base_model, FULL, "base_model")
     others = tuple((m.model, FULL, m.parameters, f"models.{i}") for i, m in enumerate(spec.models)
                    if base is None or m.model != spec.base_model)
+    if method.base == "merged" and spec.base_model and spec.base_model not in [o[0] for o in others]:
+        others += ((spec.base_model, FULL, None, "base_model"),)  # mergekit merges it as one more input
     return SliceInputs("models", base, others, None)
 
 
@@ -197,10 +199,10 @@ def _slice(spec: MergeSpec, method: Method, file: str, i: int) -> SliceInputs:
     if len(lengths) > 1:
         raise SpecError(file, f"{where}.sources", f"every source of a slice needs the same number of layers; got {sorted(lengths)}")
     base = None
-    if method.base == "required":
-        name = sl.base_model or spec.base_model
-        if not name:
-            raise SpecError(file, f"{where}.base_model", f"{method.name} needs a base_model")
+    name = sl.base_model or spec.base_model
+    if method.base == "required" and not name:
+        raise SpecError(file, f"{where}.base_model", f"{method.name} needs a base_model")
+    if method.uses_base and name:
         match = [s for s in srcs if s[0] == name]
         if not match:
             raise SpecError(file, f"{where}.sources", f"base_model {name!r} is not among this slice's sources; "
@@ -216,7 +218,7 @@ def _check_count(method: Method, s: SliceInputs, file: str) -> None:
     if n < method.min_models or (method.max_models is not None and n > method.max_models):
         want = (f"exactly {method.min_models}" if method.min_models == method.max_models
                 else f"at least {method.min_models}" if method.max_models is None else f"at most {method.max_models}")
-        base = " besides the base_model" if method.base == "required" else ""
+        base = " besides the base_model" if s.base else ""
         raise SpecError(file, s.where, f"{method.name} takes {want} model(s){base}; got {n} ({names})")
 
 
@@ -309,6 +311,9 @@ def _job(spec: MergeSpec, method: Method, file: str, folders: dict[str, ModelFol
                                f"{w}.parameters", model_name=m)
                       for (m, _, p, w), src in zip(s.others, models))
     floating = ref_info.dtype.is_floating_point
+    problem = method.check(shared, per_model) if method.check and floating else None
+    if problem:
+        raise SpecError(file, s.where, f"{method.name} cannot merge tensor {out_name!r}: {problem}")
     return TensorJob(out_name, ref_info.shape, (dtype or ref_info.dtype) if floating else ref_info.dtype,
                      base, models, shared, per_model, copy=not floating)
 

@@ -76,6 +76,10 @@ class Block:
 
 
 Stage = Callable[[Block, Stats], Stats]
+BasePolicy = Literal["required", "optional", "unused", "merged"]
+# required: every other input is compared to the base_model; optional: so when a base_model is given,
+# else the models are merged alone; unused: a base_model is not an input unless listed among the
+# models; merged: a base_model is one more input, after the models, as mergekit adds it
 
 
 @dataclass(frozen=True)
@@ -86,7 +90,7 @@ class Method:
     reference: str = ""
     shared: type[Params] = NoParams
     per_model: type[Params] = NoParams
-    base: Literal["required", "unused"] = "required"
+    base: BasePolicy = "required"
     min_models: int = 1                    # inputs besides the base
     max_models: int | None = None
     stages: tuple[Stage, ...] = ()
@@ -97,6 +101,13 @@ class Method:
     prepare: Callable[[Block, bool], None] | None = None  # fills the block's cache with what depends on it
     # alone; the engine calls it in its reading thread, so the next block's share overlaps this block's
     # work. The flag says whether the merge pass reads the block (False: only a statistics stage does)
+    check: Callable[[BaseModel, tuple[BaseModel, ...]], str | None] | None = None  # a tensor's resolved
+    # parameters that the method cannot merge with (e.g. weights summing to zero): the reason, else None
+
+    @property
+    def uses_base(self) -> bool:
+        """Whether a base_model given in the spec is the block's `base` (rather than absent or a model)."""
+        return self.base in ("required", "optional")
 
     def stages_for(self, shared: BaseModel, per_model: tuple[BaseModel, ...]) -> tuple[Stage, ...]:
         """The statistics stages a tensor with these parameters needs (each costs a pass over it)."""
