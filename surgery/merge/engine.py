@@ -31,6 +31,7 @@ from surgery.merge.draws import Draws
 from surgery.merge.methods.method import Block, Stats
 from surgery.merge.plan import MergePlan, TensorJob
 from surgery.vocab.plan import write_vocabulary
+from surgery.vocab.tokenizer_files import write_chat_template
 
 DEFAULT_SHARD = 5 * 1024**3
 DEFAULT_BLOCK = 16 * 1024**2  # small blocks stay in cache and reuse freed pages: faster, see bench/
@@ -114,9 +115,8 @@ def write_side_files(plan: MergePlan, folder: str) -> None:
     copy_side_files(plan.tokenizer_path, folder, TOKENIZER_FILES)
     if plan.vocab is not None:
         write_vocabulary(plan.vocab, folder, plan.config_model)  # union tokenizer, remapped token ids
-    if plan.spec.chat_template:
-        with open(os.path.join(folder, "chat_template.jinja"), "w") as f:
-            f.write(plan.spec.chat_template)
+    if plan.chat_template:
+        write_chat_template(folder, plan.chat_template)
 
 
 def rows_per_block(job: TensorJob, block_bytes: int, work: int) -> int:

@@ -20,7 +20,9 @@ from surgery.merge.methods import REGISTRY
 from surgery.merge.methods.method import Method
 from surgery.merge.params import build, check_value, first_value, scalars
 from surgery.merge.spec import MergeSpec
+from surgery.vocab.chat_templates import merged_template
 from surgery.vocab.plan import VocabPlan, plan_vocabulary
+from surgery.vocab.tokenizer_files import default_chat_template
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
 
@@ -75,6 +77,7 @@ class MergePlan:
     tokenizer_path: str = ""  # folder the tokenizer files and chat template are copied from
     out_layers: list[int] = field(default_factory=list)  # config-source layer feeding each output layer
     vocab: VocabPlan | None = None  # vocabulary surgery (tokenizer_source); None when nothing was compared
+    chat_template: str | None = None  # the spec's chat_template resolved (a name, auto, or Jinja); None: unset
 
     def info(self, src: TensorSource) -> TensorInfo:
         return self.folders[src.model].tensors[src.name]
@@ -97,7 +100,8 @@ def plan_merge(spec: MergeSpec, file: str, out_dtype: str | None = None, allow_p
     slices = _slices(spec, method, file)
     folders = _open(spec, file, allow_pickle, models_dir, opened)
     first_fields = dict(reversed(_model_fields(spec)))  # each model's first spec field, for errors
-    vocab = plan_vocabulary(spec, file, folders, first_fields, models_dir)
+    template = merged_template(spec.chat_template, [default_chat_template(f.path) for f in folders.values()], file)
+    vocab = plan_vocabulary(spec, file, folders, first_fields, models_dir, template)
     folders = vocab.wrap(folders) if vocab else folders  # embedding rows aligned by token
     slices = [_check_ranges(s, folders, file) for s in slices]
     dtype = DTYPES[out_dtype or spec.out_dtype or spec.dtype] if (out_dtype or spec.out_dtype or spec.dtype) else None
@@ -121,18 +125,20 @@ def plan_merge(spec: MergeSpec, file: str, out_dtype: str | None = None, allow_p
         jobs.append(_job(spec, method, file, folders, last, name, 0, None, 0.0, dtype))
     config_model = spec.base_model or ref0
     config = output_config(folders[config_model].config, out_layers, jobs)
-    tokenizer = _tokenizer_path(spec, file, folders[config_model].path, models_dir)
-    return MergePlan(spec, file, method, folders, jobs, config_model, config, tokenizer, out_layers, vocab)
+    tokenizer = _tokenizer_path(spec, file, folders[config_model].path, models_dir, vocab)
+    return MergePlan(spec, file, method, folders, jobs, config_model, config, tokenizer, out_layers, vocab, template)
 
 
-def _tokenizer_path(spec: MergeSpec, file: str, base: str, root: str | None) -> str:
-    source = spec.tokenizer_source
+def _tokenizer_path(spec: MergeSpec, file: str, base: str, root: str | None, vocab: VocabPlan | None) -> str:
+    source = spec.vocabulary_source
     if source in (None, "base", "union"):
         return base  # union: the base's files, extended by `write_vocabulary`
+    if vocab is not None:
+        return vocab.infos[vocab.layout].path
     try:
         return resolve_path(source, root)
     except InputError as e:
-        raise SpecError(file, "tokenizer_source", str(e)) from None
+        raise SpecError(file, spec.vocabulary_field, str(e)) from None
 
 
 def _method(spec: MergeSpec, file: str) -> Method:

@@ -152,6 +152,42 @@ def test_slerp_with_three_models(work, tmp_path):
                                  "got 2 ('models/math', 'models/code')")
 
 
+TOKENIZER_CASES = {  # id: (the spec's tokenizer block, field, message)
+    "both": ({"tokenizer_source": "base", "tokenizer": {"source": "base"}}, "",
+             "give one of 'tokenizer_source' and 'tokenizer'"),
+    "stranger": ({"tokenizer": {"tokens": {"the": {"source": "models/chat"}}}}, "tokenizer.tokens.the.source",
+                 "'models/chat' is not one of the merged models ('models/base', 'models/math', 'models/code')"),
+    "row_past_end": ({"tokenizer": {"tokens": {"the": {"source": {"kind": "model_token", "model": "models/math",
+                                                                  "token_id": 128}}}}},
+                     "tokenizer.tokens.the.source.token_id", "row 128 is past the 128 embedding rows of model"),
+    "unknown_token": ({"tokenizer": {"tokens": {"the": {"source": {"kind": "model_token", "model": "models/math",
+                                                                   "token": "zebra"}}}}},
+                      "tokenizer.tokens.the.source.token", "model 'models/math' has no token 'zebra'"),
+    "force_alone": ({"tokenizer": {"tokens": {"the": {"force": True}}}}, "tokenizer.tokens.the.force",
+                    "force needs a source"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(TOKENIZER_CASES))
+def test_bad_tokenizer_block(work, tmp_path, case):
+    fields, field, message = TOKENIZER_CASES[case]
+    out = str(tmp_path / "out")
+    with refused(SpecError, out, work) as e:
+        attempt(work, {**with_models(TIES, "models/math", "models/code"), **fields}, out)
+    assert e.value.field == field and message in str(e.value)
+
+
+def test_multislerp_weights_summing_to_zero(work, tmp_path):
+    out = str(tmp_path / "out")
+    spec = {"merge_method": "multislerp", "base_model": "models/base",
+            "models": [{"model": "models/math", "parameters": {"weight": 0.5}},
+                       {"model": "models/code", "parameters": {"weight": -0.5}}]}
+    with refused(SpecError, out, work) as e:
+        attempt(work, spec, out)
+    assert str(e.value).startswith(f"{os.path.dirname(work)}/spec.yaml: models: multislerp cannot merge tensor ")
+    assert "the weights sum to zero, so normalize_weights cannot divide by their sum" in str(e.value)
+
+
 # ---- input errors ------------------------------------------------------------------------------------
 
 def test_tensor_missing_from_one_model(work, llama, tmp_path):
@@ -164,14 +200,14 @@ def test_tensor_missing_from_one_model(work, llama, tmp_path):
 
 
 def test_shapes_differ(work, llama, build, tmp_path):
-    """A model with vocab_size 256 beside ones of 128 (the same tokenizer): the vocabulary pre-flight
-    names both row counts and the setting that aligns them."""
+    """A model of another MLP width: the tensor and both shapes are named. (Other vocabulary sizes are
+    vocabulary surgery's: see test_vocab.py.)"""
     out = str(tmp_path / "out")
-    build(os.path.join(work, "wide"), "llama", seed=3, vocab_size=256)
-    with refused(SpecError, out, work) as e:
+    build(os.path.join(work, "wide"), "llama", seed=3, intermediate_size=96)
+    with refused(InputError, out, work) as e:
         attempt(work, with_models(TIES, "models/math", "wide"), out)
-    assert ("tokenizer_source: not set, but model 'wide' (models.1.model) and the base 'models/base' have "
-            "different vocabularies (256 vs 128 embedding rows); set tokenizer_source: union") in str(e.value)
+    assert ("tensor 'model.layers.0.mlp.down_proj.weight': shape [32, 64] in 'models/base' but [32, 96] in 'wide'; "
+            "merged models need the same shapes") in str(e.value)
 
 
 def test_truncated_input(work, llama, tmp_path):

@@ -1,0 +1,55 @@
+"""mergekit's checks on a merged folder (its tests' run_and_check_merge), for our outputs."""
+
+from __future__ import annotations
+
+import glob
+import os
+
+import torch
+from safetensors.torch import load_file
+
+
+def load_all(folder: str) -> dict[str, torch.Tensor]:
+    return {k: v for path in sorted(glob.glob(f"{folder}/*.safetensors")) for k, v in load_file(path).items()}
+
+
+def check_output(folder: str) -> dict[str, torch.Tensor]:
+    """Weights and config written (one shard is model.safetensors, as mergekit 0.1.5 writes it; more
+    have an index), no NaN, and every weight mergekit's architecture table lists for the output's
+    config present. Returns the tensors."""
+    from mergekit.architecture import arch_info_for_config
+    from transformers import AutoConfig
+
+    assert os.path.exists(os.path.join(folder, "config.json")), "no config.json"
+    assert any(os.path.exists(os.path.join(folder, f)) for f in ("model.safetensors.index.json", "model.safetensors"))
+    tensors = load_all(folder)
+    nan = [name for name, t in tensors.items() if t.is_floating_point() and t.isnan().any()]
+    assert not nan, f"NaN in {nan}"
+    config = AutoConfig.from_pretrained(folder)
+    arch = arch_info_for_config(config)
+    assert arch is not None, f"mergekit knows no architecture {config.architectures}"
+    for weight in arch.all_weights(config):
+        names = [weight.name, *(weight.aliases or ())]
+        assert weight.optional or any(n in tensors for n in names), f"output lacks {weight.name}"
+    return tensors
+
+
+def accepts_unused_parameters() -> bool:
+    """Whether `surgery merge` takes a parameter the method does not use (mergekit's tests give `weight`
+    to every model whatever the method, and mergekit ignores it) rather than refusing it."""
+    from surgery.errors import SpecError
+    from surgery.merge.methods import REGISTRY
+    from surgery.merge.plan import check_parameters
+    from surgery.merge.spec import parse_spec
+
+    spec = parse_spec({"merge_method": "slerp", "base_model": "b", "parameters": {"t": 0.5},
+                       "models": [{"model": "m", "parameters": {"weight": 1.0}}]})
+    try:
+        check_parameters(spec, REGISTRY["slerp"], "spec.yaml")
+    except SpecError:
+        return False
+    return True
+
+
+UNUSED_REFUSED = "mergekit's config gives `weight` to a method that does not use it; refused until unused " \
+    "parameters are accepted with a warning (issue 18, section 0)"
