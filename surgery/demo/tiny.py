@@ -21,15 +21,15 @@ WORDS = ("the a of to and in is it you that he was for on are with as I his they
 
 
 def tiny_config(kind: str = "llama", **overrides):
-    """A transformers config of a tiny model: kind is llama, qwen2, mistral or gpt2."""
-    from transformers import GPT2Config, LlamaConfig, MistralConfig, Qwen2Config
+    """A transformers config of a tiny model: kind is llama, qwen2, mistral, granite or gpt2."""
+    from transformers import GPT2Config, GraniteConfig, LlamaConfig, MistralConfig, Qwen2Config
 
     common = dict(vocab_size=128, tie_word_embeddings=False)
     if kind == "gpt2":
         cfg = GPT2Config(n_embd=32, n_layer=2, n_head=4, n_positions=64, bos_token_id=1, eos_token_id=2,
                          **{**common, "tie_word_embeddings": True})
     else:
-        cls = {"llama": LlamaConfig, "qwen2": Qwen2Config, "mistral": MistralConfig}[kind]
+        cls = {"llama": LlamaConfig, "qwen2": Qwen2Config, "mistral": MistralConfig, "granite": GraniteConfig}[kind]
         cfg = cls(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
                   num_key_value_heads=2, max_position_embeddings=64, **common)
     for k, v in overrides.items():

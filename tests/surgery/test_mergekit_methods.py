@@ -239,3 +239,12 @@ def test_arcee_fusion_equals_mergekit(shape):
     else:
         differ = (ours != theirs).float().mean()
         assert differ < 2e-3, float(differ)
+
+
+@pytest.mark.parametrize("shape", [(6, 3, 4, 4), (5, 7), (9,)])
+def test_model_stock_filters_are_last_axis_vectors_like_mergekit(shape):
+    """filter_wise takes a cosine per vector along the last axis (a conv kernel's rows of w), as mergekit."""
+    base, *models = spread(4, shape=shape)
+    theirs = mk_methods.merge_tensors([base, *models], "model_stock", parameters={"filter_wise": True}, base_index=0)
+    ours = ours_on("model_stock", base, models, [{}] * 3, {"filter_wise": True})
+    torch.testing.assert_close(ours, theirs, rtol=2e-6, atol=2e-6)
