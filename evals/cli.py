@@ -28,7 +28,8 @@ SCORING_OPTIONS = (  # how checkpoints are scored: `surgery eval`, `soup` and `s
     click.option("--device", help="cpu, cuda, cuda:1 ... (default: cuda when there is one)."),
     click.option("--backend", default="hf", show_default=True, help="lm-eval model type: hf, vllm, ..."),
     click.option("--model-args", default="", metavar="K=V,...",
-                 help="Passed to lm-eval's model, e.g. parallelize=True (accelerate) or tensor_parallel_size=2 (vLLM)."),
+                 help="Passed to lm-eval's model, e.g. parallelize=True (accelerate) or tensor_parallel_size=2 "
+                      "(vLLM)."),
     click.option("--db", type=click.Path(dir_okay=False), help="Results store (default $SURGERY_HOME/evals.sqlite, "
                  "else .surgery/evals.sqlite here)."),
     click.option("--apply-chat-template", is_flag=True,
@@ -73,8 +74,8 @@ def _say(message: str) -> None:
 @click.argument("checkpoints", nargs=-1, required=True, type=click.Path())
 @scoring_options
 @handled
-def eval_(checkpoints, suite, tasks, limit, num_fewshot, batch_size, device, backend, model_args, db, apply_chat_template,
-          force) -> None:
+def eval_(checkpoints, suite, tasks, limit, num_fewshot, batch_size, device, backend, model_args, db,
+          apply_chat_template, force) -> None:
     """Evaluate checkpoint folders (models, or PEFT adapters over a local base) with lm-eval.
 
     Scores are stored by the hash of the weights: unchanged weights are served from the store, under
@@ -113,7 +114,8 @@ def leaderboard(suite, sort_by, fmt, db, pareto_png, general_suite, alignment_su
         if pareto_png:
             _pareto(store, pareto_png, general_suite, alignment_suite)
     if changed:
-        click.echo(f"left out, changed since evaluated (run surgery eval on them again): {', '.join(changed)}", err=True)
+        click.echo(f"left out, changed since evaluated (run surgery eval on them again): {', '.join(changed)}",
+                   err=True)
     if not table:
         click.echo("no scores stored yet; run `surgery eval CHECKPOINT` first", err=True)
         return

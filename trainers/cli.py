@@ -44,8 +44,10 @@ def train(run_spec, overrides, resume, quiet) -> None:
 @click.argument("folder", type=click.Path(file_okay=False), default="demo")
 @click.option("--specs", type=click.Path(file_okay=False, exists=True), default="merges", show_default=True,
               help="Merge specs to run on the trained experts (their models are models/base, add, reverse, refuse).")
-@click.option("--base-steps", type=click.IntRange(min=1), default=2000, show_default=True, help="Pretraining steps of the base.")
-@click.option("--expert-steps", type=click.IntRange(min=1), default=200, show_default=True, help="Fine-tuning steps of each expert.")
+@click.option("--base-steps", type=click.IntRange(min=1), default=2000, show_default=True,
+              help="Pretraining steps of the base.")
+@click.option("--expert-steps", type=click.IntRange(min=1), default=200, show_default=True,
+              help="Fine-tuning steps of each expert.")
 @handled
 def world(folder, specs, base_steps, expert_steps) -> None:
     """Train the small world's base and task experts in FOLDER/models (kept between runs), merge the

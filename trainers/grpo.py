@@ -39,7 +39,8 @@ def train(run: Run, resume: str | None = None, stop_after: int | None = None, qu
         template = templates.resolve(spec.chat_template, tokenizer, run.file)
         corpus = read_prompts(run)
         state = checkpoint.read_state(resume, run) if resume else None
-        model = loop.build_model(run, resume if state and state.trainable is None else spec.base, state).to(world.device)
+        model = loop.build_model(run, resume if state and state.trainable is None else spec.base,
+                                 state).to(world.device)
         reference = loop.load_reference(run, world, model) if cfg.beta else None
         reward = cfg.load_reward(template, world.device)
         model = parallel.wrap(model, world, spec.parallel)
@@ -78,7 +79,8 @@ def train(run: Run, resume: str | None = None, stop_after: int | None = None, qu
                     scores = evaluate(parallel.unwrap(model), corpus.eval, tokenizer, template, reward, cfg)
                     metrics.update(scores)
                     log.write({"step": step, **scores})
-                if step < spec.schedule.total_steps and (step == last or (spec.save_every and step % spec.save_every == 0)):
+                if step < spec.schedule.total_steps and (
+                        step == last or (spec.save_every and step % spec.save_every == 0)):
                     loop.save(checkpoint.step_folder(spec.out, step), model, tokenizer, template, run, world, step,
                               corpus, optimizer, scheduler, metrics, resume)
                 if step == last:
@@ -129,7 +131,8 @@ def rollout(policy, reference, tokenizer, template, rows: list[data.Row], reward
     """Micro-batches of scored groups (each holds `micro` prompts x G completions) and the rollout's stats."""
     prompts = [r.fields["prompt"] for r in rows]
     samples = generation.sample(policy, tokenizer, prompts, template=template, n=cfg.group_size,
-                                max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p, seed=seed)
+                                max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
+                                seed=seed)
     rewards = reward([s.prompt for s in samples], [s.text for s in samples], [rows[s.index].fields for s in samples])
     advantages = step_advantages(rewards, cfg, world)  # (P*G,)
     size, batches = micro * cfg.group_size, []
@@ -140,7 +143,8 @@ def rollout(policy, reference, tokenizer, template, rows: list[data.Row], reward
         if cfg.iterations > 1:  # later steps on these rollouts are off-policy: keep the sampling policy's log-probs
             batch["old_logps"] = grpo.token_logps(policy, batch["input_ids"], batch["attention_mask"], cfg.temperature)
         if reference is not None:
-            batch["ref_logps"] = grpo.token_logps(reference, batch["input_ids"], batch["attention_mask"], cfg.temperature)
+            batch["ref_logps"] = grpo.token_logps(reference, batch["input_ids"], batch["attention_mask"],
+                                                  cfg.temperature)
         batches.append(batch)
     grouped = rewards.view(-1, cfg.group_size)
     stats = {"reward": float(rewards.mean()), "reward_std": float(rewards.std()) if len(rewards) > 1 else 0.0,
@@ -161,7 +165,8 @@ def step_advantages(rewards: torch.Tensor, cfg: grpo.Config, world) -> torch.Ten
 
 
 @torch.no_grad()
-def evaluate(policy, eval_sets: list[list[data.Row]], tokenizer, template, reward, cfg: grpo.Config) -> dict[str, float]:
+def evaluate(policy, eval_sets: list[list[data.Row]], tokenizer, template, reward,
+             cfg: grpo.Config) -> dict[str, float]:
     """Mean reward of the greedy completion of every eval prompt."""
     rows = [r for rs in eval_sets for r in rs]
     samples = generation.sample(policy, tokenizer, [r.fields["prompt"] for r in rows], template=template, n=1,

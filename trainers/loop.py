@@ -64,8 +64,8 @@ def train(run: Run, resume: str | None = None, stop_after: int | None = None, qu
 
         log = Log(os.path.join(spec.out, "log.jsonl"), world.main, keep_until=step)
         log.write({"event": "start", "step": step, "total_steps": spec.schedule.total_steps,
-                   "rows": [len(s.rows) for s in corpus.train_sets], "truncated": corpus.cut, "eval_truncated": corpus.eval_cut, "processes": world.size,
-                   "resumed_from": resume})
+                   "rows": [len(s.rows) for s in corpus.train_sets], "truncated": corpus.cut,
+                   "eval_truncated": corpus.eval_cut, "processes": world.size, "resumed_from": resume})
         if corpus.cut and world.main:
             tqdm.write(f"truncated {corpus.cut} of {sum(map(len, corpus.train))} training rows to "
                        f"batch.max_length={spec.batch.max_length} tokens", file=sys.stderr)
@@ -152,7 +152,8 @@ def micro_batch_size(spec, processes: int, file: str) -> int:
 
 def check_fresh(out: str) -> None:
     """A new run never overwrites another run's checkpoints."""
-    done = sorted(n for n in os.listdir(out) if n.startswith("checkpoint-") or n == "final") if os.path.isdir(out) else []
+    done = (sorted(n for n in os.listdir(out) if n.startswith("checkpoint-") or n == "final") if os.path.isdir(out)
+            else [])
     if done:
         raise OutputError(f"out {out!r} already holds {', '.join(done[:3])} of an earlier run; continue it with "
                           f"--resume {os.path.join(out, done[0])}, or choose another out (or remove the folder)")
@@ -164,9 +165,11 @@ def load_tokenizer(spec):
     try:
         tokenizer = AutoTokenizer.from_pretrained(spec.base, trust_remote_code=spec.trust_remote_code)
     except (OSError, ValueError) as e:
-        raise InputError(f"base {spec.base!r}: cannot load its tokenizer ({e}); give a Hugging Face model folder") from None
+        raise InputError(f"base {spec.base!r}: cannot load its tokenizer ({e}); "
+                         "give a Hugging Face model folder") from None
     if tokenizer.pad_token_id is None and tokenizer.eos_token_id is None:
-        raise InputError(f"base {spec.base!r}: its tokenizer has neither a pad nor an end-of-sequence token to pad with")
+        raise InputError(f"base {spec.base!r}: its tokenizer has neither a pad nor an end-of-sequence token "
+                         "to pad with")
     return tokenizer
 
 
@@ -184,7 +187,8 @@ def prepare_data(run: Run, tokenizer, template) -> Corpus:
     spec = run.spec
     train_sets = [data.read_dataset(s.path, run.objective.SHAPES, f"{run.file}: data.train.{i}")
                   for i, s in enumerate(spec.data.train)]
-    eval_sets = [data.read_dataset(p, run.objective.SHAPES, f"{run.file}: data.eval.{i}") for i, p in enumerate(spec.data.eval)]
+    eval_sets = [data.read_dataset(p, run.objective.SHAPES, f"{run.file}: data.eval.{i}")
+                 for i, p in enumerate(spec.data.eval)]
     train, cut = encode_all(train_sets, tokenizer, template, run)
     evaluation, eval_cut = encode_all(eval_sets, tokenizer, template, run)
     sizes = [len(s.rows) for s in train_sets]
@@ -229,7 +233,8 @@ def load_weights(run: Run, path: str):
 
 
 def build_model(run: Run, path: str, state: Resumed | None) -> torch.nn.Module:
-    """The base (or a whole-model checkpoint) with the method attached; a resumed run gets its trainable tensors back."""
+    """The base (or a whole-model checkpoint) with the method attached; a resumed run gets its trainable
+    tensors back."""
     try:
         model = run.method.attach(load_weights(run, path), run.method_config)
     except SpecError as e:  # a method checks its config against the model: locate it in this spec file
@@ -237,7 +242,8 @@ def build_model(run: Run, path: str, state: Resumed | None) -> torch.nn.Module:
     if state is not None and state.trainable is not None:
         missing = set(state.trainable) - {n for n, _ in model.named_parameters()}
         if missing:
-            raise InputError(f"--resume: the checkpoint's trainable tensors do not fit the model ({sorted(missing)[:3]})")
+            raise InputError("--resume: the checkpoint's trainable tensors do not fit the model "
+                             f"({sorted(missing)[:3]})")
         model.load_state_dict(state.trainable, strict=False)
     return model
 
@@ -306,7 +312,8 @@ def optimizer_state(optimizer, model) -> dict:
     if parallel.is_sharded(model):
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
 
-        return get_optimizer_state_dict(model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        return get_optimizer_state_dict(model, optimizer,
+                                        options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     return optimizer.state_dict()
 
 
@@ -323,7 +330,8 @@ def clip(model: torch.nn.Module, max_norm: float | None) -> float:
 
 
 @torch.no_grad()
-def evaluate(model, examples: list[list[dict]], run: Run, micro: int, pad: int, device, reference=None) -> dict[str, float]:
+def evaluate(model, examples: list[list[dict]], run: Run, micro: int, pad: int, device,
+             reference=None) -> dict[str, float]:
     """The objective's loss over every eval row (each process scores all of them: eval sets are small)."""
     model.eval()
     total, items, sums, rows = 0.0, 0.0, {}, [e for dataset in examples for e in dataset]
@@ -342,7 +350,6 @@ def evaluate(model, examples: list[list[dict]], run: Run, micro: int, pad: int, 
 def save(folder, model, tokenizer, template, run: Run, world, step, corpus: Corpus, optimizer, scheduler, metrics,
          parent) -> None:
     """Write a checkpoint atomically (with an optimizer, a resumable one); rank 0 writes, all ranks gather."""
-    spec = run.spec
     whole = getattr(run.method, "WHOLE_MODEL", False)
     weights = parallel.full_state_dict(model, world) if parallel.is_sharded(model) else None
     resumable = optimizer is not None
@@ -358,7 +365,8 @@ def save(folder, model, tokenizer, template, run: Run, world, step, corpus: Corp
                 run.method.save(inner, tmp, run.method_config)
             tokenizer.chat_template = template.jinja or tokenizer.chat_template
             tokenizer.save_pretrained(tmp)
-            write_json(os.path.join(tmp, "lineage.json"), lineage(run, corpus.train_sets, step, metrics, parent, template))
+            write_json(os.path.join(tmp, "lineage.json"),
+                       lineage(run, corpus.train_sets, step, metrics, parent, template))
             if resumable:
                 checkpoint.write_state(tmp, step, run, corpus.mixture.state_dict(), optim, scheduler.state_dict(), rngs,
                                        trainable, metrics)
@@ -383,7 +391,8 @@ def lineage(run: Run, train_sets, step: int, metrics: dict, parent: str | None, 
         "objective": {"name": spec.objective.name, **run.objective_config.model_dump(mode="json")},
         "data": [{"path": s.path, "weight": w.weight, "rows": len(s.rows), "sha256": s.sha256}
                  for s, w in zip(train_sets, spec.data.train)],
-        "hyper_parameters": {k: spec.model_dump(mode="json")[k] for k in ("optim", "schedule", "batch", "seed", "dtype")},
+        "hyper_parameters": {k: spec.model_dump(mode="json")[k]
+                             for k in ("optim", "schedule", "batch", "seed", "dtype")},
         "parent": os.path.abspath(parent) if parent else None,
         "steps": step,
         "metrics": metrics,

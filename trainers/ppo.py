@@ -54,7 +54,7 @@ class Reward:
 
 def train(run: Run, resume: str | None = None, stop_after: int | None = None, quiet: bool = False) -> str:
     """PPO as `run` says; returns the final folder (or, with `stop_after`, that step's checkpoint)."""
-    spec, cfg, world = run.spec, run.objective_config, parallel.start()
+    spec, world = run.spec, parallel.start()
     try:
         check_spec(run, world)
         if resume is None:
@@ -65,7 +65,8 @@ def train(run: Run, resume: str | None = None, stop_after: int | None = None, qu
         prompts = read_prompts(run)
         reward = load_reward(run, tokenizer, world.device)
         state = checkpoint.read_state(resume, run) if resume else None
-        policy = loop.build_model(run, resume if state and state.trainable is None else spec.base, state).to(world.device)
+        policy = loop.build_model(run, resume if state and state.trainable is None else spec.base,
+                                  state).to(world.device)
         reference = load_reference(run, policy, tokenizer, world.device)
         head = value_head(policy, resume).to(world.device)
         optimizer = loop.make_optimizer(run, policy)
@@ -131,7 +132,8 @@ def check_spec(run: Run, world) -> None:
 
 def read_prompts(run: Run) -> Prompts:
     spec = run.spec
-    sets = [data.read_dataset(s.path, math.SHAPES, f"{run.file}: data.train.{i}") for i, s in enumerate(spec.data.train)]
+    sets = [data.read_dataset(s.path, math.SHAPES, f"{run.file}: data.train.{i}")
+            for i, s in enumerate(spec.data.train)]
     held = [data.read_dataset(p, math.SHAPES, f"{run.file}: data.eval.{i}") for i, p in enumerate(spec.data.eval)]
     sizes = [len(s.rows) for s in sets]
     temperature = spec.data.temperature if spec.data.sampling == "temperature" else 1.0
@@ -201,7 +203,8 @@ def next_token_logps(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Ten
 
 
 @torch.no_grad()
-def rollout(policy, head, reference, tokenizer, template, reward: Reward, rows: list[dict], run: Run, step: int) -> dict:
+def rollout(policy, head, reference, tokenizer, template, reward: Reward, rows: list[dict], run: Run,
+            step: int) -> dict:
     """Sample, score and compute everything an update needs; tensors (B, T-1) unless noted."""
     cfg, device = run.objective_config, next(policy.parameters()).device
     prompts = [r["prompt"] for r in rows]

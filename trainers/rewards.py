@@ -65,7 +65,7 @@ def call(name: str, fn: RewardFunction, prompt: str, completion: str, row: dict)
     """One reward, checked: a finite number, or an error naming the prompt."""
     try:
         value = fn(prompt, completion, row)
-    except Exception as e:  # the user's code: any failure is reported with the sample it failed on
+    except Exception as e:  # noqa: BLE001 - the user's code: any failure is reported with the sample it failed on
         raise InputError(f"reward function {name!r} raised {type(e).__name__}: {e} on prompt {prompt!r} "
                          f"(completion {completion!r}); fix the function or the data row") from None
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
@@ -84,7 +84,8 @@ class RewardModel:
             self.model = AutoModelForSequenceClassification.from_pretrained(folder, dtype=dtype).to(device).eval()
             self.tokenizer = AutoTokenizer.from_pretrained(folder)
         except (OSError, ValueError) as e:
-            raise InputError(f"reward model {folder!r}: cannot load a sequence-classification model from it ({e})") from None
+            raise InputError(f"reward model {folder!r}: cannot load a sequence-classification model from it "
+                             f"({e})") from None
         if self.model.config.num_labels != 1:
             raise InputError(f"reward model {folder!r}: it has {self.model.config.num_labels} labels; a reward model "
                              "has num_labels=1 (one score per sequence)")
@@ -99,7 +100,8 @@ class RewardModel:
     @torch.no_grad()
     def __call__(self, prompts: list[str], completions: list[str]) -> list[float]:
         """Scores, batched by token length: no padding, so no reliance on how a model finds its last token."""
-        ids = [self.tokenizer(self.text(p, c), add_special_tokens=False)["input_ids"] for p, c in zip(prompts, completions)]
+        ids = [self.tokenizer(self.text(p, c), add_special_tokens=False)["input_ids"]
+               for p, c in zip(prompts, completions)]
         scores = [0.0] * len(ids)
         for length in sorted(set(map(len, ids))):
             which = [i for i, x in enumerate(ids) if len(x) == length]
@@ -120,7 +122,8 @@ class Reward:
 
     def __call__(self, prompts: list[str], completions: list[str], rows: list[dict] | None = None) -> torch.Tensor:
         rows = rows if rows is not None else [{} for _ in prompts]
-        columns = [[call(name, fn, p, c, r) for p, c, r in zip(prompts, completions, rows)] for name, fn in self.functions]
+        columns = [[call(name, fn, p, c, r) for p, c, r in zip(prompts, completions, rows)]
+                   for name, fn in self.functions]
         if self.model is not None:
             columns.append(self.model(prompts, completions))
         table = torch.tensor(columns, dtype=torch.float32).reshape(len(columns), len(prompts))  # (K, N)
@@ -146,7 +149,8 @@ class Fields(BaseModel):
     reward_functions: list[str] = Field(default_factory=list, description="built-in names (world.add, ...) or "
                                         "'package.module:function'")
     reward_model: str | None = Field(None, description="a sequence-classification folder with num_labels=1")
-    reward_weights: list[float] | None = Field(None, description="one weight per function, then the model's (default 1)")
+    reward_weights: list[float] | None = Field(None,
+                                               description="one weight per function, then the model's (default 1)")
 
     @model_validator(mode="after")
     def _rewards(self):

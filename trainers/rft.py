@@ -15,9 +15,11 @@ def train(run: Run, resume: str | None = None, stop_after: int | None = None, qu
     cfg = run.objective_config
 
     def make(model, tokenizer, template, rows: list[data.Row], k: int):
-        samples = rounds.sample_rows(model, tokenizer, template, rows, cfg, cfg.samples, data.hash_seed(run.spec.seed, k))
+        samples = rounds.sample_rows(model, tokenizer, template, rows, cfg, cfg.samples,
+                                     data.hash_seed(run.spec.seed, k))
         reward = cfg.load_reward(template, next(model.parameters()).device)
-        rewards = reward([s.prompt for s in samples], [s.text for s in samples], [rows[s.index].fields for s in samples])
+        rewards = reward([s.prompt for s in samples], [s.text for s in samples],
+                         [rows[s.index].fields for s in samples])
         kept = rft.select(rewards, [s.text for s in samples], cfg.samples, cfg.keep, cfg.threshold)
         if not any(kept):
             raise InputError(f"{run.file}: round {k}: no completion of {len(rows)} prompts reached the threshold "
@@ -25,8 +27,8 @@ def train(run: Run, resume: str | None = None, stop_after: int | None = None, qu
                              "raise objective.samples, or start from a stronger model")
         new_rows = [{**{f: v for f, v in rows[p].fields.items()}, "completion": samples[i].text}
                     for p, group in enumerate(kept) for i in group]
-        stats = {"prompts": len(rows), "samples": len(samples), "kept": len(new_rows), "mean_reward": float(rewards.mean()),
-                 "acceptance": sum(bool(g) for g in kept) / len(kept)}
+        stats = {"prompts": len(rows), "samples": len(samples), "kept": len(new_rows),
+                 "mean_reward": float(rewards.mean()), "acceptance": sum(bool(g) for g in kept) / len(kept)}
         return new_rows, stats
 
     return rounds.train_rounds(run, make, {"name": "sft"}, quiet)

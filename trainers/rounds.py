@@ -32,7 +32,8 @@ MakeData = Callable[..., tuple[list[dict], dict[str, float]]]
 def check(run: Run) -> None:
     rounds = run.objective_config.rounds
     if run.spec.parallel == "fsdp":
-        raise SpecError(run.file, "parallel", f"{run.spec.objective.name} samples with the whole model; use parallel: ddp")
+        raise SpecError(run.file, "parallel",
+                        f"{run.spec.objective.name} samples with the whole model; use parallel: ddp")
     if rounds > 1 and not getattr(run.method, "WHOLE_MODEL", False):
         raise SpecError(run.file, "objective.rounds", f"later rounds start from the previous round's whole model; "
                         f"method '{run.spec.method.name}' saves an adapter: use method full or freeze, or rounds: 1")

@@ -80,7 +80,8 @@ class Optim(Strict):
     weight_decay: float = Field(0.0, ge=0, le=1, description="decoupled weight decay (not applied to biases and norms)")
     betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW's moment decays, each in [0, 1)")
     eps: float = Field(1e-8, gt=0)
-    max_grad_norm: float | None = Field(1.0, gt=0, description="clip the gradient's global norm to this (null: no clipping)")
+    max_grad_norm: float | None = Field(1.0, gt=0,
+                                        description="clip the gradient's global norm to this (null: no clipping)")
 
     @field_validator("betas")
     @classmethod
@@ -101,7 +102,8 @@ class Batch(Strict):
     size: int = Field(8, ge=1, description="rows per optimizer step, all processes and accumulation together")
     grad_accum: int = Field(1, ge=1, description="micro-batches per process and step")
     max_length: int = Field(1024, ge=2, description="longest sequence in tokens")
-    on_overflow: Literal["truncate", "error"] = Field("truncate", description="a longer row is cut (and counted) or refused")
+    on_overflow: Literal["truncate", "error"] = Field("truncate",
+                                                      description="a longer row is cut (and counted) or refused")
 
 
 class RunSpec(Strict):
@@ -118,7 +120,8 @@ class RunSpec(Strict):
     seed: int = 0
     out: str = Field(description="the run's folder: checkpoint-N/, final/, log.jsonl")
     dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="dtype the model is loaded in")
-    parallel: Literal["ddp", "fsdp"] = Field("ddp", description="under torchrun: replicate (ddp) or shard (fsdp) the model")
+    parallel: Literal["ddp", "fsdp"] = Field("ddp",
+                                             description="under torchrun: replicate (ddp) or shard (fsdp) the model")
     trust_remote_code: bool = Field(False, description="run code shipped with the base model (only if you trust it)")
 
     @field_validator("chat_template")
@@ -161,7 +164,8 @@ def load_run(path: str, overrides: tuple[str, ...] = ()) -> Run:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
-        raise SpecError(path, f"line {mark.line + 1}" if mark else "", f"not valid YAML ({getattr(e, 'problem', e)})") from None
+        raise SpecError(path, f"line {mark.line + 1}" if mark else "",
+                        f"not valid YAML ({getattr(e, 'problem', e)})") from None
     if not isinstance(data, dict):
         raise SpecError(path, "", "a run spec is a YAML mapping with base, objective, data, optim, schedule and out")
     for item in overrides:

@@ -56,7 +56,8 @@ def render(tokenizer, template: Template, messages: list[dict], add_generation_p
                                          add_generation_prompt=add_generation_prompt)
 
 
-def assistant_spans(tokenizer, template: Template, messages: list[dict], where: str) -> tuple[str, list[tuple[int, int]]]:
+def assistant_spans(tokenizer, template: Template, messages: list[dict],
+                    where: str) -> tuple[str, list[tuple[int, int]]]:
     """The rendered conversation and the character spans of its assistant turns.
 
     A turn runs from the end of the assistant header (the render of the earlier messages with the

@@ -3,9 +3,10 @@ was made (the spec model's and the planner's own messages, as `surgery merge --d
 the YAML at all times, where the models' task vectors conflict, then run the merge with a live
 progress bar, cancel it, and score the result on a suite.
 
-Every decision is the engine's: the spec is checked by `surgery.merge.spec` and `surgery.merge.plan`, merged by
-`surgery.merge.engine.run_merge`, compared by `surgery.diagnose.diff`, scored by `evals.scoring.run.evaluate`. Long work runs
-in worker threads; widgets are updated on the interface's thread through `call_from_thread`.
+Every decision is the engine's: the spec is checked by `surgery.merge.spec` and `surgery.merge.plan`, merged
+by `surgery.merge.engine.run_merge`, compared by `surgery.diagnose.diff`, scored by
+`evals.scoring.run.evaluate`. Long work runs in worker threads; widgets are updated on the interface's thread
+through `call_from_thread`.
 """
 
 from __future__ import annotations
@@ -536,7 +537,8 @@ class Designer(Vertical):
 
         try:
             with Store(self.db) as store:  # opened on this thread: an SQLite connection stays on its thread
-                table = evaluate([path], list(suite_tasks(suite)), HarnessSettings(limit=limit), store, force=False, say=say)
+                table = evaluate([path], list(suite_tasks(suite)), HarnessSettings(limit=limit), store, force=False,
+                                 say=say)
         except SurgeryError as e:
             self.app.call_from_thread(self._scored, "failed", f"error: {e}")
             return

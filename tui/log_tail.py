@@ -43,7 +43,8 @@ class LogTail:
     def _moved(self, f) -> bool:
         """Was the file replaced or rewritten since the last read?"""
         stat = os.fstat(f.fileno())
-        replaced, self.inode, self.mtime = self.inode is not None and stat.st_ino != self.inode, stat.st_ino, stat.st_mtime
+        replaced = self.inode is not None and stat.st_ino != self.inode
+        self.inode, self.mtime = stat.st_ino, stat.st_mtime
         if replaced:
             return True
         if not self.last_line:

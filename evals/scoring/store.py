@@ -25,7 +25,8 @@ SCHEMA = """
 CREATE TABLE IF NOT EXISTS checkpoints (
     hash TEXT PRIMARY KEY, base_hash TEXT, path TEXT NOT NULL, lineage TEXT NOT NULL, first_seen REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS names (
-    name TEXT PRIMARY KEY, hash TEXT NOT NULL REFERENCES checkpoints(hash), fingerprint TEXT NOT NULL, seen REAL NOT NULL);
+    name TEXT PRIMARY KEY, hash TEXT NOT NULL REFERENCES checkpoints(hash), fingerprint TEXT NOT NULL,
+    seen REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS runs (
     id INTEGER PRIMARY KEY AUTOINCREMENT, hash TEXT NOT NULL, name TEXT NOT NULL, settings TEXT NOT NULL,
     lm_eval TEXT NOT NULL, started REAL NOT NULL);
@@ -131,8 +132,8 @@ class Store:
 
     def stored(self, hash: str, task: str, key: str) -> TaskScore | None:
         """The score of weights `hash` on exactly `task` under settings `key`, if stored."""
-        row = self.con.execute("SELECT metric, value, stderr, n, chance FROM scores WHERE hash=? AND task=? AND settings=?",
-                               (hash, task, key)).fetchone()
+        row = self.con.execute("SELECT metric, value, stderr, n, chance FROM scores "
+                               "WHERE hash=? AND task=? AND settings=?", (hash, task, key)).fetchone()
         return TaskScore(task, *row, self._outcomes(hash, task, key)) if row else None
 
     # reading

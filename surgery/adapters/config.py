@@ -139,7 +139,8 @@ def _number(file: str, raw: dict, key: str, kind: type):
 
 
 def _positive(file: str, where: str, value, kind: type):
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0 or (kind is int and value != int(value)):
+    if (isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0
+            or (kind is int and value != int(value))):
         raise InputError(f"{file}: {where}: {value!r} is not a positive {'integer' if kind is int else 'number'}")
     return kind(value)
 

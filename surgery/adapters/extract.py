@@ -138,7 +138,8 @@ def check_ranks(tuned: ModelFolder, settings: ExtractSettings) -> None:
         if kind_of(name, info.shape, tuned.config) != "other" and selected(name, settings):
             if min(info.shape) < settings.rank:
                 raise SpecError("--rank", str(settings.rank), f"tensor {name!r} of shape {list(info.shape)} allows "
-                                f"rank at most {min(info.shape)}; lower --rank, use --energy, or exclude it with --modules")
+                                f"rank at most {min(info.shape)}; lower --rank, use --energy, or exclude it with "
+                                "--modules")
 
 
 def open_extraction(base: str, tuned: str, out: str, settings: ExtractSettings, force: bool = False,
@@ -308,5 +309,6 @@ def describe(x: Extraction, everything: bool = False) -> str:
         lines.append(f"{e.tensor:<{width}}  {e.action:<9}  {rank:>5}  {error:>9}  {change:>9}  {e.note}".rstrip())
     unchanged = sum(e.action == "unchanged" for e in x.entries)
     lines.append(f"{len(x.lora)} LoRA modules, {len(x.saved_modules)} saved modules, "
-                 f"{sum(e.action in ('dropped', 'excluded') for e in x.entries)} tensors dropped, {unchanged} unchanged")
+                 f"{sum(e.action in ('dropped', 'excluded') for e in x.entries)} tensors dropped, "
+                 f"{unchanged} unchanged")
     return "\n".join(lines)

@@ -114,4 +114,5 @@ def write_soup(soup: Soup, out: str, force: bool = False) -> str:
 def describe(soup: Soup) -> str:
     kind = soup.configs[0].get("peft_type")
     mix = ", ".join(f"{m:.3g}" for m in soup.mix)
-    return f"{kind} soup of {len(soup.paths)} adapters ({soup.configs[0].get('num_virtual_tokens')} virtual tokens), shares {mix}"
+    return (f"{kind} soup of {len(soup.paths)} adapters ({soup.configs[0].get('num_virtual_tokens')} virtual tokens), "
+            f"shares {mix}")

@@ -30,7 +30,8 @@ def summarize(path: str) -> dict:
            "modules": len(modules), "replaces": sorted(replaced), "trainable_parameters": trainable}
     if config.peft_type == "LORA":
         out["alpha"] = config.alpha
-        out.update({k: v for k, v in (("rank_pattern", config.rank_pattern), ("alpha_pattern", config.alpha_pattern)) if v})
+        out.update({k: v for k, v in (("rank_pattern", config.rank_pattern), ("alpha_pattern", config.alpha_pattern))
+                    if v})
     weights.close()
     return out
 

@@ -16,7 +16,8 @@ from surgery.cli.common import handled, interrupt
 @click.argument("out", type=click.Path())
 @click.option("--rank", type=int, help="The same LoRA rank for every matrix.")
 @click.option("--energy", type=float, help="Per matrix, the smallest rank keeping this share of Σσ² (e.g. 0.9).")
-@click.option("--modules", metavar="REGEX", help="Extract only tensors whose name matches (re.search), e.g. 'self_attn'.")
+@click.option("--modules", metavar="REGEX",
+              help="Extract only tensors whose name matches (re.search), e.g. 'self_attn'.")
 @click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]), default="float32", show_default=True,
               help="dtype of the stored LoRA factors (saved modules keep TUNED's dtype).")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", help="Where the SVDs run.")
@@ -25,7 +26,8 @@ from surgery.cli.common import handled, interrupt
 @click.option("--allow-pickle", is_flag=True, help="Accept pytorch_model.bin inputs (loaded with weights_only=True).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @handled
-def extract_lora(base, tuned, out, rank, energy, modules, dtype, device, everything, force, allow_pickle, quiet) -> None:
+def extract_lora(base, tuned, out, rank, energy, modules, dtype, device, everything, force, allow_pickle,
+                 quiet) -> None:
     """Write to OUT a PEFT LoRA adapter that turns BASE into (approximately) TUNED.
 
     Each changed weight matrix is replaced by the truncated SVD of TUNED − BASE; the table (also

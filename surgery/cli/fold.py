@@ -14,7 +14,8 @@ from surgery.cli.streamed import run_plan
 @click.argument("out", type=click.Path())
 @click.option("--weight", "weights", type=float, multiple=True,
               help="Scale of each adapter's delta, once per adapter in order (default 1; LoRA and VeRA only).")
-@click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16", "float64"]), help="Output dtype (default: the base's).")
+@click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16", "float64"]),
+              help="Output dtype (default: the base's).")
 @click.option("--shard-size", default="5G", callback=size_option, help="Largest output shard, e.g. 5G or 500M.")
 @click.option("--block-size", default="16M", callback=size_option, help="Working memory of one block of rows.")
 @click.option("--force", is_flag=True, help="Replace OUT if it exists (never the base or an adapter).")

@@ -17,7 +17,8 @@ def output_options(fn):
         click.option("--shard-size", default="5G", callback=size_option, help="Largest output shard, e.g. 5G or 500M."),
         click.option("--block-size", default="16M", callback=size_option, help="Working memory of one block of rows."),
         click.option("--force", is_flag=True, help="Replace OUT if it exists (never the input)."),
-        click.option("--allow-pickle", is_flag=True, help="Accept pytorch_model.bin input (loaded with weights_only=True)."),
+        click.option("--allow-pickle", is_flag=True,
+                     help="Accept pytorch_model.bin input (loaded with weights_only=True)."),
         click.option("--quiet", is_flag=True, help="No progress bar."),
     ]):
         fn = option(fn)

@@ -17,7 +17,8 @@ WORDS = ("the a of to and in is it you that he was for on are with as I his they
          "or had by hot word but what some we can out other were all there when up use your how said an each "
          "she which do their time if will way about many then them write would like so these her long make "
          "thing see him two has look more day could go come did number sound no most people my over know water "
-         "than call first who may down side been now find any new work part take get place made live where after").split()
+         "than call first who may down side been now find any new work part take get place made live where "
+         "after").split()
 
 
 def tiny_config(kind: str = "llama", **overrides):
@@ -72,7 +73,8 @@ def build_model(folder: str, kind: str = "llama", seed: int = 0, base: str | Non
     return folder
 
 
-def build_family(root: str, kind: str = "llama", names: tuple[str, ...] = ("math", "code", "chat"), **kw) -> dict[str, str]:
+def build_family(root: str, kind: str = "llama", names: tuple[str, ...] = ("math", "code", "chat"),
+                 **kw) -> dict[str, str]:
     """A base and fine-tunes of it under `root`: {'base': path, 'math': path, ...}."""
     out = {"base": build_model(os.path.join(root, "base"), kind, seed=0, **kw)}
     for i, name in enumerate(names, start=1):

@@ -162,7 +162,8 @@ def run_diff(folders: list[ModelFolder], result: Diff, block_bytes: int = DEFAUL
         for f in folders:
             f.close()
     if not result.tensors:
-        raise InputError(f"the models share no tensor of the same shape; nothing to compare ({len(result.skipped)} skipped)")
+        raise InputError("the models share no tensor of the same shape; nothing to compare "
+                         f"({len(result.skipped)} skipped)")
     return result
 
 
@@ -189,7 +190,8 @@ def _skip_reason(folders: list[ModelFolder], result: Diff, name: str, has_base: 
         return f"missing from {', '.join(missing)}"
     shapes = {f.tensors[name].shape for f in folders}
     if len(shapes) > 1:
-        return "shapes differ: " + ", ".join(f"{label} {list(f.tensors[name].shape)}" for f, label in zip(folders, labels))
+        return "shapes differ: " + ", ".join(f"{label} {list(f.tensors[name].shape)}"
+                                             for f, label in zip(folders, labels))
     if not folders[0].tensors[name].dtype.is_floating_point:
         return "not floating point"
     return ""

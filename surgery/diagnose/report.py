@@ -36,8 +36,8 @@ def describe_plan(plan: MergePlan, options: Options) -> str:
         f"tensors     {len(plan.jobs)} to write, {len(plan.out_layers)} layers",
         f"read        {human(plan.read_bytes)} (statistics stages re-read large tensors: up to {passes} passes)",
         f"write       {human(plan.write_bytes)} in shards of at most {human(options.shard_size)}",
-        f"peak memory about {human(peak_working_set(plan, options))} of working set (block size {human(options.block_bytes)})"
-        " plus the Python runtime",
+        f"peak memory about {human(peak_working_set(plan, options))} of working set "
+        f"(block size {human(options.block_bytes)}) plus the Python runtime",
     ]
     if plan.vocab is not None:
         lines += plan.vocab.lines()  # pre-flight: vocabulary sizes, mismatches, chat templates
@@ -55,7 +55,8 @@ def describe_inspection(r: Inspection, tensors: bool = True) -> str:
         lines.append("  adapter     " + "\n              ".join(f"{k}: {v}" for k, v in r.adapter.items()))
     if r.provenance:
         lines.append("  provenance  " + "\n              ".join(
-            f"{k.removeprefix('surgery.')}: {v if len(v) < 200 else v[:200] + '...'}" for k, v in sorted(r.provenance.items())))
+            f"{k.removeprefix('surgery.')}: {v if len(v) < 200 else v[:200] + '...'}"
+            for k, v in sorted(r.provenance.items())))
     if tensors:
         width = max((len(n) for n, _, _ in r.tensors), default=0)
         lines.append("  tensors")

@@ -98,7 +98,8 @@ def _tensor_info(path: str, name: str, entry: object, data_start: int, size: int
         raise InputError(f"{path}: tensor {name!r}: malformed or unsupported header entry {entry!r}") from None
     expected = nbytes(dtype, shape)
     if end - begin != expected or begin < 0:
-        raise InputError(f"{path}: tensor {name!r}: header says {end - begin} bytes, shape {list(shape)} needs {expected}")
+        raise InputError(f"{path}: tensor {name!r}: header says {end - begin} bytes, "
+                         f"shape {list(shape)} needs {expected}")
     if data_start + end > size:
         raise InputError(
             f"{path}: truncated: tensor {name!r} ends at byte {data_start + end} but the file has {size}; "
@@ -107,7 +108,8 @@ def _tensor_info(path: str, name: str, entry: object, data_start: int, size: int
     return TensorInfo(name, path, dtype, shape, data_start + begin, end - begin)
 
 
-def build_header(entries: list[tuple[str, torch.dtype, tuple[int, ...]]], metadata: dict[str, str]) -> tuple[bytes, list[int]]:
+def build_header(entries: list[tuple[str, torch.dtype, tuple[int, ...]]],
+                 metadata: dict[str, str]) -> tuple[bytes, list[int]]:
     """The bytes of a header for tensors written in this order, and each tensor's data offset."""
     header: dict[str, object] = {"__metadata__": metadata} if metadata else {}
     offsets, pos = [], 0

@@ -153,7 +153,8 @@ def check_parameters(spec: MergeSpec, method: Method, file: str) -> None:
     model_level = [(f"models.{i}.parameters", m.parameters) for i, m in enumerate(spec.models or [])]
     model_level += [(f"slices.{i}.sources.{j}.parameters", s.parameters)
                     for i, sl in enumerate(spec.slices or []) for j, s in enumerate(sl.sources)]
-    upper = [("parameters", spec.parameters)] + [(f"slices.{i}.parameters", s.parameters) for i, s in enumerate(spec.slices or [])]
+    upper = [("parameters", spec.parameters)] + [(f"slices.{i}.parameters", s.parameters)
+                                                 for i, s in enumerate(spec.slices or [])]
     for where, params in model_level + upper:
         for key, setting in (params or {}).items():
             if key in shared and (where, params) in model_level:
@@ -162,7 +163,8 @@ def check_parameters(spec: MergeSpec, method: Method, file: str) -> None:
             fld = per.get(key) or shared.get(key)
             if fld is None:
                 known = sorted(set(per) | set(shared)) or ["none"]
-                raise SpecError(file, f"{where}.{key}", f"unknown parameter for {method.name} (known: {', '.join(known)})")
+                raise SpecError(file, f"{where}.{key}",
+                                f"unknown parameter for {method.name} (known: {', '.join(known)})")
             for path, value in scalars(setting, f"{where}.{key}"):
                 check_value(fld, value, file, path)
 
@@ -187,7 +189,8 @@ FULL = (0, -1)  # layer range placeholder: all layers, filled in once the folder
 def _models_slice(spec: MergeSpec, method: Method, file: str) -> SliceInputs:
     base = None
     if method.base == "required" and not spec.base_model:
-        raise SpecError(file, "base_model", f"{method.name} needs a base_model (the model the others are compared to)")
+        raise SpecError(file, "base_model",
+                        f"{method.name} needs a base_model (the model the others are compared to)")
     if method.uses_base and spec.base_model:
         base = (spec.base_model, FULL, "base_model")
     others = tuple((m.model, FULL, m.parameters, f"models.{i}") for i, m in enumerate(spec.models)
@@ -203,7 +206,8 @@ def _slice(spec: MergeSpec, method: Method, file: str, i: int) -> SliceInputs:
     srcs = [(s.model, tuple(s.layer_range), s.parameters, f"{where}.sources.{j}") for j, s in enumerate(sl.sources)]
     lengths = {b - a for _, (a, b), _, _ in srcs}
     if len(lengths) > 1:
-        raise SpecError(file, f"{where}.sources", f"every source of a slice needs the same number of layers; got {sorted(lengths)}")
+        raise SpecError(file, f"{where}.sources",
+                        f"every source of a slice needs the same number of layers; got {sorted(lengths)}")
     base = None
     name = sl.base_model or spec.base_model
     if method.base == "required" and not name:
@@ -228,7 +232,8 @@ def _check_count(method: Method, s: SliceInputs, file: str) -> None:
         raise SpecError(file, s.where, f"{method.name} takes {want} model(s){base}; got {n} ({names})")
 
 
-def _open(spec: MergeSpec, file: str, allow_pickle: bool, root: str | None, opened: dict | None = None) -> dict[str, ModelFolder]:
+def _open(spec: MergeSpec, file: str, allow_pickle: bool, root: str | None,
+          opened: dict | None = None) -> dict[str, ModelFolder]:
     folders = dict(opened or {})
     for ref, where in _model_fields(spec):
         if ref not in folders:
@@ -276,9 +281,11 @@ def _check_ranges(s: SliceInputs, folders: dict[str, ModelFolder], file: str) ->
         if (a, b) == FULL:
             if len(set(counts.values())) > 1:
                 raise SpecError(file, where, f"model {model!r} has {counts[model]} layers but the others have "
-                                f"{sorted(set(counts.values()))}; merging needs equal depths (use slices for other layouts)")
+                                f"{sorted(set(counts.values()))}; merging needs equal depths "
+                                "(use slices for other layouts)")
         elif b > counts[model]:
-            raise SpecError(file, f"{where}.layer_range", f"[{a}, {b}] is past the end of {model!r}, which has {counts[model]} layers")
+            raise SpecError(file, f"{where}.layer_range",
+                            f"[{a}, {b}] is past the end of {model!r}, which has {counts[model]} layers")
 
     def fill(model: str, r: tuple[int, int]) -> tuple[int, int]:
         return (0, counts[model]) if r == FULL else r
@@ -348,8 +355,9 @@ def _check_shapes(name: str, shapes: dict[TensorSource, tuple[int, ...]]) -> Non
     for src, shape in items[1:]:
         if shape != items[0][1]:
             raise InputError(
-                f"tensor {name!r}: shape {list(items[0][1])} in {items[0][0].model!r} but {list(shape)} in {src.model!r}; "
-                "merged models need the same shapes (a different vocabulary size needs vocabulary surgery first)")
+                f"tensor {name!r}: shape {list(items[0][1])} in {items[0][0].model!r} but {list(shape)} in "
+                f"{src.model!r}; merged models need the same shapes (a different vocabulary size needs vocabulary "
+                "surgery first)")
 
 
 def _resolve(params: type[BaseModel], method: Method, sources: list, tensor: str, t: float, file: str,
@@ -363,7 +371,8 @@ def _resolve(params: type[BaseModel], method: Method, sources: list, tensor: str
     try:
         return build(params, values)
     except ValidationError as e:
-        raise SpecError(file, where, f"{e.errors()[0]['msg'].removeprefix('Value error, ')} (tensor {tensor!r})") from None
+        raise SpecError(file, where,
+                        f"{e.errors()[0]['msg'].removeprefix('Value error, ')} (tensor {tensor!r})") from None
 
 
 def output_config(config: dict, out_layers: list[int], jobs: list[TensorJob]) -> dict:

@@ -9,14 +9,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from surgery.errors import SpecError
 
-Scalar = Union[bool, int, float, str]
+Scalar = bool | int | float | str
 
 
 class Conditional(BaseModel):
@@ -27,7 +27,7 @@ class Conditional(BaseModel):
     filter: str | None = None
 
 
-Setting = Union[Scalar, list[Scalar], Conditional, list[Conditional]]
+Setting = Scalar | list[Scalar] | Conditional | list[Conditional]
 Parameters = dict[str, Setting]
 
 

@@ -68,7 +68,8 @@ def test_full_rank_adapter_reproduces_the_tuned_model(llama_pair, tmp_path):
     result, report = extract(base, tuned, out, "--energy", "1.0")
     config = json.loads((out / "adapter_config.json").read_text())
     assert config["peft_type"] == "LORA" and config["r"] == 32 and config["lora_alpha"] == 32
-    assert config["rank_pattern"] == {f"model.layers.{i}.self_attn.{p}": 16 for i in (0, 1) for p in ("k_proj", "v_proj")}
+    assert config["rank_pattern"] == {f"model.layers.{i}.self_attn.{p}": 16
+                                      for i in (0, 1) for p in ("k_proj", "v_proj")}
     assert config["alpha_pattern"] == config["rank_pattern"]
     assert "model.embed_tokens" in config["target_modules"] and "lm_head" in config["target_modules"]
     keys = load_file(out / "adapter_model.safetensors")
@@ -159,7 +160,8 @@ def test_rank_too_large_names_the_tensor_and_writes_nothing(llama_pair, tmp_path
 
 @pytest.mark.parametrize("settings, message", [
     (ExtractSettings(), "give exactly one"), (ExtractSettings(rank=2, energy=0.5), "give exactly one"),
-    (ExtractSettings(energy=1.5), "in (0, 1]"), (ExtractSettings(rank=0), "at least 1"), (ExtractSettings(rank=2, modules="(x"), "--modules"),
+    (ExtractSettings(energy=1.5), "in (0, 1]"), (ExtractSettings(rank=0), "at least 1"),
+    (ExtractSettings(rank=2, modules="(x"), "--modules"),
 ])
 def test_bad_settings(llama_pair, tmp_path, settings, message):
     with pytest.raises(SpecError, match=message.replace("(", r"\(").replace("[", r"\[")):
@@ -168,7 +170,8 @@ def test_bad_settings(llama_pair, tmp_path, settings, message):
 
 
 def test_identical_models_have_nothing_to_extract(llama, tmp_path):
-    x = open_extraction(llama["base"], llama["base"].replace("base", "base"), str(tmp_path / "a"), ExtractSettings(rank=2))
+    x = open_extraction(llama["base"], llama["base"].replace("base", "base"), str(tmp_path / "a"),
+                        ExtractSettings(rank=2))
     with pytest.raises(InputError, match="no linear or embedding weight differs"):
         scan(x)
 

@@ -351,7 +351,8 @@ TASK_VECTOR_CASES = {  # id: (method, per-model parameters as lists in input ord
     "ties_unnormalized": ("ties", {"weight": [0.5, 0.7, 0.2], "density": [0.3, 0.6, 0.5]}, {"normalize": False}),
     "ties_lambda": ("ties", {"weight": [0.5, 0.7, 0.2], "density": [0.3, 0.6, 0.5]}, {"lambda": 0.7}),
     "task_arithmetic": ("task_arithmetic", {"weight": [0.5, -0.3, 0.2]}, {"normalize": True}),
-    "breadcrumbs": ("breadcrumbs", {"weight": [0.5, 0.7, 0.2], "density": [0.3, 0.6, 0.9], "gamma": [0.1, 0.0, 0.05]}, {}),
+    "breadcrumbs": ("breadcrumbs", {"weight": [0.5, 0.7, 0.2], "density": [0.3, 0.6, 0.9],
+                                    "gamma": [0.1, 0.0, 0.05]}, {}),
     "breadcrumbs_ties": ("breadcrumbs_ties", {"weight": [0.5, 0.7, 0.2], "density": [0.3, 0.6, 0.9],
                                               "gamma": [0.1, 0.0, 0.05]}, {}),
 }

@@ -305,7 +305,8 @@ def test_block_sums_do_not_depend_on_the_blocking_or_threads(rows, cols, cuts):
         results = []
         for n in (1, 2):
             torch.set_num_threads(n)
-            results.append(sum((total(x[a:b], x.shape) for a, b in zip(bounds, bounds[1:])), torch.zeros((), dtype=torch.float64)))
+            results.append(sum((total(x[a:b], x.shape) for a, b in zip(bounds, bounds[1:])),
+                               torch.zeros((), dtype=torch.float64)))
         whole = total(x, x.shape)
     finally:
         torch.set_num_threads(threads)

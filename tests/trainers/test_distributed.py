@@ -47,7 +47,8 @@ def test_two_processes_match_one(workdir):
 def test_fsdp_matches_one_process_and_resumes(workdir):
     """FSDP2 (`parallel: fsdp`) over 2 processes, stopped at a checkpoint and resumed under torchrun,
     against one process: the same weights within float tolerance."""
-    spec = spec_dict(out="out/fsdp", parallel="fsdp", batch={"size": 4, "grad_accum": 1, "max_length": 64}, save_every=3)
+    spec = spec_dict(out="out/fsdp", parallel="fsdp", batch={"size": 4, "grad_accum": 1, "max_length": 64},
+                     save_every=3)
     with open("fsdp.yaml", "w") as f:
         yaml.safe_dump(spec, f)
     torchrun = [os.path.join(os.path.dirname(sys.executable), "torchrun"), "--nproc-per-node", "2",

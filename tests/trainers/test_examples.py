@@ -64,7 +64,8 @@ def test_surgery_train_command(workdir):
     again = runner.invoke(main, ["train", "runs/sft-freeze.yaml", "--quiet", "--set", "schedule.total_steps=4",
                                  "--set", "out=out/again", "--resume", "out/sft-freeze/checkpoint-2"])
     assert again.exit_code == 0, again.output
-    refused = runner.invoke(main, ["train", "runs/sft-freeze.yaml", "--quiet", "--resume", "out/sft-freeze/checkpoint-2"])
+    refused = runner.invoke(main, ["train", "runs/sft-freeze.yaml", "--quiet", "--resume",
+                                   "out/sft-freeze/checkpoint-2"])
     assert refused.exit_code == 2
     assert "written by a different run (schedule.total_steps: 4 there, 12 here)" in refused.output
     bad = runner.invoke(main, ["train", "runs/sft-freeze.yaml", "--set", "optim.lr=-1"])

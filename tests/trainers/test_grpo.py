@@ -59,8 +59,8 @@ def test_token_losses_by_hand():
     k3 = 0.5 * (2 - math.log(2) - 1)
     assert loss.flatten().tolist() == pytest.approx([-1.3 + k3, -0.5 + k3, 0.8 + k3, 1.5 + k3], abs=1e-6)
     corrected, _ = grpo.token_losses(logp, old, ref, torch.tensor([1.0, -1.0]), 0.2, 0.3, 0.5)
-    assert corrected.flatten().tolist() == pytest.approx([-1.3 + 1.5 * k3, -0.5 + 0.5 * k3, 0.8 + 0.5 * k3, 1.5 + 1.5 * k3],
-                                                         abs=1e-6)
+    assert corrected.flatten().tolist() == pytest.approx(
+        [-1.3 + 1.5 * k3, -0.5 + 0.5 * k3, 0.8 + 0.5 * k3, 1.5 + 1.5 * k3], abs=1e-6)
     assert terms["clipped"].tolist() == [[1.0, 0.0], [1.0, 0.0]]
 
 
@@ -174,7 +174,8 @@ def grpo_spec(**changes) -> dict:
                           "max_new_tokens": 6, "beta": 0.05},
             "data": {"train": "runs/data/instruct.jsonl", "eval": "runs/data/eval.jsonl"},
             "chat_template": "chatml", "optim": {"lr": 1e-2}, "schedule": {"total_steps": 10, "cosine": False},
-            "batch": {"size": 4, "grad_accum": 2, "max_length": 64}, "eval_every": 4, "save_every": 4, "out": "out/grpo"}
+            "batch": {"size": 4, "grad_accum": 2, "max_length": 64}, "eval_every": 4, "save_every": 4,
+            "out": "out/grpo"}
     spec.update(changes)
     return spec
 

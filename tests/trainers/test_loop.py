@@ -138,7 +138,8 @@ def head_only() -> types.ModuleType:
         return model
 
     def save(model, folder, config):
-        save_file({"lm_head.weight": model.lm_head.weight.detach().contiguous()}, os.path.join(folder, "head.safetensors"))
+        save_file({"lm_head.weight": model.lm_head.weight.detach().contiguous()},
+                  os.path.join(folder, "head.safetensors"))
 
     module.Config, module.attach, module.save = Config, attach, save
     return module
@@ -177,8 +178,9 @@ def test_killed_run_resumes_to_the_same_weights(workdir):
                      batch={"size": 2, "max_length": 64}, eval_every=None)
     with open("kill.yaml", "w") as f:
         yaml.safe_dump(spec, f)
-    proc = subprocess.Popen([sys.executable, "-m", "trainers", "kill.yaml", "--quiet"], env={**os.environ, "OMP_NUM_THREADS": "1"},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen([sys.executable, "-m", "trainers", "kill.yaml", "--quiet"],
+                            env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
     deadline = time.time() + 60
     while not os.path.isdir("out/killed/checkpoint-20") and time.time() < deadline and proc.poll() is None:
         time.sleep(0.005)
@@ -208,8 +210,9 @@ def test_sigterm_stops_cleanly(workdir):
                      eval_every=None)
     with open("term.yaml", "w") as f:
         yaml.safe_dump(spec, f)
-    proc = subprocess.Popen([sys.executable, "-m", "trainers", "term.yaml", "--quiet"], env={**os.environ, "OMP_NUM_THREADS": "1"},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, "-m", "trainers", "term.yaml", "--quiet"],
+                            env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 60
     while not os.path.isdir("out/term/checkpoint-10") and time.time() < deadline and proc.poll() is None:
         time.sleep(0.005)

@@ -129,8 +129,9 @@ def check_method(name: str, base: str, folder: str, settings: dict | None = None
 def test_peft_method_trains_saves_and_loads(name, lively, tmp_path):
     check_method(name, lively, str(tmp_path))
     with open(tmp_path / "adapter_config.json") as f:
-        assert json.load(f)["peft_type"] == {"lora_plus": "LORA", "dora": "LORA", "p_tuning_v2": "PREFIX_TUNING",
-                                             "prefix": "PREFIX_TUNING", "prompt": "PROMPT_TUNING"}.get(name, name.upper())
+        assert json.load(f)["peft_type"] == {
+            "lora_plus": "LORA", "dora": "LORA", "p_tuning_v2": "PREFIX_TUNING", "prefix": "PREFIX_TUNING",
+            "prompt": "PROMPT_TUNING"}.get(name, name.upper())
     assert os.path.isfile(tmp_path / "adapter_model.safetensors")
 
 
@@ -227,7 +228,8 @@ def test_unknown_target_modules_name_the_real_ones(base):
     ({"name": "lora", "r": 0}, "method.r", "greater than or equal to 1"),
     ({"name": "lora", "rank": 8}, "method.rank", "unknown field 'rank' of method 'lora'"),
     ({"name": "lora_plus", "ratio": 0.5}, "method.ratio", "greater than or equal to 1"),
-    ({"name": "ia3", "target_modules": ["k_proj"], "feedforward_modules": ["down_proj"]}, "method", "not in target_modules"),
+    ({"name": "ia3", "target_modules": ["k_proj"], "feedforward_modules": ["down_proj"]}, "method",
+     "not in target_modules"),
     ({"name": "bottleneck", "where": []}, "method.where", "at least 1 item"),
     ({"name": "bottleneck", "non_linearity": "softmax"}, "method.non_linearity", "relu"),
     ({"name": "prompt", "num_virtual_tokens": 0}, "method.num_virtual_tokens", "greater than or equal to 1"),
@@ -245,7 +247,8 @@ def test_p_tuning_v2_and_prefix_differ_in_reparameterisation(base):
     direct = p_tuning_v2.attach(AutoModelForCausalLM.from_pretrained(base), p_tuning_v2.Config(num_virtual_tokens=4))
     mlp = prefix.attach(AutoModelForCausalLM.from_pretrained(base), prefix.Config(num_virtual_tokens=4))
     layers, kv_width = 2, 2 * 8  # 2 layers; 2 KV heads of 32 / 4 = 8 dims (grouped-query attention)
-    assert [tuple(p.shape) for p in direct.parameters() if p.requires_grad] == [(4, layers * 2 * kv_width)]  # keys and values
+    assert ([tuple(p.shape) for p in direct.parameters() if p.requires_grad]
+            == [(4, layers * 2 * kv_width)])  # keys and values
     assert len([p for p in mlp.parameters() if p.requires_grad]) == 5  # embedding + two linear layers
 
 
@@ -254,7 +257,7 @@ def test_p_tuning_v2_and_prefix_differ_in_reparameterisation(base):
 def bitsandbytes_or_skip():
     try:
         import bitsandbytes  # noqa: F401
-    except Exception as e:  # not installed, or installed but its native library fails to load
+    except (ImportError, OSError, RuntimeError) as e:  # not installed, or its native library fails to load
         pytest.skip(f"bitsandbytes cannot be imported here ({e}); install surgery[qlora] to run the QLoRA tests")
 
 

@@ -103,7 +103,8 @@ def test_kto_label_must_be_a_boolean(workdir, tmp_path):
 
 
 def test_pairs_given_to_kto_are_named(workdir):
-    with pytest.raises(InputError, match="line 1: this objective trains on prompt/completion/label rows, not 'preference'"):
+    with pytest.raises(InputError,
+                       match="line 1: this objective trains on prompt/completion/label rows, not 'preference'"):
         train(parse_run(preference_spec("kto", data={"train": "runs/data/prefs.jsonl"}), "run.yaml"), quiet=True)
 
 

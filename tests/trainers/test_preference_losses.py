@@ -272,8 +272,9 @@ def test_kto_equals_trl(models, tmp_path):
     tok = AutoTokenizer.from_pretrained(policy)
     data = [{"prompt": [{"role": "user", "content": p}], "completion": [{"role": "assistant", "content": c}],
              "label": y} for p, c, y in KTO_ROWS]
-    args = KTOConfig(output_dir=str(tmp_path / "kto"), report_to="none", use_cpu=True, max_length=64, beta=0.5, bf16=False,
-                     desirable_weight=1.5, undesirable_weight=0.8, per_device_train_batch_size=len(KTO_ROWS))
+    args = KTOConfig(output_dir=str(tmp_path / "kto"), report_to="none", use_cpu=True, max_length=64, beta=0.5,
+                     bf16=False, desirable_weight=1.5, undesirable_weight=0.8,
+                     per_device_train_batch_size=len(KTO_ROWS))
     trainer = KTOTrainer(model=fresh(policy), ref_model=fresh(ref), args=args, train_dataset=Dataset.from_list(data),
                          processing_class=tok)
     theirs = trainer.data_collator([trainer.train_dataset[i] for i in range(len(KTO_ROWS))])

@@ -91,7 +91,8 @@ def test_example_spec_runs(workdir):
                                          "objective.samples=2", "schedule.total_steps=2"))
     assert run.objective is rft and run.objective_config.reward_functions == ["world.add"]
     final = train(run, quiet=True)
-    assert os.path.isdir(final) and records(run.spec.out)[-1]["acceptance"] == 1.0  # no threshold: every prompt keeps one
+    # no threshold: every prompt keeps one
+    assert os.path.isdir(final) and records(run.spec.out)[-1]["acceptance"] == 1.0
 
 
 @pytest.mark.slow

@@ -17,7 +17,8 @@ from trainers.methods.peft_adapter import TARGETS_HELP, Targets
 class Config(BaseModel):
     model_config = ConfigDict(extra="forbid")
     r: int = Field(8, ge=1, le=1024, description="rank of the update B A")
-    alpha: float = Field(16, gt=0, le=8192, description="the update is scaled by alpha / r (alpha / sqrt(r) with use_rslora)")
+    alpha: float = Field(16, gt=0, le=8192,
+                         description="the update is scaled by alpha / r (alpha / sqrt(r) with use_rslora)")
     dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the adapter's input")
     target_modules: Targets = Field(peft_adapter.ALL_LINEAR, description=TARGETS_HELP)
     use_rslora: bool = Field(False, description="scale by alpha / sqrt(r), stable at high rank (Kalajdzievski 2023)")

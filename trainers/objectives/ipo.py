@@ -23,7 +23,8 @@ SHAPES = pairs.SHAPES
 
 class Config(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    beta: float = Field(0.1, gt=0, description="regularisation tau: the per-token log-ratio gap is pulled to 1/(2 beta)")
+    beta: float = Field(0.1, gt=0,
+                        description="regularisation tau: the per-token log-ratio gap is pulled to 1/(2 beta)")
     reference: str | None = Field(None, description="the frozen reference's folder (default: the base, or the "
                                   "base with the adapter switched off)")
 

@@ -71,7 +71,8 @@ def pad(examples: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
             "labels": torch.tensor([right_pad(e["labels"], IGNORE, width) for e in examples])}
 
 
-def build_batch(rows: list[Row], tokenizer, template: Template, config: Config | None = None) -> dict[str, torch.Tensor]:
+def build_batch(rows: list[Row], tokenizer, template: Template,
+                config: Config | None = None) -> dict[str, torch.Tensor]:
     return collate([encode(r, tokenizer, template, config) for r in rows], sft.pad_token_id(tokenizer))
 
 

@@ -53,4 +53,5 @@ def loss(model, batch: dict[str, torch.Tensor], config: Config) -> tuple[torch.T
         batch["attention_mask"] == 0, IGNORE)
     nll, _ = token_loss(pairs.halves(logits)[0], pairs.halves(labels)[0])
     metrics = pairs.reward_metrics(*pairs.halves(config.lam * means))
-    return nll + penalty.mean(), {**metrics, "nll": float(nll.detach()), "log_odds_ratio": float(log_or.detach().mean())}
+    return nll + penalty.mean(), {**metrics, "nll": float(nll.detach()),
+                                  "log_odds_ratio": float(log_or.detach().mean())}

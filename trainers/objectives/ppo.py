@@ -28,9 +28,11 @@ SHAPES = ("prompt_completion",)  # the prompt is sampled from; `completion` is t
 
 class Config(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    reward_model: str | None = Field(None, description="a sequence-classification folder (num_labels=1) scoring completions")
+    reward_model: str | None = Field(None,
+                                     description="a sequence-classification folder (num_labels=1) scoring completions")
     reward_function: str | None = Field(None, validate_default=True,
-                                        description="a Python reward: a built-in name (world.add, ...) or 'module:function'")
+                                        description="a Python reward: a built-in name (world.add, ...) or "
+                                                    "'module:function'")
     reference: str | None = Field(None, description="the frozen KL reference (default: the base)")
     kl_coef: float = Field(0.05, ge=0, description="weight of the per-token KL penalty in the reward")
     kl_estimator: Literal["k1", "k3"] = Field("k1", description="k1: log pi - log pi_ref; k3: (r - 1) - log r")
@@ -40,11 +42,13 @@ class Config(BaseModel):
     value_clip: float = Field(0.2, gt=0, description="a value moves at most this far from its rollout value")
     vf_coef: float = Field(0.1, ge=0, description="weight of the value loss")
     epochs: int = Field(4, ge=1, description="PPO epochs over each rollout batch")
-    minibatches: int = Field(1, ge=1, description="optimizer steps per epoch (the rollout batch split in as many parts)")
+    minibatches: int = Field(1, ge=1,
+                             description="optimizer steps per epoch (the rollout batch split in as many parts)")
     max_new_tokens: int = Field(32, ge=1, description="longest completion sampled")
     temperature: float = Field(1.0, gt=0, description="sampling temperature of the rollouts")
     top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling of the rollouts")
-    missing_eos_penalty: float | None = Field(None, description="subtracted from the score of a completion that never ended")
+    missing_eos_penalty: float | None = Field(None,
+                                              description="subtracted from the score of a completion that never ended")
 
     @field_validator("reward_function")
     @classmethod

@@ -64,11 +64,13 @@ def collate(examples: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
     return {**pairs.collate(examples, pad_id), "margin": torch.tensor([e["margin"] for e in examples])}
 
 
-def build_batch(rows: list[Row], tokenizer, template: Template, config: Config | None = None) -> dict[str, torch.Tensor]:
+def build_batch(rows: list[Row], tokenizer, template: Template,
+                config: Config | None = None) -> dict[str, torch.Tensor]:
     return collate([encode(r, tokenizer, template, config) for r in rows], sft.pad_token_id(tokenizer))
 
 
-def bradley_terry_loss(chosen: torch.Tensor, rejected: torch.Tensor, margin: torch.Tensor | None = None) -> torch.Tensor:
+def bradley_terry_loss(chosen: torch.Tensor, rejected: torch.Tensor,
+                       margin: torch.Tensor | None = None) -> torch.Tensor:
     """Per-pair loss (B,) from the scores of chosen and rejected (B,)."""
     return -F.logsigmoid(chosen - rejected - (0 if margin is None else margin))
 

@@ -20,7 +20,8 @@ def direction(w: torch.Tensor, rows: tuple[int, int], A: torch.Tensor, B: torch.
     return w.float() + scale * delta_rows(A, B, rows, transposed)  # (r1 - r0, cols)
 
 
-def column_sumsq(w: torch.Tensor, rows: tuple[int, int], A: torch.Tensor, B: torch.Tensor, scale: float) -> torch.Tensor:
+def column_sumsq(w: torch.Tensor, rows: tuple[int, int], A: torch.Tensor, B: torch.Tensor,
+                 scale: float) -> torch.Tensor:
     """Sum over rows [r0, r1) of V^2 for a weight stored (in, out): the blocks add up to ||V||^2 per column."""
     return direction(w, rows, A, B, scale, True).square().sum(dim=0)  # (out,)
 

@@ -14,7 +14,8 @@ import torch
 Factor = tuple[torch.Tensor, torch.Tensor, float]  # (A (r, in), B (out, r), scale), float32
 
 
-def _factors(A: torch.Tensor, B: torch.Tensor, rows: tuple[int, int], transposed: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def _factors(A: torch.Tensor, B: torch.Tensor, rows: tuple[int, int],
+             transposed: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """The two matrices whose product is rows [r0, r1) of B @ A, or of (B @ A)^T when stored (in, out)."""
     r0, r1 = rows
     if transposed:

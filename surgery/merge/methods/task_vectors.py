@@ -216,7 +216,8 @@ def combine(kind: Sparsify, consensus: Consensus, block: Block, stats: Stats) ->
     """base + lambda * (sum of agreeing weighted task vectors) / (sum of their weights), accumulated
     one input at a time (no (n, ...) stack; the same summation order as a sum over a stacked axis)."""
     weights = [p.weight for p in block.per_model]
-    tvs = [sparsified(kind, block, stats, i, d, w) for i, (w, d) in enumerate(zip(weights, _deltas(block)))]  # each (r, ...)
+    tvs = [sparsified(kind, block, stats, i, d, w)  # each (r, ...)
+           for i, (w, d) in enumerate(zip(weights, _deltas(block)))]
     if consensus != "none":
         elected = _elect(tvs, block.shared.consensus)
         mixed, divisor = torch.zeros_like(tvs[0]), torch.zeros_like(tvs[0]) if block.shared.normalize else None

@@ -48,7 +48,8 @@ def test_adapter_as_merge_input_equals_folded_on_disk(llama, llama_lora, tmp_pat
     for name in on_the_fly:
         assert torch.equal(on_the_fly[name], from_disk[name]), name
     without = merged(write_spec(tmp_path / "b", [base, math], base, method), str(tmp_path / "b" / "plain"))
-    assert not torch.equal(without["model.layers.0.self_attn.q_proj.weight"], on_the_fly["model.layers.0.self_attn.q_proj.weight"])
+    assert not torch.equal(without["model.layers.0.self_attn.q_proj.weight"],
+                           on_the_fly["model.layers.0.self_attn.q_proj.weight"])
 
 
 def test_two_adapters_in_one_reference_is_a_spec_error(llama, llama_lora, tmp_path):
