@@ -248,3 +248,15 @@ def test_model_stock_filters_are_last_axis_vectors_like_mergekit(shape):
     theirs = mk_methods.merge_tensors([base, *models], "model_stock", parameters={"filter_wise": True}, base_index=0)
     ours = ours_on("model_stock", base, models, [{}] * 3, {"filter_wise": True})
     torch.testing.assert_close(ours, theirs, rtol=2e-6, atol=2e-6)
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 5])
+def test_sce_variance_has_torch_vars_bits(n):
+    """SCE selects by the float32 bits of torch.var over the stacked task vectors (mergekit's); ours,
+    one model at a time, gives the same bits, ties and wide ranges included."""
+    from surgery.merge.methods.sce import welford_variance
+
+    g = torch.Generator().manual_seed(n)
+    xs = [torch.randn(300, 200, generator=g) * 10.0 ** (i - 2) for i in range(n)]
+    xs[0][:10] = (torch.randint(-3, 4, (10, 200), generator=g) * 0.25).float()
+    assert torch.equal(welford_variance(xs), torch.var(torch.stack(xs), dim=0, unbiased=False))

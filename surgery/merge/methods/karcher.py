@@ -17,6 +17,7 @@ import torch
 from pydantic import Field
 
 from surgery.merge.methods.method import Block, Method, Params, Stats
+from surgery.merge.sums import dot64
 
 Vector = list[float]
 
@@ -27,8 +28,8 @@ class KarcherShared(Params):
 
 
 def gram(block: Block, stats: Stats) -> Stats:
-    x = [m.double() for m in block.models]
-    return {f"g{i}.{j}": (x[i] * x[j]).sum() for i, j in combinations_with_replacement(range(len(x)), 2)}
+    x = block.models
+    return {f"g{i}.{j}": dot64(x[i], x[j]) for i, j in combinations_with_replacement(range(len(x)), 2)}
 
 
 def _dot(u: Vector, v: Vector, g: list[Vector]) -> float:

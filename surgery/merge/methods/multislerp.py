@@ -16,6 +16,7 @@ from pydantic import Field
 
 from surgery.errors import NumericsError
 from surgery.merge.methods.method import Block, Method, Params, Stats
+from surgery.merge.sums import dot64
 
 
 class MultislerpShared(Params):
@@ -34,8 +35,8 @@ def _vectors(block: Block) -> list[torch.Tensor]:
 
 
 def gram(block: Block, stats: Stats) -> Stats:
-    x = [v.double() for v in _vectors(block)]
-    return {f"g{i}.{j}": (x[i] * x[j]).sum() for i, j in combinations_with_replacement(range(len(x)), 2)}
+    x = _vectors(block)
+    return {f"g{i}.{j}": dot64(x[i], x[j]) for i, j in combinations_with_replacement(range(len(x)), 2)}
 
 
 def weights(block: Block) -> list[float]:

@@ -11,6 +11,7 @@ import torch
 from pydantic import Field
 
 from surgery.merge.methods.method import Block, Method, Params, Stats
+from surgery.merge.sums import column_dot64, dot64
 
 EPS = 1e-8       # colinear when 1 - cos^2 <= EPS^2
 NORM_FLOOR = 1e-7  # a vector's norm is clamped to this before normalising (a zero vector has cos 0)
@@ -34,15 +35,11 @@ def _pair(block: Block) -> tuple[torch.Tensor, torch.Tensor]:
     return block.cached("tvs", lambda: (a - block.base, b - block.base))
 
 
-def _sum(x: torch.Tensor, shared: Params) -> torch.Tensor:
-    """float64 partial sums: the whole block (flatten), or over its rows per column (row-wise)."""
-    x = x.double()
-    return x.sum() if shared.nuslerp_flatten or x.dim() == 0 else x.sum(0)
-
-
 def products(block: Block, stats: Stats) -> Stats:
+    """float64 partial sums of a*a, b*b, a*b: over the whole block (flatten), or per column (row-wise)."""
     a, b = _pair(block)
-    return {"aa": _sum(a * a, block.shared), "bb": _sum(b * b, block.shared), "ab": _sum(a * b, block.shared)}
+    dot = dot64 if block.shared.nuslerp_flatten or a.dim() < 2 else column_dot64
+    return {"aa": dot(a, a), "bb": dot(b, b), "ab": dot(a, b)}
 
 
 def _cosine(stats: Stats) -> torch.Tensor:
