@@ -105,7 +105,7 @@ def signed_value_of_rank(high: torch.Tensor, low: torch.Tensor, hi_bin: int, ran
     """x at ascending `rank` (0-based), given both histograms (`low` for `hi_bin`)."""
     below = int(high[:hi_bin].sum())
     cum = torch.cumsum(low, 0)
-    lo_bin = int(torch.searchsorted(cum, torch.tensor(rank - below, dtype=cum.dtype), right=True))
+    lo_bin = int(torch.searchsorted(cum, torch.tensor(rank - below, dtype=cum.dtype, device=cum.device), right=True))
     key = ((hi_bin << 16) | lo_bin) - (1 << 31)
     bits = key ^ 0x7FFFFFFF if key < 0 else key
     return float(torch.tensor([bits], dtype=torch.int64).to(torch.int32).view(torch.float32))
