@@ -67,6 +67,7 @@ def test_the_leaderboard_suite_offline(char_model, tmp_path, monkeypatch):
            "dataset hub", "offline", "world, general, alignment")
 
 
+@pytest.mark.integration
 def test_a_hub_task_without_the_hub(char_model, tmp_path):
     _fails(eval_, [char_model, "--tasks", "arc_easy", "--limit", "2", "--device", "cpu", "--db", str(tmp_path / "db")],
            "could not get the data of arc_easy", "dataset hub")

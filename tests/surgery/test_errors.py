@@ -332,6 +332,7 @@ def test_disk_full_after_the_last_shard(work, tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
+@pytest.mark.integration
 def test_killed_process_leaves_nothing(build, tmp_path, sig):
     """Kill a `surgery merge` while it writes shards: the output path never appears and the inputs'
     bytes are unchanged. SIGTERM is handled (exit 130, partial folder removed); SIGKILL runs no

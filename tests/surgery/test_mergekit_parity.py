@@ -160,6 +160,7 @@ def mergekit_out(tmp_path_factory):
 
 @pytest.mark.parametrize("block_bytes", [None, TINY_BLOCK], ids=["whole", "blocked"])
 @pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.integration
 def test_llama_merge_equals_mergekit(llama, mergekit_out, tmp_path, case, block_bytes):
     """Every method and parameter form on the Llama family; blocked runs give the same result."""
     ours = run_ours(spec_of(case, llama), str(tmp_path / "ours"), block_bytes)
@@ -168,6 +169,7 @@ def test_llama_merge_equals_mergekit(llama, mergekit_out, tmp_path, case, block_
 
 @pytest.mark.parametrize("case", FAMILY_CASES)
 @pytest.mark.parametrize("family_name", ["qwen2", "gpt2", "llama_sharded"])
+@pytest.mark.integration
 def test_other_families_equal_mergekit(request, mergekit_out, tmp_path, family_name, case):
     """Qwen2 (attention biases), GPT-2 (Conv1D, tied embeddings: no lm_head) and sharded inputs."""
     family = request.getfixturevalue(family_name)

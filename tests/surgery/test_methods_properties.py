@@ -342,6 +342,7 @@ def file_bytes(folder: str) -> dict[str, bytes]:
 
 @pytest.mark.parametrize("flip", [False, True], ids=["defaults", "flipped"])
 @pytest.mark.parametrize("name", METHODS)
+@pytest.mark.integration
 def test_block_size_does_not_change_the_bytes(name, flip, llama, tmp_path):
     """One row per block (every statistic summed over many blocks) against one block per tensor."""
     spec = spec_for(name, llama, flip)
@@ -354,6 +355,7 @@ def test_block_size_does_not_change_the_bytes(name, flip, llama, tmp_path):
 
 
 @pytest.mark.parametrize("name", METHODS)
+@pytest.mark.integration
 def test_engine_equals_the_whole_tensor_reference(name, llama, tmp_path):
     """Each written tensor equals `merge_tensors` on the whole input tensors with the job's parameters."""
     out, plan = merge(spec_for(name, llama), str(tmp_path / "out"), block_bytes=2048)

@@ -19,6 +19,7 @@ from trainers.loop import train
 from trainers.spec import parse_run
 
 
+@pytest.mark.integration
 def test_two_processes_match_one(workdir):
     spec = spec_dict(out="out/ddp", batch={"size": 4, "grad_accum": 1, "max_length": 64}, save_every=3)
     with open("ddp.yaml", "w") as f:

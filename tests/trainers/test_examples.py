@@ -40,6 +40,7 @@ def test_there_are_examples():
 
 
 @pytest.mark.parametrize("example", EXAMPLES, ids=lambda p: p.stem)
+@pytest.mark.integration
 def test_example_trains(example, workdir):
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 

@@ -109,6 +109,7 @@ def trl_trainer(base, tmp_path_factory):
 
 @pytest.mark.parametrize("loss_type,beta,kl_ratio", [("dapo", 0.1, True), ("dapo", 0.1, False), ("dapo", 0.0, True),
                                                      ("grpo", 0.1, True), ("bnpo", 0.1, True), ("dr_grpo", 0.1, True)])
+@pytest.mark.integration
 def test_loss_equals_trl(trl_trainer, loss_type, beta, kl_ratio):
     """The same model, tokens, advantages, old and reference log-probs: our loss (through
     generation.pack's right-padded layout) and TRL's `_compute_loss` agree to 1e-5, and so do

@@ -164,6 +164,7 @@ def test_schedule_by_hand():
     assert lr_factor(5, Schedule(total_steps=6, cosine=False)) == 1.0
 
 
+@pytest.mark.integration
 def test_killed_run_resumes_to_the_same_weights(workdir):
     """A `python -m trainers` process killed (SIGKILL, no clean-up) between checkpoints; resumed from
     its last complete checkpoint it ends where an uninterrupted run ends."""
@@ -196,6 +197,7 @@ def test_killed_run_resumes_to_the_same_weights(workdir):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.integration
 def test_sigterm_stops_cleanly(workdir):
     """SIGTERM (what schedulers send) unwinds like Ctrl-C: exit 130, complete checkpoints only, no
     partial folder, and the message says how to continue."""

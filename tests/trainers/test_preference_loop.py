@@ -48,6 +48,7 @@ def evals(out: str) -> list[dict]:
 
 
 @pytest.mark.parametrize("name", list(RUNS))
+@pytest.mark.integration
 def test_margin_and_held_out_accuracy_rise(name, workdir, monkeypatch):
     """From the first evaluation (after step 1) to the last (step 12), on held-out pairs."""
     loads = []

@@ -85,6 +85,7 @@ ROWS = [("write water two", "water water"), ("what is the first word of day and 
         ("now write number", "number")]
 
 
+@pytest.mark.integration
 def test_equals_trl_sft_trainer(base, tmp_path):
     """TRL 1.16's SFTTrainer, on conversational prompt/completion rows with `completion_only_loss`,
     builds the same input ids and masks as `sft.build_batch` with the tokenizer's (ChatML) template,

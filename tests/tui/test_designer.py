@@ -23,6 +23,7 @@ from tui.designer import PLAN_AFTER_S, Designer
 from tui.leaderboard import LeaderboardPane
 from tui.picker import ModelPicker
 
+pytestmark = pytest.mark.integration  # the longest file of the suite: the app driven through whole merges
 SIZE = (80, 24)
 
 

@@ -66,6 +66,7 @@ def assert_equal_to_peft(ours: dict, logits: torch.Tensor, ref: dict, ref_logits
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.integration
 def test_fold_equals_peft(case, llama, gpt2, adapter, reference, fold):
     kind, make = CASES[case]
     base = {"llama": llama, "gpt2": gpt2}[kind]["base"]
