@@ -171,6 +171,7 @@ def test_passes_mergekit_checks(models, tmp_path, case):
 VLM = {c for c in CASES if c.startswith("vlm_")}
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("case", case_params(sorted(set(CASES) - RANDOM), slow=VLM))
 def test_equals_mergekit(models, tmp_path, case):
     """float32 configs; LLaVA: mergekit 0.1.5 (with this transformers) writes its vision tower and

@@ -86,6 +86,7 @@ def assert_matches(ours: dict[str, torch.Tensor], theirs: dict[str, torch.Tensor
             torch.testing.assert_close(ours[name], t, rtol=2e-6, atol=1e-8, msg=name)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("block_bytes", [None, TINY_BLOCK], ids=["whole", "blocked"])
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_merge_equals_mergekit(llama, theirs, tmp_path, case, block_bytes):
@@ -93,6 +94,7 @@ def test_merge_equals_mergekit(llama, theirs, tmp_path, case, block_bytes):
     assert_matches(ours, theirs(case), exact=case not in CLOSE)
 
 
+@pytest.mark.integration
 def test_cases_change_the_model(llama, theirs):
     """Each case's output differs from every input somewhere: the parameters chosen do something."""
     from tests.surgery.test_mergekit_parity import load_all

@@ -127,6 +127,7 @@ def test_legacy_mode(models, tmp_path):
     assert all(torch.equal(t, load_all(with_base)[k]) for k, t in load_all(out).items())
 
 
+@pytest.mark.integration  # mergekit's own merge of the spec too
 def test_source_base(models, tmp_path):
     config = spec(models, ["base", "padded", "chatml"], tokenizer_source="base")
     out = ours(config, tmp_path / "out")
@@ -135,6 +136,7 @@ def test_source_base(models, tmp_path):
     assert_equal_to_mergekit(out, config, tmp_path)
 
 
+@pytest.mark.integration  # mergekit's own merge of the spec too
 def test_source_union(models, tmp_path):
     """Every token some model has a row for, none of padded's row-less <UNUSED_*>; the chat tokens'
     rows are chatml's (the only model that has them)."""
@@ -148,6 +150,7 @@ def test_source_union(models, tmp_path):
     assert_equal_to_mergekit(out, config, tmp_path)
 
 
+@pytest.mark.integration  # mergekit's own merge of the spec too
 def test_source_model(models, tmp_path):
     config = spec(models, ["base", "padded", "chatml"], tokenizer_source=models["chatml"])
     out = ours(config, tmp_path / "out")
@@ -156,6 +159,7 @@ def test_source_model(models, tmp_path):
     assert_equal_to_mergekit(out, config, tmp_path)
 
 
+@pytest.mark.integration  # mergekit's own merge of the spec too
 @pytest.mark.xfail(not accepts_unused_parameters(), raises=SpecError, strict=True, reason=UNUSED_REFUSED)
 def test_slerp_union(models, tmp_path):
     config = spec(models, ["base", "chatml"], method="slerp", tokenizer_source="union", parameters={"t": 0.5})
@@ -167,6 +171,7 @@ def test_slerp_union(models, tmp_path):
         torch.testing.assert_close(load_all(out)[name], t, rtol=1e-6, atol=1e-7, msg=name)
 
 
+@pytest.mark.integration  # mergekit's own merge of the spec too
 def test_force_token(models, tmp_path):
     tokens = {"_tok_10": {"source": models["chatml"], "force": True},
               "_tok_11": {"source": models["base"], "force": True}}
@@ -180,6 +185,7 @@ def test_force_token(models, tmp_path):
     assert_equal_to_mergekit(out, config, tmp_path)
 
 
+@pytest.mark.integration  # mergekit's own merge of the spec too
 def test_model_token_id(models, tmp_path):
     tokens = {"_tok_20": {"source": {"kind": "model_token", "model": models["chatml"], "token_id": 64},
                           "force": True},
@@ -193,6 +199,7 @@ def test_model_token_id(models, tmp_path):
     assert_equal_to_mergekit(out, config, tmp_path)
 
 
+@pytest.mark.integration  # mergekit's own merge of the spec too
 def test_pad_to_multiple_of(models, tmp_path):
     """66 tokens padded to 80 rows; the 14 padding rows are the mean of the token rows."""
     config = spec(models, ["chatml"], tokenizer={"source": "base", "pad_to_multiple_of": 16})
@@ -206,6 +213,7 @@ def test_pad_to_multiple_of(models, tmp_path):
     assert_equal_to_mergekit(out, config, tmp_path)
 
 
+@pytest.mark.integration  # mergekit's own merge of the spec too
 def test_added_token_and_zero_source(models, tmp_path):
     """A token the `tokens` block names and no model has is added to the vocabulary; `{kind: zero}`
     gives zero rows; an unforced source fills only the models that lack the token."""
