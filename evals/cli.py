@@ -6,6 +6,7 @@ from __future__ import annotations
 import click
 
 from evals.report.leaderboard import FORMATS
+from evals.scoring.suites import suite_help, suite_metavar
 from surgery.cli.common import handled
 
 
@@ -19,7 +20,7 @@ def _model_args(text: str) -> dict:
 
 
 SCORING_OPTIONS = (  # how checkpoints are scored: `surgery eval`, `soup` and `sweep` share them
-    click.option("--suite", default="world", show_default=True, help="world, general, alignment or leaderboard."),
+    click.option("--suite", default="world", show_default=True, metavar=suite_metavar(), help=suite_help()),
     click.option("--tasks", help="Comma-separated lm-eval task names, instead of a suite."),
     click.option("--limit", type=int, help="Score only the first N documents of each task."),
     click.option("--num-fewshot", type=int, help="Few-shot examples per prompt (default: each task's own)."),

@@ -11,11 +11,13 @@ class SurgeryError(Exception):
 
 
 class SpecError(SurgeryError):
-    """A merge spec that does not validate; the message is `file: field.path: problem`."""
+    """A spec (or flag) that does not validate; the message is `file: field.path (line N): problem`, the
+    line where the YAML text is known (`file: line N: problem` for one that is not YAML)."""
 
-    def __init__(self, file: str, field: str, problem: str):
-        self.file, self.field, self.problem = file, field, problem
-        where = f"{file}: {field}" if field else file
+    def __init__(self, file: str, field: str, problem: str, line: int | None = None):
+        self.file, self.field, self.problem, self.line = file, field, problem, line
+        at = f" (line {line})" if line and field else f"line {line}" if line else ""
+        where = f"{file}: {field}{at}" if field else f"{file}: {at}" if at else file
         super().__init__(f"{where}: {problem}")
 
 

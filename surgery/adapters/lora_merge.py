@@ -24,7 +24,8 @@ from dataclasses import dataclass, field
 import torch
 
 from surgery.adapters.combine import COMBINATIONS, SPARSE, Term, cat, combined_delta, svd_factors
-from surgery.adapters.config import WEIGHTS, AdapterConfig, raw_config, read_config
+from surgery.adapters.config import WEIGHTS, AdapterConfig, raw_config
+from surgery.adapters.load import read_config
 from surgery.adapters.lora_format import adapter_config, factor_keys
 from surgery.adapters.lowrank import relative_error
 from surgery.adapters.mapping import AdapterWeights, group_parts

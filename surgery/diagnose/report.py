@@ -39,6 +39,7 @@ def describe_plan(plan: MergePlan, options: Options) -> str:
         f"peak memory about {human(peak_working_set(plan, options))} of working set "
         f"(block size {human(options.block_bytes)}) plus the Python runtime",
     ]
+    lines += [f"warning     {w}" for w in plan.warnings]  # parameters ignored or kept for mergekit compatibility
     if plan.vocab is not None:
         lines += plan.vocab.lines()  # pre-flight: vocabulary sizes, mismatches, chat templates
     return "\n".join(lines)

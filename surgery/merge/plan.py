@@ -18,13 +18,13 @@ from surgery.io.reader import ModelFolder
 from surgery.merge.layers import is_pre, layer_of, layer_template, num_layers, with_layer
 from surgery.merge.methods import REGISTRY
 from surgery.merge.methods.method import Method
-from surgery.merge.params import build, check_value, first_value, scalars
-from surgery.merge.spec import MergeSpec
+from surgery.merge.params import build, check_parameters, fields_by_alias, first_value
+from surgery.merge.spec import DTYPE_NAMES, MergeSpec
 from surgery.vocab.chat_templates import merged_template
 from surgery.vocab.plan import VocabPlan, plan_vocabulary
 from surgery.vocab.tokenizer_files import default_chat_template
 
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
+DTYPES = {name: getattr(torch, name) for name in DTYPE_NAMES}
 
 
 @dataclass(frozen=True)
@@ -78,6 +78,7 @@ class MergePlan:
     out_layers: list[int] = field(default_factory=list)  # config-source layer feeding each output layer
     vocab: VocabPlan | None = None  # vocabulary surgery (tokenizer_source); None when nothing was compared
     chat_template: str | None = None  # the spec's chat_template resolved (a name, auto, or Jinja); None: unset
+    warnings: list[str] = field(default_factory=list)  # parameters ignored or kept for mergekit compatibility
 
     def info(self, src: TensorSource) -> TensorInfo:
         return self.folders[src.model].tensors[src.name]
@@ -96,7 +97,7 @@ def plan_merge(spec: MergeSpec, file: str, out_dtype: str | None = None, allow_p
     """Check everything and lay out every output tensor; relative model paths are read from `models_dir`.
     `opened` maps model names to readers already open (e.g. a FoldedModel), used instead of opening them."""
     method = _method(spec, file)
-    check_parameters(spec, method, file)
+    warnings = check_parameters(spec, method, file)
     slices = _slices(spec, method, file)
     folders = _open(spec, file, allow_pickle, models_dir, opened)
     first_fields = dict(reversed(_model_fields(spec)))  # each model's first spec field, for errors
@@ -126,7 +127,8 @@ def plan_merge(spec: MergeSpec, file: str, out_dtype: str | None = None, allow_p
     config_model = spec.base_model or ref0
     config = output_config(folders[config_model].config, out_layers, jobs)
     tokenizer = _tokenizer_path(spec, file, folders[config_model].path, models_dir, vocab)
-    return MergePlan(spec, file, method, folders, jobs, config_model, config, tokenizer, out_layers, vocab, template)
+    return MergePlan(spec, file, method, folders, jobs, config_model, config, tokenizer, out_layers, vocab,
+                     chat_template=template, warnings=warnings)
 
 
 def _tokenizer_path(spec: MergeSpec, file: str, base: str, root: str | None, vocab: VocabPlan | None) -> str:
@@ -145,32 +147,6 @@ def _method(spec: MergeSpec, file: str) -> Method:
     if spec.merge_method not in REGISTRY:
         raise SpecError(file, "merge_method", f"unknown method {spec.merge_method!r}; known: {', '.join(REGISTRY)}")
     return REGISTRY[spec.merge_method]
-
-
-def check_parameters(spec: MergeSpec, method: Method, file: str) -> None:
-    """Every parameter name known to the method, at a level where it applies, every value in bounds."""
-    per, shared = method.per_model.model_fields, _fields_by_alias(method.shared)
-    model_level = [(f"models.{i}.parameters", m.parameters) for i, m in enumerate(spec.models or [])]
-    model_level += [(f"slices.{i}.sources.{j}.parameters", s.parameters)
-                    for i, sl in enumerate(spec.slices or []) for j, s in enumerate(sl.sources)]
-    upper = [("parameters", spec.parameters)] + [(f"slices.{i}.parameters", s.parameters)
-                                                 for i, s in enumerate(spec.slices or [])]
-    for where, params in model_level + upper:
-        for key, setting in (params or {}).items():
-            if key in shared and (where, params) in model_level:
-                raise SpecError(file, f"{where}.{key}", f"'{key}' is a global parameter of {method.name}; "
-                                "move it to the top-level parameters")
-            fld = per.get(key) or shared.get(key)
-            if fld is None:
-                known = sorted(set(per) | set(shared)) or ["none"]
-                raise SpecError(file, f"{where}.{key}",
-                                f"unknown parameter for {method.name} (known: {', '.join(known)})")
-            for path, value in scalars(setting, f"{where}.{key}"):
-                check_value(fld, value, file, path)
-
-
-def _fields_by_alias(model: type[BaseModel]) -> dict:
-    return {(f.alias or name): f for name, f in model.model_fields.items()}
 
 
 def _slices(spec: MergeSpec, method: Method, file: str) -> list[SliceInputs]:
@@ -362,7 +338,7 @@ def _check_shapes(name: str, shapes: dict[TensorSource, tuple[int, ...]]) -> Non
 
 def _resolve(params: type[BaseModel], method: Method, sources: list, tensor: str, t: float, file: str,
              where: str, model_name: str | None = None) -> BaseModel:
-    values = {key: first_value(sources, key, tensor, t) for key in _fields_by_alias(params)}
+    values = {key: first_value(sources, key, tensor, t) for key in fields_by_alias(params)}
     for key in method.required:
         if key in values and values[key] is None:
             whose = f" for model {model_name!r}" if model_name else ""

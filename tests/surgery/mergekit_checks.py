@@ -46,24 +46,3 @@ def assert_loads(folder: str, config) -> None:
     cls = getattr(transformers, config.architectures[0])
     _, info = cls.from_pretrained(folder, output_loading_info=True)
     assert not any(info[k] for k in ("missing_keys", "unexpected_keys", "mismatched_keys")), info
-
-
-def accepts_unused_parameters() -> bool:
-    """Whether `surgery merge` takes a parameter the method does not use (mergekit's tests give `weight`
-    to every model whatever the method, and mergekit ignores it) rather than refusing it."""
-    from surgery.errors import SpecError
-    from surgery.merge.methods import REGISTRY
-    from surgery.merge.plan import check_parameters
-    from surgery.merge.spec import parse_spec
-
-    spec = parse_spec({"merge_method": "slerp", "base_model": "b", "parameters": {"t": 0.5},
-                       "models": [{"model": "m", "parameters": {"weight": 1.0}}]})
-    try:
-        check_parameters(spec, REGISTRY["slerp"], "spec.yaml")
-    except SpecError:
-        return False
-    return True
-
-
-UNUSED_REFUSED = "mergekit's config gives `weight` to a method that does not use it; refused until unused " \
-    "parameters are accepted with a warning (issue 18, section 0)"

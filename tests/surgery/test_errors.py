@@ -106,7 +106,7 @@ def test_unknown_spec_field(work, tmp_path):
     out = str(tmp_path / "out")
     with refused(SpecError, out, work) as e:
         attempt(work, {**TIES, "base_modle": "models/base"}, out)
-    assert str(e.value).endswith("spec.yaml: base_modle: unknown field 'base_modle'")
+    assert str(e.value).endswith("spec.yaml: base_modle (line 2): unknown field 'base_modle'")  # keys sorted
 
 
 @pytest.mark.parametrize("density, field", [

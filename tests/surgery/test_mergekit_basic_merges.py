@@ -18,14 +18,11 @@ import pytest
 import torch
 from transformers import AutoConfig
 
-from surgery.errors import SpecError
 from surgery.merge.engine import run_merge
 from surgery.merge.plan import plan_merge
 from surgery.merge.spec import parse_spec
-from tests.surgery.mergekit_checks import UNUSED_REFUSED, accepts_unused_parameters, check_output, load_all
+from tests.surgery.mergekit_checks import check_output, load_all
 from tests.surgery.test_mergekit_parity import run_mergekit
-
-UNUSED = not accepts_unused_parameters()
 
 
 def save(model, folder) -> str:
@@ -130,21 +127,13 @@ CASES = {
     "granite_linear": lambda m: two(m, "granite_a", "granite_b", "linear"),
     "granite_slerp": lambda m: two(m, "granite_a", "granite_b", "slerp", "granite_a", t=0.35),
 }
-# mergekit's configs give `weight` to methods without one (it ignores it)
-UNUSED_WEIGHT = {n for n in CASES if n.removeprefix("vlm_").removeprefix("granite_").split("_")[0] in
-                 ("slerp", "model", "sce", "arcee", "nearswap", "karcher", "ram")}
 RANDOM = {"dare_ties", "vlm_dare_ties", "della"}  # masks from other random streams: see test_mergekit_parity.py
 CLOSE = ("slerp", "nuslerp_base_flat", "nuslerp_nobase_flat", "nuslerp_base_rows", "nuslerp_nobase_rows",
          "multislerp", "karcher", "sce", "model_stock")  # float sums over whole tensors: a few ulps
 
 
-def refused_until_unused_accepted(case: str):
-    return pytest.mark.xfail(UNUSED and case in UNUSED_WEIGHT, raises=SpecError, strict=True, reason=UNUSED_REFUSED)
-
-
 def case_params(cases, slow=()):
-    return [pytest.param(c, marks=[refused_until_unused_accepted(c)] + ([pytest.mark.slow] if c in slow else []))
-            for c in cases]
+    return [pytest.param(c, marks=[pytest.mark.slow] if c in slow else []) for c in cases]
 
 
 def ours(config: dict, out) -> str:
@@ -162,10 +151,15 @@ def check_case(case: str, folder: str) -> None:
         assert tensors["lm_head.weight"].count_nonzero() > 0
 
 
-@pytest.mark.parametrize("case", case_params(CASES))
+@pytest.mark.parametrize("case", sorted(CASES))
 def test_passes_mergekit_checks(models, tmp_path, case):
+    """A `weight` given to a method without one (mergekit's configs do) is ignored with a warning."""
     config = CASES[case](models)
-    check_case(case, ours(config, tmp_path / "out"))
+    plan = plan_merge(parse_spec(config), "spec.yaml")
+    given = any("weight" in (m.get("parameters") or {}) for m in config.get("models", []))
+    if given and "weight" not in plan.method.per_model.model_fields:
+        assert any(f"{plan.method.name} does not use 'weight'" in w for w in plan.warnings), plan.warnings
+    check_case(case, run_merge(plan, str(tmp_path / "out")))
 
 
 VLM = {c for c in CASES if c.startswith("vlm_")}

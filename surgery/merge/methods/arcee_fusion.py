@@ -12,7 +12,7 @@ from run to run)."""
 import torch
 import torch.nn.functional as F
 
-from surgery.merge.methods.method import Block, Method, Stats
+from surgery.merge.methods.method import Block, Method, Stage, Stats
 from surgery.merge.selection import bin_of_rank, signed_high_histogram, signed_low_histogram, signed_value_of_rank
 
 QUARTILES = (0.25, 0.5, 0.75)
@@ -63,4 +63,4 @@ def merge(block: Block, stats: Stats) -> torch.Tensor:
 
 
 METHOD = Method("arcee_fusion", merge, "take the model's changes of outlying importance, keep the base elsewhere",
-                "https://arcee.ai", max_models=1, stages=(histogram, refine), work=5)
+                "https://arcee.ai", max_models=1, stages=(Stage(histogram), Stage(refine)), work=5)

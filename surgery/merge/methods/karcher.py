@@ -16,7 +16,7 @@ from itertools import combinations_with_replacement
 import torch
 from pydantic import Field
 
-from surgery.merge.methods.method import Block, Method, Params, Stats
+from surgery.merge.methods.method import Block, Method, Params, Stage, Stats
 from surgery.merge.sums import dot64
 
 Vector = list[float]
@@ -99,5 +99,5 @@ def merge(block: Block, stats: Stats) -> torch.Tensor:
 
 
 METHOD = Method("karcher", merge, "Riemannian (Karcher) mean of the models' directions, scaled by their mean norm",
-                "https://arxiv.org/abs/2603.04972", shared=KarcherShared, base="merged", stages=(gram,),
-                needs=lambda shared, models: (gram,) if len(models) > 1 else (), work=2)
+                "https://arxiv.org/abs/2603.04972", shared=KarcherShared, base="merged", work=2,
+                stages=(Stage(gram, when=lambda shared, models: len(models) > 1),))

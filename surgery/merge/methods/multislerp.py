@@ -15,7 +15,7 @@ import torch
 from pydantic import Field
 
 from surgery.errors import NumericsError
-from surgery.merge.methods.method import Block, Method, Params, Stats
+from surgery.merge.methods.method import Block, Method, Params, Stage, Stats
 from surgery.merge.sums import dot64
 
 
@@ -77,10 +77,6 @@ def merge(block: Block, stats: Stats) -> torch.Tensor:
     return out if block.base is None else out.add_(block.base)
 
 
-def needs(shared: MultislerpShared, models: tuple) -> tuple:
-    return (gram,) if len(models) > 1 else ()
-
-
 def check(shared: MultislerpShared, models: tuple) -> str | None:
     if shared.normalize_weights and len(models) > 1 and abs(sum(p.weight for p in models)) < 1e-12:
         return "the weights sum to zero, so normalize_weights cannot divide by their sum; change a weight"
@@ -89,5 +85,6 @@ def check(shared: MultislerpShared, models: tuple) -> str | None:
 
 METHOD = Method("multislerp", merge, "spherical weighted mean of any number of models or task vectors",
                 "https://goddard.blog/posts/multislerp-wow-what-a-cool-idea", shared=MultislerpShared,
-                per_model=MultislerpWeight, base="optional", stages=(gram,), needs=needs, check=check,
+                per_model=MultislerpWeight, base="optional", check=check,
+                stages=(Stage(gram, when=lambda shared, models: len(models) > 1),),
                 required=("weight",), work=3)

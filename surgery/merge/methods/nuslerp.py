@@ -10,7 +10,7 @@ one statistics stage (float64 sums over the blocks; per column they have a row's
 import torch
 from pydantic import Field
 
-from surgery.merge.methods.method import Block, Method, Params, Stats
+from surgery.merge.methods.method import Block, Method, Params, Stage, Stats
 from surgery.merge.sums import column_dot64, dot64
 
 EPS = 1e-8       # colinear when 1 - cos^2 <= EPS^2
@@ -71,7 +71,7 @@ def fraction(block: Block) -> float:
 
 def merge(block: Block, stats: Stats) -> torch.Tensor:
     a, b = _pair(block)
-    if needs(block.shared, block.per_model):
+    if tensor_wide(block.shared, block.per_model):
         cos = _cosine(stats)
     else:  # per row: each vector lies in the block; a 0-d tensor is a vector of one entry
         cos = _row_cosine(a.reshape(1) if a.dim() == 0 else a, b.reshape(1) if b.dim() == 0 else b).reshape(
@@ -80,11 +80,12 @@ def merge(block: Block, stats: Stats) -> torch.Tensor:
     return out if block.base is None else block.base + out
 
 
-def needs(shared: NuslerpShared, models: tuple) -> tuple:
-    return (products,) if shared.nuslerp_flatten or shared.nuslerp_row_wise else ()
+def tensor_wide(shared: NuslerpShared, models: tuple) -> bool:
+    """Whether the vectors span blocks (the whole tensor, or columns): their products are a statistics pass."""
+    return shared.nuslerp_flatten or shared.nuslerp_row_wise
 
 
 METHOD = Method("nuslerp", merge, "spherical interpolation of two models or task vectors, whole, per row or column",
                 "https://github.com/arcee-ai/mergekit", shared=NuslerpShared, per_model=NuslerpWeight,
-                base="optional", min_models=2, max_models=2, stages=(products,), needs=needs, required=("weight",),
-                work=5)
+                base="optional", min_models=2, max_models=2, required=("weight",), work=5,
+                stages=(Stage(products, when=tensor_wide),))

@@ -10,14 +10,14 @@ Blocked execution: the variance cut-off is an exact order statistic found with t
 import torch
 from pydantic import Field
 
-from surgery.merge.methods.method import Block, Method, Params, Stats
+from surgery.merge.methods.method import Block, Method, Params, Stage, Stats, compat
 from surgery.merge.methods.task_vectors import _elect, total
 from surgery.merge.selection import bin_of_rank, high_histogram, low_histogram, top_k_cut, top_k_mask
 
 
 class SceShared(Params):
     select_topk: float = Field(1.0, ge=0, le=1, description="share of the entries that vary most across models kept")
-    int8_mask: bool = Field(False, description="accepted for mergekit configs; masks here are always compact")
+    int8_mask: bool = compat(False, "int8 masks to save memory; masks here are always compact")
 
 
 def _tvs(block: Block) -> list[torch.Tensor]:
@@ -106,10 +106,10 @@ def merge(block: Block, stats: Stats) -> torch.Tensor:
     return block.base + mixed / divisor.clamp_(min=1e-6)
 
 
-def needs(shared: SceShared, models: tuple) -> tuple:
-    return (histogram, refine, energy) if shared.select_topk < 1 else (energy,)
+def selecting(shared: SceShared, models: tuple) -> bool:
+    return shared.select_topk < 1
 
 
 METHOD = Method("sce", merge, "select high-variance entries, weight models by energy, erase minority signs",
-                "https://arxiv.org/abs/2408.07990", shared=SceShared, stages=(histogram, refine, energy),
-                needs=needs, work=6)
+                "https://arxiv.org/abs/2408.07990", shared=SceShared, work=6,
+                stages=(Stage(histogram, when=selecting), Stage(refine, when=selecting), Stage(energy)))

@@ -7,7 +7,7 @@ import math
 import torch
 from pydantic import Field
 
-from surgery.merge.methods.method import Block, Method, Params, Stats
+from surgery.merge.methods.method import Block, Method, Params, Stage, Stats
 
 DOT_THRESHOLD = 0.9995
 EPS = 1e-8
@@ -38,4 +38,4 @@ def merge(block: Block, stats: Stats) -> torch.Tensor:
 
 
 METHOD = Method("slerp", merge, "spherical interpolation of two models", "https://en.wikipedia.org/wiki/Slerp",
-                shared=SlerpShared, min_models=1, max_models=1, stages=(norms,), required=("t",), work=2)
+                shared=SlerpShared, min_models=1, max_models=1, stages=(Stage(norms),), required=("t",), work=2)
