@@ -25,9 +25,19 @@ class InputError(SurgeryError):
     """A model folder or checkpoint file that is missing, corrupt or incompatible."""
 
 
+class IncompatibleInput(SpecError, InputError):
+    """A model folder named by a spec field that does not fit the others (another architecture,
+    vocabulary or tokenizer): an InputError, located as a SpecError is (`file: field.path: problem`)."""
+
+
 class OutputError(SurgeryError):
     """The output path cannot be written (exists, equals an input, disk full)."""
 
 
 class NumericsError(SurgeryError):
     """A merge produced NaN or Inf; nothing is written."""
+
+
+class SurgeryWarning(UserWarning):
+    """Something the user should know that does not stop the work (a stale lock taken over, a method's
+    fallback); the CLI prints it as one `warning: ...` line."""

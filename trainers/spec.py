@@ -24,10 +24,8 @@ a field before validation.
 
 from __future__ import annotations
 
-import hashlib
-import json
+import warnings
 from dataclasses import dataclass
-from types import ModuleType
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -35,9 +33,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from surgery import spec_file
 from surgery.spec_file import first_error, located
 from trainers import methods, objectives, templates
-
-# Fields that do not change the trajectory of the weights: a resume may change them.
-VOLATILE = ("out", "eval_every", "save_every")
+from trainers.methods.method import TrainingMethod
+from trainers.objectives.objective import Objective
 
 
 class Strict(BaseModel):
@@ -137,21 +134,10 @@ class Run:
 
     spec: RunSpec
     file: str
-    objective: ModuleType
+    objective: Objective
     objective_config: BaseModel
-    method: ModuleType
+    method: TrainingMethod
     method_config: BaseModel
-
-    def identity(self) -> dict:
-        """The fields that determine the weights' trajectory (what a resume must share); the objective
-        and method with every default filled in, so writing a default out changes nothing."""
-        fields = {k: v for k, v in self.spec.model_dump(mode="json").items() if k not in VOLATILE}
-        fields["objective"] = {"name": self.spec.objective.name, **self.objective_config.model_dump(mode="json")}
-        fields["method"] = {"name": self.spec.method.name, **self.method_config.model_dump(mode="json")}
-        return fields
-
-    def digest(self) -> str:
-        return hashlib.sha256(json.dumps(self.identity(), sort_keys=True).encode()).hexdigest()
 
 
 def load_run(path: str, overrides: tuple[str, ...] = ()) -> Run:
@@ -169,16 +155,25 @@ def parse_run(data: dict, file: str = "<run>", text: str | None = None) -> Run:
     return Run(spec, file, objective, objective_config, method, method_config)
 
 
-def component(named: Named, registry: dict[str, ModuleType], kind: str, file: str, text: str | None):
+def component(named: Named, registry: dict[str, Objective] | dict[str, TrainingMethod], kind: str, file: str,
+              text: str | None):
+    """The registry's entry for `named.name` and its validated config; a deprecated field set warns."""
     if named.name not in registry:
         raise located(file, f"{kind}.name", f"unknown {kind} '{named.name}'; choose one of "
                       f"{', '.join(sorted(registry))}", text)
-    module = registry[named.name]
+    entry = registry[named.name]
     try:
-        return module, module.Config.model_validate(named.model_extra or {})
+        config = entry.config.model_validate(named.model_extra or {})
     except ValidationError as e:
         field, problem = first_error(e, named.model_extra)
         if problem.startswith("unknown field"):
-            choices = ", ".join(["name", *module.Config.model_fields]) or "name"
+            choices = ", ".join(["name", *entry.config.model_fields]) or "name"
             problem += f" of {kind} '{named.name}'; its fields are {choices}"
         raise located(file, f"{kind}.{field}", problem, text) from None
+    for name in sorted(set(named.model_extra or {}) & set(entry.config.model_fields)):
+        advice = entry.config.model_fields[name].deprecated
+        if advice:
+            line = spec_file.yaml_line(text, [kind, name]) if text else None
+            where = f"{kind}.{name} (line {line})" if line else f"{kind}.{name}"
+            warnings.warn(f"{file}: {where}: deprecated; {advice}", FutureWarning, stacklevel=2)
+    return entry, config

@@ -272,7 +272,7 @@ def entries(plan: AdapterMergePlan) -> list[tuple[str, torch.dtype, tuple[int, .
 def write_merge(plan: AdapterMergePlan, out: str, force: bool = False) -> str:
     """Write the merged adapter to `out`, atomically; returns its absolute path."""
     out = check_output_path(out, [s.config.path for s in plan.sources], force)
-    with atomic_folder(out) as tmp:
+    with atomic_folder(out, replace=force) as tmp:
         writer = ShardWriter(tmp, [Shard(WEIGHTS, tuple(entries(plan)))], {"format": "pt"})
         try:
             for m in plan.modules:

@@ -143,10 +143,17 @@ def check_finite(adapter: Adapter) -> None:
             raise InputError(f"{adapter.file}: tensor {name!r} has dtype {info.dtype}; adapter weights are floats")
         step = max(1, CHECK_BLOCK // max(info.row_bytes, 1))
         for r0 in range(0, info.rows, step):
-            block = adapter.weights.read(name, (r0, min(r0 + step, info.rows)))
+            block = adapter.weights.read(name, (r0, min(r0 + step, info.rows)))  # (rows, ...)
             if not torch.isfinite(block).all():
-                raise InputError(f"{adapter.file}: tensor {name!r} holds NaN or Inf (rows {r0}-{r0 + step}); "
+                row = r0 + first_bad_row(block)
+                raise InputError(f"{adapter.file}: tensor {name!r} holds NaN or Inf (row {row} of {info.rows}); "
                                  "the adapter is broken: use an earlier checkpoint of it")
+
+
+def first_bad_row(block: torch.Tensor) -> int:
+    """The first row (along the first axis) of `block` holding NaN or Inf; a 0-d or 1-d block is one row."""
+    rows = block.reshape(block.shape[0], -1) if block.dim() > 1 else block.reshape(1, -1)  # (rows, cols)
+    return int((~torch.isfinite(rows)).any(dim=1).nonzero()[0])
 
 
 def check_replacements(adapter: Adapter, base) -> None:

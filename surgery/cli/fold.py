@@ -22,4 +22,4 @@ def fold(base, adapters, out, weights, dtype, shard_size, block_size, force, all
     from surgery.adapters.fold_plan import plan_fold
 
     plan = plan_fold(base, adapters, weights, out_dtype=dtype, allow_pickle=allow_pickle)
-    write_plan(plan, out, shard_size, block_size, force, quiet, "merge")
+    write_plan(plan, out, shard_size, block_size, force, quiet, "fold")

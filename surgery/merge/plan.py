@@ -79,6 +79,14 @@ class MergePlan:
     vocab: VocabPlan | None = None  # vocabulary surgery (tokenizer_source); None when nothing was compared
     chat_template: str | None = None  # the spec's chat_template resolved (a name, auto, or Jinja); None: unset
     warnings: list[str] = field(default_factory=list)  # parameters ignored or kept for mergekit compatibility
+    provenance: dict[str, str] = field(default_factory=dict)  # metadata entries replacing the engine's own
+    # (an operation run as a merge, e.g. fold, names itself and its inputs)
+    fell_back: list[str] = field(default_factory=list)  # tensors the last run gave the method's fallback
+
+    @property
+    def merged(self) -> int:
+        """Tensors the method computes (the rest are integer buffers, copied)."""
+        return sum(not j.copy for j in self.jobs)
 
     def info(self, src: TensorSource) -> TensorInfo:
         return self.folders[src.model].tensors[src.name]
@@ -299,10 +307,10 @@ def _job(spec: MergeSpec, method: Method, file: str, folders: dict[str, ModelFol
     per_model = tuple(_resolve(method.per_model, method, [p, s.params, spec.parameters], src.name, t, file,
                                f"{w}.parameters", model_name=m)
                       for (m, _, p, w), src in zip(s.others, models))
-    floating = ref_info.dtype.is_floating_point
-    problem = method.check(shared, per_model) if method.check and floating else None
+    problem = method.check(shared, per_model) if method.check is not None else None
     if problem:
-        raise SpecError(file, s.where, f"{method.name} cannot merge tensor {out_name!r}: {problem}")
+        raise SpecError(file, s.where, f"{method.name}: {problem} (tensor {out_name!r})")
+    floating = ref_info.dtype.is_floating_point
     return TensorJob(out_name, ref_info.shape, (dtype or ref_info.dtype) if floating else ref_info.dtype,
                      base, models, shared, per_model, copy=not floating)
 

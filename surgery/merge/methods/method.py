@@ -116,6 +116,16 @@ BasePolicy = Literal["required", "optional", "unused", "merged"]
 
 
 @dataclass(frozen=True)
+class Fallback:
+    """A simpler merge a method falls back to on some tensors (SLERP's linear interpolation of nearly
+    colinear ones): the engine counts the tensors that take it and reports the count after the merge."""
+
+    what: str                                   # what the tensor gets instead, e.g. "linear interpolation"
+    why: str                                    # when, e.g. "their two inputs are nearly colinear"
+    taken: Callable[[BaseModel, Stats], bool]   # from a tensor's resolved global parameters and statistics
+
+
+@dataclass(frozen=True)
 class Method:
     name: str
     merge: Callable[[Block, Stats], torch.Tensor]
@@ -133,8 +143,10 @@ class Method:
     prepare: Callable[[Block, bool], None] | None = None  # fills the block's cache with what depends on it
     # alone; the engine calls it in its reading thread, so the next block's share overlaps this block's
     # work. The flag says whether the merge pass reads the block (False: only a statistics stage does)
-    check: Callable[[BaseModel, tuple[BaseModel, ...]], str | None] | None = None  # a tensor's resolved
-    # parameters that the method cannot merge with (e.g. weights summing to zero): the reason, else None
+    fallback: Fallback | None = None  # taken by every tensor whose inputs are the same bytes
+    check: Callable[[BaseModel, tuple[BaseModel, ...]], str | None] | None = None  # a problem the merge would
+    # meet with a tensor's resolved (global, per-model) parameters, e.g. a division by a zero sum: the planner
+    # raises it, so it stops a merge (and every point of a sweep) before anything is read
 
     @property
     def uses_base(self) -> bool:
