@@ -37,7 +37,8 @@ PYTHON = os.path.join(BIN, "python")
 RESULTS = os.path.join(HERE, "results")
 MODELS = os.path.join(HERE, "models")
 FINETUNES = ("ft1", "ft2", "ft3")
-METHODS = ("linear", "ties", "dare_ties", "slerp")
+METHODS = ("linear", "ties", "dare_ties", "slerp", "nuslerp", "karcher", "sce")
+SPEED_TARGET = ("ties", "dare_ties", "nuslerp", "karcher", "sce")  # methods with a statistics pass: >= 5x mergekit
 GB = 1e9
 READ_CHUNK = 64 * 1024**2
 
@@ -354,6 +355,13 @@ def spec(method: str, dirs: dict[str, str]) -> dict:
     elif method == "slerp":
         body = {"base_model": dirs["base"], "parameters": {"t": 0.5},
                 "models": [{"model": dirs["base"]}, {"model": fts[0]}]}
+    elif method == "nuslerp":  # task vectors of two fine-tunes, one angle per tensor (the default)
+        body = {"base_model": dirs["base"], "models": [{"model": fts[0], "parameters": {"weight": 0.6}},
+                                                       {"model": fts[1], "parameters": {"weight": 0.4}}]}
+    elif method == "karcher":  # the three fine-tunes, 10 steps at most (the default)
+        body = {"models": [{"model": m} for m in fts]}
+    elif method == "sce":
+        body = {"base_model": dirs["base"], "parameters": {"select_topk": 0.5}, "models": [{"model": m} for m in fts]}
     else:
         raise ValueError(method)
     return {"merge_method": method, **body, "dtype": "bfloat16"}
@@ -558,7 +566,7 @@ def versions() -> dict:
 
 # ---- the report ---------------------------------------------------------------------------------
 
-TARGETS = {"linear": "wall <= 1.5x I/O floor", "ties": "speed-up >= 5x", "dare_ties": "speed-up >= 5x", "slerp": "—"}
+TARGETS = {"linear": "wall <= 1.5x I/O floor", "slerp": "—"} | {m: "speed-up >= 5x" for m in SPEED_TARGET}
 
 
 def verdicts(method: str, r: dict, floor: float) -> list[str]:
@@ -567,7 +575,7 @@ def verdicts(method: str, r: dict, floor: float) -> list[str]:
     out = [f"RSS {'ok' if r['rss_ratio'] <= 0.25 else 'MISSED'}"]
     if method == "linear":
         out.append(f"floor {'ok' if r['surgery']['wall_s'] <= 1.5 * floor else 'MISSED'}")
-    if method in ("ties", "dare_ties"):
+    if method in SPEED_TARGET:
         out.append(f"speed {'ok' if r['speedup'] >= 5 else 'MISSED'}")
     return out
 

@@ -13,46 +13,18 @@ import os
 from dataclasses import dataclass
 
 from surgery.errors import InputError, SpecError
-
-CHATML = (
-    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
-# Llama 2: a system message goes inside the first [INST] block; each exchange is one <s>...</s> pair.
-LLAMA2 = (
-    "{% if messages and messages[0]['role'] == 'system' %}{% set sys = messages[0]['content'] %}"
-    "{% set rest = messages[1:] %}{% else %}{% set sys = '' %}{% set rest = messages %}{% endif %}"
-    "{% for m in rest %}{% if m['role'] == 'user' %}{{ bos_token }}[INST] "
-    "{% if loop.first and sys %}<<SYS>>\n{{ sys }}\n<</SYS>>\n\n{% endif %}{{ m['content'] }} [/INST]"
-    "{% else %} {{ m['content'] }} {{ eos_token }}{% endif %}{% endfor %}"
-)
-LLAMA3 = (
-    "{{ bos_token }}{% for m in messages %}<|start_header_id|>{{ m['role'] }}<|end_header_id|>\n\n"
-    "{{ m['content'] }}<|eot_id|>{% endfor %}"
-    "{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}"
-)
-ALPACA = (
-    "{% for m in messages %}{% if m['role'] == 'system' %}{{ m['content'] }}\n\n"
-    "{% elif m['role'] == 'user' %}### Instruction:\n{{ m['content'] }}\n\n"
-    "{% else %}### Response:\n{{ m['content'] }}{{ eos_token }}\n\n{% endif %}{% endfor %}"
-    "{% if add_generation_prompt %}### Response:\n{% endif %}"
-)
-ZEPHYR = (
-    "{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}{{ eos_token }}\n{% endfor %}"
-    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
-)
-# Mistral instruct: no system role; a system message is put before the first user message.
-MISTRAL = (
-    "{{ bos_token }}{% if messages and messages[0]['role'] == 'system' %}"
-    "{% set sys = messages[0]['content'] + '\n\n' %}"
-    "{% set rest = messages[1:] %}{% else %}{% set sys = '' %}{% set rest = messages %}{% endif %}"
-    "{% for m in rest %}{% if m['role'] == 'user' %}[INST] {% if loop.first %}{{ sys }}{% endif %}"
-    "{{ m['content'] }} [/INST]{% else %}{{ m['content'] }}{{ eos_token }}{% endif %}{% endfor %}"
+from surgery.vocab.chat_templates import (  # noqa: F401 (the registry's texts, by name)
+    ALPACA,
+    CHATML,
+    EXAONE,
+    LLAMA2,
+    LLAMA3,
+    MISTRAL,
+    TEMPLATES,
+    ZEPHYR,
 )
 
-REGISTRY: dict[str, str] = {
-    "chatml": CHATML, "llama2": LLAMA2, "llama3": LLAMA3, "alpaca": ALPACA, "zephyr": ZEPHYR, "mistral": MISTRAL,
-}
+REGISTRY: dict[str, str] = TEMPLATES  # written for this project; merges name them too
 TOKENIZER = "tokenizer"  # the tokenizer's own template
 NONE = "none"  # no template: prompt and completion are concatenated as plain text
 CHOICES = (*REGISTRY, TOKENIZER, NONE)

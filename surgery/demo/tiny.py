@@ -17,19 +17,20 @@ WORDS = ("the a of to and in is it you that he was for on are with as I his they
          "or had by hot word but what some we can out other were all there when up use your how said an each "
          "she which do their time if will way about many then them write would like so these her long make "
          "thing see him two has look more day could go come did number sound no most people my over know water "
-         "than call first who may down side been now find any new work part take get place made live where after").split()
+         "than call first who may down side been now find any new work part take get place made live where "
+         "after").split()
 
 
 def tiny_config(kind: str = "llama", **overrides):
-    """A transformers config of a tiny model: kind is llama, qwen2, mistral or gpt2."""
-    from transformers import GPT2Config, LlamaConfig, MistralConfig, Qwen2Config
+    """A transformers config of a tiny model: kind is llama, qwen2, mistral, granite or gpt2."""
+    from transformers import GPT2Config, GraniteConfig, LlamaConfig, MistralConfig, Qwen2Config
 
     common = dict(vocab_size=128, tie_word_embeddings=False)
     if kind == "gpt2":
         cfg = GPT2Config(n_embd=32, n_layer=2, n_head=4, n_positions=64, bos_token_id=1, eos_token_id=2,
                          **{**common, "tie_word_embeddings": True})
     else:
-        cls = {"llama": LlamaConfig, "qwen2": Qwen2Config, "mistral": MistralConfig}[kind]
+        cls = {"llama": LlamaConfig, "qwen2": Qwen2Config, "mistral": MistralConfig, "granite": GraniteConfig}[kind]
         cfg = cls(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
                   num_key_value_heads=2, max_position_embeddings=64, **common)
     for k, v in overrides.items():
@@ -72,7 +73,8 @@ def build_model(folder: str, kind: str = "llama", seed: int = 0, base: str | Non
     return folder
 
 
-def build_family(root: str, kind: str = "llama", names: tuple[str, ...] = ("math", "code", "chat"), **kw) -> dict[str, str]:
+def build_family(root: str, kind: str = "llama", names: tuple[str, ...] = ("math", "code", "chat"),
+                 **kw) -> dict[str, str]:
     """A base and fine-tunes of it under `root`: {'base': path, 'math': path, ...}."""
     out = {"base": build_model(os.path.join(root, "base"), kind, seed=0, **kw)}
     for i, name in enumerate(names, start=1):

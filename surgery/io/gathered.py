@@ -17,6 +17,8 @@ import torch
 from surgery.io.format import TensorInfo, nbytes
 from surgery.vocab.align import RowMap, runs
 
+MEAN_CHUNK = 4096  # rows read at a time for a padding row's mean
+
 
 class GatheredFolder:
     def __init__(self, inner, row_map: RowMap, names: dict[str, dict[str, str]], sources: dict, config: dict):
@@ -40,8 +42,22 @@ class GatheredFolder:
         for a, b, src in runs(own):
             out[a:b] = self.inner.read(name, (src, src + b - a))
         for i in (k for k, src in enumerate(own) if src < 0):
-            out[i] = self._fill(name, r0 + i, info)
+            row = r0 + i
+            pad = self.row_map.mean_from is not None and row >= self.row_map.mean_from and row not in self.row_map.fill
+            out[i] = self._mean(name, info) if pad else self._fill(name, row, info)
         return out
+
+    def _mean(self, name: str, info: TensorInfo) -> torch.Tensor:
+        """The mean of this model's output rows before `mean_from` (its token rows), read in chunks,
+        summed in float64, once per tensor."""
+        means = self.__dict__.setdefault("_means", {})
+        if name not in means:
+            n = self.row_map.mean_from
+            total = torch.zeros(info.shape[1:], dtype=torch.float64)
+            for a in range(0, n, MEAN_CHUNK):
+                total += self.read(name, (a, min(a + MEAN_CHUNK, n))).double().sum(0)
+            means[name] = (total / max(n, 1)).to(info.dtype)
+        return means[name]
 
     def _fill(self, name: str, row: int, info: TensorInfo) -> torch.Tensor:
         """The mean of the fill sources' rows, in float32, cast to the stored dtype; zeros if none."""

@@ -31,6 +31,7 @@ from surgery.io.writer import QueuedWriter, ShardWriter, plan_shards
 from surgery.merge.card import Card, write_card
 from surgery.merge.plan import MergePlan
 from surgery.vocab.plan import write_vocabulary
+from surgery.vocab.tokenizer_files import write_chat_template
 
 
 def provenance(plan: MergePlan) -> dict[str, str]:
@@ -54,9 +55,8 @@ def write_side_files(plan: MergePlan, folder: str) -> None:
     copy_side_files(plan.tokenizer_path, folder, TOKENIZER_FILES)
     if plan.vocab is not None:
         write_vocabulary(plan.vocab, folder, plan.config_model)  # union tokenizer, remapped token ids
-    if plan.spec.chat_template:
-        with open(os.path.join(folder, "chat_template.jinja"), "w") as f:
-            f.write(plan.spec.chat_template)
+    if plan.chat_template:
+        write_chat_template(folder, plan.chat_template)
 
 
 @dataclass(frozen=True)
@@ -127,8 +127,8 @@ def gguf_layout(plan: MergePlan, quant: str, name: str) -> tuple[dict[str, Typed
         write_side_files(plan, side)  # the output's own tokenizer: vocabulary surgery, chat_template
         same_vocabulary = plan.vocab is None or plan.vocab.tokenizer is None
         keys = (same_vocabulary and carried_keys(plan.tokenizer_path, rows)) or tokenizer_keys(side, config, rows)
-        if plan.spec.chat_template:
-            keys["tokenizer.chat_template"] = Typed(STRING, plan.spec.chat_template)
+        if plan.chat_template:
+            keys["tokenizer.chat_template"] = Typed(STRING, plan.chat_template)
     metadata.update(keys)
     metadata.update({k: Typed(STRING, v) for k, v in provenance(plan).items() if k.startswith("surgery.")})
     names = name_map(arch, config)

@@ -21,7 +21,9 @@ from surgery.merge.methods import REGISTRY
 from surgery.merge.methods.method import Method
 from surgery.merge.params import build, check_parameters, fields_by_alias, first_value
 from surgery.merge.spec import DTYPE_NAMES, MergeSpec
+from surgery.vocab.chat_templates import merged_template
 from surgery.vocab.plan import VocabPlan, plan_vocabulary
+from surgery.vocab.tokenizer_files import default_chat_template
 
 DTYPES = {name: getattr(torch, name) for name in DTYPE_NAMES}
 
@@ -76,6 +78,7 @@ class MergePlan:
     tokenizer_path: str = ""  # folder the tokenizer files and chat template are copied from
     out_layers: list[int] = field(default_factory=list)  # config-source layer feeding each output layer
     vocab: VocabPlan | None = None  # vocabulary surgery (tokenizer_source); None when nothing was compared
+    chat_template: str | None = None  # the spec's chat_template resolved (a name, auto, or Jinja); None: unset
     warnings: list[str] = field(default_factory=list)  # parameters ignored or kept for mergekit compatibility
     provenance: dict[str, str] = field(default_factory=dict)  # metadata entries replacing the engine's own
     # (an operation run as a merge, e.g. fold, names itself and its inputs)
@@ -107,7 +110,9 @@ def plan_merge(spec: MergeSpec, file: str, out_dtype: str | None = None, allow_p
     slices = _slices(spec, method, file)
     folders = _open(spec, file, allow_pickle, models_dir, opened)
     first_fields = dict(reversed(_model_fields(spec)))  # each model's first spec field, for errors
-    vocab = plan_vocabulary(spec, file, folders, first_fields, models_dir)
+    shipped = [default_chat_template(f.side_folder) for f in folders.values()]  # each input's own template
+    template = merged_template(spec.chat_template, shipped, file)
+    vocab = plan_vocabulary(spec, file, folders, first_fields, models_dir, template)
     folders = vocab.wrap(folders) if vocab else folders  # embedding rows aligned by token
     slices = [_check_ranges(s, folders, file) for s in slices]
     dtype = DTYPES[out_dtype or spec.out_dtype or spec.dtype] if (out_dtype or spec.out_dtype or spec.dtype) else None
@@ -131,18 +136,21 @@ def plan_merge(spec: MergeSpec, file: str, out_dtype: str | None = None, allow_p
         jobs.append(_job(spec, method, file, folders, last, name, 0, None, 0.0, dtype))
     config_model = spec.base_model or ref0
     config = output_config(folders[config_model].config, out_layers, jobs)
-    tokenizer = _tokenizer_path(spec, file, folders[config_model].side_folder, models_dir)
-    return MergePlan(spec, file, method, folders, jobs, config_model, config, tokenizer, out_layers, vocab, warnings)
+    tokenizer = _tokenizer_path(spec, file, folders[config_model].side_folder, models_dir, vocab)
+    return MergePlan(spec, file, method, folders, jobs, config_model, config, tokenizer, out_layers, vocab,
+                     chat_template=template, warnings=warnings)
 
 
-def _tokenizer_path(spec: MergeSpec, file: str, base: str, root: str | None) -> str:
-    source = spec.tokenizer_source
+def _tokenizer_path(spec: MergeSpec, file: str, base: str, root: str | None, vocab: VocabPlan | None) -> str:
+    source = spec.vocabulary_source
     if source in (None, "base", "union"):
         return base  # union: the base's files, extended by `write_vocabulary`
+    if vocab is not None:
+        return side_folder(vocab.infos[vocab.layout].path)  # a GGUF file's: written from its metadata
     try:
         return side_folder(resolve_path(source, root))  # a GGUF file's: written from its metadata
     except InputError as e:
-        raise SpecError(file, "tokenizer_source", str(e)) from None
+        raise SpecError(file, spec.vocabulary_field, str(e)) from None
 
 
 def _method(spec: MergeSpec, file: str) -> Method:
@@ -166,13 +174,15 @@ FULL = (0, -1)  # layer range placeholder: all layers, filled in once the folder
 
 def _models_slice(spec: MergeSpec, method: Method, file: str) -> SliceInputs:
     base = None
-    if method.base == "required":
-        if not spec.base_model:
-            raise SpecError(file, "base_model",
-                            f"{method.name} needs a base_model (the model the others are compared to)")
+    if method.base == "required" and not spec.base_model:
+        raise SpecError(file, "base_model",
+                        f"{method.name} needs a base_model (the model the others are compared to)")
+    if method.uses_base and spec.base_model:
         base = (spec.base_model, FULL, "base_model")
     others = tuple((m.model, FULL, m.parameters, f"models.{i}") for i, m in enumerate(spec.models)
                    if base is None or m.model != spec.base_model)
+    if method.base == "merged" and spec.base_model and spec.base_model not in [o[0] for o in others]:
+        others += ((spec.base_model, FULL, None, "base_model"),)  # mergekit merges it as one more input
     return SliceInputs("models", base, others, None)
 
 
@@ -185,10 +195,10 @@ def _slice(spec: MergeSpec, method: Method, file: str, i: int) -> SliceInputs:
         raise SpecError(file, f"{where}.sources",
                         f"every source of a slice needs the same number of layers; got {sorted(lengths)}")
     base = None
-    if method.base == "required":
-        name = sl.base_model or spec.base_model
-        if not name:
-            raise SpecError(file, f"{where}.base_model", f"{method.name} needs a base_model")
+    name = sl.base_model or spec.base_model
+    if method.base == "required" and not name:
+        raise SpecError(file, f"{where}.base_model", f"{method.name} needs a base_model")
+    if method.uses_base and name:
         match = [s for s in srcs if s[0] == name]
         if not match:
             raise SpecError(file, f"{where}.sources", f"base_model {name!r} is not among this slice's sources; "
@@ -204,7 +214,7 @@ def _check_count(method: Method, s: SliceInputs, file: str) -> None:
     if n < method.min_models or (method.max_models is not None and n > method.max_models):
         want = (f"exactly {method.min_models}" if method.min_models == method.max_models
                 else f"at least {method.min_models}" if method.max_models is None else f"at most {method.max_models}")
-        base = " besides the base_model" if method.base == "required" else ""
+        base = " besides the base_model" if s.base else ""
         raise SpecError(file, s.where, f"{method.name} takes {want} model(s){base}; got {n} ({names})")
 
 

@@ -51,3 +51,61 @@ def counts_at(high: torch.Tensor, low: torch.Tensor, hi_bin: int, rank: int) -> 
     cum = torch.cumsum(low, 0)
     lo_bin = int(torch.searchsorted(cum, torch.tensor(rank - below, dtype=cum.dtype, device=cum.device), right=True))
     return int(high[hi_bin + 1:].sum()) + int(low[lo_bin + 1:].sum()), int(low[lo_bin])
+
+
+def top_k_cut(high: torch.Tensor, low: torch.Tensor, hi_bin: int, numel: int, k: int) -> tuple[float, int | None]:
+    """(the k-th largest |x|, how many entries equal to it belong to the top k, or None when all do)."""
+    rank = numel - k
+    greater, equal = counts_at(high, low, hi_bin, rank)
+    quota = k - greater
+    return value_of_rank(high, low, hi_bin, rank), (quota if quota < equal else None)
+
+
+def top_k_mask(x: torch.Tensor, cut: float, quota: int | None, seen: int) -> tuple[torch.Tensor, int]:
+    """The entries of a block among the k largest |x| of its tensor (bool), and the running count of
+    entries equal to the cut seen so far: of those, the first `quota` in row-major order are kept, so
+    exactly k entries are, whatever the blocking (blocks must come in row order, `seen` carried over)."""
+    a = x.abs()
+    if quota is None:
+        return a >= cut, seen
+    tied = a == cut
+    here = int(tied.sum())
+    if seen >= quota:
+        return a > cut, seen + here
+    if seen + here <= quota:
+        return a >= cut, seen + here
+    order = tied.reshape(-1).cumsum(0).reshape(tied.shape) + seen  # 1-based rank among ties
+    return (a > cut) | (tied & (order <= quota)), seen + here
+
+
+# ---- signed values: order statistics of x itself, not of |x| --------------------------------------------
+
+SIGNED_HI_BINS = 1 << 16
+
+
+def _ordered(x: torch.Tensor) -> torch.Tensor:
+    """float32 values as int64 keys in [0, 2**32) that order as the floats do (-0.0 just below +0.0):
+    negative floats' magnitude bits are flipped, then the sign range is shifted up."""
+    bits = x.float().contiguous().view(torch.int32).reshape(-1).to(torch.int64)  # sign-extended
+    return torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits) + (1 << 31)
+
+
+def signed_high_histogram(x: torch.Tensor) -> torch.Tensor:
+    """(65536,) int64 counts of x by the top 16 bits of its order key."""
+    return torch.bincount(_ordered(x) >> 16, minlength=SIGNED_HI_BINS)
+
+
+def signed_low_histogram(x: torch.Tensor, hi_bin: int) -> torch.Tensor:
+    """(65536,) int64 counts of the low 16 bits of the keys of those x in `hi_bin`."""
+    keys = _ordered(x)
+    return torch.bincount(keys[(keys >> 16) == hi_bin] & 0xFFFF, minlength=LO_BINS)
+
+
+def signed_value_of_rank(high: torch.Tensor, low: torch.Tensor, hi_bin: int, rank: int) -> float:
+    """x at ascending `rank` (0-based), given both histograms (`low` for `hi_bin`)."""
+    below = int(high[:hi_bin].sum())
+    cum = torch.cumsum(low, 0)
+    lo_bin = int(torch.searchsorted(cum, torch.tensor(rank - below, dtype=cum.dtype, device=cum.device), right=True))
+    key = ((hi_bin << 16) | lo_bin) - (1 << 31)
+    bits = key ^ 0x7FFFFFFF if key < 0 else key
+    return float(torch.tensor([bits], dtype=torch.int64).to(torch.int32).view(torch.float32))

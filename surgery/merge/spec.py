@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -61,6 +61,48 @@ DTYPE_NAMES = ("float32", "float16", "bfloat16", "float64")  # the CLI's --dtype
 DTypeName = Literal[DTYPE_NAMES]
 
 
+class ModelToken(BaseModel):
+    """`{kind: model_token, model: M, token: T}` (or `token_id: N`): the row of T (or row N) in model M."""
+
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["model_token"]
+    model: str
+    token: str | None = None
+    token_id: int | None = Field(None, ge=0)
+
+    @model_validator(mode="after")
+    def _one_of(self) -> ModelToken:
+        if (self.token is None) == (self.token_id is None):
+            raise ValueError("give exactly one of 'token' and 'token_id'")
+        return self
+
+
+class ZeroToken(BaseModel):
+    """`{kind: zero}`: a row of zeros."""
+
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["zero"]
+
+
+class TokenSource(BaseModel):
+    """Where one token's embedding and head rows come from: a model's own row for that token, another
+    token's row, or zeros; `force` gives every model that row, else only those lacking the token."""
+
+    model_config = ConfigDict(extra="forbid")
+    source: Annotated[ModelToken | ZeroToken, Field(discriminator="kind")] | str | None = None
+    force: bool = False
+
+
+class TokenizerSettings(BaseModel):
+    """mergekit's `tokenizer:` block: the output vocabulary, per-token row sources, padding."""
+
+    model_config = ConfigDict(extra="forbid")
+    source: str = Field("union", description="'union', 'base' or a merged model's path")
+    tokens: dict[str, TokenSource] | None = Field(None, description="per-token embedding sources; tokens the "
+                                                  "output vocabulary lacks are added to it")
+    pad_to_multiple_of: int | None = Field(None, gt=0, description="round the embedding rows up to a multiple of this")
+
+
 class MergeSpec(BaseModel):
     """A whole merge. Exactly one of `models` and `slices` is given."""
 
@@ -74,14 +116,29 @@ class MergeSpec(BaseModel):
     out_dtype: DTypeName | None = Field(None, description="dtype of the written tensors")
     tokenizer_source: str | None = Field(None, description="the output vocabulary: 'base', 'union' (every model's "
                                          "tokens) or a merged model's path; embedding rows are matched by token")
-    chat_template: str | None = Field(None, description="a Jinja chat template to write with the tokenizer")
+    tokenizer: TokenizerSettings | None = Field(None, description="mergekit's tokenizer block (instead of "
+                                                "tokenizer_source): source, per-token sources, padding")
+    chat_template: str | None = Field(None, description="a template name (auto, chatml, llama3, mistral, alpaca, "
+                                      "exaone, ...) or a Jinja chat template, written with the tokenizer")
     seed: int = Field(0, description="seeds each tensor's random draws (DARE, DELLA) with the tensor's name")
 
     @model_validator(mode="after")
     def _one_layout(self) -> MergeSpec:
         if bool(self.models) == bool(self.slices):
             raise ValueError("give exactly one of 'models' and 'slices'")
+        if self.tokenizer is not None and self.tokenizer_source is not None:
+            raise ValueError("give one of 'tokenizer_source' and 'tokenizer' (its 'source' says the same)")
         return self
+
+    @property
+    def vocabulary_source(self) -> str | None:
+        """The output vocabulary asked for: `tokenizer.source`, else `tokenizer_source` (None: not set)."""
+        return self.tokenizer.source if self.tokenizer is not None else self.tokenizer_source
+
+    @property
+    def vocabulary_field(self) -> str:
+        """The spec field that names the output vocabulary, for messages."""
+        return "tokenizer.source" if self.tokenizer is not None else "tokenizer_source"
 
     def input_models(self) -> list[str]:
         """Every model the spec names, base first, each once."""

@@ -28,10 +28,12 @@ Vocab = dict[str, int]  # token string -> id
 @dataclass(frozen=True)
 class RowMap:
     """One model's output rows: `own[i]` is the model's row for output row i, or -1 where it has none;
-    such a row is the mean of the (model, row) pairs in `fill[i]`, or zeros where that is empty."""
+    such a row is the mean of the (model, row) pairs in `fill[i]`, or zeros where that is empty, or,
+    from row `mean_from` on (padding rows), the mean of this model's output rows before `mean_from`."""
 
     own: tuple[int, ...]
     fill: dict[int, tuple[tuple[str, int], ...]] = field(default_factory=dict)
+    mean_from: int | None = None  # rows from here on (padding) are the mean of this model's rows before it
 
     @property
     def rows(self) -> int:
@@ -39,7 +41,8 @@ class RowMap:
 
     def is_identity(self, rows_in: int) -> bool:
         """True when the output rows are the model's rows, unchanged."""
-        return rows_in == self.rows and not self.fill and all(i == r for i, r in enumerate(self.own))
+        return (rows_in == self.rows and not self.fill and self.mean_from is None
+                and all(i == r for i, r in enumerate(self.own)))
 
 
 def with_rows(vocab: Vocab, rows: int) -> Vocab:

@@ -1,15 +1,18 @@
-"""Vocabulary surgery in a merge plan: `tokenizer_source: base | union | <model path>`.
+"""Vocabulary surgery in a merge plan: `tokenizer_source: base | union | <model path>`, or mergekit's
+`tokenizer:` block (`source`, per-token `tokens`, `pad_to_multiple_of`; see `surgery.vocab.tokens`).
 
 Pre-flight (planning, before any tensor data is read) reads every model's tokenizer and embedding
 shape, chooses the output vocabulary, and names every mismatch: vocabulary sizes (tokenizer length vs
-embedding rows), tokens present in some models only, ids that differ, chat templates that differ. A
-mismatch the chosen `tokenizer_source` handles is a warning; one it does not handle (tokens that
-would be dropped, differing vocabularies with no `tokenizer_source`) is a SpecError saying what to set.
+embedding rows), tokens present in some models only, ids that differ, tokens whose rows the output
+vocabulary drops, chat templates that differ. Each is a warning; bad references (a source that is not
+a merged model, a token a model lacks) are SpecErrors saying what to set.
 
 The output vocabulary: `base` keeps the base model's tokenizer and ids, `<model>` that model's, and
 `union` the base's ids followed by every other model's tokens the base lacks, in model order (within
-a model, by its ids). Rows are aligned by token as `surgery.vocab.align` describes; the models' folders are
-then wrapped (`GatheredFolder`) so that the engine merges aligned rows like any tensor.
+a model, by its ids). Unset, models with equal vocabularies are merged as they are; differing ones
+keep the base's vocabulary, as `base` does (mergekit's legacy mode keeps the base's tokenizer), with a
+warning. Rows are aligned by token as `surgery.vocab.align` describes; the models' folders are then
+wrapped (`GatheredFolder`) so that the engine merges aligned rows like any tensor.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import json
 import os
 from dataclasses import dataclass
 
-from tokenizers import Tokenizer
+from tokenizers import AddedToken, Tokenizer
 
 from surgery.errors import InputError, SpecError
 from surgery.io.gathered import GatheredFolder
@@ -28,7 +31,15 @@ from surgery.io.output import write_json
 from surgery.merge.layers import layer_of
 from surgery.merge.spec import MergeSpec
 from surgery.vocab.align import RowMap, align, missing, output_rows, remap_ids, union_order, with_rows
-from surgery.vocab.tokenizer_files import TokenizerInfo, extend, read_tokenizer, token_flags, write_extended
+from surgery.vocab.tokenizer_files import (
+    TokenizerInfo,
+    extend,
+    extend_tokens,
+    read_tokenizer,
+    token_flags,
+    write_extended,
+)
+from surgery.vocab.tokens import apply_sources, new_tokens, pad, padded_rows, resolve_sources
 
 EMBED_SUFFIXES = ("embed_tokens.weight", "wte.weight", "tok_embeddings.weight", "word_embeddings.weight")
 HEAD_SUFFIXES = ("lm_head.weight", "embed_out.weight")
@@ -77,54 +88,77 @@ class VocabPlan:
 
 
 def plan_vocabulary(spec: MergeSpec, file: str, folders: dict, fields: dict[str, str],
-                    root: str | None = None) -> VocabPlan | None:
-    """Pre-flight and row maps; None when `tokenizer_source` is unset and a model has no tokenizer.json
-    (nothing to compare: tokenizer files are copied as they are). `fields[model]`: its spec field."""
-    source = spec.tokenizer_source
+                    root: str | None = None, chat_template: str | None = None) -> VocabPlan | None:
+    """Pre-flight and row maps; None when no output vocabulary is asked for and a model has no
+    tokenizer.json (nothing to compare: tokenizer files are copied as they are). `fields[model]`: its
+    spec field; `chat_template`: the one the output gets, if the spec sets it (for the warnings)."""
+    source, settings = spec.vocabulary_source, spec.tokenizer
     models = list(folders)
     base = spec.base_model or models[0]
-    layout = _layout(source, file, folders, base, root)
-    infos = _tokenizers(source, file, folders, fields)
+    layout = _layout(source, spec.vocabulary_field, file, folders, base, root)
+    infos = _tokenizers(source, spec.vocabulary_field, file, folders, fields)
     if infos is None:
         return None
     rows_in = {m: embedding_rows(folders[m], m) for m in models}
     if None in rows_in.values():
         return None
     vocabs = {m: with_rows(infos[m].vocab, rows_in[m]) for m in models}
-    if source is None:
-        _require_same(file, vocabs, rows_in, base, fields)
+    legacy = source is None and _differ(vocabs, rows_in, base)  # mergekit's legacy mode: the base's vocabulary
     tokenizer, specials, vocab = None, (), infos[layout].vocab
     if source == "union":
         tokenizer, specials = _union_tokenizer(infos, vocabs, base)
         vocab = tokenizer.get_vocab(with_added_tokens=True) if tokenizer else vocab
-    else:
-        _require_kept(file, source, layout, vocab, vocabs, fields)
-    rows = output_rows(vocab, rows_in[layout], vocabs)
-    maps = {} if source is None else align(vocab, rows, vocabs, base, layout, rows_in)  # unset: all equal
+    added = new_tokens(settings, vocab)
+    if added:  # tokens the `tokens` block names: added as plain tokens, as transformers' add_tokens does
+        tokenizer = extend_tokens(tokenizer or infos[layout].tokenizer, [AddedToken(t, normalized=True) for t in added])
+        vocab = tokenizer.get_vocab(with_added_tokens=True)
+    sources = resolve_sources(settings, file, folders, vocabs, {m: i.vocab for m, i in infos.items()}, rows_in, root)
+    multiple = settings.pad_to_multiple_of if settings else None
+    rows = padded_rows(vocab, multiple) if multiple else output_rows(vocab, rows_in[layout], vocabs)
+    rows = max([rows, *(vocab[t] + 1 for t in added)])  # added tokens have rows, whatever their source
+    maps = {}
+    if source is not None or legacy:  # unset and equal vocabularies: nothing to align
+        maps = apply_sources(align(vocab, rows, vocabs, base, layout, rows_in), sources, vocab)
+        maps = pad(maps, padded_rows(vocab, 1), rows) if multiple else maps
     if all(maps[m].is_identity(rows_in[m]) for m in maps):
         maps = {}
     plan = VocabPlan(source or "base", base, layout, vocab, rows, maps, infos, tokenizer, specials, [], [])
-    _describe(plan, spec, vocabs, rows_in)
+    if legacy:
+        plan.warnings.append(f"tokenizer_source is not set but the models' vocabularies differ "
+                             f"({_difference_of(vocabs, rows_in, base)}): the base's vocabulary is kept, rows "
+                             "matched by token (as tokenizer_source: base); set tokenizer_source: union to merge "
+                             "the vocabularies")
+    _describe(plan, spec, vocabs, rows_in, chat_template)
     return plan
 
 
-def _layout(source: str | None, file: str, folders: dict, base: str, root: str | None) -> str:
+def _differ(vocabs: dict, rows_in: dict, base: str) -> bool:
+    return any(vocabs[m] != vocabs[base] or rows_in[m] != rows_in[base] for m in vocabs)
+
+
+def _difference_of(vocabs: dict, rows_in: dict, base: str) -> str:
+    model = next(m for m in vocabs if vocabs[m] != vocabs[base] or rows_in[m] != rows_in[base])
+    how = _difference(vocabs[model], vocabs[base], rows_in[model], rows_in[base])
+    return f"{model!r} against the base {base!r}: {how}"
+
+
+def _layout(source: str | None, field: str, file: str, folders: dict, base: str, root: str | None) -> str:
     models = list(folders)
     if source in (None, "base", "union"):
         return base
     try:
         path = os.path.realpath(model_path(resolve_path(source, root)))  # a folder holding a GGUF: the file
     except InputError as e:
-        raise SpecError(file, "tokenizer_source", f"{e}; use 'base', 'union' or one of the merged models") from None
+        raise SpecError(file, field, f"{e}; use 'base', 'union' or one of the merged models") from None
     for model, folder in folders.items():
-        if os.path.realpath(folder.path) == path:
+        if source == model or os.path.realpath(folder.path) == path:
             return model
     names = ", ".join(map(repr, models))
-    raise SpecError(file, "tokenizer_source", f"{source!r} is not one of the merged models ({names}); "
+    raise SpecError(file, field, f"{source!r} is not one of the merged models ({names}); "
                     "use 'base', 'union' or one of their paths")
 
 
-def _tokenizers(source: str | None, file: str, folders: dict,
+def _tokenizers(source: str | None, field: str, file: str, folders: dict,
                 fields: dict[str, str]) -> dict[str, TokenizerInfo] | None:
     infos = {}
     for model, folder in folders.items():
@@ -135,8 +169,7 @@ def _tokenizers(source: str | None, file: str, folders: dict,
         except InputError as e:
             if source is None:
                 return None  # unset: tokenizer files are only copied, as before any comparison existed
-            raise SpecError(file, fields[model], f"{e} (tokenizer_source: {source} needs every model's tokenizer)"
-                            ) from None
+            raise SpecError(file, fields[model], f"{e} ({field}: {source} needs every model's tokenizer)") from None
     return infos
 
 
@@ -186,25 +219,6 @@ def _union_tokenizer(infos: dict[str, TokenizerInfo], vocabs: dict[str, dict[str
     return tokenizer, tuple(t for t in new if t in infos[owner[t]].specials)
 
 
-def _require_same(file: str, vocabs: dict, rows_in: dict, base: str, fields: dict[str, str]) -> None:
-    for model in vocabs:
-        if vocabs[model] != vocabs[base] or rows_in[model] != rows_in[base]:
-            how = _difference(vocabs[model], vocabs[base], rows_in[model], rows_in[base])
-            raise SpecError(file, "tokenizer_source", f"not set, but model {model!r} ({fields[model]}) and the base "
-                            f"{base!r} have different vocabularies ({how}); "
-                            "set tokenizer_source: union to merge the vocabularies, or base to keep the base's")
-
-
-def _require_kept(file: str, source: str | None, layout: str, vocab: dict, vocabs: dict,
-                  fields: dict[str, str]) -> None:
-    for model, own in vocabs.items():
-        lost = missing(own, vocab)
-        if lost:
-            raise SpecError(file, "tokenizer_source", f"'{source}' keeps the vocabulary of {layout!r}, but model "
-                            f"{model!r} ({fields[model]}) has {len(lost)} token(s) with embedding rows that it lacks "
-                            f"({_first(lost)}); they would be dropped: set tokenizer_source: union to keep them")
-
-
 def _difference(a: dict, b: dict, rows_a: int, rows_b: int) -> str:
     only_a, only_b = missing(a, b), missing(b, a)
     moved = sum(1 for t, i in a.items() if t in b and b[t] != i)
@@ -220,7 +234,7 @@ def _first(tokens: list[str]) -> str:
     return shown + (", ..." if len(tokens) > SHOWN else "")
 
 
-def _describe(plan: VocabPlan, spec: MergeSpec, vocabs: dict, rows_in: dict) -> None:
+def _describe(plan: VocabPlan, spec: MergeSpec, vocabs: dict, rows_in: dict, chat_template: str | None) -> None:
     """Fill the plan's notes (sizes, the output) and warnings (every mismatch surgery handles)."""
     for model, info in plan.infos.items():
         size, rows = len(info.vocab), rows_in[model]
@@ -234,7 +248,8 @@ def _describe(plan: VocabPlan, spec: MergeSpec, vocabs: dict, rows_in: dict) -> 
                       + ("" if plan.maps else "; every model already has these rows"))
     if plan.maps:
         _warn_mismatches(plan, vocabs)
-    _warn_templates(plan, spec)
+    _warn_dropped(plan, vocabs)
+    _warn_templates(plan, chat_template)
 
 
 def _warn_mismatches(plan: VocabPlan, vocabs: dict) -> None:
@@ -243,7 +258,7 @@ def _warn_mismatches(plan: VocabPlan, vocabs: dict) -> None:
         extra = missing(own, vocabs[plan.base])
         lacks = sorted((t for t in out if t not in own), key=plan.vocab.get)
         moved = sum(1 for t, i in own.items() if plan.vocab.get(t, i) != i)
-        if extra and model != plan.base:
+        if extra and model != plan.base and not missing(own, plan.vocab):  # kept (dropped ones: _warn_dropped)
             plan.warnings.append(f"{model!r} has {len(extra)} token(s) the base lacks ({_first(extra)})")
         if lacks:
             rule = "the base's row where it has one, else " if model != plan.base else ""
@@ -256,9 +271,18 @@ def _warn_mismatches(plan: VocabPlan, vocabs: dict) -> None:
         plan.warnings.append(f"{len(nobody)} output token(s) have no row in any model ({_first(nobody)}): zero rows")
 
 
-def _warn_templates(plan: VocabPlan, spec: MergeSpec) -> None:
-    written = spec.chat_template or plan.infos[plan.layout].chat_template
-    whence = "the spec's chat_template" if spec.chat_template else f"that of {plan.layout!r}"
+def _warn_dropped(plan: VocabPlan, vocabs: dict) -> None:
+    for model, own in vocabs.items():
+        lost = missing(own, plan.vocab)
+        if lost:
+            plan.warnings.append(f"{model!r} has {len(lost)} token(s) with embedding rows that the output vocabulary "
+                                 f"(of {plan.layout!r}) lacks ({_first(lost)}): their rows are dropped; set "
+                                 "tokenizer_source: union to keep them")
+
+
+def _warn_templates(plan: VocabPlan, chat_template: str | None) -> None:
+    written = chat_template or plan.infos[plan.layout].chat_template
+    whence = "the spec's chat_template" if chat_template else f"that of {plan.layout!r}"
     for model, info in plan.infos.items():
         if info.chat_template is not None and info.chat_template != written:
             what = f"differs from the one written ({whence})" if written else "is not written (the output gets none)"

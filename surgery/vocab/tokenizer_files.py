@@ -99,12 +99,30 @@ def chat_template(path: str, config: dict) -> str | None:
     return json.dumps(value, sort_keys=True)
 
 
+def default_chat_template(path: str) -> str | None:
+    """The model folder's chat template as transformers applies it by default: the template, or of
+    several named ones the one named "default"; None when it has none."""
+    value = chat_template(path, _read_json(os.path.join(path, "tokenizer_config.json")))
+    if value is None or not value.startswith("["):
+        return value
+    try:
+        named = {t["name"]: t["template"] for t in json.loads(value)}
+    except (json.JSONDecodeError, TypeError, KeyError):
+        return value
+    return named.get("default")
+
+
 def extend(base: TokenizerInfo, new: list[AddedToken]) -> Tokenizer:
     """A copy of the base's tokenizer with the `new` tokens appended as added tokens, in order."""
-    tokenizer = Tokenizer.from_str(base.tokenizer.to_str())
+    return extend_tokens(base.tokenizer, new)
+
+
+def extend_tokens(tokenizer: Tokenizer, new: list[AddedToken]) -> Tokenizer:
+    """A copy of `tokenizer` with the `new` tokens appended as added tokens, in order."""
+    out = Tokenizer.from_str(tokenizer.to_str())
     for token in new:
-        tokenizer.add_tokens([token])
-    return tokenizer
+        out.add_tokens([token])
+    return out
 
 
 def token_flags(info: TokenizerInfo, token: str) -> AddedToken:
@@ -139,3 +157,17 @@ def _decoder_entries(tokenizer: Tokenizer, known: dict) -> dict[str, dict]:
     return {str(i): {"content": t.content, "lstrip": t.lstrip, "normalized": t.normalized, "rstrip": t.rstrip,
                      "single_word": t.single_word, "special": t.special}
             for i, t in tokenizer.get_added_tokens_decoder().items() if str(i) not in known}
+
+
+def write_chat_template(folder: str, template: str) -> None:
+    """`template` as the output folder's chat template: chat_template.jinja, with any other copy of a
+    template (chat_template.json, tokenizer_config.json's key) removed so that none contradicts it."""
+    with open(os.path.join(folder, "chat_template.jinja"), "w") as f:
+        f.write(template)
+    stale = os.path.join(folder, "chat_template.json")
+    if os.path.isfile(stale):
+        os.remove(stale)
+    config_file = os.path.join(folder, "tokenizer_config.json")
+    config = _read_json(config_file)
+    if "chat_template" in config:
+        write_json(config_file, {k: v for k, v in config.items() if k != "chat_template"})

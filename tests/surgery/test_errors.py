@@ -153,6 +153,42 @@ def test_slerp_with_three_models(work, tmp_path):
                                  "got 2 ('models/math', 'models/code')")
 
 
+TOKENIZER_CASES = {  # id: (the spec's tokenizer block, field, message)
+    "both": ({"tokenizer_source": "base", "tokenizer": {"source": "base"}}, "",
+             "give one of 'tokenizer_source' and 'tokenizer'"),
+    "stranger": ({"tokenizer": {"tokens": {"the": {"source": "models/chat"}}}}, "tokenizer.tokens.the.source",
+                 "'models/chat' is not one of the merged models ('models/base', 'models/math', 'models/code')"),
+    "row_past_end": ({"tokenizer": {"tokens": {"the": {"source": {"kind": "model_token", "model": "models/math",
+                                                                  "token_id": 128}}}}},
+                     "tokenizer.tokens.the.source.token_id", "row 128 is past the 128 embedding rows of model"),
+    "unknown_token": ({"tokenizer": {"tokens": {"the": {"source": {"kind": "model_token", "model": "models/math",
+                                                                   "token": "zebra"}}}}},
+                      "tokenizer.tokens.the.source.token", "model 'models/math' has no token 'zebra'"),
+    "force_alone": ({"tokenizer": {"tokens": {"the": {"force": True}}}}, "tokenizer.tokens.the.force",
+                    "force needs a source"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(TOKENIZER_CASES))
+def test_bad_tokenizer_block(work, tmp_path, case):
+    fields, field, message = TOKENIZER_CASES[case]
+    out = str(tmp_path / "out")
+    with refused(SpecError, out, work) as e:
+        attempt(work, {**with_models(TIES, "models/math", "models/code"), **fields}, out)
+    assert e.value.field == field and message in str(e.value)
+
+
+def test_multislerp_weights_summing_to_zero(work, tmp_path):
+    out = str(tmp_path / "out")
+    spec = {"merge_method": "multislerp", "base_model": "models/base",
+            "models": [{"model": "models/math", "parameters": {"weight": 0.5}},
+                       {"model": "models/code", "parameters": {"weight": -0.5}}]}
+    with refused(SpecError, out, work) as e:
+        attempt(work, spec, out)
+    assert str(e.value).startswith(f"{os.path.dirname(work)}/spec.yaml: models: multislerp: the weights sum to "
+                                   "zero, so normalize_weights cannot divide by their sum; change a weight (tensor ")
+
+
 # ---- input errors ------------------------------------------------------------------------------------
 
 def test_tensor_missing_from_one_model(work, llama, tmp_path):
@@ -165,14 +201,14 @@ def test_tensor_missing_from_one_model(work, llama, tmp_path):
 
 
 def test_shapes_differ(work, llama, build, tmp_path):
-    """A model with vocab_size 256 beside ones of 128 (the same tokenizer): the vocabulary pre-flight
-    names both row counts and the setting that aligns them."""
+    """A model of another MLP width: the tensor and both shapes are named. (Other vocabulary sizes are
+    vocabulary surgery's: see test_vocab.py.)"""
     out = str(tmp_path / "out")
-    build(os.path.join(work, "wide"), "llama", seed=3, vocab_size=256)
-    with refused(SpecError, out, work) as e:
+    build(os.path.join(work, "wide"), "llama", seed=3, intermediate_size=96)
+    with refused(InputError, out, work) as e:
         attempt(work, with_models(TIES, "models/math", "wide"), out)
-    assert ("tokenizer_source: not set, but model 'wide' (models.1.model) and the base 'models/base' have "
-            "different vocabularies (256 vs 128 embedding rows); set tokenizer_source: union") in str(e.value)
+    assert ("tensor 'model.layers.0.mlp.down_proj.weight': shape [32, 64] in 'models/base' but [32, 96] in 'wide'; "
+            "merged models need the same shapes") in str(e.value)
 
 
 def test_truncated_input(work, llama, tmp_path):
@@ -416,12 +452,10 @@ def bad_gguf(kind: str, folder) -> tuple[list[str], str]:
             return raw, GGMLQuantizationType.Q8_1
         path = write_gguf(folder / "q81.gguf", tiny_llama(), encode=encode)
         return [good, path], "tensor 'blk.0.ffn_gate.weight' (model.layers.0.mlp.gate_proj.weight) is stored as Q8_1"
-    grown = write_gguf(folder / "grown.gguf", tiny_llama(extra=("<tool>",)), extra=("<tool>",))
-    return [good, grown], "tokenizer_source"
+    raise ValueError(kind)
 
 
-@pytest.mark.parametrize("kind", ["truncated", "lying header", "unknown architecture", "unsupported quant type",
-                                  "another vocabulary"])
+@pytest.mark.parametrize("kind", ["truncated", "lying header", "unknown architecture", "unsupported quant type"])
 def test_bad_gguf_inputs_exit_2_located_and_write_nothing(kind, tmp_path):
     from tests.surgery.reference_checkpoints import run_cli
 
@@ -437,3 +471,4 @@ def test_bad_gguf_inputs_exit_2_located_and_write_nothing(kind, tmp_path):
     assert result.exit_code == 2, result.output
     assert message in result.stderr and "Traceback" not in result.output
     assert not os.path.lexists(out) and leftovers(out) == [] and digest(*paths) == before
+

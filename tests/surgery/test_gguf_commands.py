@@ -103,14 +103,17 @@ def test_inspect_shows_how_a_gguf_file_stores_its_tensors(zoo):
 
 
 def test_a_gguf_with_another_vocabulary_takes_vocabulary_surgery(zoo, tmp_path):
-    """A fine-tune that added a token: refused without tokenizer_source, merged by token with union."""
+    """A fine-tune that added a token, as for folders: without tokenizer_source the base's vocabulary is
+    kept with a warning naming the setting (mergekit's legacy mode); with union it is merged by token."""
     grown = write_gguf(tmp_path / "grown.gguf", tiny_llama(seed=2, extra=("<tool>",)), extra=("<tool>",))
     text = (f"merge_method: linear\nparameters: {{weight: 1}}\n"
             f"models:\n  - model: {zoo['base.gguf']}\n  - model: {grown}\n")
     (tmp_path / "plain.yaml").write_text(text)
-    result = run_cli("merge", str(tmp_path / "plain.yaml"), str(tmp_path / "out"))
-    assert result.exit_code == 2 and "tokenizer_source" in result.stderr, result.output
-    assert not (tmp_path / "out").exists()
+    result = run_cli("merge", str(tmp_path / "plain.yaml"), str(tmp_path / "kept"), "--quiet")
+    assert result.exit_code == 0 and "tokenizer_source" in result.stderr, result.output
+    kept, base = open_model(str(tmp_path / "kept")), open_model(zoo["base.gguf"])
+    name = "model.embed_tokens.weight"
+    assert kept.tensors[name].shape[0] == base.tensors[name].shape[0]
     (tmp_path / "union.yaml").write_text(text + "tokenizer_source: union\n")
     result = run_cli("merge", str(tmp_path / "union.yaml"), str(tmp_path / "out"), "--quiet")
     assert result.exit_code == 0, result.output

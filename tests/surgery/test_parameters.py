@@ -117,12 +117,12 @@ def test_compatibility_options_have_no_effect_here_or_in_mergekit(name, key):
     g = torch.Generator().manual_seed(3)
     base = torch.randn(24, 16, generator=g)
     models = [base + 0.1 * torch.randn(24, 16, generator=g) for _ in range(2)]
-    sparse = "density" in method.per_model.model_fields
-    per_model = {"weight": [0.6, 0.4], **({"density": [0.5, 0.7]} if sparse else {})}
+    values = {"weight": [0.6, 0.4], "density": [0.5, 0.7]}  # those the method takes (SCE takes neither)
+    per_model = {k: v for k, v in values.items() if k in method.per_model.model_fields}
     ours, theirs = [], []
     for value in (False, True):
         shared = method.shared.model_validate({key: value})
-        rows = [method.per_model.model_validate(dict(zip(per_model, v))) for v in zip(*per_model.values())]
+        rows = [method.per_model.model_validate({k: v[i] for k, v in per_model.items()}) for i in range(2)]
         ours.append(method.merge_tensors(base, models, rows, shared, seed=5))
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(7)

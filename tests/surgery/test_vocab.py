@@ -414,16 +414,34 @@ def assert_refused(spec: dict, out, field: str, *fragments: str) -> None:
     assert not os.path.exists(out)
 
 
-def test_base_source_refuses_to_drop_a_models_tokens(fam, tmp_path):
-    assert_refused(union_spec(fam, "base"), tmp_path / "out", "tokenizer_source",
-                   f"model {fam['a']!r} (models.0.model) has 2 token(s)", "'<|tool|>', '<|think|>'",
-                   "set tokenizer_source: union")
+def test_base_source_drops_a_models_tokens_with_a_warning(fam, tmp_path):
+    """`base` keeps the base's vocabulary, as mergekit does: a's and b's new tokens are dropped (named
+    in a warning), and every base token's rows are those the union merge gives it."""
+    plan = plan_merge(parse_spec(union_spec(fam, "base")), "spec.yaml")
+    assert (f"{fam['a']!r} has 2 token(s) with embedding rows that the output vocabulary (of {fam['base']!r}) "
+            "lacks ('<|tool|>', '<|think|>'): their rows are dropped; set tokenizer_source: union to keep them"
+            ) in plan.vocab.warnings
+    kept = load_all(run_merge(plan, str(tmp_path / "base")))
+    union = merge(union_spec(fam), str(tmp_path / "union"))
+    assert vocab_of(str(tmp_path / "base")) == vocab_of(fam["base"])
+    for name in (EMBED, HEAD):
+        assert kept[name].shape == (128, 32)
+        assert torch.equal(kept[name][:115], union[name][:115])
 
 
-def test_unset_source_refuses_different_vocabularies(fam, tmp_path):
-    spec = {k: v for k, v in union_spec(fam, models=(("d", 0.5),)).items() if k != "tokenizer_source"}
-    assert_refused(spec, tmp_path / "out", "tokenizer_source", f"model {fam['d']!r} (models.0.model)",
-                   "120 vs 128 embedding rows", "shared token(s) with other ids", "set tokenizer_source: union")
+def test_unset_source_keeps_the_base_vocabulary(fam, tmp_path):
+    """Differing vocabularies without tokenizer_source: the base's vocabulary, as `base` gives it
+    (mergekit's legacy mode keeps the base's tokenizer), with a warning naming the difference."""
+    spec = union_spec(fam, "base", models=(("d", 0.5),))
+    unset = {k: v for k, v in spec.items() if k != "tokenizer_source"}
+    plan = plan_merge(parse_spec(unset), "spec.yaml")
+    warning = next(w for w in plan.vocab.warnings if w.startswith("tokenizer_source is not set"))
+    for fragment in (f"{fam['d']!r} against the base {fam['base']!r}", "120 vs 128 embedding rows",
+                     "shared token(s) with other ids", "the base's vocabulary is kept", "set tokenizer_source: union"):
+        assert fragment in warning
+    ours = load_all(run_merge(plan, str(tmp_path / "unset")))
+    assert ours.keys() == (explicit := merge(spec, str(tmp_path / "base"))).keys()
+    assert all(torch.equal(ours[k], explicit[k]) for k in ours)
 
 
 def test_tokenizer_source_must_be_a_merged_model(fam, tmp_path):

@@ -36,6 +36,8 @@ EXPECTED = {
               "<|assistant|>\nwater water<|im_end|>\n<|user|>\nnow day<|im_end|>\n<|assistant|>\nday<|im_end|>\n",
     "mistral": "<|im_start|>[INST] be brief\n\nwrite water two [/INST]water water<|im_end|>"
                "[INST] now day [/INST]day<|im_end|>",
+    "exaone": "[|system|]be brief[|endofturn|]\n[|user|]write water two\n[|assistant|]water water[|endofturn|]\n"
+              "[|user|]now day\n[|assistant|]day[|endofturn|]\n",
 }
 # what each template trains on in the two assistant turns
 TRAINED = {
@@ -45,6 +47,7 @@ TRAINED = {
     "alpaca": ["water water<|im_end|>\n\n", "day<|im_end|>\n\n"],
     "zephyr": ["water water<|im_end|>\n", "day<|im_end|>\n"],
     "mistral": ["water water<|im_end|>", "day<|im_end|>"],
+    "exaone": ["water water[|endofturn|]\n", "day[|endofturn|]\n"],
 }
 
 

@@ -350,3 +350,29 @@ def test_evaluate_scores_the_merge_and_refreshes_the_leaderboard(models, tmp_pat
     assert calls == [([str(tmp_path / "merged")], ["world_add", "world_reverse", "world_capital",
                                                     "world_capital_choice", "world_perplexity"], 3, False)]
     assert refreshed
+
+
+def test_every_method_is_offered_with_its_own_parameters(models, tmp_path):
+    """The method list is the registry: NuSLERP (two models, an optional base) keeps the weights and
+    offers its switches as drop-downs; Karcher takes counts and merges the base as one more input."""
+    async def go():
+        app = designer_app(models, tmp_path)
+        async with app.run_test(size=SIZE) as pilot:
+            designer = await fill_ties(pilot)
+            method = app.query_one("#method")
+            method.value = "nuslerp"
+            await settle(app)
+            flatten = app.query_one("#f-parameters-nuslerp_flatten")
+            assert isinstance(flatten, Select)
+            flatten.value = "false"
+            await settle(app)
+            assert designer.data["models"][0] == {"model": "math", "parameters": {"weight": 0.5}}
+            assert designer.data["parameters"] == {"nuslerp_flatten": False}
+            assert designer.error is None and len(designer.plan.jobs[0].models) == 2
+            method.value = "karcher"
+            await settle(app)
+            app.query_one("#f-parameters-max_iter").value = "5"
+            await settle(app)
+            assert designer.data["parameters"] == {"max_iter": 5}
+            assert designer.error is None and len(designer.plan.jobs[0].models) == 3  # math, code, base
+    run(go())

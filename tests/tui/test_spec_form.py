@@ -83,6 +83,6 @@ def test_compatibility_options_are_not_in_the_forms():
             if is_compat(f):
                 hidden += 1
                 assert key not in shared_fields(method) and key not in per_model_fields(method)
-    assert hidden == 9  # int8_mask of the eight task-vector methods, task_arithmetic's rescale
+    assert hidden == 10  # int8_mask of the eight task-vector methods and of sce, task_arithmetic's rescale
     assert "int8_mask" in REGISTRY["ties"].shared.model_fields and "int8_mask" not in shared_fields(REGISTRY["ties"])
     assert "rescale" in shared_fields(REGISTRY["ties"]) and "rescale" not in shared_fields(REGISTRY["task_arithmetic"])

@@ -109,6 +109,12 @@ class Stage:
     when: Condition = always
 
 
+BasePolicy = Literal["required", "optional", "unused", "merged"]
+# required: every other input is compared to the base_model; optional: so when a base_model is given,
+# else the models are merged alone; unused: a base_model is not an input unless listed among the
+# models; merged: a base_model is one more input, after the models, as mergekit adds it
+
+
 @dataclass(frozen=True)
 class Fallback:
     """A simpler merge a method falls back to on some tensors (SLERP's linear interpolation of nearly
@@ -127,7 +133,7 @@ class Method:
     reference: str = ""
     shared: type[Params] = NoParams
     per_model: type[Params] = NoParams
-    base: Literal["required", "unused"] = "required"
+    base: BasePolicy = "required"
     min_models: int = 1                    # inputs besides the base
     max_models: int | None = None
     stages: tuple[Stage, ...] = ()
@@ -141,6 +147,11 @@ class Method:
     check: Callable[[BaseModel, tuple[BaseModel, ...]], str | None] | None = None  # a problem the merge would
     # meet with a tensor's resolved (global, per-model) parameters, e.g. a division by a zero sum: the planner
     # raises it, so it stops a merge (and every point of a sweep) before anything is read
+
+    @property
+    def uses_base(self) -> bool:
+        """Whether a base_model given in the spec is the block's `base` (rather than absent or a model)."""
+        return self.base in ("required", "optional")
 
     def stages_for(self, shared: BaseModel, per_model: tuple[BaseModel, ...]) -> tuple[Callable, ...]:
         """The statistics passes a tensor with these parameters needs, in order."""

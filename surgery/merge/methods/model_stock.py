@@ -1,8 +1,9 @@
 """Model Stock: move from the base toward the average of the fine-tunes by a factor set from the
 angle between their task vectors, t = N cos / (1 + (N - 1) cos) (Jang et al. 2024,
 https://arxiv.org/abs/2403.19522). Tensor-wide cosines are one statistics stage; `filter_wise`
-computes them per row instead."""
+computes them per filter (vector along the last axis) instead."""
 
+import math
 from itertools import combinations
 
 import torch
@@ -12,16 +13,19 @@ from surgery.merge.methods.method import Block, Method, Params, Stage, Stats
 
 
 class StockShared(Params):
-    filter_wise: bool = Field(False, description="one interpolation factor per row instead of per tensor")
+    filter_wise: bool = Field(False, description="one interpolation factor per filter (vector along the last axis) "
+                              "instead of per tensor")
 
 
 def _rows(x: torch.Tensor) -> torch.Tensor:
-    """(r, c) view of a tensor's rows; a 1-d tensor is one row. flatten(1) also handles 0 rows."""
-    return x.reshape(1, -1) if x.dim() < 2 else x.flatten(1)
+    """(n, c) view of a tensor's filters, its vectors along the last axis (as mergekit takes them: a
+    conv kernel's (o, i, h, w) gives o * i * h vectors of w); a 1-d tensor is one vector. Blocks of
+    rows hold whole filters."""
+    return x.reshape(1, -1) if x.dim() < 2 else x.reshape(math.prod(x.shape[:-1]), x.shape[-1])
 
 
 def _flat(block: Block) -> list[torch.Tensor]:
-    if block.shared.filter_wise:  # (r, c): statistics per row
+    if block.shared.filter_wise:  # (n, c): statistics per filter
         return [_rows(m - block.base) for m in block.models]
     return [(m - block.base).reshape(1, -1).double() for m in block.models]
 
@@ -34,7 +38,7 @@ def products(block: Block, stats: Stats) -> Stats:
 
 
 def _cosine(block: Block, stats: Stats) -> torch.Tensor:
-    """Mean pairwise cosine of the task vectors: a scalar, or (r, 1) with filter_wise."""
+    """Mean pairwise cosine of the task vectors: a scalar, or (n, 1) with filter_wise."""
     cosines = []
     if block.shared.filter_wise:
         d = _flat(block)
