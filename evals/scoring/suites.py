@@ -17,6 +17,7 @@ TASKS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file_
 
 SUITES: dict[str, tuple[str, ...]] = {
     "world": ("world_add", "world_reverse", "world_capital", "world_capital_choice", "world_perplexity"),
+    "world_dev": ("world_add_dev", "world_reverse_dev", "world_refuse_dev"),  # for tuning merges, not for reports
     "general": ("bigbench_arithmetic", "bigbench_general_knowledge"),
     "alignment": ("refusal", "over_refusal"),
     "leaderboard": ("leaderboard",),
@@ -30,12 +31,36 @@ METRICS: dict[str, tuple[str, str]] = {
     "world_perplexity": ("byte_perplexity", "none"),
     "bigbench_arithmetic": ("exact_match", "first_number"), "bigbench_general_knowledge": ("acc", "none"),
     "refusal": ("exact_match", "none"), "over_refusal": ("exact_match", "none"),
+    "world_add_dev": ("exact_match", "none"), "world_reverse_dev": ("exact_match", "none"),
+    "world_refuse_dev": ("exact_match", "none"),
 }
 # what a local task's documents are made from, besides its own folder
 SOURCES = {"world": ("trainers/world/tasks.py", "trainers/world/countries.py"),
+           "world_dev": ("trainers/world/tasks.py", "trainers/world/countries.py"),
            "alignment": ("trainers/world/tasks.py",), "general": ()}
 DATA_FILES = {"bigbench_arithmetic": "general/bigbench_arithmetic.jsonl",
               "bigbench_general_knowledge": "general/bigbench_general_knowledge.jsonl"}
+
+# a local test split -> the development split of the same task, to tune on instead
+DEV_SPLITS = {"world_add": "world_add_dev", "world_reverse": "world_reverse_dev", "refusal": "world_refuse_dev",
+              "over_refusal": "world_refuse_dev"}
+# mergekit-evolve's list of public benchmarks (mergekit/evo/config.py), whose lm-eval tasks score test splits
+BENCHMARK_PREFIXES = ("mmlu", "hendrycks", "agieval", "gsm8k", "hellaswag", "winogrande", "arc_", "ai2_arc",
+                      "truthfulqa", "bigbench", "piqa", "openbookqa", "leaderboard")
+
+
+def tuning_warnings(tasks: list[str]) -> list[str]:
+    """A warning for each task that scores a test split, which a search should not tune on: a public
+    benchmark's (as mergekit-evolve warns; `*_train` tasks excepted) or a bundled suite's."""
+    out = []
+    for task in tasks:
+        if task in DEV_SPLITS:
+            out.append(f"task {task} is the small world's test split; tune on {DEV_SPLITS[task]} and keep {task} "
+                       "held out (--heldout), or the search's score on it says nothing about new inputs")
+        elif task.startswith(BENCHMARK_PREFIXES) and not task.endswith("_train"):
+            out.append(f"task {task} is a public benchmark's test split; a merge tuned on it overstates its score "
+                       "there and games the benchmark (mergekit warns the same): tune on a training or validation split")
+    return out
 
 
 def suite_tasks(suite: str) -> tuple[str, ...]:
