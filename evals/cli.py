@@ -394,6 +394,7 @@ def evolve(spec, out, models_dir, resume, workers, ray_address, worker_cpus, wor
     weights and densities; every candidate is merged, scored on the spec's tasks, recorded in the store
     (see `surgery leaderboard`) and deleted. Writes OUT/best.yaml, a spec `surgery merge` runs."""
     import os
+    from functools import partial
 
     from tqdm import tqdm
 
@@ -423,7 +424,7 @@ def evolve(spec, out, models_dir, resume, workers, ray_address, worker_cpus, wor
     out, scratch = os.path.abspath(out), os.path.abspath(scratch or os.path.join(out, "candidates"))
     with Store(db) as store:
         search = Search(parsed, genome, spec, out, scratch, HarnessScoring(tuple(tuned), settings), store,
-                        workers_for(workers, ray_address, worker_cpus, worker_gpus), tqdm.write)
+                        partial(workers_for, workers, ray_address, worker_cpus, worker_gpus), tqdm.write)
         state = _run_evolve(search, resume)
         click.echo(render(best_rows(state, genome), fmt).rstrip("\n"))
         if held and state.best() is not None:
@@ -441,18 +442,23 @@ def _check_evolve_tasks(tasks: list[str]) -> None:
 
 def _run_evolve(search, resume: bool):
     """The search with a progress bar over its budget; the workers closed however it ends."""
+    import os
     from dataclasses import replace
 
     from tqdm import tqdm
 
-    from evals.search.evolve import run_search
+    from evals.search.evolve import STATE, load_state, run_search
 
-    bar = tqdm(total=search.spec.budget, desc="evolve", unit="candidate")
+    done = load_state(search.out).evaluations if resume and os.path.isfile(os.path.join(search.out, STATE)) else 0
+    bar = tqdm(total=search.spec.budget, initial=done, desc="evolve", unit="candidate")
     try:
         state = run_search(replace(search, tick=lambda _: bar.update()), resume)
+    except KeyboardInterrupt:  # the generations done are kept: say so, rather than the usual "nothing written"
+        click.echo(f"interrupted: {search.out}/search.json keeps every finished generation; --resume continues",
+                   err=True)
+        raise SystemExit(130) from None
     finally:
         bar.close()
-        search.workers.close()
     click.echo(f"stopped: {state.stopped}", err=True)
     return state
 

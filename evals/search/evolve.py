@@ -224,7 +224,8 @@ def stop_reason(es, state: State, budget: int) -> str | None:
 @dataclass(frozen=True)
 class Search:
     """Where a search writes and what it needs: validated spec and genome, output and scratch folders,
-    the scorer, the store, the workers; `say` prints a line, `tick` counts a finished candidate."""
+    the scorer, the store, what makes the workers (started only once the record is checked, closed at
+    the end); `say` prints a line, `tick` counts a finished candidate."""
 
     spec: EvolveSpec
     genome: Genome
@@ -233,7 +234,7 @@ class Search:
     scratch: str
     score: Scoring
     store: Store
-    workers: InProcess  # or evals.search.workers.RayWorkers: anything with map() and close()
+    workers: Callable[[], InProcess] = InProcess  # makes them once the search starts: InProcess, RayWorkers, ...
     say: Callable[[str], None] = lambda _: None
     tick: Callable[[int], None] = lambda _: None
 
@@ -266,17 +267,21 @@ def run_search(search: Search, resume: bool = False) -> State:
     es = optimiser(search.genome, search.spec)
     replay(es, state, search.out)
     os.makedirs(search.out, exist_ok=True)
-    while (reason := stop_reason(es, state, search.spec.budget)) is None:
-        before = state.best()
-        asked = es.ask()
-        generation = evaluate_generation(search, len(state.generations), asked)
-        es.tell(asked, [r.fitness for r in generation])
-        state.generations.append(generation)
-        if state.best() != before:
-            publish_best(search, state)
-        save_state(state, search.out)
-        save_plot(state, search.out)
-        search.say(generation_line(state))
+    workers = search.workers()
+    try:
+        while (reason := stop_reason(es, state, search.spec.budget)) is None:
+            before = state.best()
+            asked = es.ask()
+            generation = evaluate_generation(search, workers, len(state.generations), asked)
+            es.tell(asked, [r.fitness for r in generation])
+            state.generations.append(generation)
+            if state.best() != before:
+                publish_best(search, state)
+            save_state(state, search.out)
+            save_plot(state, search.out)
+            search.say(generation_line(state))
+    finally:
+        workers.close()
     state.stopped = reason
     save_state(state, search.out)
     if os.path.isdir(search.scratch) and not os.listdir(search.scratch):
@@ -284,11 +289,11 @@ def run_search(search: Search, resume: bool = False) -> State:
     return state
 
 
-def evaluate_generation(search: Search, g: int, asked: Sequence[np.ndarray]) -> list[Record]:
+def evaluate_generation(search: Search, workers, g: int, asked: Sequence[np.ndarray]) -> list[Record]:
     """Every candidate of generation `g` merged and scored by the workers, recorded in the store."""
     jobs = [Job(merge_spec(search.genome, x, search.spec.seed, search.spec.dtype), f"generation {g} candidate {i}",
                 os.path.join(search.scratch, f"g{g:03d}-c{i:02d}"), search.score) for i, x in enumerate(asked)]
-    outcomes = search.workers.map(jobs, search.tick)
+    outcomes = workers.map(jobs, search.tick)
     return [record(search, g, i, x, job, o) for i, (x, job, o) in enumerate(zip(asked, jobs, outcomes))]
 
 

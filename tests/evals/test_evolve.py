@@ -27,7 +27,7 @@ from evals.scoring.scores import TaskScore
 from evals.scoring.store import Store
 from evals.scoring.suites import tuning_warnings
 from evals.search.candidates import merge_spec as merge_into
-from evals.search.evolve import InProcess, Search, fitness, load_state, run_search
+from evals.search.evolve import InProcess, Search, fitness, run_search
 from evals.search.genome import TaskSpec, merge_spec, parse_evolve_spec, resolve_genome
 from surgery.cli import main as surgery_main
 from surgery.errors import InputError, OutputError, SpecError
@@ -85,7 +85,7 @@ def _search(world, out, data=None, score=None, workers=None) -> Search:
     genome = resolve_genome(spec.genome, "evolve.yaml", None, models)
     store = Store(str(out) + ".sqlite")
     return Search(spec, genome, "evolve.yaml", str(out), os.path.join(str(out), "candidates"), score or closeness,
-                  store, workers or InProcess())
+                  store, workers or InProcess)
 
 
 def _record(out) -> list:
@@ -266,21 +266,24 @@ def test_the_best_spec_runs_with_surgery_merge_and_gives_the_best(whole, tmp_pat
 
 
 def test_resume_continues_exactly(whole, world, tmp_path):
-    """Two generations, then --resume with the budget raised to three: the record the whole run left."""
+    """The whole run's record cut to two generations, then --resume: the third generation it ran."""
     out = tmp_path / "out"
-    run_search(_search(world, out, _spec(budget=8)))
-    assert len(_record(out)) == 2
-    state = run_search(_search(world, out, _spec(budget=12)), resume=True)
+    out.mkdir()
+    with open(os.path.join(whole[0].out, "search.json")) as f:
+        data = json.load(f)
+    (out / "search.json").write_text(json.dumps({**data, "generations": data["generations"][:2]}))
+    state = run_search(_search(world, out), resume=True)
     assert _record(out) == _record(whole[0].out) and state.best() == whole[1].best()
 
 
 def test_a_generation_cut_short_is_evaluated_again(whole, world, tmp_path):
+    """Stopped at the second candidate of generation 1, then resumed: the whole run's first two generations."""
     out = tmp_path / "out"
     with pytest.raises(KeyboardInterrupt):
-        run_search(_search(world, out, score=replace(world[1], fail_at="g001-c02")))
-    assert len(_record(out)) == 1  # generation 0 kept; 1 stopped at its third candidate
-    run_search(_search(world, out), resume=True)
-    assert _record(out) == _record(whole[0].out)
+        run_search(_search(world, out, _spec(budget=8), score=replace(world[1], fail_at="g001-c01")))
+    assert len(_record(out)) == 1  # generation 0 kept
+    run_search(_search(world, out, _spec(budget=8)), resume=True)
+    assert _record(out) == _record(whole[0].out)[:2]
 
 
 def test_a_resume_refuses_another_search(world, whole):
@@ -302,13 +305,8 @@ def test_two_ray_workers_give_the_same_search(whole, world, tmp_path):
     from evals.search.workers import RayWorkers
 
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the test's scorer, for the workers
-    workers = RayWorkers(2)
-    try:
-        state = run_search(_search(world, tmp_path / "out", workers=workers))
-    finally:
-        workers.close()
-    assert _record(tmp_path / "out") == _record(whole[0].out) and state.best() == whole[1].best()
-    assert load_state(str(tmp_path / "out")).identity == load_state(whole[0].out).identity
+    state = run_search(_search(world, tmp_path / "out", _spec(budget=8), workers=lambda: RayWorkers(2)))
+    assert _record(tmp_path / "out") == _record(whole[0].out)[:2] and state.evaluations == 8
 
 
 def test_a_bound_outside_the_methods_range_stops_the_command_before_anything_is_written(llama, tmp_path):
