@@ -24,7 +24,7 @@ from surgery.errors import InputError, SpecError
 from surgery.io.locate import resolve_path
 from surgery.merge.methods import REGISTRY
 from surgery.merge.params import check_value
-from surgery.merge.spec import read_spec_data
+from surgery.merge.spec import DTypeName, read_spec_data
 from trainers.spec import at_line, first_error
 
 # method -> the per-model parameters the search tunes (mergekit's METHOD_PARAM_MAPS, widened to every
@@ -92,7 +92,7 @@ class EvolveSpec(BaseModel):
     population: int | None = Field(None, ge=2, description="candidates per generation (default: cma's 4 + 3 ln n)")
     sigma0: float = Field(1 / 6, gt=0, le=1, description="CMA-ES's initial step, as a share of each gene's range")
     seed: int = Field(0, description="seeds the optimiser and every merge's random draws")
-    dtype: str | None = Field(None, description="dtype of the candidates written (default: the inputs')")
+    dtype: DTypeName | None = Field(None, description="dtype of the candidates written (default: the inputs')")
 
     @field_validator("tasks")
     @classmethod

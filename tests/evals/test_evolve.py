@@ -29,6 +29,7 @@ from evals.scoring.suites import tuning_warnings
 from evals.search.candidates import merge_spec as merge_into
 from evals.search.evolve import InProcess, Search, fitness, run_search
 from evals.search.genome import TaskSpec, merge_spec, parse_evolve_spec, resolve_genome
+from evals.search.heldout import heldout_rows
 from surgery.cli import main as surgery_main
 from surgery.errors import InputError, OutputError, SpecError
 from tests.surgery.reference_checkpoints import digest, run_cli
@@ -322,3 +323,33 @@ def test_a_bound_outside_the_methods_range_stops_the_command_before_anything_is_
     assert "Traceback" not in result.output
     assert not os.path.exists(tmp_path / "out") and not os.path.exists(tmp_path / "db")
     assert digest(str(spec), *llama.values()) == before
+
+
+def test_held_out_rows_test_each_task_and_the_pooled_documents():
+    """Task a: the best right on 6 of 8 documents the baseline gets wrong, no loss: exact McNemar
+    p = 2 / 2^6 = 0.03125. Over-refusal (lower is better): the best refuses neither benign request,
+    the baseline both; pooled, 8 wins and no loss: p = 2 / 2^8 = 0.0078125."""
+    def score(task, outcomes):
+        return TaskScore(task, "exact_match", sum(outcomes) / len(outcomes), None, len(outcomes), None, outcomes)
+
+    table = {"/b/best": {"a": score("a", (1,) * 6 + (0, 0)), "over_refusal": score("over_refusal", (0, 0))},
+             "/b/base": {"a": score("a", (0,) * 8), "over_refusal": score("over_refusal", (1, 1))}}
+    rows = heldout_rows(table, "/b/best", ["/b/base"], ["a", "over_refusal"])
+    by_task = {r["task"]: r for r in rows}
+    assert [r["baseline"] for r in rows] == ["base"] * 3
+    assert (by_task["a"]["best"], by_task["a"]["baseline score"], by_task["a"]["change"]) == (0.75, 0.0, 0.75)
+    assert by_task["a"]["p (McNemar)"] == "0.0312" and by_task["a"]["wins/losses"] == "6/0"
+    assert (by_task["over_refusal"]["best"], by_task["over_refusal"]["change"]) == (1.0, 1.0)
+    assert by_task["all"]["change"] == 0.8 and by_task["all"]["p (McNemar)"] == "0.00781"
+    assert by_task["all"]["verdict"] == "significant" and by_task["all"]["wins/losses"] == "8/0"
+
+
+def test_the_progress_figure_draws_every_candidate_and_the_best_so_far(tmp_path):
+    from evals.report.plots import evolve_figure, save_png
+
+    fig = evolve_figure([[0.2, None, 0.5], [0.4, 0.7]])
+    ax = fig.axes[0]
+    assert [c.get_offsets().tolist() for c in ax.collections] == [[[1, 0.2], [3, 0.5]], [[4, 0.4], [5, 0.7]]]
+    (line,) = ax.get_lines()
+    assert list(line.get_xdata()) == [1, 2, 3, 4, 5] and list(line.get_ydata()) == [0.2, 0.2, 0.5, 0.5, 0.7]
+    assert save_png(fig, str(tmp_path / "p.png")).endswith("p.png")
