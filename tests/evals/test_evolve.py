@@ -27,7 +27,7 @@ from evals.scoring.scores import TaskScore
 from evals.scoring.store import Store
 from evals.scoring.suites import tuning_warnings
 from evals.search.candidates import merge_spec as merge_into
-from evals.search.evolve import InProcess, Search, fitness, run_search
+from evals.search.evolve import InProcess, Search, fitness, load_state, run_search
 from evals.search.genome import TaskSpec, merge_spec, parse_evolve_spec, resolve_genome
 from evals.search.heldout import heldout_rows
 from surgery.cli import main as surgery_main
@@ -353,3 +353,30 @@ def test_the_progress_figure_draws_every_candidate_and_the_best_so_far(tmp_path)
     (line,) = ax.get_lines()
     assert list(line.get_xdata()) == [1, 2, 3, 4, 5] and list(line.get_ydata()) == [0.2, 0.2, 0.5, 0.5, 0.7]
     assert save_png(fig, str(tmp_path / "p.png")).endswith("p.png")
+
+
+def test_the_command_with_lm_eval(char_model, tmp_path):
+    """`surgery evolve` end to end on untrained character models (their scores are noise; the wiring is
+    the point): one generation of two candidates scored by lm-eval, stored, the best table printed, a
+    warning for a test split, and the best spec and model written."""
+    from trainers.world.zoo import init_model
+
+    models = tmp_path / "models"
+    models.mkdir()
+    os.symlink(char_model, models / "base")
+    for i, name in enumerate(("add", "reverse"), start=1):
+        init_model(str(models / name), seed=i)
+    spec = tmp_path / "evolve.yaml"
+    spec.write_text("genome: {models: [add, reverse], merge_method: ties, base_model: base}\n"
+                    "tasks: [world_add]\nlimit: 1\nbudget: 2\npopulation: 2\n")
+    db, out = tmp_path / "evals.sqlite", tmp_path / "out"
+    result = run_cli("evolve", spec, "--out", out, "--models-dir", models, "--db", db, "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    assert "warning: task world_add is the small world's test split; tune on world_add_dev" in result.output
+    assert "stopped: budget: 2 evaluations done" in result.output and "density" in result.output
+    state = load_state(str(out))
+    with Store(str(db)) as store:
+        for r in state.generations[0]:
+            assert store.scores(r.hash)["world_add"].n == 1 and store.lineage(r.hash)["evolve"]["generation"] == 0
+    assert os.path.isfile(out / "best.yaml") and open_checkpoint(str(out / "best")).hash == state.record(
+        state.best()).hash
