@@ -370,14 +370,16 @@ def merge_quality(merged, experts, suite, png, fmt, db) -> None:
               "1 runs them one after another in this process (no Ray); more start Ray workers on this machine.")
 @click.option("--ray-address", help="Join this Ray cluster (e.g. auto, or ray://HOST:10001) instead of starting one; "
               "every node needs surgery installed and the models at the same paths.")
-@click.option("--worker-cpus", type=click.FloatRange(0, min_open=True), default=1.0, show_default=True,
-              help="CPUs Ray gives each candidate's merge and evaluation.")
+@click.option("--worker-cpus", type=click.IntRange(1), default=1, show_default=True,
+              help="CPUs (torch threads) of each candidate's merge and evaluation, in this process as in a Ray "
+                   "worker: the same arithmetic whatever the workers.")
 @click.option("--worker-gpus", type=click.FloatRange(0), default=0.0, show_default=True,
               help="GPUs Ray gives each candidate (1: a GPU of its own; lm-eval then runs on it).")
 @click.option("--scratch", type=click.Path(file_okay=False), help="Where candidates are merged before they are scored "
               "and deleted (default OUT/candidates; on a cluster, a path every node can write).")
 @click.option("--heldout", metavar="T1,T2,...", help="After the search, score the best and each --against on these "
-              "tasks (not tuned on) and test every difference (McNemar, paired bootstrap).")
+              "tasks (not tuned on; every document, whatever the spec's limit) and test every difference (McNemar, "
+              "paired bootstrap).")
 @click.option("--against", multiple=True, type=click.Path(), help="A baseline for --heldout: a merge spec (merged "
               "into OUT/against/NAME; relative models under --models-dir) or a model folder. Repeat for more.")
 @alpha_option
@@ -394,6 +396,7 @@ def evolve(spec, out, models_dir, resume, workers, ray_address, worker_cpus, wor
     weights and densities; every candidate is merged, scored on the spec's tasks, recorded in the store
     (see `surgery leaderboard`) and deleted. Writes OUT/best.yaml, a spec `surgery merge` runs."""
     import os
+    from dataclasses import replace
     from functools import partial
 
     from tqdm import tqdm
@@ -402,7 +405,7 @@ def evolve(spec, out, models_dir, resume, workers, ray_address, worker_cpus, wor
     from evals.scoring.harness import HarnessSettings
     from evals.scoring.store import Store
     from evals.scoring.suites import tuning_warnings
-    from evals.search.evolve import HarnessScoring, Search, best_rows
+    from evals.search.evolve import HarnessScoring, Search, best_rows, cpu_threads
     from evals.search.genome import ignored_fields, load_evolve_spec, resolve_genome
     from evals.search.heldout import check_baselines, check_heldout
     from evals.search.workers import workers_for
@@ -424,11 +427,13 @@ def evolve(spec, out, models_dir, resume, workers, ray_address, worker_cpus, wor
     out, scratch = os.path.abspath(out), os.path.abspath(scratch or os.path.join(out, "candidates"))
     with Store(db) as store:
         search = Search(parsed, genome, spec, out, scratch, HarnessScoring(tuple(tuned), settings), store,
-                        partial(workers_for, workers, ray_address, worker_cpus, worker_gpus), tqdm.write)
+                        partial(workers_for, workers, ray_address, worker_cpus, worker_gpus), worker_cpus, tqdm.write)
         state = _run_evolve(search, resume)
         click.echo(render(best_rows(state, genome), fmt).rstrip("\n"))
         if held and state.best() is not None:
-            _evolve_heldout(os.path.join(out, "best"), against, held, out, models_dir, settings, store, alpha, fmt)
+            with cpu_threads(worker_cpus):  # the full test splits, whatever the spec's limit
+                _evolve_heldout(os.path.join(out, "best"), against, held, out, models_dir,
+                                replace(settings, limit=None), store, alpha, fmt)
 
 
 def _check_evolve_tasks(tasks: list[str]) -> None:

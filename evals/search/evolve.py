@@ -22,7 +22,8 @@ import json
 import math
 import os
 import shutil
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -64,6 +65,7 @@ class Job:
     label: str    # names the candidate in the engine's errors
     folder: str
     score: Scoring
+    threads: int = 1  # torch's CPU threads for it, the same in every worker, so the arithmetic is too
 
 
 @dataclass(frozen=True)
@@ -77,7 +79,27 @@ class Outcome:
 
 
 def run_candidate(job: Job) -> Outcome:
-    """Merge, hash, score, delete: the whole of a worker's task (in this process or a Ray worker)."""
+    """Merge, hash, score, delete: the whole of a worker's task (in this process or a Ray worker), on
+    `job.threads` CPU threads (restored after)."""
+    with cpu_threads(job.threads):
+        return _merge_and_score(job)
+
+
+@contextmanager
+def cpu_threads(n: int) -> Iterator[None]:
+    """torch on `n` CPU threads inside, as before after. (More threads than free cores slow a loaded
+    machine many times over, and the count can change the last bits of a matmul.)"""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _merge_and_score(job: Job) -> Outcome:
     try:
         folder = merge_into(job.spec, job.label, job.folder)
     except NumericsError as e:  # a genotype whose merge is NaN (all weights zero under normalize, say)
@@ -235,6 +257,7 @@ class Search:
     score: Scoring
     store: Store
     workers: Callable[[], InProcess] = InProcess  # makes them once the search starts: InProcess, RayWorkers, ...
+    threads: int = 1  # CPU threads of each candidate's merge and evaluation, whatever the workers
     say: Callable[[str], None] = lambda _: None
     tick: Callable[[int], None] = lambda _: None
 
@@ -292,7 +315,8 @@ def run_search(search: Search, resume: bool = False) -> State:
 def evaluate_generation(search: Search, workers, g: int, asked: Sequence[np.ndarray]) -> list[Record]:
     """Every candidate of generation `g` merged and scored by the workers, recorded in the store."""
     jobs = [Job(merge_spec(search.genome, x, search.spec.seed, search.spec.dtype), f"generation {g} candidate {i}",
-                os.path.join(search.scratch, f"g{g:03d}-c{i:02d}"), search.score) for i, x in enumerate(asked)]
+                os.path.join(search.scratch, f"g{g:03d}-c{i:02d}"), search.score, search.threads)
+            for i, x in enumerate(asked)]
     outcomes = workers.map(jobs, search.tick)
     return [record(search, g, i, x, job, o) for i, (x, job, o) in enumerate(zip(asked, jobs, outcomes))]
 

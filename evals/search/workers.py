@@ -15,7 +15,7 @@ from surgery.errors import InputError
 class RayWorkers:
     """Candidates as Ray tasks; results come back in the order of the jobs, whatever order they finish in."""
 
-    def __init__(self, workers: int, address: str | None = None, cpus: float = 1.0, gpus: float = 0.0):
+    def __init__(self, workers: int, address: str | None = None, cpus: int = 1, gpus: float = 0.0):
         try:
             import ray
         except ImportError:
@@ -55,6 +55,6 @@ class RayWorkers:
         self.ray.shutdown()
 
 
-def workers_for(count: int, address: str | None, cpus: float, gpus: float) -> InProcess | RayWorkers:
+def workers_for(count: int, address: str | None, cpus: int, gpus: float) -> InProcess | RayWorkers:
     """In this process for one worker on this machine; Ray tasks for more, or to join a cluster."""
     return RayWorkers(count, address, cpus, gpus) if address or count > 1 else InProcess()

@@ -212,7 +212,7 @@ def test_fitness_is_minus_the_weighted_oriented_scores():
         fitness(scores, [TaskSpec(name="over_refusal", metric="acc,none")])
 
 
-def test_the_dev_splits_hold_no_test_prompt():
+def test_the_dev_splits_hold_no_test_prompt_and_add_and_reverse_no_trained_one():
     sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "evals", "tasks"))
     try:
         from alignment import alignment_data
@@ -226,7 +226,9 @@ def test_the_dev_splits_hold_no_test_prompt():
                                         "refuse": alignment_data.TEST_ROWS}
     for task, held in world_dev_data.TEST_ROWS.items():
         dev = {r["prompt"] for r in world_dev_data.dev_rows(task)}
-        assert len(dev) >= 50 and not dev & {r["prompt"] for r in splits(task, 0, held)[1]}
+        assert len(dev) == world_dev_data.DEV_ROWS and not dev & {r["prompt"] for r in splits(task, 0, held)[1]}
+        if task != "refuse":  # fresh: never trained on either (refuse's few requests are all trained on)
+            assert not dev & world_dev_data.trained(task)
 
 
 # ---- the search ---------------------------------------------------------------------------------------

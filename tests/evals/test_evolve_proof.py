@@ -13,6 +13,7 @@ import json
 import os
 
 import pytest
+import yaml
 
 from tests.surgery.reference_checkpoints import run_cli
 
@@ -50,7 +51,9 @@ def proof(zoo, tmp_path_factory):
 def test_evolved_ties_beats_uniform_ties_and_linear_on_the_held_out_splits(proof):
     with open(proof / "evolve" / "search.json") as f:
         record = json.load(f)
-    assert sum(len(g) for g in record["generations"]) <= 64
+    with open(SEARCH) as f:
+        budget = yaml.safe_load(f)["budget"]
+    assert sum(len(g) for g in record["generations"]) <= budget
     with open(proof / "evolve" / "heldout.json") as f:
         rows = json.load(f)
     pooled = {r["baseline"]: r for r in rows if r["task"] == "all"}
@@ -63,7 +66,7 @@ def test_two_ray_workers_give_the_same_search(proof, zoo):
     """Two generations with two local Ray workers: the in-process search's first two, candidate for candidate."""
     spec = proof / "two.yaml"
     with open(SEARCH) as f:
-        spec.write_text(f.read().replace("budget: 64", "budget: 16"))
+        spec.write_text(yaml.safe_dump({**yaml.safe_load(f), "budget": 16}))
     result = run_cli("evolve", spec, "--out", proof / "ray", "--models-dir", zoo, "--db", proof / "ray.sqlite",
                      "--device", "cpu", "--workers", "2")
     assert result.exit_code == 0, result.output
