@@ -357,6 +357,7 @@ def test_the_progress_figure_draws_every_candidate_and_the_best_so_far(tmp_path)
     assert save_png(fig, str(tmp_path / "p.png")).endswith("p.png")
 
 
+@pytest.mark.slow  # about 15 s, most of it lm-eval's start; the proof (also slow) runs the command in full
 def test_the_command_with_lm_eval(char_model, tmp_path):
     """`surgery evolve` end to end on untrained character models (their scores are noise; the wiring is
     the point): one generation of two candidates scored by lm-eval, stored, the best table printed, a
