@@ -49,7 +49,8 @@ def worker_adapter(args: list[str]) -> None:
             tensors[f"{key}.lora_B.weight"] = torch.randn(out, rank, generator=generator) * 0.01
     os.makedirs(folder, exist_ok=True)
     save_file(tensors, os.path.join(folder, "adapter_model.safetensors"))
-    LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=list(TARGETS), base_model_name_or_path=base).save_pretrained(folder)
+    LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=list(TARGETS),
+               base_model_name_or_path=base).save_pretrained(folder)
 
 
 def worker_peft(args: list[str]) -> None:
@@ -70,7 +71,8 @@ WORKERS = {"adapter": worker_adapter, "peft": worker_peft}
 # ---- the runner (no torch here: children's peak RSS must not start from ours) -------------------
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description="Benchmark surgery fold against PEFT merge_and_unload (see bench/README.md).")
+    p = argparse.ArgumentParser(
+        description="Benchmark surgery fold against PEFT merge_and_unload (see bench/README.md).")
     p.add_argument("--quick", action="store_true", help="small model: 2 layers, vocab 16384")
     p.add_argument("--rank", type=int, default=16, help="LoRA rank")
     p.add_argument("--repeat", type=int, default=1, help="runs of each (alternating order); the fastest is reported")
@@ -105,7 +107,8 @@ def timed(name: str, cmd: list[str], out: str, logs: str, inputs: list[str]) -> 
     m = measure(cmd, os.path.join(logs, f"fold-{name}.log"))
     if m.exit_code:
         sys.exit(f"error: {name} failed; see {m.log}")
-    print(f"{name:8} {m.wall_s:7.1f} s wall, {m.cpu_s:7.1f} s CPU, peak RSS {m.maxrss_kib * 1024 / GB:5.2f} GB", flush=True)
+    print(f"{name:8} {m.wall_s:7.1f} s wall, {m.cpu_s:7.1f} s CPU, peak RSS {m.maxrss_kib * 1024 / GB:5.2f} GB",
+          flush=True)
     return asdict(m)
 
 

@@ -66,7 +66,8 @@ class Shape:
         for i in range(self.layers):
             p = f"model.layers.{i}."
             out += [(p + "input_layernorm.weight", (h,)), (p + "post_attention_layernorm.weight", (h,)),
-                    (p + "mlp.gate_proj.weight", (self.intermediate, h)), (p + "mlp.up_proj.weight", (self.intermediate, h)),
+                    (p + "mlp.gate_proj.weight", (self.intermediate, h)),
+                    (p + "mlp.up_proj.weight", (self.intermediate, h)),
                     (p + "mlp.down_proj.weight", (h, self.intermediate)),
                     (p + "self_attn.q_proj.weight", (h, h)), (p + "self_attn.q_proj.bias", (h,)),
                     (p + "self_attn.k_proj.weight", (kv, h)), (p + "self_attn.k_proj.bias", (kv,)),
@@ -390,7 +391,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--shard-mb", type=int, default=1024, help="input model shard size in MiB")
     p.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of " + ",".join(METHODS))
     p.add_argument("--engines", default="mergekit,surgery", help="comma-separated subset of mergekit,surgery")
-    p.add_argument("--repeat", type=int, default=1, help="runs per engine and method (alternating order); the fastest is reported")
+    p.add_argument("--repeat", type=int, default=1,
+                   help="runs per engine and method (alternating order); the fastest is reported")
     p.add_argument("--block-size", default="16M", help="surgery's --block-size (its default)")
     p.add_argument("--tag", default="latest", help="results are saved as bench/results/TAG.json and TAG.md")
     return p.parse_args(argv)
@@ -470,8 +472,8 @@ def compare_outputs(method: str, out_dir: str, shape: Shape, logs: str) -> dict:
     if not (os.path.isdir(a) and os.path.isdir(b)):
         return {"error": "an output is missing"}
     names = ["model.embed_tokens.weight", "model.layers.0.self_attn.q_proj.weight",
-             f"model.layers.{shape.layers // 2}.mlp.down_proj.weight", f"model.layers.{shape.layers - 1}.self_attn.v_proj.bias",
-             "model.norm.weight"]
+             f"model.layers.{shape.layers // 2}.mlp.down_proj.weight",
+             f"model.layers.{shape.layers - 1}.self_attn.v_proj.bias", "model.norm.weight"]
     done = subprocess.run([PYTHON, __file__, "compare", a, b, *names], capture_output=True, text=True, env=child_env())
     if done.returncode:
         with open(os.path.join(logs, f"compare-{method}.log"), "w") as f:
@@ -575,8 +577,10 @@ def markdown(results: dict) -> str:
     s = results["shape"]
     lines = [f"# surgery vs mergekit {results['versions']['mergekit']} — {results['started']['time']}", "",
              f"Models: Qwen2-like, vocab {s['vocab']}, hidden {s['hidden']}, intermediate {s['intermediate']}, "
-             f"{s['layers']} layers, {results['params'] / 1e6:.0f}M params, {results['model_bytes'] / GB:.2f} GB bf16 each. "
-             f"Machine: {results['machine']['cpus']} CPUs ({results['machine']['cpu']}), {results['machine']['mem_gb']:.0f} GB RAM. "
+             f"{s['layers']} layers, {results['params'] / 1e6:.0f}M params, "
+             f"{results['model_bytes'] / GB:.2f} GB bf16 each. "
+             f"Machine: {results['machine']['cpus']} CPUs ({results['machine']['cpu']}), "
+             f"{results['machine']['mem_gb']:.0f} GB RAM. "
              f"surgery {results['versions']['surgery']} with --block-size {results['args']['block_size']}; "
              f"torch {results['versions']['torch']}; best of {results['args']['repeat']} run(s) per engine.",
              f"Load at start: `{results['started']['uptime']}`; before the timed runs (after any model build): "
@@ -598,8 +602,8 @@ def markdown(results: dict) -> str:
               f"write {results['io_floor']['runs'][0]['write_bytes'] / GB:.2f} GB): "
               f"{floor:.1f} s (runs: {', '.join(format(f['wall_s'], '.1f') for f in results['io_floor']['runs'])})"
               + (f"; surgery linear / floor = {lin['wall_s'] / floor:.2f}x (target <= 1.5x)." if lin else "."),
-              f"Start-up (interpreter + imports), inside every wall time above: surgery {results['import_s']['surgery']} s, "
-              f"mergekit {results['import_s']['mergekit']} s.", "",
+              "Start-up (interpreter + imports), inside every wall time above: "
+              f"surgery {results['import_s']['surgery']} s, mergekit {results['import_s']['mergekit']} s.", "",
               "Peak RSS is the child's ru_maxrss (anonymous + file-backed pages). Sampled peaks (GB), anon / file:", ""]
     for method, r in results["methods"].items():
         parts = [f"{e} {r[e]['peak_anon_kib'] * 1024 / GB:.2f} / {r[e]['peak_file_kib'] * 1024 / GB:.2f}"
@@ -632,7 +636,8 @@ def _compare_lines(method: str, c: dict | None) -> list[str]:
         return []
     if "error" in c:
         return [f"- {method}: {c['error']}"]
-    out = [f"- {method}: tensors only in mergekit's output {c['only_in_a'] or 'none'}, only in surgery's {c['only_in_b'] or 'none'}"]
+    out = [f"- {method}: tensors only in mergekit's output {c['only_in_a'] or 'none'}, "
+           f"only in surgery's {c['only_in_b'] or 'none'}"]
     for name, d in c["tensors"].items():
         out.append(f"  - `{name}`: " + (d["error"] if "error" in d else
                    f"max |diff| {d['max_abs_diff']:.3g} (max |value| {d['max_abs_value']:.3g}, "

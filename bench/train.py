@@ -1,5 +1,6 @@
-"""Benchmark the SFT training loop (trainers/loop.py) against TRL's SFTTrainer: training throughput
-(tokens per second) and peak memory, full fine-tuning and LoRA, on the same model, rows and batches.
+"""Benchmark the SFT training loop (trainers/loops/offline.py) against TRL's SFTTrainer: training
+throughput (tokens per second) and peak memory, full fine-tuning and LoRA, on the same model, rows and
+batches.
 
 The model is a Llama built here from seeded noise (hidden 512, 8 layers, vocab 32000 by default) with
 a word-level tokenizer over a made-up 32000-word vocabulary and a ChatML template; the data are
@@ -68,7 +69,8 @@ def made_up_words(n: int, rng: random.Random) -> list[str]:
         "a e i o u ai ea ie oo ou".split(), ["", "", "n", "r", "s", "t", "l", "m", "nd", "st", "ck"]
     out, seen = [], set(SPECIALS + ROLE_WORDS)
     while len(out) < n:
-        w = "".join(rng.choice(onsets) + rng.choice(vowels) + rng.choice(codas) for _ in range(rng.choice((1, 2, 2, 3, 3, 4))))
+        w = "".join(rng.choice(onsets) + rng.choice(vowels) + rng.choice(codas)
+                    for _ in range(rng.choice((1, 2, 2, 3, 3, 4))))
         if w not in seen:
             seen.add(w)
             out.append(w)
@@ -132,11 +134,11 @@ def worker_build(args: list[str]) -> None:
 # ---- the two sides (child processes) -------------------------------------------------------------
 
 def worker_ours(args: list[str]) -> None:
-    """Our loop, `trainers.loop.train`, as `surgery train` runs it (tqdm off), with two taps: the
+    """Our loop, `trainers.loops.train`, as `surgery train` runs it (tqdm off), with two taps: the
     batches each step builds (token counts) and the per-step log record (a timestamp)."""
     cfg, out = json.loads(args[0]), args[1]
     start_torch(cfg["threads"])
-    from trainers import loop
+    from trainers.loops import offline, session, train
     from trainers.spec import parse_run
 
     spec = {
@@ -150,7 +152,7 @@ def worker_ours(args: list[str]) -> None:
     steps: list[dict] = []
     pending: list[dict] = []
     base_rss = {}
-    step_batches, write = loop.step_batches, loop.Log.write
+    step_batches, write = offline.step_batches, session.Log.write
 
     def tapped_batches(*a, **k):
         batches = step_batches(*a, **k)
@@ -162,19 +164,21 @@ def worker_ours(args: list[str]) -> None:
     def tapped_write(self, record):
         write(self, record)
         if "loss" in record and "step" in record:
-            steps.append({"t": time.perf_counter(), "cpu": time.process_time(), "loss": record["loss"], **pending.pop(0)})
+            steps.append({"t": time.perf_counter(), "cpu": time.process_time(), "loss": record["loss"],
+                          **pending.pop(0)})
             if record["step"] == cfg["steps"]:
                 base_rss["after_last_step_maxrss_kib"] = maxrss_kib()
 
-    loop.step_batches, loop.Log.write = tapped_batches, tapped_write
+    offline.step_batches, session.Log.write = tapped_batches, tapped_write
     t0 = time.perf_counter()
-    loop.train(parse_run(spec, "bench-train.yaml"), quiet=True)
+    train(parse_run(spec, "bench-train.yaml"), quiet=True)
     write_report(out, cfg, steps, {"t_start": t0, "t_end": time.perf_counter(), **base_rss})
 
 
 def method_spec(cfg: dict) -> dict:
     if cfg["method"] == "lora":
-        return {"name": "lora", "r": cfg["lora_r"], "alpha": cfg["lora_alpha"], "dropout": 0.0, "target_modules": "all-linear"}
+        return {"name": "lora", "r": cfg["lora_r"], "alpha": cfg["lora_alpha"], "dropout": 0.0,
+                "target_modules": "all-linear"}
     return {"name": "full"}
 
 
@@ -264,7 +268,8 @@ WORKERS = {"build": worker_build, "ours": worker_ours, "trl": worker_trl}
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Benchmark our SFT loop against TRL's SFTTrainer (see bench/README.md).")
-    p.add_argument("--quick", action="store_true", help="hidden 256, 4 layers, vocab 8192, 5 steps (1 warm-up): ~1 minute")
+    p.add_argument("--quick", action="store_true",
+                   help="hidden 256, 4 layers, vocab 8192, 5 steps (1 warm-up): ~1 minute")
     p.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of " + ",".join(METHODS))
     p.add_argument("--sides", default=",".join(SIDES), help="comma-separated subset of " + ",".join(SIDES))
     p.add_argument("--steps", type=int, help="optimizer steps per run (default 8, quick 5)")
@@ -274,14 +279,17 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--max-length", type=int, default=512, help="max tokens per row (rows are built to fit)")
     p.add_argument("--threads", type=int, default=1, help="torch threads in each child (the same on both sides)")
     p.add_argument("--trl-optim", default="adamw_torch",
-                   help="TRL's optim: adamw_torch (torch.optim.AdamW, as our loop) or adamw_torch_fused (TRL's default)")
-    p.add_argument("--repeat", type=int, default=1, help="runs per side and method (order alternating); the fastest is reported")
+                   help="TRL's optim: adamw_torch (torch.optim.AdamW, as our loop) or adamw_torch_fused "
+                        "(TRL's default)")
+    p.add_argument("--repeat", type=int, default=1,
+                   help="runs per side and method (order alternating); the fastest is reported")
     p.add_argument("--tag", default="train", help="results are saved as bench/results/TAG.json and TAG.md")
     return p.parse_args(argv)
 
 
 def setup_of(args: argparse.Namespace) -> Setup:
-    return Setup(vocab=8192, hidden=256, intermediate=688, layers=4, heads=4, kv_heads=2, rows=128) if args.quick else Setup()
+    return (Setup(vocab=8192, hidden=256, intermediate=688, layers=4, heads=4, kv_heads=2, rows=128) if args.quick
+            else Setup())
 
 
 def ensure_model(s: Setup, args: argparse.Namespace, logs: str) -> str:
@@ -297,7 +305,8 @@ def ensure_model(s: Setup, args: argparse.Namespace, logs: str) -> str:
 
 def child_cfg(side: str, method: str, model: str, args: argparse.Namespace, steps: int, warmup: int) -> dict:
     return {"side": side, "method": method, "model": model, "threads": args.threads, "steps": steps, "warmup": warmup,
-            "batch": args.batch, "grad_accum": args.grad_accum, "max_length": args.max_length, "lr": 1e-4 if method == "full" else 1e-3,
+            "batch": args.batch, "grad_accum": args.grad_accum, "max_length": args.max_length,
+            "lr": 1e-4 if method == "full" else 1e-3,
             "lr_warmup": 1, "seed": 0, "lora_r": 16, "lora_alpha": 32, "trl_optim": args.trl_optim,
             "out": os.path.join(RESULTS, "out", f"train-{side}-{method}")}
 
@@ -314,8 +323,9 @@ def one_run(side: str, method: str, model: str, args, steps: int, warmup: int, l
         return {"measured": asdict(m), "failed": True}
     out = summarize_run(r, warmup)
     out["measured"] = {**asdict(m), "cpu_s": m.cpu_s}
-    print(f"{out['real_tok_s']:7.0f} real tok/s ({out['step_s']:.2f} s/step, {out['real_tok_cpu_s']:.0f} per CPU s), peak RSS {m.maxrss_kib * 1024 / GB:5.2f} GB, "
-          f"wall {m.wall_s:5.1f} s, other work {m.other_cpu_s:5.1f} CPU s", flush=True)
+    print(f"{out['real_tok_s']:7.0f} real tok/s ({out['step_s']:.2f} s/step, {out['real_tok_cpu_s']:.0f} per CPU s), "
+          f"peak RSS {m.maxrss_kib * 1024 / GB:5.2f} GB, wall {m.wall_s:5.1f} s, other work {m.other_cpu_s:5.1f} CPU s",
+          flush=True)
     return out
 
 
@@ -327,7 +337,8 @@ def summarize_run(r: dict, warmup: int) -> dict:
     cpu = timed[-1]["cpu"] - steps[warmup - 1]["cpu"]  # this process's CPU time over the timed steps
     tot = {k: sum(s[k] for s in timed) for k in ("real", "slots", "trained")}
     durations = [b["t"] - a["t"] for a, b in zip(steps[warmup - 1:], timed)]
-    return {"timed_steps": len(timed), "timed_s": secs, "step_s": secs / len(timed), **{f"{k}_tokens": v for k, v in tot.items()},
+    return {"timed_steps": len(timed), "timed_s": secs, "step_s": secs / len(timed),
+            **{f"{k}_tokens": v for k, v in tot.items()},
             "timed_cpu_s": cpu, "real_tok_cpu_s": tot["real"] / cpu,
             "real_tok_s": tot["real"] / secs, "trained_tok_s": tot["trained"] / secs, "slot_tok_s": tot["slots"] / secs,
             "step_durations_s": [round(d, 3) for d in durations],
@@ -376,14 +387,16 @@ def versions() -> dict:
 def markdown(results: dict) -> str:
     s, a = results["setup"], results["args"]
     lines = [f"# our SFT loop vs TRL {results['versions']['trl']} SFTTrainer — {results['started']['time']}", "",
-             f"Model: Llama, vocab {s['vocab']}, hidden {s['hidden']}, intermediate {s['intermediate']}, {s['layers']} layers, "
-             f"{s['heads']} heads ({s['kv_heads']} KV), untied, float32. Batch {a['batch']} rows = {a['grad_accum']} micro-batches "
-             f"of {a['batch'] // a['grad_accum']}, max length {a['max_length']}, AdamW (TRL optim `{a['trl_optim']}`), "
-             f"{results['steps']} steps of which the first {results['warmup']} are not timed; {a['threads']} torch thread(s) each. "
+             f"Model: Llama, vocab {s['vocab']}, hidden {s['hidden']}, intermediate {s['intermediate']}, "
+             f"{s['layers']} layers, {s['heads']} heads ({s['kv_heads']} KV), untied, float32. "
+             f"Batch {a['batch']} rows = {a['grad_accum']} micro-batches of {a['batch'] // a['grad_accum']}, "
+             f"max length {a['max_length']}, AdamW (TRL optim `{a['trl_optim']}`), {results['steps']} steps of which "
+             f"the first {results['warmup']} are not timed; {a['threads']} torch thread(s) each. "
              f"Machine: {results['machine']['cpus']} CPUs ({results['machine']['cpu']}). Load at start: "
              f"`{results['started']['uptime']}`; at end: `{results['finished']['uptime']}`.", "",
-             "| method | side | real tok/s | trained tok/s | s/step | real tok per CPU s | peak RSS GB | RSS at step 1 GB | "
-             "CPU s (whole child) | other work CPU s | step-1 loss |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| method | side | real tok/s | trained tok/s | s/step | real tok per CPU s | peak RSS GB | "
+             "RSS at step 1 GB | CPU s (whole child) | other work CPU s | step-1 loss |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for method, r in results["methods"].items():
         for side in SIDES:
             x = r.get(side)
@@ -391,10 +404,10 @@ def markdown(results: dict) -> str:
                 lines.append(f"| {method} | {side} | failed | | | | | | | | |")
                 continue
             m = x["measured"]
-            lines.append(f"| {method} | {side} | {x['real_tok_s']:.0f} | {x['trained_tok_s']:.0f} | {x['step_s']:.2f} | "
-                         f"{x['real_tok_cpu_s']:.0f} | "
-                         f"{m['maxrss_kib'] * 1024 / GB:.2f} | {x['rss_before_first_step_gb']:.2f} | {m['cpu_s']:.1f} | "
-                         f"{m['other_cpu_s']:.1f} | {x['losses'][0]:.4f} |")
+            lines.append(f"| {method} | {side} | {x['real_tok_s']:.0f} | {x['trained_tok_s']:.0f} | "
+                         f"{x['step_s']:.2f} | {x['real_tok_cpu_s']:.0f} | "
+                         f"{m['maxrss_kib'] * 1024 / GB:.2f} | {x['rss_before_first_step_gb']:.2f} | "
+                         f"{m['cpu_s']:.1f} | {m['other_cpu_s']:.1f} | {x['losses'][0]:.4f} |")
     lines += [""]
     for method, r in results["methods"].items():
         o, t = r.get("ours"), r.get("trl")
@@ -403,10 +416,11 @@ def markdown(results: dict) -> str:
             ratio = o["real_tok_s"] / t["real_tok_s"]
             cpu_ratio = o["real_tok_cpu_s"] / t["real_tok_cpu_s"]
             rss = o["measured"]["maxrss_kib"] / t["measured"]["maxrss_kib"]
-            lines.append(f"- {method}: ours / TRL throughput {ratio:.2f}x (per CPU second {cpu_ratio:.2f}x), peak RSS {rss:.2f}x "
-                         f"({'target met' if ratio >= 1 and rss <= 1 else 'target missed'}); per-step token counts "
-                         f"{'identical' if same else 'DIFFER'} ({o['real_tokens']} real, {o['slots_tokens']} padded slots, "
-                         f"{o['trained_tokens']} trained tokens timed); step times ours {o['step_durations_s']}, "
+            lines.append(f"- {method}: ours / TRL throughput {ratio:.2f}x (per CPU second {cpu_ratio:.2f}x), "
+                         f"peak RSS {rss:.2f}x ({'target met' if ratio >= 1 and rss <= 1 else 'target missed'}); "
+                         f"per-step token counts {'identical' if same else 'DIFFER'} ({o['real_tokens']} real, "
+                         f"{o['slots_tokens']} padded slots, {o['trained_tokens']} trained tokens timed); "
+                         f"step times ours {o['step_durations_s']}, "
                          f"TRL {t['step_durations_s']}.")
     return "\n".join(lines) + "\n"
 

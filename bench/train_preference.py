@@ -1,7 +1,7 @@
-"""Benchmark the preference trainers against TRL's: DPO through our shared loop (trainers/loop.py with
-trainers/objectives/dpo.py) against TRL's DPOTrainer, and our GRPO loop (trainers/grpo.py) against TRL's
-GRPOTrainer: optimizer steps per second, tokens per second, CPU time and peak memory, on the same
-model, rows, batches and hyperparameters.
+"""Benchmark the preference trainers against TRL's: DPO through our offline loop
+(trainers/loops/offline.py with trainers/objectives/dpo.py) against TRL's DPOTrainer, and our GRPO loop
+(trainers/loops/grpo_rollouts.py) against TRL's GRPOTrainer: optimizer steps per second, tokens per
+second, CPU time and peak memory, on the same model, rows, batches and hyperparameters.
 
 The model is bench/train.py's seeded Llama with its word-level tokenizer and ChatML template (by
 default its `--quick` model: hidden 256, 4 layers, vocab 8192). The data are made up here from the
@@ -119,16 +119,16 @@ def our_spec(cfg: dict) -> dict:
 
 def worker_ours(args: list[str]) -> None:
     """`surgery train` on the spec above (progress bar off), with two taps: the step's batches (DPO:
-    the shared loop's `step_batches`; GRPO: `rollout`, timed) and the per-step log record (a clock)."""
+    the offline loop's `step_batches`; GRPO: `rollout`, timed) and the per-step log record (a clock)."""
     cfg, out = json.loads(args[0]), args[1]
     start_torch(cfg["threads"])
-    from trainers import grpo, loop
+    from trainers.loops import grpo_rollouts, offline, session, train
     from trainers.spec import parse_run
 
     steps: list[dict] = []
     pending: list[dict] = []
     extra: dict = {}
-    step_batches, rollout, write = loop.step_batches, grpo.rollout, loop.Log.write
+    step_batches, rollout, write = offline.step_batches, grpo_rollouts.rollout, session.Log.write
 
     def tapped_batches(*a, **k):
         batches = step_batches(*a, **k)
@@ -147,13 +147,14 @@ def worker_ours(args: list[str]) -> None:
     def tapped_write(self, record):
         write(self, record)
         if "loss" in record and "step" in record:
-            steps.append({"t": time.perf_counter(), "cpu": time.process_time(), "loss": record["loss"], **pending.pop(0)})
+            steps.append({"t": time.perf_counter(), "cpu": time.process_time(), "loss": record["loss"],
+                          **pending.pop(0)})
             if record["step"] == cfg["steps"]:
                 extra["after_last_step_maxrss_kib"] = maxrss_kib()
 
-    loop.step_batches, grpo.rollout, loop.Log.write = tapped_batches, tapped_rollout, tapped_write
+    offline.step_batches, grpo_rollouts.rollout, session.Log.write = tapped_batches, tapped_rollout, tapped_write
     t0 = time.perf_counter()
-    loop.train(parse_run(our_spec(cfg), "bench-preference.yaml"), quiet=True)
+    train(parse_run(our_spec(cfg), "bench-preference.yaml"), quiet=True)
     write_report(out, cfg, steps, {"t_start": t0, "t_end": time.perf_counter(), **extra})
 
 
@@ -200,8 +201,8 @@ def trl_dpo(cfg: dict, torch, pending: list[dict]):
         return AutoModelForCausalLM.from_pretrained(cfg["model"], dtype=torch.float32)
 
     args = DPOConfig(**trl_common(cfg), per_device_train_batch_size=cfg["batch"] // cfg["grad_accum"],
-                     max_length=cfg["max_length"], beta=cfg["beta"], loss_type=["sigmoid"], precompute_ref_log_probs=False,
-                     train_sampling_strategy="sequential")
+                     max_length=cfg["max_length"], beta=cfg["beta"], loss_type=["sigmoid"],
+                     precompute_ref_log_probs=False, train_sampling_strategy="sequential")
     trainer = DPOTrainer(model=load(), ref_model=load(), args=args, train_dataset=data,
                          processing_class=AutoTokenizer.from_pretrained(cfg["model"]))
     collate = trainer.data_collator
@@ -238,8 +239,9 @@ def trl_grpo(cfg: dict, torch, pending: list[dict]):
         t, cpu = time.perf_counter(), time.process_time()
         out = rollout(inputs)
         mask = torch.cat([out["prompt_mask"], out["completion_mask"]], dim=1)  # (P*G, Tp + Tc) as TRL trains on them
-        pending.append({"real": int(mask.sum()), "slots": int(mask.numel()), "trained": int(out["completion_mask"].sum()),
-                        "rollout_s": time.perf_counter() - t, "rollout_cpu_s": time.process_time() - cpu})
+        pending.append({"real": int(mask.sum()), "slots": int(mask.numel()),
+                        "trained": int(out["completion_mask"].sum()), "rollout_s": time.perf_counter() - t,
+                        "rollout_cpu_s": time.process_time() - cpu})
         return out
 
     trainer._generate_and_score_completions = tapped_rollout
@@ -290,12 +292,15 @@ WORKERS = {"ours": worker_ours, "trl": worker_trl}
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Benchmark our DPO and GRPO against TRL's trainers (see bench/README.md).")
-    p.add_argument("--quick", action="store_true", help="hidden 128, 2 layers, vocab 4096, shorter rows, 4 steps (1 warm-up)")
-    p.add_argument("--objectives", default=",".join(OBJECTIVES), help="comma-separated subset of " + ",".join(OBJECTIVES))
+    p.add_argument("--quick", action="store_true",
+                   help="hidden 128, 2 layers, vocab 4096, shorter rows, 4 steps (1 warm-up)")
+    p.add_argument("--objectives", default=",".join(OBJECTIVES),
+                   help="comma-separated subset of " + ",".join(OBJECTIVES))
     p.add_argument("--sides", default=",".join(SIDES), help="comma-separated subset of " + ",".join(SIDES))
     p.add_argument("--steps", type=int, help="optimizer steps per run (default 10, quick 4)")
     p.add_argument("--warmup", type=int, help="first steps left out of the timing (default 2, quick 1)")
-    p.add_argument("--batch", type=int, default=8, help="DPO: pairs per optimizer step; GRPO: prompts per step is batch / 2")
+    p.add_argument("--batch", type=int, default=8,
+                   help="DPO: pairs per optimizer step; GRPO: prompts per step is batch / 2")
     p.add_argument("--grad-accum", type=int, default=2, help="micro-batches per step")
     p.add_argument("--group", type=int, default=8, help="GRPO: completions per prompt (TRL's num_generations)")
     p.add_argument("--max-new-tokens", type=int, help="GRPO: longest completion (default 32, quick 16)")
@@ -335,7 +340,8 @@ def one_run(side: str, objective: str, model: str, data: dict, a: argparse.Names
     shutil.rmtree(cfg["out"], ignore_errors=True)
     print(f"  {objective:4s} {side:4s} ...", end=" ", flush=True)
     name = f"pref-{objective}-{side}-{rep}"
-    m, r = run_child(__file__, side, cfg, os.path.join(logs, name + ".json"), os.path.join(logs, name + ".log"), a.threads)
+    m, r = run_child(__file__, side, cfg, os.path.join(logs, name + ".json"), os.path.join(logs, name + ".log"),
+                     a.threads)
     shutil.rmtree(cfg["out"], ignore_errors=True)
     if r is None or len(r["steps"]) != a.steps:
         print(f"FAILED (exit {m.exit_code}, see {m.log})", flush=True)
@@ -354,9 +360,11 @@ def summarize_run(r: dict, warmup: int) -> dict:
     out.update(steps_s=out["timed_steps"] / out["timed_s"], steps_cpu_s=out["timed_steps"] / out["timed_cpu_s"])
     timed = r["steps"][warmup:]
     if "rollout_s" in timed[0]:
-        out["rollout_share"] = sum(s["rollout_s"] for s in timed) / out["timed_s"]  # sampling, rewards, reference log-probs
+        # sampling, rewards, reference log-probs
+        out["rollout_share"] = sum(s["rollout_s"] for s in timed) / out["timed_s"]
         out["rollout_cpu_step_s"] = sum(s["rollout_cpu_s"] for s in timed) / len(timed)
-        out["update_cpu_step_s"] = out["timed_cpu_s"] / len(timed) - out["rollout_cpu_step_s"]  # forward, backward, step
+        # forward, backward, step
+        out["update_cpu_step_s"] = out["timed_cpu_s"] / len(timed) - out["rollout_cpu_step_s"]
         out["rewards"] = [s.get("reward") for s in r["steps"]]
     return out
 
@@ -397,15 +405,16 @@ def markdown(results: dict) -> str:
     s, a = results["setup"], results["args"]
     trl = results["versions"]["trl"]
     lines = [f"# our DPO and GRPO vs TRL {trl} DPOTrainer and GRPOTrainer — {results['started']['time']}", "",
-             f"Model: Llama, vocab {s['vocab']}, hidden {s['hidden']}, intermediate {s['intermediate']}, {s['layers']} layers, "
-             f"{s['heads']} heads ({s['kv_heads']} KV), float32, a frozen copy as the reference (beta {a['beta']}). "
-             f"DPO: {a['batch']} pairs per step in {a['grad_accum']} micro-batches, max length {a['max_length']}. GRPO: "
-             f"{a['batch'] // 2} prompts x {a['group']} completions per step in {a['grad_accum']} micro-batches, up to "
-             f"{a['max_new_tokens']} new tokens, temperature 1. AdamW, cosine, {a['steps']} steps of which the first "
-             f"{a['warmup']} are not timed; {a['threads']} torch thread(s) each. Machine: {results['machine']['cpus']} CPUs. "
-             f"Load at start: `{results['started']['uptime']}`; at end: `{results['finished']['uptime']}`.", "",
-             "| objective | side | steps/s | s/step | steps per CPU s | real tok/s | real tok per CPU s | rollout share | "
-             "peak RSS GB | RSS at step 1 GB | CPU s (whole child) | other work CPU s |",
+             f"Model: Llama, vocab {s['vocab']}, hidden {s['hidden']}, intermediate {s['intermediate']}, "
+             f"{s['layers']} layers, {s['heads']} heads ({s['kv_heads']} KV), float32, a frozen copy as the reference "
+             f"(beta {a['beta']}). DPO: {a['batch']} pairs per step in {a['grad_accum']} micro-batches, "
+             f"max length {a['max_length']}. GRPO: {a['batch'] // 2} prompts x {a['group']} completions per step in "
+             f"{a['grad_accum']} micro-batches, up to {a['max_new_tokens']} new tokens, temperature 1. AdamW, cosine, "
+             f"{a['steps']} steps of which the first {a['warmup']} are not timed; {a['threads']} torch thread(s) each. "
+             f"Machine: {results['machine']['cpus']} CPUs. Load at start: `{results['started']['uptime']}`; "
+             f"at end: `{results['finished']['uptime']}`.", "",
+             "| objective | side | steps/s | s/step | steps per CPU s | real tok/s | real tok per CPU s | "
+             "rollout share | peak RSS GB | RSS at step 1 GB | CPU s (whole child) | other work CPU s |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for objective, r in results["objectives"].items():
         for side in SIDES:
@@ -416,8 +425,9 @@ def markdown(results: dict) -> str:
             m = x["measured"]
             share = f"{x['rollout_share']:.2f}" if "rollout_share" in x else "—"
             lines.append(f"| {objective} | {side} | {x['steps_s']:.3f} | {x['step_s']:.2f} | {x['steps_cpu_s']:.3f} | "
-                         f"{x['real_tok_s']:.0f} | {x['real_tok_cpu_s']:.0f} | {share} | {m['maxrss_kib'] * 1024 / GB:.2f} | "
-                         f"{x['rss_before_first_step_gb']:.2f} | {m['cpu_s']:.1f} | {m['other_cpu_s']:.1f} |")
+                         f"{x['real_tok_s']:.0f} | {x['real_tok_cpu_s']:.0f} | {share} | "
+                         f"{m['maxrss_kib'] * 1024 / GB:.2f} | {x['rss_before_first_step_gb']:.2f} | "
+                         f"{m['cpu_s']:.1f} | {m['other_cpu_s']:.1f} |")
     lines += [""] + [line for objective, r in results["objectives"].items() for line in comparison(objective, r)]
     return "\n".join(lines) + "\n"
 
@@ -428,8 +438,8 @@ def comparison(objective: str, r: dict) -> list[str]:
         return []
     rss = o["measured"]["maxrss_kib"] / t["measured"]["maxrss_kib"]
     line = (f"- {objective}: ours / TRL steps per second {o['steps_s'] / t['steps_s']:.2f}x (per CPU second "
-            f"{o['steps_cpu_s'] / t['steps_cpu_s']:.2f}x), peak RSS {rss:.2f}x; step times ours {o['step_durations_s']}, "
-            f"TRL {t['step_durations_s']}.")
+            f"{o['steps_cpu_s'] / t['steps_cpu_s']:.2f}x), peak RSS {rss:.2f}x; "
+            f"step times ours {o['step_durations_s']}, TRL {t['step_durations_s']}.")
     if "rollout_cpu_step_s" in o:
         line += (f" CPU s per step, rollout (sampling, rewards, reference log-probs) + update (forward, backward, "
                  f"AdamW): ours {o['rollout_cpu_step_s']:.2f} + {o['update_cpu_step_s']:.2f}, TRL "
@@ -443,8 +453,9 @@ def comparison(objective: str, r: dict) -> list[str]:
     else:
         trained = [(x["trained"], y["trained"]) for x, y in zip(o["per_step_counts"], t["per_step_counts"])]
         line += (f" Completion tokens by step (ours, TRL): {trained}; real tokens timed {o['real_tokens']} and "
-                 f"{t['real_tokens']}, padded slots {o['slots_tokens']} and {t['slots_tokens']}; mean reward by step ours "
-                 f"{[round(x, 3) for x in o['rewards']]}, TRL {[round(x, 3) if x is not None else None for x in t['rewards']]}.")
+                 f"{t['real_tokens']}, padded slots {o['slots_tokens']} and {t['slots_tokens']}; "
+                 f"mean reward by step ours {[round(x, 3) for x in o['rewards']]}, "
+                 f"TRL {[round(x, 3) if x is not None else None for x in t['rewards']]}.")
     return [line]
 
 

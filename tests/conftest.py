@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -14,6 +15,26 @@ import torch
 from surgery.demo.tiny import build_family, build_model
 
 torch.set_num_threads(1)
+
+# Markers that keep a test out of every run whose -m expression does not name them. (pyproject's addopts
+# cannot hold `-m 'not slow and not gpu'`: a second -m on the command line would replace it, so
+# `-m 'not integration'` would start running the slow and GPU tests.)
+OPT_IN = ("slow", "gpu")
+
+
+def named_markers(expression: str) -> set[str]:
+    """The marker names an -m expression mentions: 'slow or not gpu' -> {'slow', 'gpu'}."""
+    return set(re.findall(r"[A-Za-z_]\w*", expression)) - {"and", "or", "not"}
+
+
+def pytest_collection_modifyitems(config, items):
+    """Deselect each test marked with an OPT_IN marker that the -m expression does not name."""
+    asked = named_markers(config.getoption("markexpr") or "")
+    unasked = [m for m in OPT_IN if m not in asked]
+    dropped = [item for item in items if any(item.get_closest_marker(m) for m in unasked)]
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = [item for item in items if item not in dropped]
 
 
 @pytest.fixture(scope="session")

@@ -60,7 +60,8 @@ def test_the_checker_catches_each_rule():
     source = "import os\ndef f():\n    from evals.scoring.scores import x\n    import textual.app\nimport click\n"
     assert imported(source) == {"os", "evals.scoring.scores", "textual.app", "click"}
     assert violations("trainers", "loop.py", imported(source)) == [
-        "imports evals, which sits above trainers", "imports click outside a cli.py or cli/", "imports textual outside tui/"]
+        "imports evals, which sits above trainers", "imports click outside a cli.py or cli/",
+        "imports textual outside tui/"]
     assert violations("surgery", "engine.py", {"tui.app", "trainers"}) == [
         "imports trainers, which sits above surgery", "imports tui, which sits above surgery"]
     assert violations("tui", "cli.py", {"click", "textual", "surgery.merge.plan", "evals"}) == []

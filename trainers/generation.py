@@ -73,7 +73,8 @@ def sample(model, tokenizer, prompts: list[str], *, template: Template, n: int =
 
 def check_options(n: int, max_new_tokens: int, temperature: float, top_p: float, batch_size: int) -> None:
     if n < 1 or max_new_tokens < 1 or batch_size < 1:
-        raise InputError(f"sampling needs n, max_new_tokens and batch_size >= 1 (got {n}, {max_new_tokens}, {batch_size})")
+        raise InputError("sampling needs n, max_new_tokens and batch_size >= 1 "
+                         f"(got {n}, {max_new_tokens}, {batch_size})")
     if temperature < 0 or not 0 < top_p <= 1:
         raise InputError(f"sampling needs temperature >= 0 and 0 < top_p <= 1 (got {temperature}, {top_p})")
 

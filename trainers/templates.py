@@ -43,7 +43,8 @@ ZEPHYR = (
 )
 # Mistral instruct: no system role; a system message is put before the first user message.
 MISTRAL = (
-    "{{ bos_token }}{% if messages and messages[0]['role'] == 'system' %}{% set sys = messages[0]['content'] + '\n\n' %}"
+    "{{ bos_token }}{% if messages and messages[0]['role'] == 'system' %}"
+    "{% set sys = messages[0]['content'] + '\n\n' %}"
     "{% set rest = messages[1:] %}{% else %}{% set sys = '' %}{% set rest = messages %}{% endif %}"
     "{% for m in rest %}{% if m['role'] == 'user' %}[INST] {% if loop.first %}{{ sys }}{% endif %}"
     "{{ m['content'] }} [/INST]{% else %}{{ m['content'] }}{{ eos_token }}{% endif %}{% endfor %}"
@@ -83,7 +84,8 @@ def render(tokenizer, template: Template, messages: list[dict], add_generation_p
                                          add_generation_prompt=add_generation_prompt)
 
 
-def assistant_spans(tokenizer, template: Template, messages: list[dict], where: str) -> tuple[str, list[tuple[int, int]]]:
+def assistant_spans(tokenizer, template: Template, messages: list[dict],
+                    where: str) -> tuple[str, list[tuple[int, int]]]:
     """The rendered conversation and the character spans of its assistant turns.
 
     A turn runs from the end of the assistant header (the render of the earlier messages with the

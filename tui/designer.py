@@ -4,8 +4,9 @@ the YAML at all times, where the models' task vectors conflict, then run the mer
 progress bar, cancel it, and score the result on a suite.
 
 Every decision is the engine's: the spec is checked by `surgery.merge.spec` and `surgery.merge.plan`, merged by
-`surgery.merge.engine.run_merge`, compared by `surgery.diagnose.diff`, scored by `evals.scoring.run.evaluate`. Long work runs
-in worker threads; widgets are updated on the interface's thread through `call_from_thread`.
+`surgery.merge.engine.run_merge`, compared by `surgery.diagnose.diff`, scored by `evals.scoring.run.evaluate`
+on a suite of `evals.scoring.suites`. Long work runs in worker threads; widgets are updated on the
+interface's thread through `call_from_thread`.
 """
 
 from __future__ import annotations
@@ -23,16 +24,16 @@ from textual.message import Message
 from textual.widget import Widget
 from textual.widgets import Checkbox, Input, Label, ProgressBar, RichLog, Select, Static, TabbedContent, TabPane
 
+from evals.scoring.suites import suite_names
 from surgery.errors import SpecError, SurgeryError
 from surgery.io.locate import resolve_path
 from surgery.merge.engine import DEFAULT_BLOCK, Cancelled, Options, run_merge
 from surgery.merge.methods import REGISTRY
 from surgery.merge.plan import MergePlan, plan_merge
-from surgery.merge.spec import MergeSpec, parse_spec
+from surgery.merge.spec import DTYPE_NAMES, MergeSpec, parse_spec
 from tui.conflict_map import conflict_map
 from tui.picker import ModelPicker
 from tui.spec_form import (
-    DTYPES,
     check_spec,
     choices,
     drop_model,
@@ -48,7 +49,6 @@ from tui.spec_form import (
 )
 from tui.throughput import Throughput, size
 
-SUITES = ("world", "general", "alignment", "leaderboard")  # evals.scoring.suites.SUITES, in the order offered
 SHOWN_EVERY_S = 0.1  # the progress bar is redrawn at most this often
 PLAN_AFTER_S = 0.25  # the models are opened once typing pauses this long, not at every key
 
@@ -164,7 +164,7 @@ class Designer(Vertical):
         yield Static("output", classes="section")
         with Horizontal(classes="line"):
             yield Label("dtype", classes="key")
-            yield Select([(d, d) for d in DTYPES], value=self.texts["dtype"], allow_blank=False, compact=True,
+            yield Select([(d, d) for d in DTYPE_NAMES], value=self.texts["dtype"], allow_blank=False, compact=True,
                          id=dom_id("dtype"))
             yield Label(" seed ")
             yield self._input("seed", "0")
@@ -178,7 +178,7 @@ class Designer(Vertical):
             yield Input(self._default_spec_file(), id="save", compact=True)
         with Horizontal(classes="line"):
             yield Label("eval suite", classes="key")
-            yield Select([(s, s) for s in SUITES], value="world", allow_blank=False, compact=True, id="suite")
+            yield Select([(s, s) for s in suite_names()], value="world", allow_blank=False, compact=True, id="suite")
             yield Label(" limit ")
             yield Input("", placeholder="all", id="limit", type="integer", valid_empty=True, compact=True)
         yield self._error("")
@@ -536,7 +536,8 @@ class Designer(Vertical):
 
         try:
             with Store(self.db) as store:  # opened on this thread: an SQLite connection stays on its thread
-                table = evaluate([path], list(suite_tasks(suite)), HarnessSettings(limit=limit), store, force=False, say=say)
+                table = evaluate([path], list(suite_tasks(suite)), HarnessSettings(limit=limit), store, force=False,
+                                 say=say)
         except SurgeryError as e:
             self.app.call_from_thread(self._scored, "failed", f"error: {e}")
             return

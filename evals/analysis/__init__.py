@@ -1,1 +1,3 @@
-"""What scores mean: metrics (G, tax, normalised accuracy), significance tests, continual-learning metrics, the Pareto front, lineage and expert selection."""
+"""What scores mean: metrics (G, tax, normalised accuracy), significance tests, continual-learning
+metrics, the Pareto front, lineage and expert selection.
+"""

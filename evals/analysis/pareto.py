@@ -9,7 +9,8 @@ from evals.scoring.scores import ScoreTable
 from surgery.errors import InputError
 
 
-def pareto_points(table: ScoreTable, general: Suite, alignment: Suite) -> tuple[dict[str, tuple[float, float]], list[str]]:
+def pareto_points(table: ScoreTable, general: Suite,
+                  alignment: Suite) -> tuple[dict[str, tuple[float, float]], list[str]]:
     """({run: (alignment G, general G)}, the runs left out because a suite's task was not scored on them)."""
     points, skipped = {}, []
     for name, scores in table.items():

@@ -1,1 +1,3 @@
-"""Scoring checkpoints: the lm-eval harness, the suites, the results store keyed by weight hash, checkpoint identity and chat-template checks."""
+"""Scoring checkpoints: the lm-eval harness, the suites, the results store keyed by weight hash,
+checkpoint identity and chat-template checks.
+"""

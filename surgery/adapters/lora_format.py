@@ -33,7 +33,8 @@ def saved_key(tensor: str) -> str:
     return PREFIX + tensor
 
 
-def adapter_config(ranks: dict[str, int], kinds: dict[str, str], saved: list[str], base: str, task_type: str | None) -> dict:
+def adapter_config(ranks: dict[str, int], kinds: dict[str, str], saved: list[str], base: str,
+                   task_type: str | None) -> dict:
     """adapter_config.json: one LoRA per module in `ranks`, scaling lora_alpha / r = 1 for every module.
 
     `r` is the most common rank; modules of other ranks go in rank_pattern, with alpha_pattern equal

@@ -24,7 +24,8 @@ from dataclasses import dataclass, field
 import torch
 
 from surgery.adapters.combine import COMBINATIONS, SPARSE, Term, cat, combined_delta, svd_factors
-from surgery.adapters.config import WEIGHTS, AdapterConfig, raw_config, read_config
+from surgery.adapters.config import WEIGHTS, AdapterConfig, raw_config
+from surgery.adapters.load import read_config
 from surgery.adapters.lora_format import adapter_config, factor_keys
 from surgery.adapters.lowrank import relative_error
 from surgery.adapters.mapping import AdapterWeights, group_parts
@@ -92,7 +93,8 @@ def check_settings(s: AdapterMergeSettings) -> None:
     if s.combination is None:
         raise SpecError("--combination", "", f"needed for LoRA adapters: one of {', '.join(COMBINATIONS)}")
     if s.combination not in COMBINATIONS:
-        raise SpecError("--combination", str(s.combination), f"LoRA adapters merge with one of {', '.join(COMBINATIONS)}")
+        raise SpecError("--combination", str(s.combination),
+                        f"LoRA adapters merge with one of {', '.join(COMBINATIONS)}")
     if s.combination == "cat" and s.rank is not None:
         raise SpecError("--rank", str(s.rank), "cat's rank is the sum of the input ranks; drop --rank, or use svd")
     if s.rank is not None and s.rank < 1:
@@ -109,8 +111,9 @@ def open_source(path: str, weight: float) -> AdapterInput:
     raw = raw_config(path)
     kind = str(raw.get("peft_type", "")).upper()
     if kind != "LORA":
-        raise InputError(f"{os.path.join(path, 'adapter_config.json')}: peft_type: {kind or 'missing'} cannot be merged "
-                         "in adapter space (LoRA and soft prompts can); fold it into the base with `surgery fold`")
+        raise InputError(f"{os.path.join(path, 'adapter_config.json')}: peft_type: {kind or 'missing'} cannot be "
+                         "merged in adapter space (LoRA and soft prompts can); fold it into the base with "
+                         "`surgery fold`")
     config = read_config(path)
     for flag, what in (("use_dora", "DoRA renormalises W + delta per column, so DoRA adapters do not add up"),
                        ("lora_bias", "lora_bias adds a bias delta, which this merge does not carry")):
@@ -168,8 +171,9 @@ def _module(i: int, s: AdapterInput, name: str, parts: dict[str, str]) -> Module
                          f"{'A' if a not in parts else 'B'} factor; the adapter file is incomplete: save it again")
     A, B = s.weights.tensors[parts[a]].shape, s.weights.tensors[parts[b]].shape  # (r, in), (out, r)
     if len(A) != 2 or len(B) != 2 or A[0] != B[1]:
-        raise InputError(f"{s.config.weights_file}: module {name!r}: factors {parts[a]!r} {list(A)} and {parts[b]!r} "
-                         f"{list(B)} are not A (r, in) and B (out, r) of one rank; only linear and embedding LoRA merge")
+        raise InputError(f"{s.config.weights_file}: module {name!r}: factors {parts[a]!r} {list(A)} and "
+                         f"{parts[b]!r} {list(B)} are not A (r, in) and B (out, r) of one rank; only linear and "
+                         "embedding LoRA merge")
     r, _ = s.config.rank_alpha(name)
     if A[0] != r:
         raise InputError(f"{s.config.weights_file}: module {name!r}: tensor {parts[a]!r} has rank {A[0]} but the "
@@ -203,8 +207,8 @@ def with_ranks(modules: list[Module], settings: AdapterMergeSettings) -> list[Mo
         rank = sum(p.rank for p in m.parts) if settings.combination == "cat" else settings.rank or largest
         if rank > min(m.shape):
             flag = "--rank" if settings.rank else "the largest input rank"
-            raise SpecError("--rank", str(rank), f"module {m.name!r} is (out, in) {list(m.shape)}, so its rank can be at "
-                            f"most {min(m.shape)}; {flag} is too large: pass --rank {min(m.shape)} or lower")
+            raise SpecError("--rank", str(rank), f"module {m.name!r} is (out, in) {list(m.shape)}, so its rank can "
+                            f"be at most {min(m.shape)}; {flag} is too large: pass --rank {min(m.shape)} or lower")
         out.append(Module(m.name, m.kind, m.shape, m.parts, rank))
     return out
 
@@ -268,7 +272,7 @@ def entries(plan: AdapterMergePlan) -> list[tuple[str, torch.dtype, tuple[int, .
 def write_merge(plan: AdapterMergePlan, out: str, force: bool = False) -> str:
     """Write the merged adapter to `out`, atomically; returns its absolute path."""
     out = check_output_path(out, [s.config.path for s in plan.sources], force)
-    with atomic_folder(out) as tmp:
+    with atomic_folder(out, replace=force) as tmp:
         writer = ShardWriter(tmp, [Shard(WEIGHTS, tuple(entries(plan)))], {"format": "pt"})
         try:
             for m in plan.modules:

@@ -42,8 +42,8 @@ def weights_of(paths: Sequence[str], weights: Sequence[float]) -> list[float]:
     return list(weights) or [1.0] * len(paths)
 
 
-def merge_adapters(paths: Sequence[str], out: str, settings: lora_merge.AdapterMergeSettings, weights: Sequence[float] = (),
-                   force: bool = False) -> tuple[str, str]:
+def merge_adapters(paths: Sequence[str], out: str, settings: lora_merge.AdapterMergeSettings,
+                   weights: Sequence[float] = (), force: bool = False) -> tuple[str, str]:
     """Merge `paths` into the adapter folder `out`; returns (its absolute path, a summary)."""
     w = weights_of(paths, weights)
     check_output_path(out, [os.path.abspath(p) for p in paths], force)  # again when writing; early is cheaper
@@ -60,7 +60,8 @@ def merge_adapters(paths: Sequence[str], out: str, settings: lora_merge.AdapterM
         plan.close()
 
 
-def _soup(paths: list[str], weights: list[float], out: str, settings: lora_merge.AdapterMergeSettings, force: bool) -> tuple[str, str]:
+def _soup(paths: list[str], weights: list[float], out: str, settings: lora_merge.AdapterMergeSettings,
+          force: bool) -> tuple[str, str]:
     for flag, value in (("--combination", settings.combination), ("--rank", settings.rank),
                         ("--density", settings.density)):
         if value is not None:

@@ -98,7 +98,7 @@ def write_soup(soup: Soup, out: str, force: bool = False) -> str:
     out = check_output_path(out, [os.path.abspath(p) for p in soup.paths], force)
     infos = soup.weights[0].tensors
     names = sorted(infos)
-    with atomic_folder(out) as tmp:
+    with atomic_folder(out, replace=force) as tmp:
         writer = ShardWriter(tmp, [Shard(WEIGHTS, tuple((n, infos[n].dtype, tuple(infos[n].shape)) for n in names))],
                              {"format": "pt"})
         try:
@@ -114,4 +114,5 @@ def write_soup(soup: Soup, out: str, force: bool = False) -> str:
 def describe(soup: Soup) -> str:
     kind = soup.configs[0].get("peft_type")
     mix = ", ".join(f"{m:.3g}" for m in soup.mix)
-    return f"{kind} soup of {len(soup.paths)} adapters ({soup.configs[0].get('num_virtual_tokens')} virtual tokens), shares {mix}"
+    return (f"{kind} soup of {len(soup.paths)} adapters ({soup.configs[0].get('num_virtual_tokens')} virtual tokens), "
+            f"shares {mix}")

@@ -9,7 +9,8 @@ from surgery.cli.common import handled
 
 @click.command()
 @click.argument("folder", type=click.Path(), default="demo")
-@click.option("--specs", type=click.Path(file_okay=False, exists=True), help="Run every *.yaml here (e.g. merges/) instead of the built-in TIES spec.")
+@click.option("--specs", type=click.Path(file_okay=False, exists=True),
+              help="Run every *.yaml here (e.g. merges/) instead of the built-in TIES spec.")
 @handled
 def demo(folder, specs) -> None:
     """Build small models in FOLDER, merge them, load each result and score it on a sentence."""

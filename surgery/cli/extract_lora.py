@@ -16,7 +16,8 @@ from surgery.cli.common import handled, interrupt
 @click.argument("out", type=click.Path())
 @click.option("--rank", type=int, help="The same LoRA rank for every matrix.")
 @click.option("--energy", type=float, help="Per matrix, the smallest rank keeping this share of Σσ² (e.g. 0.9).")
-@click.option("--modules", metavar="REGEX", help="Extract only tensors whose name matches (re.search), e.g. 'self_attn'.")
+@click.option("--modules", metavar="REGEX",
+              help="Extract only tensors whose name matches (re.search), e.g. 'self_attn'.")
 @click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]), default="float32", show_default=True,
               help="dtype of the stored LoRA factors (saved modules keep TUNED's dtype).")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", help="Where the SVDs run.")
@@ -25,7 +26,8 @@ from surgery.cli.common import handled, interrupt
 @click.option("--allow-pickle", is_flag=True, help="Accept pytorch_model.bin inputs (loaded with weights_only=True).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @handled
-def extract_lora(base, tuned, out, rank, energy, modules, dtype, device, everything, force, allow_pickle, quiet) -> None:
+def extract_lora(base, tuned, out, rank, energy, modules, dtype, device, everything, force, allow_pickle,
+                 quiet) -> None:
     """Write to OUT a PEFT LoRA adapter that turns BASE into (approximately) TUNED.
 
     Each changed weight matrix is replaced by the truncated SVD of TUNED − BASE; the table (also
@@ -39,6 +41,7 @@ def extract_lora(base, tuned, out, rank, energy, modules, dtype, device, everyth
         write_adapter,
         write_bytes,
     )
+    from surgery.io.output import output_lock
     from surgery.merge.progress import Bar
 
     if device == "cuda":
@@ -47,10 +50,11 @@ def extract_lora(base, tuned, out, rank, energy, modules, dtype, device, everyth
     x = open_extraction(base, tuned, out, settings, force=force, allow_pickle=allow_pickle)
     signal.signal(signal.SIGTERM, interrupt)  # clean up the partial output on `kill` as on Ctrl-C
     try:
-        with Bar(scan_bytes(x), len(x.tuned.tensors), disable=quiet, desc="scan") as bar:
-            x = scan(x, progress=bar.update)
-        with Bar(write_bytes(x), len(x.lora) + len(x.saved_tensors()), disable=quiet, desc="svd") as bar:
-            x = write_adapter(x, out, force=force, progress=bar.update)
+        with output_lock(out):  # through the scan too: a second extraction into OUT stops at once
+            with Bar(scan_bytes(x), len(x.tuned.tensors), disable=quiet, desc="scan") as bar:
+                x = scan(x, progress=bar.update)
+            with Bar(write_bytes(x), len(x.lora) + len(x.saved_tensors()), disable=quiet, desc="svd") as bar:
+                x = write_adapter(x, out, force=force, progress=bar.update)
     finally:
         x.close()
     click.echo(describe(x, everything))

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
+
 from surgery.diagnose.inspect import Inspection
 from surgery.io.format import num_rows, row_numel
+from surgery.io.reader import ModelFolder
 from surgery.merge.engine import Options, rows_per_block
 from surgery.merge.plan import MergePlan
 
@@ -36,12 +39,35 @@ def describe_plan(plan: MergePlan, options: Options) -> str:
         f"tensors     {len(plan.jobs)} to write, {len(plan.out_layers)} layers",
         f"read        {human(plan.read_bytes)} (statistics stages re-read large tensors: up to {passes} passes)",
         f"write       {human(plan.write_bytes)} in shards of at most {human(options.shard_size)}",
-        f"peak memory about {human(peak_working_set(plan, options))} of working set (block size {human(options.block_bytes)})"
-        " plus the Python runtime",
+        f"peak memory about {human(peak_working_set(plan, options))} of working set "
+        f"(block size {human(options.block_bytes)}) plus the Python runtime",
     ]
+    lines += [f"warning     {w}" for w in plan.warnings]  # parameters ignored or kept for mergekit compatibility
     if plan.vocab is not None:
         lines += plan.vocab.lines()  # pre-flight: vocabulary sizes, mismatches, chat templates
+    if plan.method.fallback is not None:
+        lines.append(fallback_line(plan))
     return "\n".join(lines)
+
+
+def fallback_line(plan: MergePlan) -> str:
+    """How many tensors take the method's fallback, where the headers tell (their inputs are the same
+    bytes of the same files); otherwise that the merge reports it."""
+    fallback = plan.method.fallback
+    same = sum(not j.copy and _same_bytes(plan, j) for j in plan.jobs)
+    if same:
+        return (f"fallback    {same} of {plan.merged} tensors fall back to {fallback.what}: their inputs are the "
+                "same files")
+    return f"fallback    tensors fall back to {fallback.what} when {fallback.why}; the merge reports how many"
+
+
+def _same_bytes(plan: MergePlan, job) -> bool:
+    """Every input of `job` is read unchanged (a plain model folder) from the same bytes of one file."""
+    folders = [plan.folders[s.model] for s in job.sources]
+    if any(type(f) is not ModelFolder for f in folders):  # folded or vocabulary-aligned: reads differ
+        return False
+    places = {(os.path.realpath(plan.info(s).file), plan.info(s).start) for s in job.sources}
+    return len(places) == 1
 
 
 def describe_inspection(r: Inspection, tensors: bool = True) -> str:
@@ -55,7 +81,8 @@ def describe_inspection(r: Inspection, tensors: bool = True) -> str:
         lines.append("  adapter     " + "\n              ".join(f"{k}: {v}" for k, v in r.adapter.items()))
     if r.provenance:
         lines.append("  provenance  " + "\n              ".join(
-            f"{k.removeprefix('surgery.')}: {v if len(v) < 200 else v[:200] + '...'}" for k, v in sorted(r.provenance.items())))
+            f"{k.removeprefix('surgery.')}: {v if len(v) < 200 else v[:200] + '...'}"
+            for k, v in sorted(r.provenance.items())))
     if tensors:
         width = max((len(n) for n, _, _ in r.tensors), default=0)
         lines.append("  tensors")

@@ -86,7 +86,31 @@ def read_header(path: str) -> tuple[dict[str, TensorInfo], dict[str, str]]:
         raise InputError(f"{path}: corrupt safetensors header (not a JSON object)")
     meta = header.pop("__metadata__", None) or {}
     infos = {name: _tensor_info(path, name, entry, 8 + n, size) for name, entry in header.items()}
+    check_tiling(path, list(infos.values()), 8 + n, size)
     return infos, meta
+
+
+def check_tiling(path: str, infos: list[TensorInfo], data_start: int, size: int) -> None:
+    """The tensors' byte ranges, in offset order, must cover the data section exactly, each tensor's bytes
+    its own (as the safetensors library requires): an overlap would read one tensor's bytes as another's.
+    Overlaps are looked for first, since an entry pointed at another's bytes also leaves a gap behind."""
+    ranges = sorted(infos, key=lambda i: (i.start, i.nbytes))
+    for a, b in zip(ranges, ranges[1:]):
+        if b.start < a.start + a.nbytes:
+            raise InputError(f"{path}: tensors {a.name!r} and {b.name!r} overlap: both hold bytes "
+                             f"[{b.start - data_start}, {min(a.start + a.nbytes, b.start + b.nbytes) - data_start}) "
+                             "of the data; the header's data_offsets are corrupt: re-export or copy the file again")
+    pos, before = data_start, None
+    for info in ranges:
+        if info.start > pos:
+            where = f"after {before.name!r}" if before else f"before {info.name!r}"
+            raise InputError(f"{path}: no tensor holds bytes [{pos - data_start}, {info.start - data_start}) of the "
+                             f"data ({where}); the header's data_offsets are corrupt: re-export or copy the file again")
+        pos, before = info.start + info.nbytes, info
+    if pos != size:
+        last = f"after the last tensor {before.name!r}" if before else "in a file with no tensors"
+        raise InputError(f"{path}: bytes [{pos - data_start}, {size - data_start}) of the data, {last}, belong to no "
+                         "tensor; the file is corrupt (a failed write, or joined files): re-export or copy it again")
 
 
 def _tensor_info(path: str, name: str, entry: object, data_start: int, size: int) -> TensorInfo:
@@ -98,7 +122,8 @@ def _tensor_info(path: str, name: str, entry: object, data_start: int, size: int
         raise InputError(f"{path}: tensor {name!r}: malformed or unsupported header entry {entry!r}") from None
     expected = nbytes(dtype, shape)
     if end - begin != expected or begin < 0:
-        raise InputError(f"{path}: tensor {name!r}: header says {end - begin} bytes, shape {list(shape)} needs {expected}")
+        raise InputError(f"{path}: tensor {name!r}: header says {end - begin} bytes, "
+                         f"shape {list(shape)} needs {expected}")
     if data_start + end > size:
         raise InputError(
             f"{path}: truncated: tensor {name!r} ends at byte {data_start + end} but the file has {size}; "
@@ -107,7 +132,8 @@ def _tensor_info(path: str, name: str, entry: object, data_start: int, size: int
     return TensorInfo(name, path, dtype, shape, data_start + begin, end - begin)
 
 
-def build_header(entries: list[tuple[str, torch.dtype, tuple[int, ...]]], metadata: dict[str, str]) -> tuple[bytes, list[int]]:
+def build_header(entries: list[tuple[str, torch.dtype, tuple[int, ...]]],
+                 metadata: dict[str, str]) -> tuple[bytes, list[int]]:
     """The bytes of a header for tensors written in this order, and each tensor's data offset."""
     header: dict[str, object] = {"__metadata__": metadata} if metadata else {}
     offsets, pos = [], 0

@@ -21,7 +21,8 @@ def resolve_path(ref: str, root: str | None = None) -> str:
         return os.path.abspath(local)
     if HUB_ID.match(ref) and not os.path.exists(os.path.join(root or os.getcwd(), ref.split("/")[0])):
         return _from_hub(ref)
-    raise InputError(f"model folder {ref!r} does not exist (relative paths are read from {os.path.abspath(root or os.getcwd())!r})")
+    raise InputError(f"model folder {ref!r} does not exist "
+                     f"(relative paths are read from {os.path.abspath(root or os.getcwd())!r})")
 
 
 def _from_hub(repo: str) -> str:
@@ -31,7 +32,8 @@ def _from_hub(repo: str) -> str:
         raise InputError(f"model {repo!r} is not a local folder and huggingface_hub is not installed") from None
     try:
         return snapshot_download(repo, allow_patterns=HUB_FILES)
-    except Exception as e:  # offline without a cached copy, unknown repo, gated repo, ...
+    except Exception as e:  # noqa: BLE001 - the Hub client's exception types vary between its versions
+        # offline without a cached copy, unknown repo, gated repo, ...: its own errors, its HTTP library's, OSError
         raise InputError(f"model {repo!r} is not a local folder and could not be fetched from the Hub "
                          f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
                          "download it first or give a local path") from None

@@ -41,7 +41,8 @@ class ModelFolder:
             metadata.update(meta)
             for name, info in infos.items():
                 if name in tensors:
-                    raise InputError(f"{self.path}: tensor {name!r} appears in two shards ({tensors[name].file}, {file})")
+                    raise InputError(f"{self.path}: tensor {name!r} appears in two shards "
+                                     f"({tensors[name].file}, {file})")
                 tensors[name] = info
         return tensors, metadata
 
@@ -77,7 +78,8 @@ class ModelFolder:
 
     def _load_pickle(self) -> dict[str, torch.Tensor]:
         index = os.path.join(self.path, "pytorch_model.bin.index.json")
-        files = sorted(set(json.load(open(index))["weight_map"].values())) if os.path.exists(index) else ["pytorch_model.bin"]
+        files = (sorted(set(json.load(open(index))["weight_map"].values())) if os.path.exists(index)
+                 else ["pytorch_model.bin"])
         out: dict[str, torch.Tensor] = {}
         for file in files:
             # weights_only refuses arbitrary objects; mmap keeps the data on disk until read.

@@ -1,1 +1,3 @@
-"""Vocabulary surgery for merging models whose tokenizers differ: token alignment, its place in a merge plan, and the tokenizer files read and written."""
+"""Vocabulary surgery for merging models whose tokenizers differ: token alignment, its place in a
+merge plan, and the tokenizer files read and written.
+"""

@@ -49,7 +49,7 @@ def _load(path: str) -> Tokenizer:
     if os.path.isfile(file):
         try:
             return Tokenizer.from_file(file)
-        except Exception as e:  # the Rust library raises plain Exceptions for malformed files
+        except Exception as e:  # noqa: BLE001 - the Rust library raises plain Exceptions for malformed files
             raise InputError(f"{file}: not a readable tokenizer ({e})") from None
     if not any(os.path.isfile(os.path.join(path, f)) for f in LEGACY_FILES[:2]):
         raise InputError(f"{path}: no tokenizer files (tokenizer.json, or tokenizer.model / vocab.json + merges.txt); "
@@ -62,7 +62,8 @@ def _convert_legacy(path: str) -> Tokenizer:
         from transformers import AutoTokenizer
 
         backend = getattr(AutoTokenizer.from_pretrained(path, trust_remote_code=False), "backend_tokenizer", None)
-    except Exception as e:  # missing sentencepiece, corrupt files, remote code required...
+    except Exception as e:  # noqa: BLE001 - the conversion runs the Rust library, which raises plain Exceptions
+        # missing sentencepiece, corrupt files, remote code required...
         raise InputError(f"{path}: cannot read its legacy tokenizer files ({type(e).__name__}: {e}); "
                          "save the tokenizer as tokenizer.json first") from None
     if backend is None:

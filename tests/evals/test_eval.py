@@ -40,6 +40,7 @@ def _lm_eval_cli(model: str, out: str) -> tuple[dict, dict]:
         return json.load(f), samples
 
 
+@pytest.mark.integration
 def test_stored_scores_equal_lm_evals_own_cli(char_model, tmp_path):
     db = str(tmp_path / "db.sqlite")
     result = CliRunner().invoke(eval_, [char_model, "--tasks", ",".join(ORACLE_TASKS), "--limit", str(LIMIT),
@@ -60,6 +61,7 @@ def test_stored_scores_equal_lm_evals_own_cli(char_model, tmp_path):
     assert ours["world_capital_choice"].chance == 0.25 and ours["world_add"].chance is None
 
 
+@pytest.mark.integration
 def test_an_in_memory_model_scores_as_its_folder(char_model):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

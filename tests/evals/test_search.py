@@ -225,6 +225,7 @@ def test_sweep_command_locates_a_bad_path(llama, tmp_path):
     assert f"{spec}: models.3.parameters.weight: models is a list of 1" in result.output
 
 
+@pytest.mark.integration
 def test_sweep_through_the_harness_lands_in_the_leaderboard(char_model, tmp_path):
     """The real lm-eval on two points of a linear merge of two small-world models, 2 documents each."""
     from trainers.world.zoo import init_model

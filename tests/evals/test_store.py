@@ -90,6 +90,7 @@ WRITER = textwrap.dedent("""
 """)
 
 
+@pytest.mark.integration
 def test_two_processes_writing_at_once_lose_nothing(tmp_path):
     db = str(tmp_path / "db.sqlite")
     Store(db).close()

@@ -42,6 +42,7 @@ def test_there_are_examples():
 
 @pytest.mark.parametrize("family", ["llama", "qwen2", "gpt2"])
 @pytest.mark.parametrize("example", EXAMPLES, ids=lambda p: p.stem)
+@pytest.mark.integration
 def test_example_runs_and_loads(example, family, families, base_losses, tmp_path):
     work = models_folder(families[family], tmp_path / "work")
     spec = load_spec(str(example))

@@ -160,6 +160,7 @@ def mergekit_out(tmp_path_factory):
 
 @pytest.mark.parametrize("block_bytes", [None, TINY_BLOCK], ids=["whole", "blocked"])
 @pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.integration
 def test_llama_merge_equals_mergekit(llama, mergekit_out, tmp_path, case, block_bytes):
     """Every method and parameter form on the Llama family; blocked runs give the same result."""
     ours = run_ours(spec_of(case, llama), str(tmp_path / "ours"), block_bytes)
@@ -168,6 +169,7 @@ def test_llama_merge_equals_mergekit(llama, mergekit_out, tmp_path, case, block_
 
 @pytest.mark.parametrize("case", FAMILY_CASES)
 @pytest.mark.parametrize("family_name", ["qwen2", "gpt2", "llama_sharded"])
+@pytest.mark.integration
 def test_other_families_equal_mergekit(request, mergekit_out, tmp_path, family_name, case):
     """Qwen2 (attention biases), GPT-2 (Conv1D, tied embeddings: no lm_head) and sharded inputs."""
     family = request.getfixturevalue(family_name)
@@ -351,7 +353,8 @@ TASK_VECTOR_CASES = {  # id: (method, per-model parameters as lists in input ord
     "ties_unnormalized": ("ties", {"weight": [0.5, 0.7, 0.2], "density": [0.3, 0.6, 0.5]}, {"normalize": False}),
     "ties_lambda": ("ties", {"weight": [0.5, 0.7, 0.2], "density": [0.3, 0.6, 0.5]}, {"lambda": 0.7}),
     "task_arithmetic": ("task_arithmetic", {"weight": [0.5, -0.3, 0.2]}, {"normalize": True}),
-    "breadcrumbs": ("breadcrumbs", {"weight": [0.5, 0.7, 0.2], "density": [0.3, 0.6, 0.9], "gamma": [0.1, 0.0, 0.05]}, {}),
+    "breadcrumbs": ("breadcrumbs", {"weight": [0.5, 0.7, 0.2], "density": [0.3, 0.6, 0.9],
+                                    "gamma": [0.1, 0.0, 0.05]}, {}),
     "breadcrumbs_ties": ("breadcrumbs_ties", {"weight": [0.5, 0.7, 0.2], "density": [0.3, 0.6, 0.9],
                                               "gamma": [0.1, 0.0, 0.05]}, {}),
 }

@@ -293,7 +293,8 @@ def test_block_sums_do_not_depend_on_the_blocking_or_threads(rows, cols, cuts):
         results = []
         for n in (1, 2):
             torch.set_num_threads(n)
-            results.append(sum((total(x[a:b], x.shape) for a, b in zip(bounds, bounds[1:])), torch.zeros((), dtype=torch.float64)))
+            results.append(sum((total(x[a:b], x.shape) for a, b in zip(bounds, bounds[1:])),
+                               torch.zeros((), dtype=torch.float64)))
         whole = total(x, x.shape)
     finally:
         torch.set_num_threads(threads)
@@ -329,6 +330,7 @@ def file_bytes(folder: str) -> dict[str, bytes]:
 
 @pytest.mark.parametrize("flip", [False, True], ids=["defaults", "flipped"])
 @pytest.mark.parametrize("name", METHODS)
+@pytest.mark.integration
 def test_block_size_does_not_change_the_bytes(name, flip, llama, tmp_path):
     """One row per block (every statistic summed over many blocks) against one block per tensor."""
     spec = spec_for(name, llama, flip)
@@ -341,6 +343,7 @@ def test_block_size_does_not_change_the_bytes(name, flip, llama, tmp_path):
 
 
 @pytest.mark.parametrize("name", METHODS)
+@pytest.mark.integration
 def test_engine_equals_the_whole_tensor_reference(name, llama, tmp_path):
     """Each written tensor equals `merge_tensors` on the whole input tensors with the job's parameters."""
     out, plan = merge(spec_for(name, llama), str(tmp_path / "out"), block_bytes=2048)

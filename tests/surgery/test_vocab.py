@@ -234,6 +234,11 @@ def test_models_lacking_a_token_get_the_rule_row(fam):
                 assert torch.equal(got[i], aligned_row(inputs, model, name, token)), (model, name, token)
 
 
+def counting_reads(read, asked: list[int]):
+    """`read(name, rows)` that notes in `asked` how many rows each call asks for."""
+    return lambda name, rows=None: asked.append(rows[1] - rows[0]) or read(name, rows)
+
+
 def test_gathered_reads_are_bounded_by_the_block(fam):
     """Reading 7 rows at a time gives the whole matrix, and every read of the wrapped folder asks for
     at most the block: a keeps its 117 rows in place (the union of base and a adds only a's tokens),
@@ -243,8 +248,7 @@ def test_gathered_reads_are_bounded_by_the_block(fam):
     for model in ("a", "d"):
         folder = plan.folders[fam[model]]
         asked: list[int] = []
-        inner_read = folder.inner.read
-        folder.inner.read = lambda name, rows=None: asked.append(rows[1] - rows[0]) or inner_read(name, rows)
+        folder.inner.read = counting_reads(folder.inner.read, asked)
         whole = folder.read(EMBED)
         asked.clear()
         blocks = torch.cat([folder.read(EMBED, (r, min(r + 7, 128))) for r in range(0, 128, 7)])

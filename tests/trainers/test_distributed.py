@@ -15,10 +15,11 @@ import yaml
 from safetensors.torch import load_file
 
 from tests.trainers.conftest import spec_dict
-from trainers.loop import train
+from trainers.loops import train
 from trainers.spec import parse_run
 
 
+@pytest.mark.integration
 def test_two_processes_match_one(workdir):
     spec = spec_dict(out="out/ddp", batch={"size": 4, "grad_accum": 1, "max_length": 64}, save_every=3)
     with open("ddp.yaml", "w") as f:
@@ -47,7 +48,8 @@ def test_two_processes_match_one(workdir):
 def test_fsdp_matches_one_process_and_resumes(workdir):
     """FSDP2 (`parallel: fsdp`) over 2 processes, stopped at a checkpoint and resumed under torchrun,
     against one process: the same weights within float tolerance."""
-    spec = spec_dict(out="out/fsdp", parallel="fsdp", batch={"size": 4, "grad_accum": 1, "max_length": 64}, save_every=3)
+    spec = spec_dict(out="out/fsdp", parallel="fsdp", batch={"size": 4, "grad_accum": 1, "max_length": 64},
+                     save_every=3)
     with open("fsdp.yaml", "w") as f:
         yaml.safe_dump(spec, f)
     torchrun = [os.path.join(os.path.dirname(sys.executable), "torchrun"), "--nproc-per-node", "2",

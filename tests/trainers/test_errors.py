@@ -9,7 +9,7 @@ import yaml
 
 from surgery.errors import InputError, OutputError, SpecError
 from tests.trainers.conftest import spec_dict
-from trainers.loop import train
+from trainers.loops import train
 from trainers.spec import load_run, parse_run
 
 
@@ -40,11 +40,13 @@ def test_bounds_and_missing_fields():
 
 
 def test_unknown_objective_method_and_their_fields():
-    with pytest.raises(SpecError, match="objective.name: unknown objective 'dop'; choose one of dpo, .*pretrain.*, sft"):
+    with pytest.raises(SpecError,
+                       match="objective.name: unknown objective 'dop'; choose one of dpo, .*pretrain.*, sft"):
         parse_run(spec_dict(objective={"name": "dop"}), "run.yaml")
     with pytest.raises(SpecError, match="method.name: unknown method 'lor'; choose one of .*freeze, full"):
         parse_run(spec_dict(method={"name": "lor"}), "run.yaml")
-    with pytest.raises(SpecError, match="method.rank: unknown field 'rank' of method 'freeze'; its fields are name, layers, embeddings"):
+    with pytest.raises(SpecError, match="method.rank: unknown field 'rank' of method 'freeze'; "
+                                        "its fields are name, layers, embeddings"):
         parse_run(spec_dict(method={"name": "freeze", "rank": 8}), "run.yaml")
     with pytest.raises(SpecError, match=r"method.layers: Input should be greater than or equal to 0 \(got -1\)"):
         parse_run(spec_dict(method={"name": "freeze", "layers": -1}), "run.yaml")
@@ -77,13 +79,15 @@ def write_rows(path, rows: list) -> str:
 
 def test_row_missing_a_field_names_file_and_line(workdir):
     data = write_rows(workdir / "bad.jsonl", [{"prompt": "a", "completion": "b"}, "", {"prompt": "the"}])
-    with pytest.raises(InputError, match=r"bad.jsonl: line 3: missing field 'completion' \(a prompt/completion row has prompt, completion\)"):
+    with pytest.raises(InputError, match=r"bad.jsonl: line 3: missing field 'completion' "
+                                         r"\(a prompt/completion row has prompt, completion\)"):
         train(parse_run(spec_dict(data={"train": data}), "run.yaml"), quiet=True)
     data = write_rows(workdir / "bad2.jsonl", [{"prompt": "a", "completion": "b"}, "{not json"])
     with pytest.raises(InputError, match=r"bad2.jsonl: line 2: not valid JSON"):
         train(parse_run(spec_dict(data={"train": data}), "run.yaml"), quiet=True)
     data = write_rows(workdir / "other.jsonl", [{"question": "a", "answer": "b"}])
-    with pytest.raises(InputError, match=r"other.jsonl: line 1: a row of this objective has prompt/completion or messages; found answer, question"):
+    with pytest.raises(InputError, match=r"other.jsonl: line 1: a row of this objective has prompt/completion or "
+                                         r"messages; found answer, question"):
         train(parse_run(spec_dict(data={"train": data}), "run.yaml"), quiet=True)
     data = write_rows(workdir / "chat.jsonl", [{"messages": [{"role": "user", "content": "hi"}]}])
     with pytest.raises(InputError, match="chat.jsonl: line 1: the conversation has no assistant turn"):
@@ -116,7 +120,8 @@ def test_template_missing_from_the_tokenizer(workdir, build):
     tok.save_pretrained(folder)
     (workdir / "plain" / "chat_template.jinja").unlink(missing_ok=True)
     spec = spec_dict(base=folder, chat_template="tokenizer")
-    with pytest.raises(SpecError, match="run.yaml: chat_template: the base model's tokenizer has no chat template; name one of chatml"):
+    with pytest.raises(SpecError, match="run.yaml: chat_template: the base model's tokenizer has no chat template; "
+                                        "name one of chatml"):
         train(parse_run(spec, "run.yaml"), quiet=True)
 
 

@@ -13,7 +13,7 @@ import torch
 from click.testing import CliRunner
 
 from surgery.cli import main
-from trainers.loop import train
+from trainers.loops import train
 from trainers.spec import load_run
 
 ALL_EXAMPLES = sorted((Path(__file__).resolve().parents[2] / "runs").glob("*.yaml"))
@@ -28,7 +28,7 @@ def own_loop(path: Path) -> bool:
     spec = yaml.safe_load(path.read_text())
     if "objective" not in spec:  # not a training run: the RLAIF labelling specs (test_judges.py)
         return True
-    return hasattr(REGISTRY.get(spec["objective"]["name"]), "LOOP")
+    return REGISTRY[spec["objective"]["name"]].loop != "offline"
 
 
 EXAMPLES = [p for p in ALL_EXAMPLES if not own_loop(p)]
@@ -40,6 +40,7 @@ def test_there_are_examples():
 
 
 @pytest.mark.parametrize("example", EXAMPLES, ids=lambda p: p.stem)
+@pytest.mark.integration
 def test_example_trains(example, workdir):
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
@@ -64,7 +65,8 @@ def test_surgery_train_command(workdir):
     again = runner.invoke(main, ["train", "runs/sft-freeze.yaml", "--quiet", "--set", "schedule.total_steps=4",
                                  "--set", "out=out/again", "--resume", "out/sft-freeze/checkpoint-2"])
     assert again.exit_code == 0, again.output
-    refused = runner.invoke(main, ["train", "runs/sft-freeze.yaml", "--quiet", "--resume", "out/sft-freeze/checkpoint-2"])
+    refused = runner.invoke(main, ["train", "runs/sft-freeze.yaml", "--quiet", "--resume",
+                                   "out/sft-freeze/checkpoint-2"])
     assert refused.exit_code == 2
     assert "written by a different run (schedule.total_steps: 4 there, 12 here)" in refused.output
     bad = runner.invoke(main, ["train", "runs/sft-freeze.yaml", "--set", "optim.lr=-1"])

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from surgery.errors import InputError, SpecError
-from trainers.loop import train
+from trainers.loops import train
 from trainers.objectives import grpo
 from trainers.spec import load_run, parse_run
 
@@ -59,8 +59,8 @@ def test_token_losses_by_hand():
     k3 = 0.5 * (2 - math.log(2) - 1)
     assert loss.flatten().tolist() == pytest.approx([-1.3 + k3, -0.5 + k3, 0.8 + k3, 1.5 + k3], abs=1e-6)
     corrected, _ = grpo.token_losses(logp, old, ref, torch.tensor([1.0, -1.0]), 0.2, 0.3, 0.5)
-    assert corrected.flatten().tolist() == pytest.approx([-1.3 + 1.5 * k3, -0.5 + 0.5 * k3, 0.8 + 0.5 * k3, 1.5 + 1.5 * k3],
-                                                         abs=1e-6)
+    assert corrected.flatten().tolist() == pytest.approx(
+        [-1.3 + 1.5 * k3, -0.5 + 0.5 * k3, 0.8 + 0.5 * k3, 1.5 + 1.5 * k3], abs=1e-6)
     assert terms["clipped"].tolist() == [[1.0, 0.0], [1.0, 0.0]]
 
 
@@ -109,6 +109,7 @@ def trl_trainer(base, tmp_path_factory):
 
 @pytest.mark.parametrize("loss_type,beta,kl_ratio", [("dapo", 0.1, True), ("dapo", 0.1, False), ("dapo", 0.0, True),
                                                      ("grpo", 0.1, True), ("bnpo", 0.1, True), ("dr_grpo", 0.1, True)])
+@pytest.mark.integration
 def test_loss_equals_trl(trl_trainer, loss_type, beta, kl_ratio):
     """The same model, tokens, advantages, old and reference log-probs: our loss (through
     generation.pack's right-padded layout) and TRL's `_compute_loss` agree to 1e-5, and so do
@@ -174,7 +175,8 @@ def grpo_spec(**changes) -> dict:
                           "max_new_tokens": 6, "beta": 0.05},
             "data": {"train": "runs/data/instruct.jsonl", "eval": "runs/data/eval.jsonl"},
             "chat_template": "chatml", "optim": {"lr": 1e-2}, "schedule": {"total_steps": 10, "cosine": False},
-            "batch": {"size": 4, "grad_accum": 2, "max_length": 64}, "eval_every": 4, "save_every": 4, "out": "out/grpo"}
+            "batch": {"size": 4, "grad_accum": 2, "max_length": 64}, "eval_every": 4, "save_every": 4,
+            "out": "out/grpo"}
     spec.update(changes)
     return spec
 
@@ -245,7 +247,7 @@ def test_example_spec_runs(workdir):
     """runs/grpo-add.yaml validates and runs two steps (on the tiny base its reward stays near 0)."""
     run = load_run("runs/grpo-add.yaml", ("base=models/base", "schedule.total_steps=2", "batch.size=2",
                                           "objective.group_size=2", "eval_every=2", "save_every=null"))
-    assert run.objective is grpo and run.objective_config.reward_functions == ["world.add"]
+    assert run.objective is grpo.OBJECTIVE and run.objective_config.reward_functions == ["world.add"]
     final = train(run, quiet=True)
     assert os.path.isdir(final) and [r["step"] for r in logged(run.spec.out) if "eval_reward" in r] == [0, 2]
 

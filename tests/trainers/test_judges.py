@@ -99,7 +99,8 @@ def test_pairs_follow_the_margin_and_skip_ties():
 
     samples = [s(0, "aa"), s(0, "a"), s(1, "b"), s(1, "bbb"), s(2, "c"), s(2, "d"), s(3, "e"), s(3, "e")]
     rows, skipped = judges.pair_rows(samples, [{}] * 4, Longer(), "rule")
-    assert [(r["prompt"], r["chosen"], r["rejected"], r["margin"]) for r in rows] == [("p0", "aa", "a", 1), ("p1", "bbb", "b", 2)]
+    assert [(r["prompt"], r["chosen"], r["rejected"], r["margin"]) for r in rows] == [("p0", "aa", "a", 1),
+                                                                                       ("p1", "bbb", "b", 2)]
     assert skipped == 2
 
 
@@ -166,6 +167,7 @@ def test_trained_base_as_lm_judge_agrees_with_the_rule():
         right = row["completion"]
         wrong = str(int(right) + rng.choice([-10, -1, 1, 10]))
         first, second = (right, wrong) if rng.random() < 0.5 else (wrong, right)
-        agree += (judge.margin(row["prompt"], first, second, row) > 0) == (rule.margin(row["prompt"], first, second, row) > 0)
+        agree += ((judge.margin(row["prompt"], first, second, row) > 0)
+                  == (rule.margin(row["prompt"], first, second, row) > 0))
     print(f"LM judge (trained base) agrees with world.add on {agree}/{len(test)} pairs")
     assert agree > 0.6 * len(test)  # 34/48 with a 600-step base (23% exact match on add)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math as pymath
 import os
+import re
 from collections import defaultdict
 from types import SimpleNamespace
 
@@ -15,8 +16,9 @@ import torch
 
 from surgery.demo.tiny import build_tokenizer, tiny_config
 from surgery.errors import InputError, NumericsError, SpecError
-from trainers import ppo, scorers
-from trainers.loop import train
+from trainers import rewards as scorers
+from trainers.loops import ppo_rollouts as ppo
+from trainers.loops import train
 from trainers.objectives import ppo as math
 from trainers.spec import load_run, parse_run
 
@@ -89,15 +91,18 @@ def test_gae_by_hand():
         t=0: delta = 0 + 0.9 * 0.5 - 1 = -0.55, A = -0.55 + 0.9 * 1.5 = 0.8;  returns (1.8, 2.0, 0)
     """
     a, r = math.gae(torch.tensor([[0.0, 0.0, 1.0]]), torch.tensor([[0.5, 0.5, 0.5]]), torch.ones(1, 3), 1.0, 0.5)
-    assert torch.allclose(a, torch.tensor([[0.125, 0.25, 0.5]])) and torch.allclose(r, torch.tensor([[0.625, 0.75, 1.0]]))
-    a, r = math.gae(torch.tensor([[0.0, 2.0, 5.0]]), torch.tensor([[1.0, 0.5, 9.0]]), torch.tensor([[1.0, 1.0, 0.0]]), 0.9, 1.0)
+    assert (torch.allclose(a, torch.tensor([[0.125, 0.25, 0.5]]))
+            and torch.allclose(r, torch.tensor([[0.625, 0.75, 1.0]])))
+    a, r = math.gae(torch.tensor([[0.0, 2.0, 5.0]]), torch.tensor([[1.0, 0.5, 9.0]]), torch.tensor([[1.0, 1.0, 0.0]]),
+                    0.9, 1.0)
     assert torch.allclose(a, torch.tensor([[0.8, 1.5, 0.0]])) and torch.allclose(r, torch.tensor([[1.8, 2.0, 0.0]]))
 
 
 def test_gae_with_gamma_and_lambda_one_is_reward_to_go_minus_value():
     torch.manual_seed(0)
     rewards, values = torch.randn(3, 5), torch.randn(3, 5)
-    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0], [0, 0, 1, 1, 0]], dtype=torch.float32)  # row 2: a prompt before
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0], [0, 0, 1, 1, 0]],
+                        dtype=torch.float32)  # row 2: a prompt before
     a, r = math.gae(rewards, values, mask, 1.0, 1.0)
     to_go = (rewards * mask).flip(1).cumsum(1).flip(1)
     assert torch.allclose(a, (to_go - values) * mask, atol=1e-6)
@@ -161,8 +166,10 @@ def test_clipped_value_loss_by_hand():
 
 def test_losses_ignore_padding():
     mask = torch.tensor([[1.0, 1.0, 0.0]])
-    a, _ = math.policy_loss(torch.tensor([[0.1, -0.1, 50.0]]), torch.zeros(1, 3), torch.tensor([[1.0, 2.0, 9.0]]), mask, 0.2)
-    b, _ = math.policy_loss(torch.tensor([[0.1, -0.1]]), torch.zeros(1, 2), torch.tensor([[1.0, 2.0]]), torch.ones(1, 2), 0.2)
+    a, _ = math.policy_loss(torch.tensor([[0.1, -0.1, 50.0]]), torch.zeros(1, 3), torch.tensor([[1.0, 2.0, 9.0]]),
+                            mask, 0.2)
+    b, _ = math.policy_loss(torch.tensor([[0.1, -0.1]]), torch.zeros(1, 2), torch.tensor([[1.0, 2.0]]),
+                            torch.ones(1, 2), 0.2)
     assert float(a) == pytest.approx(float(b))
 
 
@@ -178,7 +185,8 @@ def trl_grpo_loss(logps, old_logps, ref_logps, advantages, mask, clip, beta):
     identity = SimpleNamespace(reduce=lambda x, reduction=None: x, gather=lambda x: x, gather_for_metrics=lambda x: x)
     fake = SimpleNamespace(
         top_entropy_quantile=1.0, off_policy_mask_threshold=None, importance_sampling_level="token", beta=beta,
-        loss_type="bnpo", epsilon_low=clip, epsilon_high=clip, args=SimpleNamespace(delta=None, use_bias_correction_kl=False),
+        loss_type="bnpo", epsilon_low=clip, epsilon_high=clip,
+        args=SimpleNamespace(delta=None, use_bias_correction_kl=False),
         use_vllm=False, model=SimpleNamespace(training=False), _entropy_bonus_enabled=False, aux_loss_enabled=False,
         _metrics=defaultdict(lambda: defaultdict(list)), accelerator=identity,
         _get_per_token_logps_and_entropies=lambda *a, **k: (logps, torch.zeros_like(logps), None))
@@ -221,7 +229,8 @@ def test_reward_model_score_equals_trl_get_reward(tmp_path):
 # --- runs -------------------------------------------------------------------------------------------
 
 def test_ppo_raises_held_out_reward(workdir, rewards):
-    """A tiny random Llama learns to say words beginning with 'w': greedy completions of held-out prompts score higher."""
+    """A tiny random Llama learns to say words beginning with 'w': greedy completions of held-out prompts score
+    higher."""
     final = train(parse_run(ppo_spec(), "ppo.yaml"), quiet=True)
     rows = log_rows("out/ppo")
     evals = [r["eval_reward"] for r in rows if "eval_reward" in r]
@@ -249,9 +258,26 @@ def test_resume_continues_exactly(workdir, rewards):
 
 
 def test_lora_saves_an_adapter(workdir, rewards):
-    spec = ppo_spec(method={"name": "lora", "r": 4}, schedule={"total_steps": 1}, data={"train": "runs/data/instruct.jsonl"})
+    spec = ppo_spec(method={"name": "lora", "r": 4}, schedule={"total_steps": 1},
+                    data={"train": "runs/data/instruct.jsonl"})
     final = train(parse_run(spec, "ppo.yaml"), quiet=True)
-    assert os.path.isfile(os.path.join(final, "adapter_config.json")) and os.path.isfile(os.path.join(final, "lineage.json"))
+    assert (os.path.isfile(os.path.join(final, "adapter_config.json"))
+            and os.path.isfile(os.path.join(final, "lineage.json")))
+
+
+def test_lora_reference_is_the_policy_without_its_adapter(workdir, rewards, monkeypatch):
+    """PPO on an adapter loads the base once, as DPO does: the reference is the policy with its adapter
+    switched off. At the first rollout the adapter is still zero (LoRA's B), so the KL is exactly 0."""
+    from trainers import models
+
+    loads = []
+    real = models.load_weights
+    monkeypatch.setattr(models, "load_weights", lambda run, path: loads.append(path) or real(run, path))
+    spec = ppo_spec(method={"name": "lora", "r": 4}, schedule={"total_steps": 1},
+                    data={"train": "runs/data/instruct.jsonl"})
+    train(parse_run(spec, "ppo.yaml"), quiet=True)
+    assert loads == ["models/base"]
+    assert [r["kl"] for r in log_rows("out/ppo") if "pg_loss" in r] == [0.0]
 
 
 def test_nan_reward_is_refused_with_its_prompt(workdir, rewards):
@@ -271,7 +297,8 @@ def test_nan_loss_keeps_the_last_good_checkpoint(workdir, rewards, monkeypatch):
         return (loss * float("nan") if calls["n"] == 5 else loss), metrics
 
     monkeypatch.setattr(math, "value_loss", poisoned)
-    with pytest.raises(NumericsError, match="PPO step 2: the loss is NaN .* last good checkpoint is out/ppo/checkpoint-1"):
+    with pytest.raises(NumericsError,
+                       match="PPO step 2: the loss is NaN .* last good checkpoint is out/ppo/checkpoint-1"):
         train(parse_run(spec, "ppo.yaml"), quiet=True)
     assert sorted(os.listdir("out/ppo")) == ["checkpoint-1", "log.jsonl"]
 
@@ -364,3 +391,16 @@ def test_ppo_raises_exact_match_of_the_world_base_on_add(tmp_path):
     train_rewards = [round(r["reward"], 3) for r in rows if "pg_loss" in r]
     print(f"held-out exact match by step: {evals}\ntraining reward by step: {train_rewards}")
     assert evals[-1][1] > evals[0][1], evals
+
+
+def test_former_reward_function_field_still_runs_with_a_warning(workdir):
+    from click.testing import CliRunner
+
+    from surgery.cli import main
+
+    done = CliRunner().invoke(main, ["train", "runs/ppo.yaml", "--quiet", "--set", "schedule.total_steps=1", "--set",
+                                     "objective.reward_model=null", "--set", "objective.reward_function=world.add"])
+    assert done.exit_code == 0, done.output
+    assert re.search(r"^warning: runs/ppo.yaml: objective.reward_function \(line \d+\): deprecated; write "
+                     r"reward_functions: \[NAME\]", done.output, flags=re.M), done.output
+    assert done.output.strip().endswith("wrote out/ppo/final")

@@ -175,6 +175,7 @@ def our_pair_loss(objective, config, models, reference: bool = True):
     return value.item(), batch, metrics
 
 
+@pytest.mark.integration
 def test_dpo_equals_trl(models, tmp_path):
     """Same token ids and completion masks as TRL's collator; same loss and rewards (sigmoid, beta 0.5)."""
     expected, theirs, logged = trl_dpo_loss(models, tmp_path, beta=0.5, loss_type=["sigmoid"])
@@ -188,6 +189,7 @@ def test_dpo_equals_trl(models, tmp_path):
         assert metrics[ours_key] == pytest.approx(logged[trl_key], rel=1e-4, abs=1e-6), ours_key
 
 
+@pytest.mark.integration
 def test_conservative_dpo_equals_trl(models, tmp_path):
     """TRL 1.16's `sigmoid` has no label smoothing; cDPO's -(1-e) log s(d) - e log s(-d) is, per pair,
     2(1-e) x TRL's `sigmoid` - (1-2e) x TRL's `robust` ((-(1-e) log s(d) + e log s(-d)) / (1-2e)),
@@ -201,6 +203,7 @@ def test_conservative_dpo_equals_trl(models, tmp_path):
     assert abs(value - plain) > 1e-3  # the smoothing changes the value
 
 
+@pytest.mark.integration
 def test_ipo_equals_trl_per_token_average(models, tmp_path):
     """TRL's IPO divides each log-ratio by the completion's token count; so do we."""
     expected, _, _ = trl_dpo_loss(models, tmp_path, beta=0.5, loss_type=["ipo"])
@@ -262,6 +265,7 @@ KTO_ROWS = [("write water two", "water water", True), ("write water two", "water
             ("now write number", "number number time", False)]
 
 
+@pytest.mark.integration
 def test_kto_equals_trl(models, tmp_path):
     """TRL's KTOTrainer (its KL pairs: each prompt with the previous row's completion) on the same rows."""
     from datasets import Dataset
@@ -272,8 +276,9 @@ def test_kto_equals_trl(models, tmp_path):
     tok = AutoTokenizer.from_pretrained(policy)
     data = [{"prompt": [{"role": "user", "content": p}], "completion": [{"role": "assistant", "content": c}],
              "label": y} for p, c, y in KTO_ROWS]
-    args = KTOConfig(output_dir=str(tmp_path / "kto"), report_to="none", use_cpu=True, max_length=64, beta=0.5, bf16=False,
-                     desirable_weight=1.5, undesirable_weight=0.8, per_device_train_batch_size=len(KTO_ROWS))
+    args = KTOConfig(output_dir=str(tmp_path / "kto"), report_to="none", use_cpu=True, max_length=64, beta=0.5,
+                     bf16=False, desirable_weight=1.5, undesirable_weight=0.8,
+                     per_device_train_batch_size=len(KTO_ROWS))
     trainer = KTOTrainer(model=fresh(policy), ref_model=fresh(ref), args=args, train_dataset=Dataset.from_list(data),
                          processing_class=tok)
     theirs = trainer.data_collator([trainer.train_dataset[i] for i in range(len(KTO_ROWS))])

@@ -52,8 +52,8 @@ def world(tmp_path_factory) -> dict[str, str]:
     train = [p for t in TASKS for p in split[t][0]]
     test = [p for t in TASKS for p in split[t][1]]
     return {"pairs": write(folder / "pairs.jsonl", train), "pairs_test": write(folder / "pairs_test.jsonl", test),
-            "kto": write(folder / "kto.jsonl", unpaired(train)), "kto_test": write(folder / "kto_test.jsonl", unpaired(test)),
-            "out": str(folder / "out")}
+            "kto": write(folder / "kto.jsonl", unpaired(train)),
+            "kto_test": write(folder / "kto_test.jsonl", unpaired(test)), "out": str(folder / "out")}
 
 
 def likelihood_accuracy(model, tokenizer, file: str) -> float:
@@ -75,7 +75,7 @@ def likelihood_accuracy(model, tokenizer, file: str) -> float:
 def test_world_preferences(name, world):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from trainers.loop import train
+    from trainers.loops import train
     from trainers.spec import parse_run
 
     fields, lr = RUNS[name]
@@ -83,15 +83,16 @@ def test_world_preferences(name, world):
     spec = {"base": BASE, "objective": {"name": name, **fields}, "method": {"name": "full"},
             "data": {"train": world[data], "eval": world[f"{data}_test"]}, "chat_template": "none",
             "optim": {"lr": lr, "weight_decay": 0.0}, "schedule": {"warmup_steps": 5, "total_steps": STEPS},
-            "batch": {"size": 16, "max_length": 96}, "eval_every": STEPS // 3, "seed": 0, "out": f"{world['out']}/{name}"}
+            "batch": {"size": 16, "max_length": 96}, "eval_every": STEPS // 3, "seed": 0,
+            "out": f"{world['out']}/{name}"}
     tokenizer = AutoTokenizer.from_pretrained(BASE)
     before = likelihood_accuracy(AutoModelForCausalLM.from_pretrained(BASE).eval(), tokenizer, world["pairs_test"])
     final = train(parse_run(spec, f"world {name}"), quiet=True)
     with open(os.path.join(spec["out"], "log.jsonl")) as f:
         scores = [r for r in map(json.loads, f) if "eval_loss" in r]
     first, last = scores[0], scores[-1]
-    line = (f"{name}: eval_margin {first['eval_margin']:.3f} (step {STEPS // 3}) -> {last['eval_margin']:.3f} (step {STEPS}), "
-            f"eval_accuracy {first['eval_accuracy']:.3f} -> {last['eval_accuracy']:.3f}")
+    line = (f"{name}: eval_margin {first['eval_margin']:.3f} (step {STEPS // 3}) -> {last['eval_margin']:.3f} "
+            f"(step {STEPS}), eval_accuracy {first['eval_accuracy']:.3f} -> {last['eval_accuracy']:.3f}")
     if name != "reward":
         after = likelihood_accuracy(AutoModelForCausalLM.from_pretrained(final).eval(), tokenizer, world["pairs_test"])
         line += f"; held-out likelihood preference {before:.3f} (base) -> {after:.3f}"

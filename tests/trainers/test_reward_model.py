@@ -13,7 +13,7 @@ import torch
 
 from surgery.errors import InputError, SpecError
 from tests.trainers.conftest import spec_dict
-from trainers.loop import train
+from trainers.loops import train
 from trainers.spec import parse_run
 
 HELD_OUT = "runs/data/prefs_eval.jsonl"
@@ -57,7 +57,8 @@ def test_full_reward_model_is_a_normal_folder_that_beats_chance(workdir):
     model = AutoModelForSequenceClassification.from_pretrained(final, dtype=torch.float32).eval()
     accuracy = held_out_accuracy(model, AutoTokenizer.from_pretrained(final))
     assert accuracy >= 0.8  # 14 held-out pairs; chance is 0.5
-    assert accuracy == pytest.approx(final_eval("out/reward")["eval_accuracy"])  # the loop's batched, padded scoring agrees
+    # the loop's batched, padded scoring agrees
+    assert accuracy == pytest.approx(final_eval("out/reward")["eval_accuracy"])
 
 
 def test_lora_reward_model_trains_and_saves_its_head(workdir, base):

@@ -50,7 +50,8 @@ def test_prompt_completion_trains_the_completion_and_end_of_turn(base):
     ex = sft.encode(row, tok, resolve("chatml", tok), sft.Config())
     # the word-level tokenizer drops the newlines; "user" and "assistant" are not in its vocabulary (<unk>)
     assert tok.convert_ids_to_tokens(ex["input_ids"]) == [
-        "<|im_start|>", "<unk>", "write", "water", "two", "<|im_end|>", "<|im_start|>", "<unk>", "water", "water", "<|im_end|>"]
+        "<|im_start|>", "<unk>", "write", "water", "two", "<|im_end|>", "<|im_start|>", "<unk>", "water", "water",
+        "<|im_end|>"]
     assert tokens_trained(tok, ex) == ["water", "water", "<|im_end|>"]
     everything = sft.encode(row, tok, resolve("chatml", tok), sft.Config(loss_on="all"))
     assert everything["labels"] == everything["input_ids"]
@@ -76,13 +77,15 @@ def test_plain_text_without_template(base):
     assert tokens_trained(tok, ex) == ["water", "water", "<|im_end|>"]  # the tokenizer's eos ends the completion
     assert len(ex["input_ids"]) == 5
     text = pretrain.encode(Row({"text": "the water"}, "x.jsonl", 1), tok, resolve("none", tok), pretrain.Config())
-    assert text["labels"] == text["input_ids"] and tok.convert_ids_to_tokens(text["input_ids"]) == ["the", "water", "<|im_end|>"]
+    assert (text["labels"] == text["input_ids"]
+            and tok.convert_ids_to_tokens(text["input_ids"]) == ["the", "water", "<|im_end|>"])
 
 
 ROWS = [("write water two", "water water"), ("what is the first word of day and people", "the first word is day"),
         ("now write number", "number")]
 
 
+@pytest.mark.integration
 def test_equals_trl_sft_trainer(base, tmp_path):
     """TRL 1.16's SFTTrainer, on conversational prompt/completion rows with `completion_only_loss`,
     builds the same input ids and masks as `sft.build_batch` with the tokenizer's (ChatML) template,

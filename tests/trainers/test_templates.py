@@ -32,9 +32,10 @@ EXPECTED = {
               "<|start_header_id|>assistant<|end_header_id|>\n\nday<|eot_id|>",
     "alpaca": "be brief\n\n### Instruction:\nwrite water two\n\n### Response:\nwater water<|im_end|>\n\n"
               "### Instruction:\nnow day\n\n### Response:\nday<|im_end|>\n\n",
-    "zephyr": "<|system|>\nbe brief<|im_end|>\n<|user|>\nwrite water two<|im_end|>\n<|assistant|>\nwater water<|im_end|>\n"
-              "<|user|>\nnow day<|im_end|>\n<|assistant|>\nday<|im_end|>\n",
-    "mistral": "<|im_start|>[INST] be brief\n\nwrite water two [/INST]water water<|im_end|>[INST] now day [/INST]day<|im_end|>",
+    "zephyr": "<|system|>\nbe brief<|im_end|>\n<|user|>\nwrite water two<|im_end|>\n"
+              "<|assistant|>\nwater water<|im_end|>\n<|user|>\nnow day<|im_end|>\n<|assistant|>\nday<|im_end|>\n",
+    "mistral": "<|im_start|>[INST] be brief\n\nwrite water two [/INST]water water<|im_end|>"
+               "[INST] now day [/INST]day<|im_end|>",
 }
 # what each template trains on in the two assistant turns
 TRAINED = {
@@ -69,7 +70,7 @@ def folder_with(tmp_path, name: str, template: str | None, lineage_name: str | N
     if template is not None:
         (folder / "chat_template.jinja").write_text(template)
     if lineage_name is not None:
-        (folder / "lineage.json").write_text('{"chat_template": "%s"}' % lineage_name)
+        (folder / "lineage.json").write_text(f'{{"chat_template": "{lineage_name}"}}')
     return str(folder)
 
 
@@ -81,4 +82,5 @@ def test_template_mismatch(tmp_path):
     assert template_mismatch(a, b) is None and template_mismatch(a, a) is None
     assert template_mismatch(a, c) == (f"chat templates differ: {a} ('chatml') and {c} ('llama3'); "
                                        "prompts formatted for one are out of distribution for the other")
-    assert template_mismatch(a, d) == f"{d} has no chat template while the other has one; prompts will be formatted differently"
+    assert template_mismatch(a, d) == (f"{d} has no chat template while the other has one; "
+                                       "prompts will be formatted differently")

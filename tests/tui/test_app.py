@@ -20,6 +20,7 @@ def shown_keys(app) -> set[str]:
     return {key for key, b in app.active_bindings.items() if b.binding.show and b.enabled}
 
 
+@pytest.mark.integration
 def test_tabs_by_key_and_by_click(tmp_path):
     async def go():
         app = SurgeryApp(models_dir=str(tmp_path), db=str(tmp_path / "evals.sqlite"), runs=[str(tmp_path)])
@@ -60,11 +61,13 @@ def relative_models(llama, tmp_path, monkeypatch) -> str:
     return "models"
 
 
+@pytest.mark.integration
 def test_snapshot_first_screen(snap_compare, relative_models):
     app = SurgeryApp(models_dir=relative_models, db=os.path.join("db", "evals.sqlite"))
     assert snap_compare(app, terminal_size=SIZE)
 
 
+@pytest.mark.integration
 def test_snapshot_value_out_of_bounds(snap_compare, relative_models):
     app = SurgeryApp(models_dir=relative_models, db=os.path.join("db", "evals.sqlite"))
 

@@ -12,7 +12,9 @@ import threading
 import pytest
 from click.testing import CliRunner
 from textual.widgets import Select
+from textual.widgets.select import InvalidSelectValueError
 
+from evals.scoring import suites
 from surgery.cli import main
 from surgery.io.reader import ModelFolder
 from surgery.merge.plan import plan_merge
@@ -23,6 +25,7 @@ from tui.designer import PLAN_AFTER_S, Designer
 from tui.leaderboard import LeaderboardPane
 from tui.picker import ModelPicker
 
+pytestmark = pytest.mark.integration  # the longest file of the suite: the app driven through whole merges
 SIZE = (80, 24)
 
 
@@ -146,6 +149,25 @@ def test_true_false_and_one_of_parameters_are_drop_downs(models, tmp_path):
             normalize.clear()
             await settle(app)
             assert designer.data["parameters"] == {"consensus": "count"}
+    run(go())
+
+
+def test_the_suites_offered_are_the_declared_ones(models, tmp_path, monkeypatch):
+    """The eval suite drop-down lists the suites of evals.scoring.suites, read when the designer is built:
+    a suite declared there (here one added for the test) is offered, a name not declared is not."""
+    declared = (*suites.DECLARED, suites.Suite("extra", "a suite declared for this test", ("world_add",)))
+    monkeypatch.setattr(suites, "BY_NAME", {s.name: s for s in declared})
+
+    async def go():
+        app = designer_app(models, tmp_path)
+        async with app.run_test(size=SIZE):
+            choice = app.query_one("#suite", Select)
+            assert choice.value == "world"
+            for name in (*suites.SUITES, "extra"):
+                choice.value = name
+                assert choice.value == name
+            with pytest.raises(InvalidSelectValueError):
+                choice.value = "wrold"
     run(go())
 
 

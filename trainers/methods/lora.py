@@ -11,13 +11,15 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from trainers.methods import peft_adapter
+from trainers.methods.method import TrainingMethod
 from trainers.methods.peft_adapter import TARGETS_HELP, Targets
 
 
 class Config(BaseModel):
     model_config = ConfigDict(extra="forbid")
     r: int = Field(8, ge=1, le=1024, description="rank of the update B A")
-    alpha: float = Field(16, gt=0, le=8192, description="the update is scaled by alpha / r (alpha / sqrt(r) with use_rslora)")
+    alpha: float = Field(16, gt=0, le=8192,
+                         description="the update is scaled by alpha / r (alpha / sqrt(r) with use_rslora)")
     dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the adapter's input")
     target_modules: Targets = Field(peft_adapter.ALL_LINEAR, description=TARGETS_HELP)
     use_rslora: bool = Field(False, description="scale by alpha / sqrt(r), stable at high rank (Kalajdzievski 2023)")
@@ -38,3 +40,6 @@ def attach(model: torch.nn.Module, config: Config) -> torch.nn.Module:
 
 def save(model, folder: str, config: Config) -> None:
     peft_adapter.save(model, folder)
+
+
+METHOD = TrainingMethod("lora", Config, attach, save, saves="adapter")

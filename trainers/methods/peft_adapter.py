@@ -8,7 +8,7 @@ only the adapter's parameters trainable; `save` writes PEFT's own folder format
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, Union
+from typing import Annotated, Literal
 
 import torch
 from pydantic import Field
@@ -17,7 +17,7 @@ from surgery.errors import InputError, SpecError
 
 ALL_LINEAR = "all-linear"
 # PEFT's "all-linear": every linear (or GPT-2 Conv1D) layer of the decoder blocks, not the output head
-Targets = Union[Literal["all-linear"], Annotated[list[str], Field(min_length=1)]]
+Targets = Literal["all-linear"] | Annotated[list[str], Field(min_length=1)]
 TARGETS_HELP = ("module names (or name suffixes) to adapt, or 'all-linear': q/k/v/o and gate/up/down on Llama, "
                 "Qwen2 and Mistral; c_attn, c_proj and c_fc on GPT-2")
 

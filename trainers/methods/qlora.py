@@ -21,6 +21,7 @@ from pydantic import Field
 
 from surgery.errors import InputError, SpecError
 from trainers.methods import lora, peft_adapter
+from trainers.methods.method import TrainingMethod
 
 INSTALL = "pip install surgery[qlora] (or pip install bitsandbytes)"
 
@@ -36,7 +37,7 @@ def import_bitsandbytes():
     except ImportError:
         raise SpecError("run spec", "method.name", "method 'qlora' needs the bitsandbytes package, which is not "
                         f"installed; install it with `{INSTALL}`, or train with method 'lora'") from None
-    except Exception as e:  # installed, but its native library does not load on this machine
+    except (OSError, RuntimeError) as e:  # installed, but its native library does not load on this machine
         raise SpecError("run spec", "method.name", f"method 'qlora' needs bitsandbytes, which is installed but fails "
                         f"to load ({type(e).__name__}: {e}); reinstall it with `{INSTALL}`, or train with method "
                         "'lora'") from None
@@ -52,7 +53,8 @@ def load_model(path: str, config: Config, dtype: torch.dtype):
                                bnb_4bit_use_double_quant=config.double_quant, bnb_4bit_compute_dtype=dtype)
     device_map = {"": torch.cuda.current_device()} if torch.cuda.is_available() else "cpu"
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, quantization_config=quant, device_map=device_map, dtype=dtype)
+        model = AutoModelForCausalLM.from_pretrained(path, quantization_config=quant, device_map=device_map,
+                                                     dtype=dtype)
     except (OSError, ValueError) as e:
         raise InputError(f"{path!r}: cannot load a causal LM from it in 4-bit ({e})") from None
     keep_trainable(model)
@@ -81,3 +83,6 @@ def attach(model: torch.nn.Module, config: Config) -> torch.nn.Module:
 
 def save(model, folder: str, config: Config) -> None:
     peft_adapter.save(model, folder)
+
+
+METHOD = TrainingMethod("qlora", Config, attach, save, saves="adapter", load_model=load_model)

@@ -18,18 +18,17 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict
 
 from surgery.errors import InputError
 from trainers.data import Row
-from trainers.objectives import pairs, sft
+from trainers.objectives import objective, pairs, sft
 from trainers.templates import Template
 
 SHAPES = pairs.SHAPES
 
 
-class Config(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class Config(objective.Config):
+    pass
 
 
 def load_model(path: str, dtype: torch.dtype, trust_remote_code: bool = False):
@@ -64,11 +63,13 @@ def collate(examples: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
     return {**pairs.collate(examples, pad_id), "margin": torch.tensor([e["margin"] for e in examples])}
 
 
-def build_batch(rows: list[Row], tokenizer, template: Template, config: Config | None = None) -> dict[str, torch.Tensor]:
+def build_batch(rows: list[Row], tokenizer, template: Template,
+                config: Config | None = None) -> dict[str, torch.Tensor]:
     return collate([encode(r, tokenizer, template, config) for r in rows], sft.pad_token_id(tokenizer))
 
 
-def bradley_terry_loss(chosen: torch.Tensor, rejected: torch.Tensor, margin: torch.Tensor | None = None) -> torch.Tensor:
+def bradley_terry_loss(chosen: torch.Tensor, rejected: torch.Tensor,
+                       margin: torch.Tensor | None = None) -> torch.Tensor:
     """Per-pair loss (B,) from the scores of chosen and rejected (B,)."""
     return -F.logsigmoid(chosen - rejected - (0 if margin is None else margin))
 
@@ -81,3 +82,7 @@ def scores(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
 def loss(model, batch: dict[str, torch.Tensor], config: Config) -> tuple[torch.Tensor, dict[str, float]]:
     chosen, rejected = pairs.halves(scores(model, batch).float())
     return bradley_terry_loss(chosen, rejected, batch["margin"]).mean(), pairs.reward_metrics(chosen, rejected)
+
+
+OBJECTIVE = objective.Objective("reward", "reward model", Config, SHAPES, "offline",
+                                objective.Batches(encode, collate), loss, load_model=load_model)

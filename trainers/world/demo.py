@@ -67,7 +67,8 @@ def score_table(models: dict[str, str], data: str, rows_per_task: int | None = N
 
 
 def run_world_demo(folder: str, specs: str, base_steps: int = 2000, expert_steps: int = 200,
-                   echo: Callable[[str], None] = print, rows_per_task: int | None = None) -> dict[str, dict[str, float]]:
+                   echo: Callable[[str], None] = print,
+                   rows_per_task: int | None = None) -> dict[str, dict[str, float]]:
     from transformers.utils import logging
 
     logging.disable_progress_bar()

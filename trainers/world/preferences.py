@@ -68,5 +68,6 @@ def unpaired(pairs: list[dict]) -> list[dict]:
     rows = []
     for p in pairs:
         base = {"prompt": p["prompt"], "task": p["task"]}
-        rows += [{**base, "completion": p["chosen"], "label": True}, {**base, "completion": p["rejected"], "label": False}]
+        rows += [{**base, "completion": p["chosen"], "label": True},
+                 {**base, "completion": p["rejected"], "label": False}]
     return rows

@@ -73,7 +73,8 @@ def peft_reference(base: str, adapters: list[str], weights: list[float] | None =
     with torch.no_grad():
         logits = model(TOKENS).logits
     merged = model.merge_and_unload(adapter_names=names)
-    if getattr(merged.config, "tie_word_embeddings", False) and any("wte" in a or "embed" in a for a in _targets(model)):
+    if (getattr(merged.config, "tie_word_embeddings", False)
+            and any("wte" in a or "embed" in a for a in _targets(model))):
         # A LoRA on a tied embedding: PEFT's active adapter leaves the tied output head alone, while its
         # merge (like ours) changes the one shared matrix; the merged model is then the only oracle.
         with torch.no_grad():
@@ -85,7 +86,8 @@ def _targets(model) -> list[str]:
     return [str(t) for c in model.peft_config.values() for t in (c.target_modules or [])]
 
 
-def fold_to(base: str, adapters: list[str], out: str, weights: list[float] = (), options: Options = SMALL_BLOCKS) -> str:
+def fold_to(base: str, adapters: list[str], out: str, weights: list[float] = (),
+            options: Options = SMALL_BLOCKS) -> str:
     """Our fold, through the engine, in small blocks; returns the output folder."""
     return run_merge(plan_fold(base, adapters, weights), out, options)
 

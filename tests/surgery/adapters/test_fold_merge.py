@@ -4,6 +4,7 @@ folder; `surgery inspect` describes an adapter folder."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 
@@ -48,7 +49,8 @@ def test_adapter_as_merge_input_equals_folded_on_disk(llama, llama_lora, tmp_pat
     for name in on_the_fly:
         assert torch.equal(on_the_fly[name], from_disk[name]), name
     without = merged(write_spec(tmp_path / "b", [base, math], base, method), str(tmp_path / "b" / "plain"))
-    assert not torch.equal(without["model.layers.0.self_attn.q_proj.weight"], on_the_fly["model.layers.0.self_attn.q_proj.weight"])
+    assert not torch.equal(without["model.layers.0.self_attn.q_proj.weight"],
+                           on_the_fly["model.layers.0.self_attn.q_proj.weight"])
 
 
 def test_two_adapters_in_one_reference_is_a_spec_error(llama, llama_lora, tmp_path):
@@ -67,11 +69,29 @@ def test_fold_cli_writes_shards_config_tokenizer_and_provenance(llama, llama_lor
     folder = ModelFolder(str(out))
     assert len({i.file for i in folder.tensors.values()}) > 1
     assert {i.dtype for i in folder.tensors.values()} == {torch.bfloat16}
-    assert llama_lora in folder.metadata["surgery.spec"]
+    assert folder.metadata["surgery.models"] == f"base={llama['base']},adapter={llama_lora}"
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(str(out))
     assert model.config.num_hidden_layers == 2
+
+
+def test_fold_is_called_fold_in_its_progress_bar_and_provenance(llama, llama_lora, tmp_path):
+    """Not `merge:` and `method: passthrough` with a `base+adapter=...` model: the base and the adapter
+    are named, the spec's base_model naming the base among them (as a merge's provenance does)."""
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["fold", llama["base"], llama_lora, str(out), "--weight", "0.5"])
+    assert result.exit_code == 0, result.output
+    assert "fold:" in result.stderr and "merge:" not in result.stderr
+    result = CliRunner().invoke(main, ["inspect", str(out), "--json"])
+    provenance = json.loads(result.output)["provenance"]
+    assert provenance["surgery.method"] == "fold"
+    assert provenance["surgery.models"] == f"base={llama['base']},adapter={llama_lora}"
+    spec = json.loads(provenance["surgery.spec"])
+    assert spec == {"base_model": "base", "adapters": [{"model": "adapter", "weight": 0.5}]}
+    assert provenance["surgery.spec_sha256"] == hashlib.sha256(provenance["surgery.spec"].encode()).hexdigest()
+    text = CliRunner().invoke(main, ["inspect", str(out), "--no-tensors"]).output
+    assert "method: fold" in text and "passthrough" not in text and "+" not in text.split("models: ")[1].split()[0]
 
 
 def test_inspect_adapter(llama_lora):

@@ -30,14 +30,17 @@ CASES = {
     "modules_to_save": ("llama", lambda: LoraConfig(r=4, target_modules=["k_proj"], modules_to_save=["lm_head"])),
     "fan_in_fan_out_gpt2": ("gpt2", lambda: LoraConfig(r=4, lora_alpha=8, fan_in_fan_out=True,
                                                         target_modules=["c_attn", "c_proj", "c_fc"])),
-    "embedding_gpt2": ("gpt2", lambda: LoraConfig(r=4, lora_alpha=8, fan_in_fan_out=True, target_modules=["wte", "c_attn"])),
+    "embedding_gpt2": ("gpt2", lambda: LoraConfig(r=4, lora_alpha=8, fan_in_fan_out=True,
+                                                  target_modules=["wte", "c_attn"])),
     "lora_bias_gpt2": ("gpt2", lambda: LoraConfig(r=4, fan_in_fan_out=True, lora_bias=True, target_modules=["c_attn"])),
     "dora": ("llama", lambda: LoraConfig(r=4, use_dora=True, target_modules=["q_proj", "k_proj", "down_proj"])),
     "dora_gpt2": ("gpt2", lambda: LoraConfig(r=4, use_dora=True, fan_in_fan_out=True,
                                               target_modules=["c_attn", "c_fc", "c_proj"])),
     "dora_embedding": ("llama", lambda: LoraConfig(r=4, use_dora=True, target_modules=["embed_tokens", "v_proj"])),
-    "ia3": ("llama", lambda: IA3Config(target_modules=["k_proj", "v_proj", "down_proj"], feedforward_modules=["down_proj"])),
-    "ia3_gpt2": ("gpt2", lambda: IA3Config(target_modules=["c_attn", "mlp.c_proj"], feedforward_modules=["mlp.c_proj"])),
+    "ia3": ("llama", lambda: IA3Config(target_modules=["k_proj", "v_proj", "down_proj"],
+                                       feedforward_modules=["down_proj"])),
+    "ia3_gpt2": ("gpt2", lambda: IA3Config(target_modules=["c_attn", "mlp.c_proj"],
+                                           feedforward_modules=["mlp.c_proj"])),
     "vera": ("llama", lambda: VeraConfig(r=8, target_modules=["q_proj", "v_proj", "down_proj"], save_projection=True)),
     "vera_regenerated": ("llama", lambda: VeraConfig(r=8, target_modules=["q_proj", "v_proj", "up_proj"],
                                                       save_projection=False, projection_prng_key=7)),
@@ -63,6 +66,7 @@ def assert_equal_to_peft(ours: dict, logits: torch.Tensor, ref: dict, ref_logits
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.integration
 def test_fold_equals_peft(case, llama, gpt2, adapter, reference, fold):
     kind, make = CASES[case]
     base = {"llama": llama, "gpt2": gpt2}[kind]["base"]
@@ -76,13 +80,14 @@ def test_two_lora_adapters_with_weights(llama, adapter, reference, fold):
     """W + 0.7 * s1 * B1 A1 - 0.4 * s2 * B2 A2, adapters overlapping on q_proj; PEFT scales `scaling`."""
     base = llama["base"]
     first = adapter(base, lora_config(LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"])), "one", 1)
-    second = adapter(base, lora_config(LoraConfig(r=2, lora_alpha=4, use_rslora=True, target_modules=["q_proj", "o_proj"])),
-                     "two", 2)
+    second = adapter(base, lora_config(LoraConfig(r=2, lora_alpha=4, use_rslora=True,
+                                                  target_modules=["q_proj", "o_proj"])), "two", 2)
     ref, ref_logits = reference(base, [first, second], [0.7, -0.4])
     ours, logits, _ = fold(base, [first, second], [0.7, -0.4])
     assert_equal_to_peft(ours, logits, ref, ref_logits, base)
     plain, _ = reference(base, [first, second])
-    assert (plain["model.layers.0.self_attn.q_proj.weight"] - ours["model.layers.0.self_attn.q_proj.weight"]).abs().max() > 1e-3
+    assert (plain["model.layers.0.self_attn.q_proj.weight"]
+            - ours["model.layers.0.self_attn.q_proj.weight"]).abs().max() > 1e-3
 
 
 def test_lora_then_ia3_fold_in_order(llama, adapter, fold, tmp_path):
@@ -100,9 +105,9 @@ def test_lora_then_ia3_fold_in_order(llama, adapter, fold, tmp_path):
 def test_dora_column_norms_summed_over_blocks(case, llama, gpt2, adapter, reference, fold, monkeypatch):
     """A DoRA weight stored (in, out) needs whole-column norms: with a tiny norm block they are summed
     over many blocks of rows, and the result is still PEFT's."""
-    import surgery.adapters.folded_model
+    import surgery.adapters.kinds.dora
 
-    monkeypatch.setattr(surgery.adapters.folded_model, "NORM_BLOCK", 512)  # 4 rows of a 32-wide float32 weight
+    monkeypatch.setattr(surgery.adapters.kinds.dora, "NORM_BLOCK", 512)  # 4 rows of a 32-wide float32 weight
     kind, make = CASES[case]
     base = {"llama": llama, "gpt2": gpt2}[kind]["base"]
     path = adapter(base, lora_config(make()))

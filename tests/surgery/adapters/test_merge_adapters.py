@@ -53,7 +53,8 @@ def pair(llama, tmp_path_factory) -> tuple[str, str, str]:
 
 def merged(pair, tmp_path, combination: str, weights=WEIGHTS, name: str = "merged", **settings) -> str:
     _, first, second = pair
-    path, _ = merge_adapters([first, second], str(tmp_path / name), AdapterMergeSettings(combination, **settings), weights)
+    path, _ = merge_adapters([first, second], str(tmp_path / name), AdapterMergeSettings(combination, **settings),
+                             weights)
     return path
 
 
@@ -188,7 +189,8 @@ def test_gpt2_conv1d_equals_peft(gpt2, tmp_path):
         return LoraConfig(r=r, lora_alpha=alpha, fan_in_fan_out=True, target_modules=["c_attn", "c_fc"],
                           init_lora_weights=False)
 
-    pair = (base, save_adapter(base, make(4, 8), str(tmp_path / "g1"), 1), save_adapter(base, make(2, 2), str(tmp_path / "g2"), 2))
+    pair = (base, save_adapter(base, make(4, 8), str(tmp_path / "g1"), 1),
+            save_adapter(base, make(2, 2), str(tmp_path / "g2"), 2))
     for combination in ("cat", "svd"):
         ours = merged(pair, tmp_path, combination, name=combination)
         model = with_peft(pair, ours, combination)
@@ -242,7 +244,8 @@ def file_digest(folder: str) -> str:
 @pytest.mark.parametrize("dare, plain", [("dare_linear_svd", "svd"), ("dare_ties_svd", "ties_svd")])
 def test_dare_at_density_one_is_deterministic(pair, tmp_path, dare, plain):
     """Nothing dropped: DARE is the plain combination (TIES with nothing trimmed)."""
-    got = load_file(os.path.join(merged(pair, tmp_path, dare, name="dare", density=1.0, seed=3), "adapter_model.safetensors"))
+    got = load_file(os.path.join(merged(pair, tmp_path, dare, name="dare", density=1.0, seed=3),
+                                 "adapter_model.safetensors"))
     want = load_file(os.path.join(merged(pair, tmp_path, plain, name="plain", density=1.0 if "ties" in plain else None),
                                   "adapter_model.safetensors"))
     assert got.keys() == want.keys()

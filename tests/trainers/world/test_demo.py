@@ -25,6 +25,7 @@ def two_specs(tmp_path) -> str:
     return str(folder)
 
 
+@pytest.mark.integration
 def test_world_demo_trains_merges_and_scores(tmp_path, two_specs):
     lines: list[str] = []
     table = run_world_demo(str(tmp_path / "demo"), two_specs, base_steps=3, expert_steps=2, echo=lines.append,

@@ -75,5 +75,6 @@ def test_char_tokenizer_round_trips_every_character():
     ids = tok(text, add_special_tokens=False)["input_ids"]
     assert len(ids) == len(text) and tok.unk_token_id not in ids
     assert tok.decode(ids) == text
-    assert tok.decode(tok("12+345=357<|im_end|>", add_special_tokens=False)["input_ids"], skip_special_tokens=True) == "12+345=357"
+    assert tok.decode(tok("12+345=357<|im_end|>", add_special_tokens=False)["input_ids"],
+                      skip_special_tokens=True) == "12+345=357"
     assert tok.convert_tokens_to_ids(["<|im_start|>", "<|im_end|>"]) == [tok.bos_token_id, tok.eos_token_id]
