@@ -36,6 +36,7 @@ from evals.scoring.store import Store
 from evals.search.candidates import merge_spec as merge_into
 from evals.search.genome import EvolveSpec, Genome, TaskSpec, merge_spec, spec_yaml
 from surgery.errors import InputError, NumericsError, OutputError, SpecError
+from surgery.io.output import output_lock
 
 STATE, BEST, BEST_SPEC, PLOT = "search.json", "best", "best.yaml", "progress.png"
 FORMAT = 1
@@ -285,7 +286,13 @@ def start(search: Search, resume: bool) -> State:
 
 
 def run_search(search: Search, resume: bool = False) -> State:
-    """Generations until the budget (or CMA-ES's own stopping rules) ends the search; returns the record."""
+    """Generations until the budget (or CMA-ES's own stopping rules) ends the search; returns the record.
+    OUT is locked while it runs, so a second search into it stops at once."""
+    with output_lock(search.out):
+        return _run(search, resume)
+
+
+def _run(search: Search, resume: bool) -> State:
     state = start(search, resume)
     es = optimiser(search.genome, search.spec)
     replay(es, state, search.out)

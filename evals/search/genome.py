@@ -18,14 +18,14 @@ from dataclasses import dataclass
 
 import numpy as np
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from surgery.errors import InputError, SpecError
 from surgery.io.locate import resolve_path
 from surgery.merge.methods import REGISTRY
 from surgery.merge.params import check_value
-from surgery.merge.spec import DTypeName, read_spec_data
-from trainers.spec import at_line, first_error
+from surgery.merge.spec import DTypeName
+from surgery.spec_file import located, read, validate
 
 # method -> the per-model parameters the search tunes (mergekit's METHOD_PARAM_MAPS, widened to every
 # method of the task-vector family; slerp is left out: see README)
@@ -156,18 +156,12 @@ class Genome:
 
 def load_evolve_spec(path: str) -> tuple[EvolveSpec, str]:
     """The spec file validated (errors located as `file: field (line N): problem`), and its text."""
-    data = read_spec_data(path)
-    with open(path) as f:
-        text = f.read()
-    return parse_evolve_spec(data, path, text), text
+    spec = read(path, "evolve spec", "with genome and tasks")
+    return parse_evolve_spec(spec.data, path, spec.text), spec.text
 
 
 def parse_evolve_spec(data: dict, file: str = "<evolve spec>", text: str | None = None) -> EvolveSpec:
-    try:
-        spec = EvolveSpec.model_validate(data)
-    except ValidationError as e:
-        field, problem = first_error(e)
-        raise SpecError(file, at_line(field, text), problem) from None
+    spec = validate(EvolveSpec, data, file, text)
     check_method(spec.genome, file, text)
     check_bounds(spec.genome, file, text)
     return spec
@@ -177,16 +171,16 @@ def check_method(genome: GenomeSpec, file: str, text: str | None = None) -> None
     """A method the search knows, with a base where it needs one, and the base not among the models."""
     method = genome.merge_method
     if method not in GENES:
-        raise SpecError(file, at_line("genome.merge_method", text), f"cannot evolve {method!r}; the methods with "
-                        f"tunable weights are {', '.join(GENES)}")
+        raise located(file, "genome.merge_method", f"cannot evolve {method!r}; the methods with tunable weights "
+                      f"are {', '.join(GENES)}", text)
     if REGISTRY[method].base == "required":
         if not genome.base_model:
-            raise SpecError(file, at_line("genome.base_model", text), f"{method} needs a base_model (the model "
-                            "the others' task vectors are taken from)")
+            raise located(file, "genome.base_model", f"{method} needs a base_model (the model the others' task "
+                          "vectors are taken from)", text)
         if genome.base_model in genome.models:
             i = genome.models.index(genome.base_model)
-            raise SpecError(file, at_line(f"genome.models.{i}", text), f"the base model is also listed as a model; "
-                            f"{method} takes task vectors from it, so its genes would do nothing: remove it here")
+            raise located(file, f"genome.models.{i}", f"the base model is also listed as a model; {method} takes "
+                          "task vectors from it, so its genes would do nothing: remove it here", text)
 
 
 def check_bounds(genome: GenomeSpec, file: str, text: str | None = None) -> tuple[tuple[float, float], ...]:
@@ -195,20 +189,23 @@ def check_bounds(genome: GenomeSpec, file: str, text: str | None = None) -> tupl
     genes, fields = GENES[genome.merge_method], REGISTRY[genome.merge_method].per_model.model_fields
     for gene in genome.bounds:
         if gene not in genes:
-            raise SpecError(file, at_line(f"genome.bounds.{gene}", text), f"{genome.merge_method} tunes "
-                            f"{', '.join(genes)}; '{gene}' is not one of them")
+            raise located(file, f"genome.bounds.{gene}", f"{genome.merge_method} tunes {', '.join(genes)}; "
+                          f"'{gene}' is not one of them", text)
     out = []
     for gene in genes:
         default = NEGATIVE_WEIGHTS if gene == "weight" and genome.allow_negative_weights else DEFAULT_BOUNDS[gene]
         lo, hi = genome.bounds.get(gene, default)
         where = f"genome.bounds.{gene}"
         for i, value in enumerate((lo, hi)):
-            check_value(fields[gene], value, file, at_line(f"{where}.{i}", text))
+            try:
+                check_value(fields[gene], value, file, f"{where}.{i}")
+            except SpecError as e:
+                raise located(file, e.field, e.problem, text) from None
         if gene == "weight" and lo < 0 and not genome.allow_negative_weights:
-            raise SpecError(file, at_line(f"{where}.0", text), f"a negative weight bound ({lo}) needs "
-                            "allow_negative_weights: true; or raise the bound to 0")
+            raise located(file, f"{where}.0", f"a negative weight bound ({lo}) needs allow_negative_weights: "
+                          "true; or raise the bound to 0", text)
         if not lo < hi:
-            raise SpecError(file, at_line(where, text), f"low must be below high (got [{lo}, {hi}])")
+            raise located(file, where, f"low must be below high (got [{lo}, {hi}])", text)
         out.append((float(lo), float(hi)))
     return tuple(out)
 
@@ -223,8 +220,8 @@ def resolve_genome(spec: GenomeSpec, file: str, text: str | None = None, models_
     one_group = Genome(spec.model_copy(update={"layer_granularity": 0}), models, base, 0, bounds)
     layers = _planned_layers(one_group, file)
     if spec.layer_granularity and layers % spec.layer_granularity:
-        raise SpecError(file, at_line("genome.layer_granularity", text), f"the models have {layers} layers, which "
-                        f"groups of {spec.layer_granularity} do not divide; choose a divisor of {layers}")
+        raise located(file, "genome.layer_granularity", f"the models have {layers} layers, which groups of "
+                      f"{spec.layer_granularity} do not divide; choose a divisor of {layers}", text)
     genome = Genome(spec, models, base, layers, bounds)
     _planned_layers(genome, file)
     return genome
@@ -235,7 +232,7 @@ def _found(ref: str, field: str, file: str, text: str | None, models_dir: str | 
     try:
         return "+".join(resolve_path(part, models_dir) for part in ref.split("+"))
     except InputError as e:
-        raise SpecError(file, at_line(field, text), str(e)) from None
+        raise located(file, field, str(e), text) from None
 
 
 def _planned_layers(genome: Genome, file: str) -> int:
