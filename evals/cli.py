@@ -21,25 +21,26 @@ def _model_args(text: str) -> dict:
     return dict(p.split("=", 1) for p in pairs)
 
 
-SCORING_OPTIONS = (  # how checkpoints are scored: `surgery eval`, `soup` and `sweep` share them
-    click.option("--suite", default="world", show_default=True, metavar=suite_metavar(), help=suite_help()),
-    click.option("--tasks", help="Comma-separated lm-eval task names, instead of a suite."),
-    click.option("--limit", type=int, help="Score only the first N documents of each task."),
-    click.option("--num-fewshot", type=int, help="Few-shot examples per prompt (default: each task's own)."),
-    click.option("--batch-size", default="8", show_default=True,
-                 help="lm-eval batch size (a number, or auto on GPU)."),
-    click.option("--device", help="cpu, cuda, cuda:1 ... (default: cuda when there is one)."),
-    click.option("--backend", default="hf", show_default=True, help="lm-eval model type: hf, vllm, ..."),
-    click.option("--model-args", default="", metavar="K=V,...",
-                 help="Passed to lm-eval's model, e.g. parallelize=True (accelerate) or tensor_parallel_size=2 "
-                      "(vLLM)."),
-    click.option("--db", type=click.Path(dir_okay=False), help="Results store (default $SURGERY_HOME/evals.sqlite, "
-                 "else .surgery/evals.sqlite here)."),
-    click.option("--apply-chat-template", is_flag=True,
-                 help="Format prompts with each checkpoint's chat template (lm-eval's option); a warning says when "
-                      "this differs from how a checkpoint was trained."),
-    click.option("--force", is_flag=True, help="Run again even when the store has these scores."),
-)
+SCORING = {  # how checkpoints are scored: `surgery eval`, `soup` and `sweep` share them all, `evolve` some
+    "suite": click.option("--suite", default="world", show_default=True, metavar=suite_metavar(), help=suite_help()),
+    "tasks": click.option("--tasks", help="Comma-separated lm-eval task names, instead of a suite."),
+    "limit": click.option("--limit", type=int, help="Score only the first N documents of each task."),
+    "num_fewshot": click.option("--num-fewshot", type=int,
+                                help="Few-shot examples per prompt (default: each task's own)."),
+    "batch_size": click.option("--batch-size", default="8", show_default=True,
+                               help="lm-eval batch size (a number, or auto on GPU)."),
+    "device": click.option("--device", help="cpu, cuda, cuda:1 ... (default: cuda when there is one)."),
+    "backend": click.option("--backend", default="hf", show_default=True, help="lm-eval model type: hf, vllm, ..."),
+    "model_args": click.option("--model-args", default="", metavar="K=V,...", help="Passed to lm-eval's model, e.g. "
+                               "parallelize=True (accelerate) or tensor_parallel_size=2 (vLLM)."),
+    "db": click.option("--db", type=click.Path(dir_okay=False), help="Results store (default "
+                       "$SURGERY_HOME/evals.sqlite, else .surgery/evals.sqlite here)."),
+    "apply_chat_template": click.option(
+        "--apply-chat-template", is_flag=True, help="Format prompts with each checkpoint's chat template (lm-eval's "
+        "option); a warning says when this differs from how a checkpoint was trained."),
+    "force": click.option("--force", is_flag=True, help="Run again even when the store has these scores."),
+}
+SCORING_OPTIONS = tuple(SCORING.values())
 
 
 # options the commands reading the store share (each call of these decorators adds a fresh option)
@@ -377,3 +378,129 @@ def merge_quality(merged, experts, suite, png, fmt, db) -> None:
     if png:
         save_png(merge_quality_figure(ratios, f"merge quality of {os.path.basename(name)}"), png)
         click.echo(f"wrote {png}", err=True)
+
+
+@click.command()
+@click.argument("spec", type=click.Path(dir_okay=False))
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder of the search: search.json "
+              "(every generation), best.yaml and best/ (the best merge so far), progress.png.")
+@click.option("--models-dir", type=click.Path(file_okay=False), help="Read relative model paths of SPEC from here "
+              "(default: the current folder).")
+@click.option("--resume", is_flag=True, help="Continue the search in OUT (only the spec's budget may change).")
+@click.option("--workers", type=click.IntRange(1), default=1, show_default=True, help="Candidates evaluated at once: "
+              "1 runs them one after another in this process (no Ray); more start Ray workers on this machine.")
+@click.option("--ray-address", help="Join this Ray cluster (e.g. auto, or ray://HOST:10001) instead of starting one; "
+              "every node needs surgery installed and the models at the same paths.")
+@click.option("--worker-cpus", type=click.IntRange(1), default=1, show_default=True,
+              help="CPUs (torch threads) of each candidate's merge and evaluation, in this process as in a Ray "
+                   "worker: the same arithmetic whatever the workers.")
+@click.option("--worker-gpus", type=click.FloatRange(0), default=0.0, show_default=True,
+              help="GPUs Ray gives each candidate (1: a GPU of its own; lm-eval then runs on it).")
+@click.option("--scratch", type=click.Path(file_okay=False), help="Where candidates are merged before they are scored "
+              "and deleted (default OUT/candidates; on a cluster, a path every node can write).")
+@click.option("--heldout", metavar="T1,T2,...", help="After the search, score the best and each --against on these "
+              "tasks (not tuned on; every document, whatever the spec's limit) and test every difference (McNemar, "
+              "paired bootstrap).")
+@click.option("--against", multiple=True, type=click.Path(), help="A baseline for --heldout: a merge spec (merged "
+              "into OUT/against/NAME; relative models under --models-dir) or a model folder. Repeat for more.")
+@alpha_option
+@SCORING["batch_size"]
+@SCORING["device"]
+@SCORING["backend"]
+@SCORING["model_args"]
+@SCORING["db"]
+@table_format_option
+@handled
+def evolve(spec, out, models_dir, resume, workers, ray_address, worker_cpus, worker_gpus, scratch, heldout, against,
+           alpha, batch_size, device, backend, model_args, db, fmt) -> None:
+    """Evolutionary merge search (mergekit-evolve's config): CMA-ES tunes the genome's per-layer-group
+    weights and densities; every candidate is merged, scored on the spec's tasks, recorded in the store
+    (see `surgery leaderboard`) and deleted. Writes OUT/best.yaml, a spec `surgery merge` runs."""
+    import os
+    from dataclasses import replace
+    from functools import partial
+
+    from tqdm import tqdm
+
+    from evals.report.tables import render
+    from evals.scoring.harness import HarnessSettings
+    from evals.scoring.store import Store
+    from evals.scoring.suites import tuning_warnings
+    from evals.search.evolve import HarnessScoring, Search, best_rows, cpu_threads
+    from evals.search.genome import ignored_fields, load_evolve_spec, resolve_genome
+    from evals.search.heldout import check_baselines, check_heldout
+    from evals.search.workers import workers_for
+
+    parsed, text = load_evolve_spec(spec)
+    genome = resolve_genome(parsed.genome, spec, text, models_dir)
+    tuned = [t.name for t in parsed.tasks]
+    held = [t.strip() for t in heldout.split(",") if t.strip()] if heldout else []
+    _check_evolve_tasks(tuned + held)
+    check_heldout(held, tuned)
+    if against and not held:
+        raise click.UsageError("--against needs --heldout: the tasks to compare the best and the baselines on")
+    check_baselines(against, models_dir)
+    for warning in tuning_warnings(tuned) + [f"{f}: a mergekit field, ignored here" for f in ignored_fields(parsed)]:
+        _say(f"warning: {warning}")
+    settings = HarnessSettings(limit=parsed.limit, num_fewshot=parsed.num_fewshot, device=device, backend=backend,
+                               batch_size=int(batch_size) if batch_size.isdigit() else batch_size,
+                               model_args=_model_args(model_args), apply_chat_template=parsed.apply_chat_template)
+    out, scratch = os.path.abspath(out), os.path.abspath(scratch or os.path.join(out, "candidates"))
+    with Store(db) as store:
+        search = Search(parsed, genome, spec, out, scratch, HarnessScoring(tuple(tuned), settings), store,
+                        partial(workers_for, workers, ray_address, worker_cpus, worker_gpus), worker_cpus, tqdm.write)
+        state = _run_evolve(search, resume)
+        click.echo(render(best_rows(state, genome), fmt).rstrip("\n"))
+        if held and state.best() is not None:
+            with cpu_threads(worker_cpus):  # the full test splits, whatever the spec's limit
+                _evolve_heldout(os.path.join(out, "best"), against, held, out, models_dir,
+                                replace(settings, limit=None), store, alpha, fmt)
+
+
+def _check_evolve_tasks(tasks: list[str]) -> None:
+    """Every task known to lm-eval (the local suites without building lm-eval's whole index)."""
+    from evals.scoring import harness
+    from evals.scoring.suites import METRICS, check_tasks
+
+    local = all(t in METRICS for t in tasks)
+    check_tasks(tasks, list(METRICS) if local else harness.known_tasks(harness.task_manager()))
+
+
+def _run_evolve(search, resume: bool):
+    """The search with a progress bar over its budget; the workers closed however it ends."""
+    import os
+    from dataclasses import replace
+
+    from tqdm import tqdm
+
+    from evals.search.evolve import STATE, load_state, run_search
+
+    done = load_state(search.out).evaluations if resume and os.path.isfile(os.path.join(search.out, STATE)) else 0
+    bar = tqdm(total=search.spec.budget, initial=done, desc="evolve", unit="candidate")
+    try:
+        state = run_search(replace(search, tick=lambda _: bar.update()), resume)
+    except KeyboardInterrupt:  # the generations done are kept: say so, rather than the usual "nothing written"
+        click.echo(f"interrupted: {search.out}/search.json keeps every finished generation; --resume continues",
+                   err=True)
+        raise SystemExit(130) from None
+    finally:
+        bar.close()
+    click.echo(f"stopped: {state.stopped}", err=True)
+    return state
+
+
+def _evolve_heldout(best, against, tasks, out, models_dir, settings, store, alpha, fmt) -> None:
+    """The best and each baseline scored on the held-out tasks, every difference tested; OUT/heldout.json."""
+    import json
+    import os
+
+    from evals.report.tables import render
+    from evals.scoring.run import evaluate
+    from evals.search.evolve import write_text
+    from evals.search.heldout import baseline_folders, heldout_rows
+
+    baselines = baseline_folders(against, out, models_dir)
+    table = evaluate([best, *baselines], tasks, settings, store, say=_say)
+    rows = heldout_rows(table, os.path.abspath(best), baselines, tasks, alpha)
+    click.echo("\nheld out: the best against each baseline\n" + render(rows, fmt).rstrip("\n"))
+    write_text(os.path.join(out, "heldout.json"), json.dumps(rows, indent=1) + "\n")

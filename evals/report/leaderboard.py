@@ -40,8 +40,9 @@ def lineage_columns(lineage: dict) -> dict:
     if training:
         made_by = "/".join(str((training.get(k) or {}).get("name", "")) for k in ("method", "objective"))
         parent = short_path(training.get("parent") or training.get("base") or "")
-    elif merge:
-        made_by, parent = f"merge:{merge.get('surgery.method', '?')}", merged_from(merge.get("surgery.models", ""))
+    elif merge:  # a candidate of `surgery evolve` says so, so the leaderboard shows the search
+        kind = "evolve" if lineage.get("evolve") else "merge"
+        made_by, parent = f"{kind}:{merge.get('surgery.method', '?')}", merged_from(merge.get("surgery.models", ""))
     else:
         made_by, parent = "", ""
     if lineage.get("adapter_of"):

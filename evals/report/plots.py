@@ -95,3 +95,27 @@ def sweep_figure(param: str, values: Sequence[object], series: Mapping[str, Sequ
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def evolve_figure(scores: Sequence[Sequence[float | None]], title: str = "evolutionary merge search"):
+    """Each candidate's score (minus its fitness: higher is better) at its evaluation number, coloured by
+    generation, and the best so far as a step line; a failed merge (None) is left out."""
+    fig = _figure(6, 4)
+    ax = fig.add_subplot(1, 1, 1)
+    n, best, xs, ys = 0, -np.inf, [], []
+    for g, gen in enumerate(scores):
+        done = [(n + i + 1, s) for i, s in enumerate(gen) if s is not None]
+        if done:
+            ax.scatter(*zip(*done), s=14, label=f"generation {g}" if len(scores) <= 10 else None)
+        for i, s in enumerate(gen):
+            best = max(best, s) if s is not None else best
+            xs.append(n + i + 1)
+            ys.append(best if np.isfinite(best) else np.nan)
+        n += len(gen)
+    ax.step(xs, ys, where="post", color="k", label="best so far")
+    ax.set_xlabel("evaluations")
+    ax.set_ylabel("weighted score (minus fitness)")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig

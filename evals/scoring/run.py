@@ -51,11 +51,15 @@ def score(batch: Batch, settings: harness.HarnessSettings, store: Store, force: 
         missing = [t for t in tasks if force or not _have(store, checkpoint.hash, t, keys[t])]
         say(f"{name}: {len(tasks) - len(missing)} task(s) from the store, {len(missing)} to run")
         if missing:
-            results = _run(checkpoint, missing, settings, manager)
-            keys |= {t: task_key(t, settings) for t in results}  # a group's subtasks
-            store.put(name, checkpoint.hash, asdict(settings), keys, version("lm_eval"), results)
+            put_results(store, name, checkpoint.hash, _run(checkpoint, missing, settings, manager), settings)
         table[name] = {k: v for t in tasks for k, v in _found(store, checkpoint.hash, t, settings).items()}
     return table
+
+
+def put_results(store: Store, name: str, hash: str, results: dict[str, harness.Evaluated],
+                settings: harness.HarnessSettings) -> None:
+    """One run's results stored under the weights `hash`, each task (a group's subtasks too) under its own key."""
+    store.put(name, hash, asdict(settings), {t: task_key(t, settings) for t in results}, version("lm_eval"), results)
 
 
 def task_key(task: str, settings: harness.HarnessSettings) -> str:

@@ -52,6 +52,11 @@ DECLARED = (
           (_exact("world_add"), _exact("world_reverse"), _exact("world_capital"),
            Task("world_capital_choice", "acc", chance="choices"), Task("world_perplexity", "byte_perplexity")),
           folder="world", sources=("trainers/world/tasks.py", "trainers/world/countries.py")),
+    Suite("world_dev", "development splits of the small world's add, reverse and refuse, outside their test "
+          "splits: what a merge search tunes on", (_exact("world_add_dev"), _exact("world_reverse_dev"),
+                                                   _exact("world_refuse_dev")),
+          folder="world_dev", sources=("trainers/world/tasks.py", "trainers/world/countries.py",
+                                       "trainers/world/zoo.py")),
     Suite("general", "BIG-bench arithmetic and general knowledge (Apache-2.0, shipped)",
           (Task("bigbench_arithmetic", "exact_match", "first_number", data="general/bigbench_arithmetic.jsonl"),
            Task("bigbench_general_knowledge", "acc", chance="choices",
@@ -82,6 +87,28 @@ def suite_help() -> str:
 
 def suite_metavar() -> str:
     return "[" + "|".join(BY_NAME) + "]"
+
+# a local test split -> the development split of the same task, to tune on instead
+DEV_SPLITS = {"world_add": "world_add_dev", "world_reverse": "world_reverse_dev", "refusal": "world_refuse_dev",
+              "over_refusal": "world_refuse_dev"}
+# mergekit-evolve's list of public benchmarks (mergekit/evo/config.py), whose lm-eval tasks score test splits
+BENCHMARK_PREFIXES = ("mmlu", "hendrycks", "agieval", "gsm8k", "hellaswag", "winogrande", "arc_", "ai2_arc",
+                      "truthfulqa", "bigbench", "piqa", "openbookqa", "leaderboard")
+
+
+def tuning_warnings(tasks: list[str]) -> list[str]:
+    """A warning for each task that scores a test split, which a search should not tune on: a public
+    benchmark's (as mergekit-evolve warns; `*_train` tasks excepted) or a bundled suite's."""
+    out = []
+    for task in tasks:
+        if task in DEV_SPLITS:
+            out.append(f"task {task} is the small world's test split; tune on {DEV_SPLITS[task]} and keep {task} "
+                       "held out (--heldout), or the search's score on it says nothing about new inputs")
+        elif task.startswith(BENCHMARK_PREFIXES) and not task.endswith("_train"):
+            out.append(f"task {task} is a public benchmark's test split; a merge tuned on it overstates its score "
+                       "there and games the benchmark (mergekit warns the same): tune on a training or validation "
+                       "split")
+    return out
 
 
 def suite_tasks(suite: str) -> tuple[str, ...]:

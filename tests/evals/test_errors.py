@@ -68,7 +68,7 @@ def test_a_database_from_a_newer_version(char_model, tmp_path):
 def test_the_leaderboard_suite_offline(char_model, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     _fails(eval_, [char_model, "--suite", "leaderboard", "--db", str(tmp_path / "db")],
-           "dataset hub", "offline", "world, general, alignment")
+           "dataset hub", "offline", "world, world_dev, general, alignment")
 
 
 @pytest.mark.integration

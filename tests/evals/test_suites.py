@@ -23,7 +23,7 @@ TaskLoader.add_constructor("!function", lambda loader, node: loader.construct_sc
 def test_the_lookups_are_the_declaration():
     assert suites.suite_names() == tuple(s.name for s in suites.DECLARED) == tuple(suites.SUITES)
     assert suites.SUITES["world"][0] == "world_add" and suites.SUITES["leaderboard"] == ("leaderboard",)
-    assert suites.HUB_SUITES == {"leaderboard"} and suites.OFFLINE == ("world", "general", "alignment")
+    assert suites.HUB_SUITES == {"leaderboard"} and suites.OFFLINE == ("world", "world_dev", "general", "alignment")
     assert suites.METRICS["bigbench_arithmetic"] == ("exact_match", "first_number")
     assert set(suites.METRICS) == {t for s in suites.OFFLINE for t in suites.SUITES[s]}
 
