@@ -17,8 +17,10 @@ from evals.scoring.template_check import template_warnings
 
 
 def evaluate(paths: Sequence[str], tasks: Sequence[str], settings: harness.HarnessSettings, store: Store,
-             force: bool = False, say: Callable[[str], None] = lambda _: None) -> ScoreTable:
-    """Scores of each checkpoint folder on `tasks`, keyed by absolute path; runs what the store lacks."""
+             force: bool = False, say: Callable[[str], None] = lambda _: None,
+             on_task: Callable[[str, int, int], None] | None = None) -> ScoreTable:
+    """Scores of each checkpoint folder on `tasks`, keyed by absolute path; runs what the store lacks.
+    With `on_task`, the missing tasks run one at a time and `on_task(task, done, total)` is called before each."""
     checkpoints = [open_checkpoint(p) for p in paths]  # every folder checked before the first run
     manager = _checked(list(tasks))
     for warning in template_warnings([c.path for c in checkpoints], settings.apply_chat_template):
@@ -31,7 +33,7 @@ def evaluate(paths: Sequence[str], tasks: Sequence[str], settings: harness.Harne
         missing = [t for t in tasks if force or not _have(store, checkpoint.hash, t, keys[t])]
         say(f"{name}: {len(tasks) - len(missing)} task(s) from the store, {len(missing)} to run")
         if missing:
-            results = _run(checkpoint, missing, settings, manager)
+            results = _run(checkpoint, missing, settings, manager, on_task)
             keys |= {t: task_key(t, settings) for t in results}  # a group's subtasks
             store.put(name, checkpoint.hash, asdict(settings), keys, version("lm_eval"), results)
         table[name] = {k: v for t in tasks for k, v in _found(store, checkpoint.hash, t, settings).items()}
@@ -66,7 +68,9 @@ def _checked(tasks: list[str]):
     return manager
 
 
-def _run(checkpoint: Checkpoint, tasks: list[str], settings: harness.HarnessSettings, manager) -> dict:
-    if checkpoint.base is not None:
-        return harness.evaluate_path(checkpoint.base.path, tasks, settings, adapter=checkpoint.path, manager=manager)
-    return harness.evaluate_path(checkpoint.path, tasks, settings, manager=manager)
+def _run(checkpoint: Checkpoint, tasks: list[str], settings: harness.HarnessSettings, manager,
+         on_task: Callable[[str, int, int], None] | None = None) -> dict:
+    path, adapter = (checkpoint.base.path, checkpoint.path) if checkpoint.base is not None else (checkpoint.path, None)
+    if on_task is not None:
+        return harness.evaluate_each(path, tasks, settings, adapter=adapter, manager=manager, on_task=on_task)
+    return harness.evaluate_path(path, tasks, settings, adapter=adapter, manager=manager)
