@@ -20,7 +20,13 @@ class SurgeryApp(App):
     CSS_PATH = "app.tcss"
     TITLE = "surgery"
     AUTO_FOCUS = "#f-base_model"  # the designer's first field: a new merge starts with its base
-    BINDINGS = [Binding("ctrl+t", "next_tab", "Next tab")]
+    # Focus moves are priority bindings: handled as the key arrives, in order with the keys around it. A
+    # plain binding is run only once the key has bubbled back up from the focused widget, behind every key
+    # that arrived with it, so "base<tab>add" typed at once would put "add" into the base field too.
+    BINDINGS = [Binding("ctrl+t", "next_tab", "Tabs"),
+                Binding("tab", "focus_next", show=False, priority=True),
+                Binding("shift+tab", "focus_previous", show=False, priority=True),
+                Binding("ctrl+q", "quit", "Quit", priority=True)]
 
     def __init__(self, models_dir: str = ".", db: str | None = None, runs: list[str] | None = None,
                  merges_dir: str = "merges"):
@@ -29,14 +35,26 @@ class SurgeryApp(App):
         self.last_focus: dict[str, Widget] = {}  # tab -> the widget focused when it was left
 
     def compose(self) -> ComposeResult:
+        designer = Designer(self.models_dir, self.db, self.merges_dir, id="designer")
+        self.merge_ended = designer.merge_ended
         with TabbedContent(id="tabs"):
             with TabPane("Designer", id="tab-designer"):
-                yield Designer(self.models_dir, self.db, self.merges_dir, id="designer")
+                yield designer
             with TabPane("Leaderboard", id="tab-leaderboard"):
                 yield LeaderboardPane(db_path=self.db, id="leaderboard")
             with TabPane("Monitor", id="tab-monitor"):
                 yield MonitorPane(self.runs, id="monitor")
         yield Footer(show_command_palette=False)
+
+    def action_quit(self) -> None:
+        """A merge still running is cancelled (its partial folder removed), not waited for."""
+        self.query_one(Designer).cancel_event.set()
+        self.exit()
+
+    def wait_for_cleanup(self, seconds: float = 10.0) -> None:
+        """After the app has closed: until a merge cancelled at quit has cleaned up (the engine checks the
+        cancel between blocks, so this is short)."""
+        self.merge_ended.wait(seconds)
 
     def action_next_tab(self) -> None:
         tabs = self.query_one("#tabs", TabbedContent)
