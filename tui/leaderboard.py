@@ -45,12 +45,15 @@ class LeaderboardPane(Widget):
     LeaderboardPane #lb-detail { height: 9; border-top: solid $primary; }
     LeaderboardPane #lb-compare-title { width: 1fr; height: auto; }
     """
+    # The keys that move the focus act as they arrive, in order with the keys typed after them (see
+    # SurgeryApp): "/sft" typed at once goes into the filter, not "/" there and "sft" to the table's keys.
     BINDINGS = [
-        Binding("slash", "filter", "Filter", key_display="/"),
+        Binding("slash", "filter", "Filter", key_display="/", priority=True),
+        Binding("enter", "filter_done", show=False, priority=True),
         Binding("s", "cycle_sort", "Sort"),
         Binding("S", "reverse_sort", "Reverse", key_display="S"),
         Binding("m", "mark", "Mark"),
-        Binding("escape", "clear", "Clear"),
+        Binding("escape", "clear", "Clear", priority=True),
         Binding("r", "reload", "Reload"),
     ]
 
@@ -176,17 +179,30 @@ class LeaderboardPane(Widget):
 
     # keys and clicks
 
+    def check_action(self, action: str, parameters: tuple) -> bool | None:
+        """'/' is typed into the filter while it has the focus (paths hold slashes); enter leaves it."""
+        if action in ("filter", "filter_done") and self.is_mounted:
+            return self._filtering() == (action == "filter_done")
+        return True
+
+    def _filtering(self) -> bool:
+        """The filter holds the focus (as set, not as its Focus event has yet told it: `has_focus` lags)."""
+        return self.screen.focused is self.query_one("#lb-filter", Input)
+
+    def _focus(self, selector: str) -> None:
+        """At once: `Widget.focus()` waits its turn behind the keys already queued."""
+        self.screen.set_focus(self.query_one(selector))
+
     def action_filter(self) -> None:
-        self.query_one("#lb-filter", Input).focus()
+        self._focus("#lb-filter")
+
+    def action_filter_done(self) -> None:
+        self._focus("#lb-table")
 
     @on(Input.Changed, "#lb-filter")
     def _filtered(self, event: Input.Changed) -> None:
         self.filter_text = event.value
         self._fill()
-
-    @on(Input.Submitted, "#lb-filter")
-    def _filter_done(self) -> None:
-        self.query_one("#lb-table", DataTable).focus()
 
     def action_cycle_sort(self) -> None:
         columns = self.board.columns
@@ -212,8 +228,8 @@ class LeaderboardPane(Widget):
 
     def action_clear(self) -> None:
         """Leave the filter; else drop the marks; else clear the filter."""
-        if self.query_one("#lb-filter", Input).has_focus:
-            self.query_one("#lb-table", DataTable).focus()
+        if self._filtering():
+            self._focus("#lb-table")
         elif self.marks:
             self.marks, self.comparison = [], None
             self._fill()

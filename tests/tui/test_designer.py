@@ -11,7 +11,6 @@ import threading
 
 import pytest
 from click.testing import CliRunner
-from textual import events
 from textual.widgets import Select
 
 from surgery.cli import main
@@ -19,6 +18,7 @@ from surgery.io.reader import ModelFolder
 from surgery.merge.plan import plan_merge
 from surgery.merge.spec import load_spec, parse_spec
 from tests.conftest import models_folder
+from tests.tui.burst import burst, typed
 from tui.app import SurgeryApp
 from tui.designer import CHECK_AFTER_S, Designer, default_output, inside
 from tui.leaderboard import LeaderboardPane
@@ -94,21 +94,6 @@ async def fill_ties(pilot, density: str = "0.5", by_keys: bool = False) -> Desig
 
 def run(coro) -> None:
     asyncio.run(coro)
-
-
-async def burst(pilot, *keys: str) -> None:
-    """Keys arriving together, as from a paste or a fast typist: all handed to the app before it handles the
-    first (Pilot.press waits for the app to idle after each key, which would hide a wrong order)."""
-    for key in keys:
-        char = {"tab": "\t", "full_stop": ".", "space": " "}.get(key, key if len(key) == 1 else None)
-        event = events.Key(key, char)
-        event.set_sender(pilot.app)
-        pilot.app._driver.send_message(event)
-    await pilot.pause()
-
-
-def typed(text: str) -> list[str]:
-    return [{".": "full_stop", " ": "space", ",": "comma"}.get(c, c) for c in text]
 
 
 def test_keys_arriving_together_land_in_their_own_fields(models, tmp_path):

@@ -17,6 +17,7 @@ from evals.scoring.checkpoints import Checkpoint
 from evals.scoring.harness import Evaluated
 from evals.scoring.scores import TaskScore
 from evals.scoring.store import Store
+from tests.tui.burst import burst, typed
 from tui.leaderboard import LeaderboardPane
 
 SIZE = (80, 24)
@@ -241,3 +242,21 @@ def test_rows_scored_with_different_limits_say_so(perplexity_db):
         assert note.display and "different --limit (10, all" in str(note.render())
 
     run(perplexity_db, scenario)
+
+
+def test_keys_arriving_together_filter_then_act_on_the_table(db):
+    """'/' then a filter typed at once all go into the filter (an 's' among them sorts nothing); escape
+    then 'm' at once leave the filter and mark the row."""
+    async def scenario(pilot, pane):
+        await burst(pilot, "slash", *typed("sft"))
+        await pilot.pause()
+        assert pane.filter_text == "sft" and pane.sort_column == "mean" and shown(pane) == ["sft"]
+        await burst(pilot, "escape", "m")
+        await pilot.pause()
+        assert pane.marks == [os.path.abspath("sft")]
+        await burst(pilot, "slash", *typed("/dp"), "enter", "m")  # a path's slash goes into the filter
+        await pilot.pause()
+        assert pane.filter_text == "/dp" and shown(pane) == ["dpo"]
+        assert pane.marks == [os.path.abspath("sft"), os.path.abspath("dpo")]
+
+    run(db, scenario)
