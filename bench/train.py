@@ -1,5 +1,6 @@
-"""Benchmark the SFT training loop (trainers/loop.py) against TRL's SFTTrainer: training throughput
-(tokens per second) and peak memory, full fine-tuning and LoRA, on the same model, rows and batches.
+"""Benchmark the SFT training loop (trainers/loops/offline.py) against TRL's SFTTrainer: training
+throughput (tokens per second) and peak memory, full fine-tuning and LoRA, on the same model, rows and
+batches.
 
 The model is a Llama built here from seeded noise (hidden 512, 8 layers, vocab 32000 by default) with
 a word-level tokenizer over a made-up 32000-word vocabulary and a ChatML template; the data are
@@ -133,11 +134,11 @@ def worker_build(args: list[str]) -> None:
 # ---- the two sides (child processes) -------------------------------------------------------------
 
 def worker_ours(args: list[str]) -> None:
-    """Our loop, `trainers.loop.train`, as `surgery train` runs it (tqdm off), with two taps: the
+    """Our loop, `trainers.loops.train`, as `surgery train` runs it (tqdm off), with two taps: the
     batches each step builds (token counts) and the per-step log record (a timestamp)."""
     cfg, out = json.loads(args[0]), args[1]
     start_torch(cfg["threads"])
-    from trainers import loop
+    from trainers.loops import offline, session, train
     from trainers.spec import parse_run
 
     spec = {
@@ -151,7 +152,7 @@ def worker_ours(args: list[str]) -> None:
     steps: list[dict] = []
     pending: list[dict] = []
     base_rss = {}
-    step_batches, write = loop.step_batches, loop.Log.write
+    step_batches, write = offline.step_batches, session.Log.write
 
     def tapped_batches(*a, **k):
         batches = step_batches(*a, **k)
@@ -168,9 +169,9 @@ def worker_ours(args: list[str]) -> None:
             if record["step"] == cfg["steps"]:
                 base_rss["after_last_step_maxrss_kib"] = maxrss_kib()
 
-    loop.step_batches, loop.Log.write = tapped_batches, tapped_write
+    offline.step_batches, session.Log.write = tapped_batches, tapped_write
     t0 = time.perf_counter()
-    loop.train(parse_run(spec, "bench-train.yaml"), quiet=True)
+    train(parse_run(spec, "bench-train.yaml"), quiet=True)
     write_report(out, cfg, steps, {"t_start": t0, "t_end": time.perf_counter(), **base_rss})
 
 

@@ -1,7 +1,7 @@
-"""Benchmark the preference trainers against TRL's: DPO through our shared loop (trainers/loop.py with
-trainers/objectives/dpo.py) against TRL's DPOTrainer, and our GRPO loop (trainers/grpo.py) against TRL's
-GRPOTrainer: optimizer steps per second, tokens per second, CPU time and peak memory, on the same
-model, rows, batches and hyperparameters.
+"""Benchmark the preference trainers against TRL's: DPO through our offline loop
+(trainers/loops/offline.py with trainers/objectives/dpo.py) against TRL's DPOTrainer, and our GRPO loop
+(trainers/loops/grpo_rollouts.py) against TRL's GRPOTrainer: optimizer steps per second, tokens per
+second, CPU time and peak memory, on the same model, rows, batches and hyperparameters.
 
 The model is bench/train.py's seeded Llama with its word-level tokenizer and ChatML template (by
 default its `--quick` model: hidden 256, 4 layers, vocab 8192). The data are made up here from the
@@ -119,16 +119,16 @@ def our_spec(cfg: dict) -> dict:
 
 def worker_ours(args: list[str]) -> None:
     """`surgery train` on the spec above (progress bar off), with two taps: the step's batches (DPO:
-    the shared loop's `step_batches`; GRPO: `rollout`, timed) and the per-step log record (a clock)."""
+    the offline loop's `step_batches`; GRPO: `rollout`, timed) and the per-step log record (a clock)."""
     cfg, out = json.loads(args[0]), args[1]
     start_torch(cfg["threads"])
-    from trainers import grpo, loop
+    from trainers.loops import grpo_rollouts, offline, session, train
     from trainers.spec import parse_run
 
     steps: list[dict] = []
     pending: list[dict] = []
     extra: dict = {}
-    step_batches, rollout, write = loop.step_batches, grpo.rollout, loop.Log.write
+    step_batches, rollout, write = offline.step_batches, grpo_rollouts.rollout, session.Log.write
 
     def tapped_batches(*a, **k):
         batches = step_batches(*a, **k)
@@ -152,9 +152,9 @@ def worker_ours(args: list[str]) -> None:
             if record["step"] == cfg["steps"]:
                 extra["after_last_step_maxrss_kib"] = maxrss_kib()
 
-    loop.step_batches, grpo.rollout, loop.Log.write = tapped_batches, tapped_rollout, tapped_write
+    offline.step_batches, grpo_rollouts.rollout, session.Log.write = tapped_batches, tapped_rollout, tapped_write
     t0 = time.perf_counter()
-    loop.train(parse_run(our_spec(cfg), "bench-preference.yaml"), quiet=True)
+    train(parse_run(our_spec(cfg), "bench-preference.yaml"), quiet=True)
     write_report(out, cfg, steps, {"t_start": t0, "t_end": time.perf_counter(), **extra})
 
 

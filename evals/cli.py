@@ -3,9 +3,12 @@
 
 from __future__ import annotations
 
+import os
+
 import click
 
 from evals.report.leaderboard import FORMATS
+from evals.scoring.suites import suite_help, suite_metavar
 from surgery.cli.common import handled
 
 
@@ -19,7 +22,7 @@ def _model_args(text: str) -> dict:
 
 
 SCORING_OPTIONS = (  # how checkpoints are scored: `surgery eval`, `soup` and `sweep` share them
-    click.option("--suite", default="world", show_default=True, help="world, general, alignment or leaderboard."),
+    click.option("--suite", default="world", show_default=True, metavar=suite_metavar(), help=suite_help()),
     click.option("--tasks", help="Comma-separated lm-eval task names, instead of a suite."),
     click.option("--limit", type=int, help="Score only the first N documents of each task."),
     click.option("--num-fewshot", type=int, help="Few-shot examples per prompt (default: each task's own)."),
@@ -82,13 +85,14 @@ def eval_(checkpoints, suite, tasks, limit, num_fewshot, batch_size, device, bac
     any path; changed weights are evaluated again.
     """
     from evals.report.leaderboard import render
-    from evals.scoring.run import evaluate
+    from evals.scoring.run import prepare, score
     from evals.scoring.store import Store
 
     names, settings = _scoring(suite, tasks, limit, num_fewshot, batch_size, device, backend, model_args,
                                apply_chat_template)
+    batch = prepare(checkpoints, names)  # before the store: a bad checkpoint or task creates none
     with Store(db) as store:
-        table = evaluate(checkpoints, names, settings, store, force, say=lambda m: click.echo(m, err=True))
+        table = score(batch, settings, store, force, say=lambda m: click.echo(m, err=True))
     rows = [{"checkpoint": name, "task": s.task, "metric": s.metric, "value": s.value, "stderr": s.stderr, "n": s.n}
             for name, scores in table.items() for s in scores.values()]
     click.echo(render(rows, "table"))
@@ -107,9 +111,13 @@ def eval_(checkpoints, suite, tasks, limit, num_fewshot, batch_size, device, bac
 def leaderboard(suite, sort_by, fmt, db, pareto_png, general_suite, alignment_suite) -> None:
     """Stored scores, one row per checkpoint, with what it was made by and from."""
     from evals.report.leaderboard import render, rows, sort_rows
-    from evals.scoring.store import Store
+    from evals.scoring.store import Store, default_path
 
-    with Store(db) as store:
+    _figure_path(pareto_png, "--pareto")
+    if db is None and not os.path.exists(default_path()):  # nothing evaluated here yet; a --db must exist
+        click.echo("no scores stored yet; run `surgery eval CHECKPOINT` first", err=True)
+        return
+    with Store(db, readonly=True) as store:
         table, changed = rows(store, suite)
         if pareto_png:
             _pareto(store, pareto_png, general_suite, alignment_suite)
@@ -120,6 +128,14 @@ def leaderboard(suite, sort_by, fmt, db, pareto_png, general_suite, alignment_su
         click.echo("no scores stored yet; run `surgery eval CHECKPOINT` first", err=True)
         return
     click.echo(render(sort_rows(table, sort_by), fmt))
+
+
+def _figure_path(png: str | None, flag: str) -> None:
+    """A figure's folder must exist: checked before the work the figure shows."""
+    from surgery.io.output import check_file_output
+
+    if png:
+        check_file_output(png, flag)
 
 
 def _pareto(store, png: str, general_suite: str, alignment_suite: str) -> None:
@@ -173,7 +189,7 @@ def tax(before, after, suite, alignment_suite, alpha, seed, fmt, db) -> None:
     from evals.report.tables import render_tax
     from evals.scoring.store import Store
 
-    with Store(db) as store:
+    with Store(db, readonly=True) as store:
         general = store.comparable_table([before, after], suite)
         aligned = store.comparable_table([before, after], alignment_suite)
     result = alignment_tax({**general[before], **aligned[before]}, {**general[after], **aligned[after]},
@@ -207,7 +223,8 @@ def forgetting(checkpoints, suite, stage_tasks, joint, normalise, png, alpha, se
 
     names = list(checkpoints) + ([joint] if joint else [])
     stages = [t.strip() for t in stage_tasks.split(",") if t.strip()] if stage_tasks else None
-    with Store(db) as store:
+    _figure_path(png, "--png")
+    with Store(db, readonly=True) as store:
         table = store.comparable_table(names, suite)
     report = forgetting_report(table, list(checkpoints), stages, table[joint] if joint else None, normalise,
                                alpha, seed=seed)
@@ -237,13 +254,14 @@ def soup(checkpoints, out, select, dtype, suite, tasks, limit, num_fewshot, batc
     from evals.report.tables import render
     from evals.scoring.store import Store
     from evals.search.candidates import check_select, harness_scorer
-    from evals.search.soup import check_candidates, run_soup, soup_rows
+    from evals.search.soup import check_soup, run_soup, soup_rows
+    from surgery.io.output import output_lock
 
     names, settings = _scoring(suite, tasks, limit, num_fewshot, batch_size, device, backend, model_args,
                                apply_chat_template)
     check_select(select, names)
-    check_candidates(checkpoints)
-    with Store(db) as store:
+    check_soup(checkpoints, dtype)  # every candidate's files, and the soup of them all, before any scoring
+    with output_lock(out), Store(db) as store:  # OUT locked first: a second search into it opens no store
         result = run_soup(checkpoints, out, harness_scorer(names, settings, store, force, _say), select, dtype)
     click.echo(render(soup_rows(result), fmt).rstrip("\n"))
     click.echo(f"soup of {len(result.ingredients)}: {result.folder} (held-out {result.score:.4f})", err=True)
@@ -270,16 +288,20 @@ def sweep(spec, param, values, out, models_dir, plot, suite, tasks, limit, num_f
     from evals.report.tables import render
     from evals.scoring.store import Store
     from evals.search.candidates import harness_scorer
-    from evals.search.sweep import parse_values, sweep_rows, sweep_series
+    from evals.search.sweep import parse_values, point_specs, sweep_rows, sweep_series
     from evals.search.sweep import sweep as run_sweep
+    from surgery.io.output import output_lock
     from surgery.merge.spec import read_spec_data
 
     names, settings = _scoring(suite, tasks, limit, num_fewshot, batch_size, device, backend, model_args,
                                apply_chat_template)
     values = parse_values(values)
-    with Store(db) as store:
-        points = run_sweep(read_spec_data(spec), spec, param, values, out, harness_scorer(names, settings, store, force,
-                           _say), models_dir)
+    _figure_path(plot, "--plot")
+    data = read_spec_data(spec)
+    point_specs(data, spec, param, values, models_dir)  # every point planned before the store is opened
+    with output_lock(out), Store(db) as store:
+        points = run_sweep(data, spec, param, values, out, harness_scorer(names, settings, store, force, _say),
+                           models_dir)
     click.echo(render(sweep_rows(points, param), fmt).rstrip("\n"))
     if plot:
         figure = sweep_figure(param, values, sweep_series(points), f"scores along {param}")
@@ -305,15 +327,15 @@ def proof(out, zoo, base_steps, steps, weights, limit, device, db, seed) -> None
     """The small world's evals proof: the alignment tax of a refusal-trained model over its parent,
     backward transfer over two training stages, and the tax along the weight average of the two.
     Writes OUT/proof.json (the numbers) and OUT/averaging.png; every model lands in the results store."""
-    import os
-
     from evals.report.tables import render, render_forgetting, render_tax
     from evals.scoring.harness import HarnessSettings
     from evals.scoring.store import Store
     from evals.search.candidates import harness_scorer
-    from evals.search.proof import PARAM, TASKS, parse_weights, run_proof, save, sweep_table
+    from evals.search.proof import PARAM, TASKS, check_runs, check_zoo, parse_weights, run_proof, save, sweep_table
 
     values = parse_weights(weights)
+    check_zoo(zoo or os.path.join(out, "zoo"))  # before the store, and before anything trains
+    check_runs(out)
     with Store(db) as store:
         scorer = harness_scorer(TASKS, HarnessSettings(limit=limit, device=device), store, say=_say)
         result = run_proof(out, zoo or os.path.join(out, "zoo"), scorer, base_steps, steps, values, _say, seed)
@@ -336,15 +358,14 @@ def proof(out, zoo, base_steps, steps, weights, limit, device, db, seed) -> None
 def merge_quality(merged, experts, suite, png, fmt, db) -> None:
     """Merge quality: the merged model's score on each expert's task over the expert's own, and their
     mean, the normalised accuracy (Ilharco et al. 2023), from stored scores."""
-    import os
-
     from evals.analysis.experts import chosen_experts
     from evals.analysis.metrics import merge_ratios
     from evals.report.plots import merge_quality_figure, save_png
     from evals.report.tables import render
     from evals.scoring.store import Store
 
-    with Store(db) as store:
+    _figure_path(png, "--png")
+    with Store(db, readonly=True) as store:
         name = os.path.abspath(merged)
         scores = store.table([name], suite)[name]
         chosen = chosen_experts(store, name, scores, experts, suite)

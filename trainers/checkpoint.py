@@ -2,15 +2,18 @@
 with the chat template used, `lineage.json`, and under `trainer_state/` what a resume needs:
 optimizer, scheduler, data position, random states and the run's identity.
 
-Each checkpoint folder is written atomically (surgery.io.output.atomic_folder): a crash while
-writing leaves the previous checkpoints as they were and no partial folder under the final name.
+Each checkpoint folder is written atomically (surgery.io.output.atomic_folder, by the run session):
+a crash while writing leaves the previous checkpoints as they were and no partial folder under the
+final name.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -18,7 +21,12 @@ from safetensors.torch import load_file, save_file
 from surgery.errors import InputError
 from surgery.io.output import write_json
 
+if TYPE_CHECKING:
+    from trainers.spec import Run
+
 STATE = "trainer_state"
+# Fields that do not change the trajectory of the weights: a resume may change them.
+VOLATILE = ("out", "eval_every", "save_every")
 
 
 @dataclass(frozen=True)
@@ -32,23 +40,46 @@ class Resumed:
     metrics: dict
 
 
+@dataclass(frozen=True)
+class RunIdentity:
+    """What a resumed run must share with the run that wrote the checkpoint: the spec's fields that set
+    the weights' trajectory, the objective and method with every default filled in (so writing a
+    default out changes nothing). Content hashes of the inputs (data files, the base's weights) belong
+    here too, so that a resume after an input changed is refused naming the file."""
+
+    fields: dict
+
+    @classmethod
+    def of(cls, run: Run) -> RunIdentity:
+        fields = {k: v for k, v in run.spec.model_dump(mode="json").items() if k not in VOLATILE}
+        fields["objective"] = {"name": run.spec.objective.name, **run.objective_config.model_dump(mode="json")}
+        fields["method"] = {"name": run.spec.method.name, **run.method_config.model_dump(mode="json")}
+        return cls(fields)
+
+    @property
+    def digest(self) -> str:
+        return hashlib.sha256(json.dumps(self.fields, sort_keys=True).encode()).hexdigest()
+
+
 def step_folder(out: str, step: int) -> str:
     return os.path.join(out, f"checkpoint-{step}")
 
 
-def write_state(folder: str, step: int, run, mixture: dict, optimizer: dict, scheduler: dict, rng: list,
-                trainable: dict[str, torch.Tensor] | None, metrics: dict) -> None:
+def write_state(folder: str, step: int, identity: RunIdentity, mixture: dict, optimizer: dict, scheduler: dict,
+                rng: list, trainable: dict[str, torch.Tensor] | None, metrics: dict) -> str:
+    """trainer_state/ inside a checkpoint folder being written; returns its path (for the loop's own files)."""
     state = os.path.join(folder, STATE)
     os.makedirs(state)
     write_json(os.path.join(state, "state.json"), {
-        "step": step, "digest": run.digest(), "identity": run.identity(), "mixture": mixture, "metrics": metrics})
+        "step": step, "digest": identity.digest, "identity": identity.fields, "mixture": mixture, "metrics": metrics})
     torch.save(optimizer, os.path.join(state, "optimizer.pt"))
     torch.save({"scheduler": scheduler, "rng": rng}, os.path.join(state, "schedule_rng.pt"))
     if trainable is not None:
         save_file({k: v.contiguous() for k, v in trainable.items()}, os.path.join(state, "trainable.safetensors"))
+    return state
 
 
-def read_state(folder: str, run) -> Resumed:
+def read_state(folder: str, identity: RunIdentity, total_steps: int, file: str) -> Resumed:
     """A checkpoint's training state, refused when another run (other data, method, lr, ...) wrote it."""
     path = os.path.join(folder, STATE, "state.json")
     if not os.path.isfile(path):
@@ -56,11 +87,11 @@ def read_state(folder: str, run) -> Resumed:
                          "pass a checkpoint-N folder from the run's out folder")
     with open(path) as f:
         state = json.load(f)
-    if state["digest"] != run.digest():
-        changed = differences(state["identity"], run.identity())
+    if state["digest"] != identity.digest:
+        changed = differences(state["identity"], identity.fields)
         raise InputError(f"--resume {folder}: it was written by a different run ({'; '.join(changed[:4])}); "
-                         f"resume with the spec that wrote it, or start {run.file} afresh")
-    if state["step"] > run.spec.schedule.total_steps:
+                         f"resume with the spec that wrote it, or start {file} afresh")
+    if state["step"] > total_steps:
         raise InputError(f"--resume {folder}: it is at step {state['step']}, past schedule.total_steps")
     extra = torch.load(os.path.join(folder, STATE, "schedule_rng.pt"), weights_only=True)
     trainable = os.path.join(folder, STATE, "trainable.safetensors")
@@ -76,6 +107,25 @@ def differences(old: object, new: object, path: str = "") -> list[str]:
         return [d for k in sorted(set(old) | set(new))
                 for d in differences(old.get(k), new.get(k), f"{path}.{k}" if path else k)]
     return [] if old == new else [f"{path}: {json.dumps(old)} there, {json.dumps(new)} here"]
+
+
+def lineage(run: Run, train_sets: list, step: int, metrics: dict, parent: str | None, template) -> dict:
+    """lineage.json: where the checkpoint came from (base, method, objective, data with sha256, ...)."""
+    spec = run.spec
+    return {
+        "base": os.path.abspath(spec.base),
+        "method": {"name": spec.method.name, **run.method_config.model_dump(mode="json")},
+        "objective": {"name": spec.objective.name, **run.objective_config.model_dump(mode="json")},
+        "data": [{"path": s.path, "weight": w.weight, "rows": len(s.rows), "sha256": s.sha256}
+                 for s, w in zip(train_sets, spec.data.train)],
+        "hyper_parameters": {k: spec.model_dump(mode="json")[k]
+                             for k in ("optim", "schedule", "batch", "seed", "dtype")},
+        "parent": os.path.abspath(parent) if parent else None,
+        "steps": step,
+        "metrics": metrics,
+        "chat_template": template.name,
+        "spec": os.path.abspath(run.file),
+    }
 
 
 def rng_state(device: torch.device) -> dict:

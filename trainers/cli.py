@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import warnings
 
 import click
 
@@ -25,11 +26,18 @@ def train(run_spec, overrides, resume, quiet) -> None:
     Under torchrun (`torchrun --nproc-per-node 2 -m trainers RUN.yaml`) each process takes its share
     of every step's rows.
     """
-    from trainers.loop import train as run_training
+    from trainers.loops import train as run_training
     from trainers.spec import load_run
 
     signal.signal(signal.SIGTERM, interrupt)  # a killed run leaves its last good checkpoint, no partial one
-    run = load_run(run_spec, tuple(overrides))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", FutureWarning)  # a deprecated spec field, located in the spec
+        run = load_run(run_spec, tuple(overrides))
+    for w in caught:
+        if w.category is FutureWarning:
+            click.echo(f"warning: {w.message}", err=True)
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     try:
         final = run_training(run, resume=resume, quiet=quiet)
     except KeyboardInterrupt:

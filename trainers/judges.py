@@ -23,13 +23,13 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-from surgery.errors import InputError, SpecError
+from surgery import spec_file
+from surgery.errors import InputError
 from surgery.io.output import write_json
 from trainers import data, generation, rewards, templates
-from trainers.spec import apply_override, at_line, first_error
+from trainers.logprobs import next_token_logps
 
 QUESTION = ("Which answer to the question is better?\nQuestion: {prompt}\nAnswer A: {first}\nAnswer B: {second}\n"
             "The better answer is")
@@ -80,9 +80,8 @@ def continuation_logp(model, context: list[int], tokens: list[int]) -> float:
     """Sum of log p(token | before) over `tokens` following `context`."""
     device = next(model.parameters()).device
     ids = torch.tensor([context + tokens], device=device)  # (1, C + K)
-    logp = F.log_softmax(model(input_ids=ids, use_cache=False).logits[0, :-1].float(), dim=-1)  # (C + K - 1, V)
-    picked = logp[len(context) - 1:].gather(-1, ids[0, len(context):].unsqueeze(-1))  # (K, 1)
-    return float(picked.sum())
+    logps = next_token_logps(model(input_ids=ids, use_cache=False).logits, ids)  # (1, C + K - 1)
+    return float(logps[0, len(context) - 1:].sum())  # the K tokens after the context
 
 
 def pair_rows(samples: list[generation.Sample], rows: list[dict], judge, name: str) -> tuple[list[dict], int]:
@@ -125,25 +124,11 @@ class LabelSpec(BaseModel):
 
 
 def load_label_spec(path: str, overrides: tuple[str, ...] = ()) -> LabelSpec:
-    import yaml
-
-    if not os.path.isfile(path):
-        raise SpecError(path, "", "no such label spec file")
-    with open(path) as f:
-        text = f.read()
-    raw = yaml.safe_load(text)
-    if not isinstance(raw, dict):
-        raise SpecError(path, "", "a label spec is a YAML mapping with policy, prompts, judge and out")
-    for item in overrides:
-        apply_override(raw, item, path)
-    try:
-        spec = LabelSpec.model_validate(raw)
-    except ValidationError as e:
-        field, problem = first_error(e)
-        raise SpecError(path, at_line(field, text), problem) from None
+    file = spec_file.read(path, "label spec", "with policy, prompts, judge and out", overrides)
+    spec = spec_file.validate(LabelSpec, file.data, path, file.text)
     need = {"reward_model": "model", "lm": "model", "rule": "function"}[spec.judge.kind]
     if getattr(spec.judge, need) is None:
-        raise SpecError(path, at_line(f"judge.{need}", text), f"a {spec.judge.kind} judge needs judge.{need}")
+        raise spec_file.located(path, f"judge.{need}", f"a {spec.judge.kind} judge needs judge.{need}", file.text)
     return spec
 
 

@@ -1,57 +1,68 @@
-"""Rewards of sampled completions: Python functions, a reward model, or a weighted sum of them.
+"""Rewards of sampled completions, one interface for GRPO, RFT, PPO and the RLAIF judges: Python
+functions, a reward model, or a weighted sum of them.
 
-    reward = load(functions=["world.add"], model="models/rm", weights=[1.0, 0.5], template=template)
-    scores = reward(prompts, completions, rows)     # (N,) float32 tensor
+    reward = load(["world.add"], model="models/rm", weights=[1.0, 0.5], template=template)
+    scores = reward(prompts, completions, rows)                     # (N,) float32 tensor
+    scores = reward(prompts, completions, rows, tokens=(ids, mask))  # the model reads these token ids
 
 A reward function is `f(prompt: str, completion: str, row: dict) -> float` (`row` holds the data row's
-fields: a reference answer, say). It is named either by a built-in name (the small world's exact-answer
-checks `world.add`, `world.reverse`, `world.capital`, `world.refuse`: 1.0 for the exact answer, else
-0.0) or as `package.module:function`. A function that raises or returns something other than a finite
-number stops the run with an error naming the prompt and completion (checkpoints already written
-are complete and kept).
+fields: a reference answer, say), named either `package.module:function` or by a registered name
+`NAMESPACE.NAME`. Packages register namespaces through the `surgery.rewards` entry-point group, a
+mapping of names to functions (the small world's exact-answer checks are `world.add`, `world.reverse`,
+`world.capital` and `world.refuse`, from trainers/world/rewards.py). A function that raises or returns
+something other than a finite number stops the run with an error naming the prompt and completion
+(checkpoints already written are complete and kept).
 
 A reward model is a Hugging Face sequence-classification folder with one label (what the `reward`
-objective writes). It scores the conversation as the run renders it: the prompt as a user turn and the
-completion as the assistant turn under the run's chat template (plain prompt + completion + end of
-sequence with the template `none`), tokenized with the reward model's own tokenizer.
+objective writes). It reads a completion in one of two ways:
+- as text (GRPO, RFT, the judges): the prompt as a user turn and the completion as the assistant turn
+  under the run's chat template (plain prompt + completion + end of sequence with the template
+  `none`), tokenized with the reward model's own tokenizer;
+- as the policy's own token ids (PPO, as TRL's PPO did): prompt and completion exactly as sampled,
+  read at each sequence's last real token (the stop token when the completion ended). Its tokenizer
+  must then be the policy's; another is refused rather than silently scoring other tokens.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from importlib.metadata import entry_points
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from surgery.errors import InputError
 from trainers.data import Row
+from trainers.models import tokenizer_difference
 from trainers.templates import Template
-from trainers.world.answers import ANSWERS
 
 RewardFunction = Callable[[str, str, dict], float]
+GROUP = "surgery.rewards"  # the entry-point group of named reward functions
 
 
-def exact(answer: Callable[[str], str | None]) -> RewardFunction:
-    def reward(prompt: str, completion: str, row: dict) -> float:
-        return float(completion == answer(prompt))
+@functools.cache
+def registered() -> dict[str, RewardFunction]:
+    """Every named reward of the installed packages: {"world.add": function, ...}."""
+    return {f"{ep.name}.{name}": fn for ep in entry_points(group=GROUP) for name, fn in ep.load().items()}
 
-    return reward
 
-
-BUILTIN: dict[str, RewardFunction] = {f"world.{task}": exact(answer) for task, answer in ANSWERS.items()}
+def check_name(name: str) -> None:
+    """A registered name or the form 'package.module:function' (imported only when the run starts)."""
+    module, sep, attr = name.partition(":")
+    if name not in registered() and not (sep and module and attr):
+        raise InputError(f"reward function {name!r}: give a built-in name ({', '.join(registered())}) or "
+                         "'package.module:function'")
 
 
 def function(name: str) -> RewardFunction:
-    """A built-in reward by name, or `package.module:function` imported."""
-    if name in BUILTIN:
-        return BUILTIN[name]
-    module, sep, attr = name.partition(":")
-    if not sep or not module or not attr:
-        raise InputError(f"reward function {name!r}: give a built-in name ({', '.join(BUILTIN)}) or "
-                         "'package.module:function'")
+    """A registered reward by name, or `package.module:function` imported."""
+    check_name(name)
+    if name in registered():
+        return registered()[name]
+    module, _, attr = name.partition(":")
     try:
         fn = getattr(importlib.import_module(module), attr)
     except (ImportError, AttributeError) as e:
@@ -65,7 +76,7 @@ def call(name: str, fn: RewardFunction, prompt: str, completion: str, row: dict)
     """One reward, checked: a finite number, or an error naming the prompt."""
     try:
         value = fn(prompt, completion, row)
-    except Exception as e:  # noqa: BLE001 - the user's code: any failure is reported with the sample it failed on
+    except Exception as e:  # noqa: BLE001  (the user's code: any failure is reported with the sample it failed on)
         raise InputError(f"reward function {name!r} raised {type(e).__name__}: {e} on prompt {prompt!r} "
                          f"(completion {completion!r}); fix the function or the data row") from None
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
@@ -75,31 +86,48 @@ def call(name: str, fn: RewardFunction, prompt: str, completion: str, row: dict)
 
 
 class RewardModel:
-    """A sequence-classification model (num_labels=1) scoring rendered conversations."""
+    """A frozen sequence-classification model (num_labels=1) that scores completions rendered under
+    `template` (None: it reads the policy's token ids only); `where` names it in messages."""
 
-    def __init__(self, folder: str, template: Template, device: torch.device | str = "cpu", dtype=torch.float32):
+    def __init__(self, folder: str, template: Template | None, device: torch.device | str = "cpu",
+                 dtype=torch.float32, where: str = "reward model"):
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         try:
-            self.model = AutoModelForSequenceClassification.from_pretrained(folder, dtype=dtype).to(device).eval()
+            self.model = AutoModelForSequenceClassification.from_pretrained(folder, dtype=dtype)
             self.tokenizer = AutoTokenizer.from_pretrained(folder)
         except (OSError, ValueError) as e:
-            raise InputError(f"reward model {folder!r}: cannot load a sequence-classification model from it "
-                             f"({e})") from None
+            raise InputError(f"{where} {folder!r}: cannot load a sequence-classification model and tokenizer from "
+                             f"it ({e})") from None
         if self.model.config.num_labels != 1:
-            raise InputError(f"reward model {folder!r}: it has {self.model.config.num_labels} labels; a reward model "
-                             "has num_labels=1 (one score per sequence)")
-        self.folder, self.template, self.device = folder, template, device
+            raise InputError(f"{where} {folder!r}: a reward model has one output (num_labels=1), this one has "
+                             f"{self.model.config.num_labels}; train it with the reward-model objective")
+        self.model.to(device).eval().requires_grad_(False)
+        self.folder, self.template, self.device, self.where = folder, template, device, where
+
+    def require_tokenizer(self, policy_tokenizer) -> None:
+        """Refuse to read the policy's token ids with another tokenizer, or without a head to read them."""
+        problem = tokenizer_difference(self.tokenizer, policy_tokenizer)
+        if problem:
+            raise InputError(f"{self.where} {self.folder!r}: its tokenizer differs from the policy's ({problem}); "
+                             "the reward model reads the policy's token ids, so train it from the policy's base (or "
+                             "with its tokenizer)")
+        model = self.model
+        if not hasattr(model, "score") or not hasattr(model, model.base_model_prefix):
+            raise InputError(f"{self.where} {self.folder!r}: {type(model).__name__} has no `score` head over a "
+                             "backbone; use a Llama-, Qwen-, Mistral- or GPT-2-style sequence-classification model")
 
     def text(self, prompt: str, completion: str) -> str:
         from trainers.objectives.sft import rendered
 
+        assert self.template is not None, "a reward model loaded to read token ids scores no text"
         row = Row({"prompt": prompt, "completion": completion}, f"reward model {self.folder}", 0)
         return rendered(row, self.tokenizer, self.template)[0]
 
     @torch.no_grad()
     def __call__(self, prompts: list[str], completions: list[str]) -> list[float]:
-        """Scores, batched by token length: no padding, so no reliance on how a model finds its last token."""
+        """Scores of the rendered texts, batched by token length: no padding, so no reliance on how a
+        model finds its last token."""
         ids = [self.tokenizer(self.text(p, c), add_special_tokens=False)["input_ids"]
                for p, c in zip(prompts, completions)]
         scores = [0.0] * len(ids)
@@ -112,6 +140,26 @@ class RewardModel:
         return scores
 
 
+def load_reward_model(folder: str, policy_tokenizer, where: str, device: torch.device | str = "cpu") -> RewardModel:
+    """A reward model that reads the policy's token ids (refused with another tokenizer)."""
+    model = RewardModel(folder, None, device, where=where)
+    model.require_tokenizer(policy_tokenizer)
+    return model
+
+
+@torch.no_grad()
+def score_sequences(reward: RewardModel, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """(B,) scores of right-padded sequences of the policy's token ids, read at each one's last real token."""
+    model = reward.model
+    device = next(model.parameters()).device
+    backbone = getattr(model, model.base_model_prefix)
+    hidden = backbone(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
+                      use_cache=False).last_hidden_state  # (B, T, H)
+    last = attention_mask.long().sum(1) - 1  # (B,)
+    picked = hidden[torch.arange(hidden.shape[0], device=device), last.to(device)]  # (B, H)
+    return model.score(picked).squeeze(-1).float().cpu()
+
+
 @dataclass
 class Reward:
     """Σ_k weight_k · reward_k over the functions, then the model (in that order)."""
@@ -120,52 +168,40 @@ class Reward:
     model: RewardModel | None
     weights: list[float]
 
-    def __call__(self, prompts: list[str], completions: list[str], rows: list[dict] | None = None) -> torch.Tensor:
+    def __call__(self, prompts: list[str], completions: list[str], rows: list[dict] | None = None,
+                 tokens: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """(N,) rewards; with `tokens` (input_ids, attention_mask, each (N, T)) the model reads those ids."""
         rows = rows if rows is not None else [{} for _ in prompts]
         columns = [[call(name, fn, p, c, r) for p, c, r in zip(prompts, completions, rows)]
                    for name, fn in self.functions]
         if self.model is not None:
-            columns.append(self.model(prompts, completions))
+            columns.append(self.model(prompts, completions) if tokens is None
+                           else score_sequences(self.model, *tokens).tolist())
         table = torch.tensor(columns, dtype=torch.float32).reshape(len(columns), len(prompts))  # (K, N)
         return (torch.tensor(self.weights, dtype=torch.float32).unsqueeze(1) * table).sum(0)  # (N,)
 
 
+def imported(names: list[str], where: str = "", field: str = "reward_functions") -> list[tuple[str, RewardFunction]]:
+    """The named functions, imported; an error is located at `where.field` (a spec file and objective)."""
+    try:
+        return [(name, function(name)) for name in names]
+    except InputError as e:
+        raise InputError(f"{where}.{field}: {e}" if where else str(e)) from None
+
+
 def load(functions: list[str], model: str | None = None, weights: list[float] | None = None, *,
-         template: Template, device: torch.device | str = "cpu") -> Reward:
+         template: Template, device: torch.device | str = "cpu", policy_tokenizer=None, where: str = "",
+         functions_field: str = "reward_functions") -> Reward:
+    """The weighted sum; with `policy_tokenizer`, the model reads the policy's token ids (checked to share
+    its tokenizer). `where` (a spec file and objective) and the fields locate the messages."""
     count = len(functions) + (model is not None)
     if count == 0:
         raise InputError("a reward needs at least one reward function or a reward model")
     if weights is not None and len(weights) != count:
         raise InputError(f"{len(weights)} reward weights for {count} rewards (the functions, then the model)")
-    return Reward([(name, function(name)) for name in functions],
-                  RewardModel(model, template, device) if model is not None else None,
-                  list(weights) if weights is not None else [1.0] * count)
-
-
-class Fields(BaseModel):
-    """The reward fields of an objective's spec (GRPO, RFT): functions, a model, their weights."""
-
-    model_config = ConfigDict(extra="forbid")
-    reward_functions: list[str] = Field(default_factory=list, description="built-in names (world.add, ...) or "
-                                        "'package.module:function'")
-    reward_model: str | None = Field(None, description="a sequence-classification folder with num_labels=1")
-    reward_weights: list[float] | None = Field(None,
-                                               description="one weight per function, then the model's (default 1)")
-
-    @model_validator(mode="after")
-    def _rewards(self):
-        count = len(self.reward_functions) + (self.reward_model is not None)
-        if count == 0:
-            raise ValueError("give reward_functions (e.g. [world.add]) or a reward_model folder, or both")
-        if self.reward_weights is not None and len(self.reward_weights) != count:
-            raise ValueError(f"{len(self.reward_weights)} reward_weights for {count} rewards "
-                             "(the functions, then the model)")
-        for name in self.reward_functions:
-            try:
-                function(name)
-            except InputError as e:
-                raise ValueError(str(e)) from None
-        return self
-
-    def load_reward(self, template: Template, device: torch.device | str = "cpu") -> Reward:
-        return load(self.reward_functions, self.reward_model, self.reward_weights, template=template, device=device)
+    named = imported(functions, where, functions_field)
+    scorer, field = None, f"{where}.reward_model" if where else "reward model"
+    if model is not None:
+        scorer = RewardModel(model, template, device, where=field) if policy_tokenizer is None else \
+            load_reward_model(model, policy_tokenizer, field, device)
+    return Reward(named, scorer, list(weights) if weights is not None else [1.0] * count)

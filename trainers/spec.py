@@ -1,5 +1,5 @@
-"""The run spec: one YAML file per training run. YAML in, a validated `Run` out; every error is
-located as `run.yaml: field.path: problem` (with the YAML line where one is known).
+"""The run spec: one YAML file per training run. YAML in, a validated `Run` out (through
+`surgery.spec_file`); every error is located as `run.yaml: field.path (line N): problem`.
 
     base: models/base                 # a Hugging Face model folder
     objective: {name: sft}            # name + the objective's own fields
@@ -24,21 +24,17 @@ a field before validation.
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
+import warnings
 from dataclasses import dataclass
-from types import ModuleType
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from surgery.errors import SpecError
+from surgery import spec_file
+from surgery.spec_file import first_error, located
 from trainers import methods, objectives, templates
-
-# Fields that do not change the trajectory of the weights: a resume may change them.
-VOLATILE = ("out", "eval_every", "save_every")
+from trainers.methods.method import TrainingMethod
+from trainers.objectives.objective import Objective
 
 
 class Strict(BaseModel):
@@ -138,126 +134,46 @@ class Run:
 
     spec: RunSpec
     file: str
-    objective: ModuleType
+    objective: Objective
     objective_config: BaseModel
-    method: ModuleType
+    method: TrainingMethod
     method_config: BaseModel
-
-    def identity(self) -> dict:
-        """The fields that determine the weights' trajectory (what a resume must share); the objective
-        and method with every default filled in, so writing a default out changes nothing."""
-        fields = {k: v for k, v in self.spec.model_dump(mode="json").items() if k not in VOLATILE}
-        fields["objective"] = {"name": self.spec.objective.name, **self.objective_config.model_dump(mode="json")}
-        fields["method"] = {"name": self.spec.method.name, **self.method_config.model_dump(mode="json")}
-        return fields
-
-    def digest(self) -> str:
-        return hashlib.sha256(json.dumps(self.identity(), sort_keys=True).encode()).hexdigest()
 
 
 def load_run(path: str, overrides: tuple[str, ...] = ()) -> Run:
-    if not os.path.isfile(path):
-        raise SpecError(path, "", "no such run spec file")
-    with open(path) as f:
-        text = f.read()
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        raise SpecError(path, f"line {mark.line + 1}" if mark else "",
-                        f"not valid YAML ({getattr(e, 'problem', e)})") from None
-    if not isinstance(data, dict):
-        raise SpecError(path, "", "a run spec is a YAML mapping with base, objective, data, optim, schedule and out")
-    for item in overrides:
-        apply_override(data, item, path)
-    return parse_run(data, path, text)
-
-
-def apply_override(data: dict, item: str, file: str) -> None:
-    """`optim.lr=3e-4`: the value is read as YAML (numbers, booleans, lists); missing mappings are made."""
-    key, sep, raw = item.partition("=")
-    if not sep or not key:
-        raise SpecError(file, f"--set {item}", "write overrides as field.path=value, e.g. optim.lr=3e-4")
-    parts, node = key.split("."), data
-    for i, part in enumerate(parts[:-1]):
-        if isinstance(node, list) and part.isdigit() and int(part) < len(node):
-            node = node[int(part)]
-        elif isinstance(node, dict):
-            node = node.setdefault(part, {})
-        else:
-            raise SpecError(file, f"--set {key}", f"'{'.'.join(parts[:i + 1])}' is not a mapping")
-    last = parts[-1]
-    value = yaml.safe_load(raw) if raw else ""
-    if isinstance(node, list) and last.isdigit() and int(last) < len(node):
-        node[int(last)] = value
-    elif isinstance(node, dict):
-        node[last] = value
-    else:
-        raise SpecError(file, f"--set {key}", f"'{'.'.join(parts[:-1])}' is not a mapping")
+    spec = spec_file.read(path, "run spec", "with base, objective, data, optim, schedule and out", overrides)
+    return parse_run(spec.data, path, spec.text)
 
 
 def parse_run(data: dict, file: str = "<run>", text: str | None = None) -> Run:
-    try:
-        spec = RunSpec.model_validate(data)
-    except ValidationError as e:
-        field, problem = first_error(e)
-        raise SpecError(file, at_line(field, text), problem) from None
+    spec = spec_file.validate(RunSpec, data, file, text)
     objective, objective_config = component(spec.objective, objectives.REGISTRY, "objective", file, text)
     method, method_config = component(spec.method, methods.REGISTRY, "method", file, text)
     if spec.data.sampling == "proportional" and spec.data.temperature != 1.0:
-        raise SpecError(file, at_line("data.temperature", text), "a temperature needs sampling: temperature "
-                        "(proportional sampling follows the datasets' sizes)")
+        raise located(file, "data.temperature", "a temperature needs sampling: temperature (proportional sampling "
+                      "follows the datasets' sizes)", text)
     return Run(spec, file, objective, objective_config, method, method_config)
 
 
-def component(named: Named, registry: dict[str, ModuleType], kind: str, file: str, text: str | None):
+def component(named: Named, registry: dict[str, Objective] | dict[str, TrainingMethod], kind: str, file: str,
+              text: str | None):
+    """The registry's entry for `named.name` and its validated config; a deprecated field set warns."""
     if named.name not in registry:
-        raise SpecError(file, at_line(f"{kind}.name", text),
-                        f"unknown {kind} '{named.name}'; choose one of {', '.join(sorted(registry))}")
-    module = registry[named.name]
+        raise located(file, f"{kind}.name", f"unknown {kind} '{named.name}'; choose one of "
+                      f"{', '.join(sorted(registry))}", text)
+    entry = registry[named.name]
     try:
-        return module, module.Config.model_validate(named.model_extra or {})
+        config = entry.config.model_validate(named.model_extra or {})
     except ValidationError as e:
-        field, problem = first_error(e)
+        field, problem = first_error(e, named.model_extra)
         if problem.startswith("unknown field"):
-            choices = ", ".join(["name", *module.Config.model_fields]) or "name"
+            choices = ", ".join(["name", *entry.config.model_fields]) or "name"
             problem += f" of {kind} '{named.name}'; its fields are {choices}"
-        raise SpecError(file, at_line(f"{kind}.{field}", text), problem) from None
-
-
-def first_error(e: ValidationError) -> tuple[str, str]:
-    err = sorted(e.errors(), key=lambda x: -len(x["loc"]))[0]
-    loc = [str(p) for p in err["loc"] if not (isinstance(p, str) and ("[" in p or p in ("str", "int", "float")))]
-    if err["type"] == "extra_forbidden":
-        return ".".join(loc), f"unknown field '{loc[-1]}'"
-    if err["type"] == "missing":
-        return ".".join(loc), "required field is missing"
-    got = err.get("input")
-    shown = f" (got {got!r})" if isinstance(got, (int, float, str, bool)) else ""
-    return ".".join(loc), err["msg"].removeprefix("Value error, ") + shown
-
-
-def at_line(field: str, text: str | None) -> str:
-    """`optim.lr` -> `optim.lr (line 7)` when the YAML text has that key."""
-    line = yaml_line(text, field.split(".")) if text else None
-    return f"{field} (line {line})" if line else field
-
-
-def yaml_line(text: str, path: list[str]) -> int | None:
-    try:
-        node = yaml.compose(text)
-    except yaml.YAMLError:
-        return None
-    line = None
-    for part in path:
-        if isinstance(node, yaml.MappingNode):
-            match = [(k, v) for k, v in node.value if k.value == part]
-            if not match:
-                return line
-            line, node = match[0][0].start_mark.line + 1, match[0][1]
-        elif isinstance(node, yaml.SequenceNode) and part.isdigit() and int(part) < len(node.value):
-            node = node.value[int(part)]
-            line = node.start_mark.line + 1
-        else:
-            return line
-    return line
+        raise located(file, f"{kind}.{field}", problem, text) from None
+    for name in sorted(set(named.model_extra or {}) & set(entry.config.model_fields)):
+        advice = entry.config.model_fields[name].deprecated
+        if advice:
+            line = spec_file.yaml_line(text, [kind, name]) if text else None
+            where = f"{kind}.{name} (line {line})" if line else f"{kind}.{name}"
+            warnings.warn(f"{file}: {where}: deprecated; {advice}", FutureWarning, stacklevel=2)
+    return entry, config

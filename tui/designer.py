@@ -3,10 +3,10 @@ was made (the spec model's and the planner's own messages, as `surgery merge --d
 the YAML at all times, where the models' task vectors conflict, then run the merge with a live
 progress bar, cancel it, and score the result on a suite.
 
-Every decision is the engine's: the spec is checked by `surgery.merge.spec` and `surgery.merge.plan`, merged
-by `surgery.merge.engine.run_merge`, compared by `surgery.diagnose.diff`, scored by
-`evals.scoring.run.evaluate`. Long work runs in worker threads; widgets are updated on the interface's thread
-through `call_from_thread`.
+Every decision is the engine's: the spec is checked by `surgery.merge.spec` and `surgery.merge.plan`, merged by
+`surgery.merge.engine.run_merge`, compared by `surgery.diagnose.diff`, scored by `evals.scoring.run.evaluate`
+on a suite of `evals.scoring.suites`. Long work runs in worker threads; widgets are updated on the
+interface's thread through `call_from_thread`.
 """
 
 from __future__ import annotations
@@ -24,16 +24,16 @@ from textual.message import Message
 from textual.widget import Widget
 from textual.widgets import Checkbox, Input, Label, ProgressBar, RichLog, Select, Static, TabbedContent, TabPane
 
+from evals.scoring.suites import suite_names
 from surgery.errors import SpecError, SurgeryError
 from surgery.io.locate import resolve_path
 from surgery.merge.engine import DEFAULT_BLOCK, Cancelled, Options, run_merge
 from surgery.merge.methods import REGISTRY
 from surgery.merge.plan import MergePlan, plan_merge
-from surgery.merge.spec import MergeSpec, parse_spec
+from surgery.merge.spec import DTYPE_NAMES, MergeSpec, parse_spec
 from tui.conflict_map import conflict_map
 from tui.picker import ModelPicker
 from tui.spec_form import (
-    DTYPES,
     check_spec,
     choices,
     drop_model,
@@ -50,7 +50,6 @@ from tui.spec_form import (
 )
 from tui.throughput import Throughput, size
 
-SUITES = ("world", "general", "alignment", "leaderboard")  # evals.scoring.suites.SUITES, in the order offered
 SHOWN_EVERY_S = 0.1  # the progress bar is redrawn at most this often
 CHECK_AFTER_S = 0.15  # the spec is checked, then its models opened, once typing pauses this long: not at every key
 
@@ -204,7 +203,7 @@ class Designer(Vertical):
         yield Static("output", classes="section")
         with Horizontal(classes="line"):
             yield Label("dtype", classes="key")
-            yield Select([(d, d) for d in DTYPES], value=self.texts["dtype"], allow_blank=False, compact=True,
+            yield Select([(d, d) for d in DTYPE_NAMES], value=self.texts["dtype"], allow_blank=False, compact=True,
                          id=dom_id("dtype"))
             yield Label(" seed ")
             yield self._input("seed", "0")
@@ -218,7 +217,7 @@ class Designer(Vertical):
             yield Input(self._default_spec_file(), id="save", compact=True)
         with Horizontal(classes="line"):
             yield Label("eval suite", classes="key")
-            yield Select([(s, s) for s in SUITES], value="world", allow_blank=False, compact=True, id="suite")
+            yield Select([(s, s) for s in suite_names()], value="world", allow_blank=False, compact=True, id="suite")
             yield Label(" limit ")
             yield Input("", placeholder="all", id="limit", type="integer", valid_empty=True, compact=True)
         yield self._error("")
@@ -645,7 +644,7 @@ class Designer(Vertical):
     @work(thread=True, exclusive=True, group="eval", exit_on_error=False)
     def score(self, path: str, suite: str, limit: int | None) -> None:
         from evals.scoring.harness import HarnessSettings
-        from evals.scoring.run import evaluate
+        from evals.scoring.run import prepare, score
         from evals.scoring.store import Store
         from evals.scoring.suites import suite_tasks
 
@@ -656,9 +655,9 @@ class Designer(Vertical):
             self.app.call_from_thread(self._on_task, task, done, total)
 
         try:
+            batch = prepare([path], list(suite_tasks(suite)))  # the files read by the project's reader first
             with Store(self.db) as store:  # opened on this thread: an SQLite connection stays on its thread
-                table = evaluate([path], list(suite_tasks(suite)), HarnessSettings(limit=limit), store, force=False,
-                                 say=say, on_task=on_task)
+                table = score(batch, HarnessSettings(limit=limit), store, force=False, say=say, on_task=on_task)
         except SurgeryError as e:
             self.app.call_from_thread(self._scored, "failed", f"error: {e}")
             return

@@ -2,8 +2,8 @@
 remembered, so a refresh reads only the new bytes.
 
 A half-written last line (no newline yet) is left for the next read. A log rewritten in place (a
-resumed training run keeps only the records up to its checkpoint, trainers/loop.py `Log`) is noticed
-because the last line read is no longer where it was; the log is then read again from the start.
+resumed training run keeps only the records up to its checkpoint, trainers/loops/session.py `Log`) is
+noticed because the last line read is no longer where it was; the log is then read again from the start.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Finds training runs under a few folders: a run is a folder holding `log.jsonl` (trainers/loop.py).
+"""Finds training runs under a few folders: a run is a folder holding `log.jsonl` (trainers/loops/session.py).
 
 The walk is shallow and skips what cannot hold a run (checkpoint folders, hidden folders,
 virtual environments), so it stays cheap enough to repeat every few seconds.

@@ -1,5 +1,6 @@
-"""A training run's progress as its log.jsonl tells it (trainers/loop.py `Log`): the step reached, the
-last loss and the recent losses, and whether it is running, finished or stopped on a non-finite loss.
+"""A training run's progress as its log.jsonl tells it (trainers/loops/session.py `Log`): the step
+reached, the last loss and the recent losses, and whether it is running, finished or stopped on a
+non-finite loss.
 
 The log's start record carries the run's total of steps; for logs written before it did, a
 checkpoint has it (`trainer_state/state.json` holds the run's identity, `final/lineage.json` its
@@ -30,7 +31,7 @@ class Progress:
     loss: float | None = None
     losses: tuple[float, ...] = ()
     eval_loss: float | None = None
-    round: int | None = None  # runs made of rounds (trainers/rounds.py) log rounds, not steps
+    round: int | None = None  # runs made of rounds (trainers/loops/rounds.py) log rounds, not steps
     status: str = "starting"
     reason: str = ""
     updated: float | None = None  # when the log was last written (seconds since the epoch)

@@ -13,12 +13,9 @@ from pydantic.fields import FieldInfo
 
 from surgery.errors import SpecError
 from surgery.merge.methods import REGISTRY
-from surgery.merge.methods.method import Method
-from surgery.merge.params import bounds_text, evaluate
-from surgery.merge.plan import check_parameters
+from surgery.merge.methods.method import Method, is_compat
+from surgery.merge.params import bounds_text, check_parameters, evaluate
 from surgery.merge.spec import MergeSpec, parse_spec
-
-DTYPES = ("float32", "bfloat16", "float16", "float64")
 
 
 def parse_value(text: str) -> Any:
@@ -36,12 +33,14 @@ def parse_value(text: str) -> Any:
 
 
 def per_model_fields(method: Method) -> dict[str, FieldInfo]:
-    return dict(method.per_model.model_fields)
+    """The per-model parameters the form offers: all but those kept for mergekit compatibility only."""
+    return {name: f for name, f in method.per_model.model_fields.items() if not is_compat(f)}
 
 
 def shared_fields(method: Method) -> dict[str, FieldInfo]:
-    """By the name the YAML uses (`lambda`, not the attribute `lambda_`)."""
-    return {(f.alias or name): f for name, f in method.shared.model_fields.items()}
+    """The global parameters the form offers (not those kept for mergekit compatibility only), by the
+    name the YAML uses (`lambda`, not the attribute `lambda_`)."""
+    return {(f.alias or name): f for name, f in method.shared.model_fields.items() if not is_compat(f)}
 
 
 def choices(field: FieldInfo) -> tuple[str, ...] | None:

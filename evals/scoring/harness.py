@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from functools import cache
 
 from evals.scoring.scores import TaskScore
-from evals.scoring.suites import METRICS, TASKS_DIR, check_tasks
+from evals.scoring.suites import LOCAL, METRICS, OFFLINE, TASKS_DIR, check_tasks
 from surgery.errors import InputError
 
 BATCH_SIZE = 8  # a fixed size: lm-eval's "auto" probes memory, slowly on CPU
@@ -114,7 +114,7 @@ def _run(model, model_args, tasks: list[str], settings: HarnessSettings, manager
             raise
         raise InputError(f"lm-eval could not get the data of {', '.join(hub)} ({type(e).__name__}: {e}); these "
                          "tasks read the Hugging Face dataset hub: run where it is reachable, with HF_HUB_OFFLINE "
-                         "and HF_DATASETS_OFFLINE unset, or use the local suites (world, general, alignment)") from None
+                         f"and HF_DATASETS_OFFLINE unset, or use the local suites ({', '.join(OFFLINE)})") from None
     if out is None:  # lm-eval returns None on ranks other than the first
         return {}
     return {task: _evaluated(task, out) for task in out["samples"]}
@@ -149,7 +149,10 @@ def _outcome(value) -> float:
 
 
 def _chance(samples: list[dict], out: dict, task: str) -> float | None:
-    """Mean of 1 / choices over documents, for multiple choice; None otherwise."""
-    if out["configs"][task].get("output_type") != "multiple_choice" or not samples:
+    """Mean of 1 / choices over documents, for a task declared multiple choice (or, for lm-eval's own
+    tasks, configured so); None otherwise."""
+    declared = LOCAL.get(task)
+    choices = declared.chance == "choices" if declared else out["configs"][task].get("output_type") == "multiple_choice"
+    if not choices or not samples:
         return None
     return sum(1 / len(s["arguments"]) for s in samples) / len(samples)

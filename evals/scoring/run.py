@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from importlib.metadata import version
 
 from evals.scoring import harness
@@ -16,13 +16,34 @@ from evals.scoring.suites import METRICS, check_tasks, task_digest
 from evals.scoring.template_check import template_warnings
 
 
+@dataclass(frozen=True)
+class Batch:
+    """Checkpoints and tasks checked for an evaluation: what may be checked before a store is opened."""
+
+    checkpoints: tuple[Checkpoint, ...]
+    tasks: tuple[str, ...]
+    manager: object  # lm-eval's task manager; None when every task is local
+
+
+def prepare(paths: Sequence[str], tasks: Sequence[str]) -> Batch:
+    """Every folder loadable and hashed, every task known: errors come before anything is stored or run."""
+    checkpoints = tuple(open_checkpoint(p) for p in paths)
+    return Batch(checkpoints, tuple(tasks), _checked(list(tasks)))
+
+
 def evaluate(paths: Sequence[str], tasks: Sequence[str], settings: harness.HarnessSettings, store: Store,
              force: bool = False, say: Callable[[str], None] = lambda _: None,
              on_task: Callable[[str, int, int], None] | None = None) -> ScoreTable:
     """Scores of each checkpoint folder on `tasks`, keyed by absolute path; runs what the store lacks.
     With `on_task`, the missing tasks run one at a time and `on_task(task, done, total)` is called before each."""
-    checkpoints = [open_checkpoint(p) for p in paths]  # every folder checked before the first run
-    manager = _checked(list(tasks))
+    return score(prepare(paths, tasks), settings, store, force, say, on_task)
+
+
+def score(batch: Batch, settings: harness.HarnessSettings, store: Store, force: bool = False,
+          say: Callable[[str], None] = lambda _: None,
+          on_task: Callable[[str, int, int], None] | None = None) -> ScoreTable:
+    """`evaluate` of a prepared batch."""
+    checkpoints, tasks, manager = batch.checkpoints, list(batch.tasks), batch.manager
     for warning in template_warnings([c.path for c in checkpoints], settings.apply_chat_template):
         say(f"warning: {warning}")
     table = {}

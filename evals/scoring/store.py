@@ -3,8 +3,11 @@ lineage, evaluation runs, task scores and per-document outcomes.
 
 Scores are keyed by (weights hash, task, settings), so re-evaluating unchanged weights is served from
 the store whatever their path, and changed weights are never given old results. Several processes may
-write at once: the file is in WAL mode and every write is one immediate transaction. A file written by
-a newer schema is refused before anything is written to it.
+write at once: every write is one immediate transaction, and the others wait for it. The file keeps a
+rollback journal (not a write-ahead log) so that a store opened read-only, as the commands that only
+read it do, is read without writing a byte or leaving a -wal or -shm file beside it. A file written by a
+newer schema is refused before anything is written to it. SQLite's errors (a damaged or read-only file)
+become one located InputError saying what to do.
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ import os
 import sqlite3
 import time
 from collections.abc import Mapping, Sequence
+from functools import wraps
+from urllib.parse import quote
 
 from evals.scoring.checkpoints import Checkpoint, fingerprint
 from evals.scoring.scores import ScoreTable, TaskScore
@@ -21,6 +26,7 @@ from surgery.errors import InputError
 
 SCHEMA_VERSION = 1
 BUSY_TIMEOUT_S = 60
+WAL_FORMAT = 2  # bytes 18 and 19 of an SQLite header: 2 for a database in write-ahead-log mode
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS checkpoints (
     hash TEXT PRIMARY KEY, base_hash TEXT, path TEXT NOT NULL, lineage TEXT NOT NULL, first_seen REAL NOT NULL);
@@ -38,6 +44,35 @@ CREATE TABLE IF NOT EXISTS outcomes (
     hash TEXT NOT NULL, task TEXT NOT NULL, settings TEXT NOT NULL, doc INTEGER NOT NULL, value REAL NOT NULL,
     PRIMARY KEY (hash, task, settings, doc));
 """
+# words of an SQLite error -> what it means for the store and what to do ({e}: SQLite's own words)
+PROBLEMS = (
+    ("readonly", "is read-only ({e}); make the file and its folder writable, or give another --db"),
+    ("malformed", "is damaged ({e}); restore it from a backup, or move it aside and evaluate again into a new store"),
+    ("not a database", "is not an SQLite database ({e}); give another --db"),
+    ("disk I/O", "cannot be read or written ({e}); check the disk, or move the store elsewhere and give that --db"),
+    ("full", "cannot grow: the disk is full ({e}); free space, or give another --db"),
+    ("locked", "stayed locked by another process for {timeout} s ({e}); wait for it to finish, or give another --db"),
+    ("unable to open", "cannot be opened ({e}); check that the file and its folder can be read"),
+    ("no such table", "is not a results store ({e}); give the --db that surgery eval wrote"),
+)
+
+
+def store_error(path: str, e: sqlite3.Error) -> InputError:
+    """One located message for an SQLite error met in the store at `path`."""
+    text = str(e)
+    problem = next((p for words, p in PROBLEMS if words in text), "failed ({e}); if the file is damaged, move it aside")
+    return InputError(f"results store {path} {problem.format(e=text, timeout=BUSY_TIMEOUT_S)}")
+
+
+def located(method):
+    """A Store method whose SQLite errors are raised as `store_error`s."""
+    @wraps(method)
+    def run(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except sqlite3.Error as e:
+            raise store_error(self.path, e) from None
+    return run
 
 
 def default_path() -> str:
@@ -46,18 +81,40 @@ def default_path() -> str:
     return os.path.join(home, "evals.sqlite")
 
 
+def connect_readonly(path: str) -> sqlite3.Connection:
+    """A connection that can only read the store at `path`, and changes nothing on disk. A store still in
+    write-ahead-log mode (made before the rollback journal) with no log waiting is opened as immutable,
+    since a read-only open of it would create the -wal and -shm files; with a log waiting, its files are
+    used as they are."""
+    if not os.path.isfile(path):
+        raise InputError(f"results store {path} does not exist; check --db (surgery eval creates the store when "
+                         "it first stores scores)")
+    uri = f"file:{quote(path)}?mode=ro"
+    if _wal_format(path) and not os.path.exists(f"{path}-wal"):
+        uri += "&immutable=1"
+    try:
+        return sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+    except sqlite3.Error as e:
+        raise store_error(path, e) from None
+
+
+def _wal_format(path: str) -> bool:
+    with open(path, "rb") as f:
+        header = f.read(20)
+    return len(header) == 20 and header[18] == WAL_FORMAT
+
+
 def schema_version(path: str) -> int:
     """The schema version of an existing store, read without writing to it (0 for a new file)."""
     if not os.path.exists(path):
         return 0
+    con = connect_readonly(path)
     try:
-        con = sqlite3.connect(f"file:{os.path.abspath(path)}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_S)
-        try:
-            return con.execute("PRAGMA user_version").fetchone()[0]
-        finally:
-            con.close()
-    except sqlite3.DatabaseError as e:
-        raise InputError(f"results store {path} is not an SQLite database ({e}); give another --db") from None
+        return con.execute("PRAGMA user_version").fetchone()[0]
+    except sqlite3.Error as e:
+        raise store_error(path, e) from None
+    finally:
+        con.close()
 
 
 def _check_version(path: str, found: int) -> None:
@@ -67,16 +124,50 @@ def _check_version(path: str, found: int) -> None:
 
 
 class Store:
-    """An open results store; use as a context manager or call close()."""
+    """An open results store; use as a context manager or call close(). With `readonly` the store must
+    exist and is only read: nothing on disk changes."""
 
-    def __init__(self, path: str | None = None):
+    @located
+    def __init__(self, path: str | None = None, readonly: bool = False):
         self.path = os.path.abspath(path or default_path())
+        self.readonly = readonly
+        if readonly:
+            self._open_readonly()
+            return
         found = schema_version(self.path)
         _check_version(self.path, found)
-        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        try:
+            os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        except OSError as e:
+            raise InputError(f"results store {self.path}: cannot create its folder ({e.strerror}); give another "
+                             "--db") from None
         self.con = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
-        self.con.execute("PRAGMA journal_mode=WAL")
-        self.con.execute("PRAGMA foreign_keys=ON")
+        try:
+            self.con.execute("PRAGMA foreign_keys=ON")
+            if found < SCHEMA_VERSION or _wal_format(self.path):
+                self._upgrade()
+            else:
+                self.con.execute("BEGIN IMMEDIATE")  # the write lock, taken and given back: a store that cannot be
+                self.con.execute("ROLLBACK")         # written is found now, before any scoring; nothing changes
+        except BaseException:
+            self.con.close()
+            raise
+
+    def _open_readonly(self) -> None:
+        self.con = connect_readonly(self.path)  # a missing store is an error: reading never creates one
+        try:
+            found = self.con.execute("PRAGMA user_version").fetchone()[0]
+            _check_version(self.path, found)
+            if found < SCHEMA_VERSION:
+                raise InputError(f"results store {self.path} holds no scores (schema version {found}); give the "
+                                 "--db that surgery eval wrote")
+        except BaseException:
+            self.con.close()
+            raise
+
+    def _upgrade(self) -> None:
+        """Create the tables and leave write-ahead-log mode (stores made before the rollback journal)."""
+        self.con.execute("PRAGMA journal_mode=DELETE")  # stays WAL while another process has it open: fine
         with self.transaction():  # read again under the lock: another process may have upgraded it
             _check_version(self.path, self.con.execute("PRAGMA user_version").fetchone()[0])
             for statement in SCHEMA.split(";"):
@@ -91,13 +182,15 @@ class Store:
         self.close()
 
     def close(self) -> None:
-        self.con.close()
+        if hasattr(self, "con"):
+            self.con.close()
 
     def transaction(self):
         return _Transaction(self.con)
 
     # writing
 
+    @located
     def register(self, name: str, checkpoint: Checkpoint, lineage: dict) -> None:
         """Record the checkpoint (once per hash) and point `name` at its current weights."""
         now = time.time()
@@ -113,6 +206,7 @@ class Store:
         self.con.execute("INSERT OR IGNORE INTO checkpoints VALUES (?, ?, ?, ?, ?)",
                          (checkpoint.hash, base, checkpoint.path, json.dumps(lineage, sort_keys=True), now))
 
+    @located
     def put(self, name: str, hash: str, settings: dict, keys: str | Mapping[str, str], lm_eval: str,
             results: dict) -> int:
         """Store one run's results ({task: harness.Evaluated}) under one settings key, or one per task,
@@ -130,6 +224,7 @@ class Store:
                                      [(hash, task, key, i, v) for i, v in enumerate(s.outcomes)])
         return run
 
+    @located
     def stored(self, hash: str, task: str, key: str) -> TaskScore | None:
         """The score of weights `hash` on exactly `task` under settings `key`, if stored."""
         row = self.con.execute("SELECT metric, value, stderr, n, chance FROM scores "
@@ -138,6 +233,7 @@ class Store:
 
     # reading
 
+    @located
     def scores(self, hash: str, tasks: Sequence[str] | None = None, key: str | None = None) -> dict[str, TaskScore]:
         """Stored scores of the weights `hash`: of `tasks` (all when None), under settings `key` (the latest
         run's when None)."""
@@ -155,6 +251,7 @@ class Store:
                                 (hash, task, key))
         return tuple(v for (v,) in rows)
 
+    @located
     def hash_of(self, name: str) -> str:
         """The weights hash a checkpoint name (or path) was last evaluated with, checked against the folder."""
         row = self.con.execute("SELECT hash, fingerprint FROM names WHERE name=?", (_name(name),)).fetchone()
@@ -167,13 +264,16 @@ class Store:
             raise InputError(f"checkpoint {name!r} changed since it was evaluated; run `surgery eval {name}` again")
         return hash
 
+    @located
     def names(self) -> list[str]:
         return [n for (n,) in self.con.execute("SELECT name FROM names ORDER BY name")]
 
+    @located
     def lineage(self, hash: str) -> dict:
         row = self.con.execute("SELECT lineage FROM checkpoints WHERE hash=?", (hash,)).fetchone()
         return json.loads(row[0]) if row else {}
 
+    @located
     def provenance(self, hash: str, tasks: Sequence[str] | None = None, key: str | None = None) -> dict[str, dict]:
         """{task: {"version", "num_fewshot", "settings"}} of the scores `scores()` returns for the same
         arguments: what must match before two checkpoints' scores are compared."""
@@ -183,6 +283,7 @@ class Store:
         return {task: {"version": version, "num_fewshot": shots, "settings": settings}
                 for task, version, shots, settings in rows if tasks is None or any(covers(t, task) for t in tasks)}
 
+    @located
     def table(self, checkpoints: Sequence[str] | None = None, suite: str | Sequence[str] | None = None,
               key: str | None = None) -> ScoreTable:
         """checkpoint name -> task -> TaskScore, for the named checkpoints (all when None) on the suite's
@@ -193,6 +294,7 @@ class Store:
         names = list(checkpoints) if checkpoints is not None else self.names()
         return {name: self.scores(self.hash_of(name), tasks, key) for name in names}
 
+    @located
     def comparable_table(self, checkpoints: Sequence[str], suite: str | None = None) -> ScoreTable:
         """`table(checkpoints, suite)`, refused when the checkpoints were evaluated with different task
         versions, few-shot counts or limits: scores that may be compared, difference by difference."""

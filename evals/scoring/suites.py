@@ -1,4 +1,6 @@
-"""Named suites of tasks, the headline metric of each local task, and the lookups that explain a miss.
+"""Named suites of tasks, each declared once (`DECLARED`): its tasks with the metric each reports and
+its chance level, and a description. The CLI's `--suite` help, the TUI's list of suites and the
+lookups of the scoring code (`SUITES`, `METRICS`) are read from that declaration.
 
 Suites are lists of lm-eval task names. `world`, `general` and `alignment` are local (evals/tasks/,
 offline); `leaderboard` names lm-eval's Open LLM Leaderboard group, whose data comes from the dataset hub.
@@ -9,33 +11,77 @@ from __future__ import annotations
 import difflib
 import hashlib
 import os
+from dataclasses import dataclass
 from functools import cache
+from typing import Literal
 
 from surgery.errors import InputError
 
 TASKS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tasks")  # evals/tasks
 
-SUITES: dict[str, tuple[str, ...]] = {
-    "world": ("world_add", "world_reverse", "world_capital", "world_capital_choice", "world_perplexity"),
-    "general": ("bigbench_arithmetic", "bigbench_general_knowledge"),
-    "alignment": ("refusal", "over_refusal"),
-    "leaderboard": ("leaderboard",),
-}
-HUB_SUITES = {"leaderboard"}  # need the dataset hub; refused when offline
 
-# local task -> (the metric its score reports, lm-eval's filter name)
-METRICS: dict[str, tuple[str, str]] = {
-    "world_add": ("exact_match", "none"), "world_reverse": ("exact_match", "none"),
-    "world_capital": ("exact_match", "none"), "world_capital_choice": ("acc", "none"),
-    "world_perplexity": ("byte_perplexity", "none"),
-    "bigbench_arithmetic": ("exact_match", "first_number"), "bigbench_general_knowledge": ("acc", "none"),
-    "refusal": ("exact_match", "none"), "over_refusal": ("exact_match", "none"),
-}
-# what a local task's documents are made from, besides its own folder
-SOURCES = {"world": ("trainers/world/tasks.py", "trainers/world/countries.py"),
-           "alignment": ("trainers/world/tasks.py",), "general": ()}
-DATA_FILES = {"bigbench_arithmetic": "general/bigbench_arithmetic.jsonl",
-              "bigbench_general_knowledge": "general/bigbench_general_knowledge.jsonl"}
+@dataclass(frozen=True)
+class Task:
+    """A local lm-eval task: the metric its score reports and how its chance level is known."""
+
+    name: str
+    metric: str                                # the metric of its score, under lm-eval's filter `filter`
+    filter: str = "none"
+    chance: Literal["choices"] | None = None   # "choices": multiple choice, 1 / choices per document (G's
+    #                                            chance correction); None: a generation or a perplexity
+    data: str | None = None                    # a data file it reads, shipped in evals/tasks/
+
+
+@dataclass(frozen=True)
+class Suite:
+    name: str
+    description: str                           # one line, for --help and the README
+    tasks: tuple[Task | str, ...]              # a Task, or an lm-eval task (group) named as lm-eval ships it
+    folder: str | None = None                  # its folder of task YAMLs in evals/tasks/ (local suites)
+    sources: tuple[str, ...] = ()              # files its documents are made from besides that folder
+    hub: bool = False                          # its data comes from the dataset hub: refused when offline
+
+
+def _exact(name: str) -> Task:
+    return Task(name, "exact_match")
+
+
+DECLARED = (
+    Suite("world", "the small world's tasks: sums, reversals and capitals as exact-match generation, capitals "
+          "as multiple choice, byte perplexity on held-out text",
+          (_exact("world_add"), _exact("world_reverse"), _exact("world_capital"),
+           Task("world_capital_choice", "acc", chance="choices"), Task("world_perplexity", "byte_perplexity")),
+          folder="world", sources=("trainers/world/tasks.py", "trainers/world/countries.py")),
+    Suite("general", "BIG-bench arithmetic and general knowledge (Apache-2.0, shipped)",
+          (Task("bigbench_arithmetic", "exact_match", "first_number", data="general/bigbench_arithmetic.jsonl"),
+           Task("bigbench_general_knowledge", "acc", chance="choices",
+                data="general/bigbench_general_knowledge.jsonl")), folder="general"),
+    Suite("alignment", "refusal rate on harmful requests, and refusals of benign ones",
+          (_exact("refusal"), _exact("over_refusal")), folder="alignment", sources=("trainers/world/tasks.py",)),
+    Suite("leaderboard", "lm-eval's Open LLM Leaderboard group, from the dataset hub", ("leaderboard",), hub=True),
+)
+# What the rest of the code reads, all derived from DECLARED:
+BY_NAME: dict[str, Suite] = {s.name: s for s in DECLARED}
+SUITES: dict[str, tuple[str, ...]] = {s.name: tuple(getattr(t, "name", t) for t in s.tasks) for s in DECLARED}
+HUB_SUITES = {s.name for s in DECLARED if s.hub}
+LOCAL: dict[str, Task] = {t.name: t for s in DECLARED for t in s.tasks if isinstance(t, Task)}
+METRICS: dict[str, tuple[str, str]] = {name: (t.metric, t.filter) for name, t in LOCAL.items()}  # (metric, filter)
+OFFLINE = tuple(s.name for s in DECLARED if not s.hub)  # the suites that run without the dataset hub
+SOURCES = {s.folder: s.sources for s in DECLARED if s.folder}
+DATA_FILES = {name: t.data for name, t in LOCAL.items() if t.data}
+
+
+def suite_names() -> tuple[str, ...]:
+    return tuple(BY_NAME)
+
+
+def suite_help() -> str:
+    """What --suite takes, for a command's help: every suite with its description."""
+    return "; ".join(f"{s.name}: {s.description}" for s in DECLARED) + "."
+
+
+def suite_metavar() -> str:
+    return "[" + "|".join(BY_NAME) + "]"
 
 
 def suite_tasks(suite: str) -> tuple[str, ...]:
@@ -45,7 +91,7 @@ def suite_tasks(suite: str) -> tuple[str, ...]:
     if suite in HUB_SUITES and _offline():
         raise InputError(f"suite {suite!r} reads its data from the Hugging Face dataset hub, and this machine is "
                          "offline (HF_HUB_OFFLINE or HF_DATASETS_OFFLINE is set); run it where the hub is "
-                         "reachable with those unset, or use the local suites: world, general, alignment")
+                         f"reachable with those unset, or use the local suites: {', '.join(OFFLINE)}")
     return SUITES[suite]
 
 

@@ -29,6 +29,7 @@ from evals.scoring.suites import SUITES
 from evals.search.candidates import Scorer
 from evals.search.sweep import SweepPoint, parse_values, sweep
 from surgery.errors import InputError, OutputError
+from surgery.io.reader import ModelFolder
 
 TASKS = SUITES["world"] + SUITES["alignment"]
 GENERAL = tuple(t for t in SUITES["world"] if t != "world_perplexity")  # bounded: a mean can hold them
@@ -71,6 +72,32 @@ def write_comply(data: str, folder: str) -> str:
     return os.path.abspath(path)
 
 
+ZOO_DATA = tuple(f"data/{t}/train.jsonl" for t in ("add", "reverse", "capital", "refuse")) + tuple(
+    f"data/{t}/test.jsonl" for t in ("add", "reverse", "refuse"))  # what `train_models` reads from a zoo
+
+
+def check_zoo(zoo: str) -> None:
+    """The zoo's finished models are read with the project's reader (a truncated or corrupt file is named
+    here, not by transformers' loader mid-run), and a zoo whose base is finished has the data the proof
+    trains on. A zoo still to be trained is not checked: it is made here."""
+    models = [os.path.join(zoo, n) for n in ("base", "add") if os.path.isfile(os.path.join(zoo, n, "lineage.json"))]
+    for folder in models:
+        ModelFolder(folder).close()
+    if os.path.join(zoo, "base") in models:
+        missing = [f for f in ZOO_DATA if not os.path.isfile(os.path.join(zoo, f))]
+        if missing:
+            raise InputError(f"zoo {os.path.abspath(zoo)}: {missing[0]} is missing (of the data the proof trains "
+                             "on); give the models folder `surgery world DIR` made, or another --zoo")
+
+
+def check_runs(out: str) -> None:
+    """The finished runs under OUT, which the proof reuses, read with the project's reader."""
+    for name in ("sft", "aligned", "add-then-reverse", "joint"):
+        final = finished(os.path.join(out, "runs", name))
+        if final is not None:
+            ModelFolder(final).close()
+
+
 def finished(run: str) -> str | None:
     """The final folder of a finished training run under `run`; None when there is no run yet; an
     error for a run started and not finished (delete it to train again)."""
@@ -84,7 +111,7 @@ def finished(run: str) -> str | None:
 
 def fine_tune(start: str, sets: Sequence[str], evals: str, run: str, steps: int, name: str) -> str:
     """`start` fine-tuned (fully, SFT, the zoo experts' recipe) on the equal mixture of `sets`."""
-    from trainers.loop import train
+    from trainers.loops import train
     from trainers.spec import parse_run
     from trainers.world.zoo import run_spec
 
@@ -149,6 +176,8 @@ def averaging_spec(parent: str, aligned: str) -> dict:
 def run_proof(out: str, zoo: str, score: Scorer, base_steps: int = 2000, steps: int = 200,
               weights: Sequence[float] = WEIGHTS, echo: Callable[[str], None] = print, seed: int = 0) -> Proof:
     """Train what is missing, score every model and sweep point, and compute (a), (b) and (c)."""
+    check_zoo(zoo)
+    check_runs(out)
     models = train_models(out, zoo, base_steps, steps, echo)
     table = {name: score(path) for name, path in models.items()}
     tax = alignment_tax(table["sft"], table["aligned"], GENERAL, ALIGNMENT, seed=seed)

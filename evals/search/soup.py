@@ -11,8 +11,9 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from evals.search.candidates import Scorer, folder_name, held_out, label, merge_spec
+from evals.search.candidates import Scorer, check_spec, folder_name, held_out, label, merge_spec
 from surgery.errors import InputError
+from surgery.io.output import output_lock
 
 
 @dataclass(frozen=True)
@@ -78,14 +79,24 @@ def soup_spec(ingredients: Sequence[str], dtype: str | None = None) -> dict:
     return spec | ({"dtype": dtype} if dtype else {})
 
 
+def check_soup(candidates: Sequence[str], dtype: str | None = None) -> None:
+    """Every candidate's files read and every soup the search may try made possible, before any is scored:
+    the uniform soup of all of them is planned (names, shapes, dtypes; no tensor read)."""
+    check_candidates(candidates)
+    check_spec(soup_spec([os.path.abspath(c) for c in candidates], dtype), "greedy soup of every candidate")
+
+
 def run_soup(candidates: Sequence[str], out: str, score: Scorer, select: str | None = None,
              dtype: str | None = None) -> Soup:
-    """Greedy soup with the engine: the soup tried at step k goes to `out/soup-k-with-<candidate>`."""
+    """Greedy soup with the engine: the soup tried at step k goes to `out/soup-k-with-<candidate>`. `out` is
+    locked while the search runs, so a second search into it stops at once."""
     def mix(ingredients: list[str], step: int) -> str:
         name = folder_name("soup", step, "with", label(ingredients[-1]))
         return merge_spec(soup_spec(ingredients, dtype), f"greedy soup step {step}", os.path.join(out, name))
 
-    return greedy_soup([os.path.abspath(c) for c in candidates], lambda path: held_out(score(path), select), mix)
+    check_soup(candidates, dtype)
+    with output_lock(out):
+        return greedy_soup([os.path.abspath(c) for c in candidates], lambda path: held_out(score(path), select), mix)
 
 
 def soup_rows(soup: Soup) -> list[dict]:

@@ -21,6 +21,7 @@ from evals.analysis.metrics import PERPLEXITIES
 from evals.report.leaderboard import mean_score
 from evals.search.candidates import Scorer, Scores, check_spec, folder_name, merge_spec
 from surgery.errors import InputError, SpecError
+from surgery.io.output import output_lock
 
 
 @dataclass(frozen=True)
@@ -91,12 +92,15 @@ def point_specs(data: dict, file: str, param: str, values: Sequence, models_dir:
 
 def sweep(data: dict, file: str, param: str, values: Sequence, out: str, score: Scorer,
           models_dir: str | None = None) -> list[SweepPoint]:
-    """Merge and score the spec at each value of `param`; point i goes to `out/<last part>=<value>`."""
+    """Merge and score the spec at each value of `param`; point i goes to `out/<last part>=<value>`. `out` is
+    locked while the sweep runs, so a second sweep into it stops at once."""
     specs = point_specs(data, file, param, values, models_dir)
     points = []
-    for value, spec in zip(values, specs):
-        folder = merge_spec(spec, file, os.path.join(out, folder_name(f"{param.split('.')[-1]}={value}")), models_dir)
-        points.append(SweepPoint(value, folder, score(folder)))
+    with output_lock(out):
+        for value, spec in zip(values, specs):
+            name = folder_name(f"{param.split('.')[-1]}={value}")
+            folder = merge_spec(spec, file, os.path.join(out, name), models_dir)
+            points.append(SweepPoint(value, folder, score(folder)))
     return points
 
 

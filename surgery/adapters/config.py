@@ -1,8 +1,6 @@
-"""`adapter_config.json` of a PEFT adapter folder, read into a typed, validated `AdapterConfig`.
-
-Only adapters whose effect is a change of weights can be folded: LoRA (with rsLoRA, DoRA, rank and
-alpha patterns), IA3 and VeRA. Options that change what the adapter computes in ways a folded weight
-cannot express are refused here, before any tensor is read.
+"""`adapter_config.json` of a PEFT adapter folder: the typed `AdapterConfig` every kind reads it into,
+and the checks of its fields the kinds share. Each kind's own reading is in `surgery.adapters.kinds`;
+`surgery.adapters.load.read_config` picks the kind by `peft_type`.
 """
 
 from __future__ import annotations
@@ -17,12 +15,7 @@ from surgery.errors import InputError
 
 CONFIG = "adapter_config.json"
 WEIGHTS = "adapter_model.safetensors"
-SUPPORTED = ("LORA", "IA3", "VERA")
 VIRTUAL_TOKENS = ("PREFIX_TUNING", "PROMPT_TUNING", "P_TUNING", "MULTITASK_PROMPT_TUNING", "CPT", "ADAPTION_PROMPT")
-# LoRA options that change the forward pass beyond W + scale * B @ A; set to anything truthy, we refuse.
-UNFOLDABLE = ("layer_replication", "target_parameters", "trainable_token_indices", "alora_invocation_tokens",
-              "use_qalora", "use_bdlora", "velora_config", "monteclora_config", "kasa_config", "arrow_config",
-              "megatron_config")
 
 
 @dataclass(frozen=True)
@@ -71,20 +64,6 @@ def is_adapter(path: str) -> bool:
     return os.path.isfile(os.path.join(path, CONFIG))
 
 
-def read_config(path: str) -> AdapterConfig:
-    """The validated config of the adapter folder `path`."""
-    file = os.path.join(path, CONFIG)
-    raw = _load(path, file)
-    kind = str(raw.get("peft_type", "")).upper()
-    if kind in VIRTUAL_TOKENS:
-        raise InputError(f"{file}: peft_type: {kind} cannot be folded into weights: it adds virtual tokens, "
-                         "not weight deltas; keep using it through PEFT")
-    if kind not in SUPPORTED:
-        raise InputError(f"{file}: peft_type: {kind or 'missing'!r} cannot be folded; supported types: "
-                         f"{', '.join(SUPPORTED)}")
-    return {"LORA": _lora, "IA3": _ia3, "VERA": _vera}[kind](os.path.abspath(path), file, raw)
-
-
 def raw_config(path: str) -> dict:
     """The adapter folder's `adapter_config.json` as a dict, unvalidated (any PEFT type)."""
     return _load(path, os.path.join(path, CONFIG))
@@ -105,50 +84,23 @@ def _load(path: str, file: str) -> dict:
     return raw
 
 
-def _lora(path: str, file: str, raw: dict) -> AdapterConfig:
-    for key in UNFOLDABLE:
-        if raw.get(key):
-            raise InputError(f"{file}: {key}: set to {raw[key]!r}, which changes the forward pass in a way a "
-                             "folded weight cannot express; fold an adapter trained without it")
-    r, alpha = _number(file, raw, "r", int), _number(file, raw, "lora_alpha", float)
-    ranks = {k: _positive(file, f"rank_pattern.{k}", v, int) for k, v in (raw.get("rank_pattern") or {}).items()}
-    alphas = {k: _positive(file, f"alpha_pattern.{k}", v, float) for k, v in (raw.get("alpha_pattern") or {}).items()}
-    return AdapterConfig(path, "LORA", r, alpha, bool(raw.get("use_rslora")), bool(raw.get("use_dora")),
-                         bool(raw.get("lora_bias")), bool(raw.get("fan_in_fan_out")), ranks, alphas,
-                         _targets(raw), _names(raw.get("modules_to_save")))
-
-
-def _ia3(path: str, file: str, raw: dict) -> AdapterConfig:
-    return AdapterConfig(path, "IA3", fan_in_fan_out=bool(raw.get("fan_in_fan_out")), target_modules=_targets(raw),
-                         modules_to_save=_names(raw.get("modules_to_save")))
-
-
-def _vera(path: str, file: str, raw: dict) -> AdapterConfig:
-    key = raw.get("projection_prng_key", 0)
-    if not isinstance(key, int):
-        raise InputError(f"{file}: projection_prng_key: {key!r} is not an integer")
-    return AdapterConfig(path, "VERA", _number(file, raw, "r", int), fan_in_fan_out=bool(raw.get("fan_in_fan_out")),
-                         target_modules=_targets(raw), modules_to_save=_names(raw.get("modules_to_save")),
-                         save_projection=bool(raw.get("save_projection", True)), projection_prng_key=key)
-
-
-def _number(file: str, raw: dict, key: str, kind: type):
+def number(file: str, raw: dict, key: str, kind: type):
     if key not in raw:
         raise InputError(f"{file}: {key}: missing; a PEFT {raw.get('peft_type')} config always has it")
-    return _positive(file, key, raw[key], kind)
+    return positive(file, key, raw[key], kind)
 
 
-def _positive(file: str, where: str, value, kind: type):
+def positive(file: str, where: str, value, kind: type):
     if (isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0
             or (kind is int and value != int(value))):
         raise InputError(f"{file}: {where}: {value!r} is not a positive {'integer' if kind is int else 'number'}")
     return kind(value)
 
 
-def _targets(raw: dict) -> tuple[str, ...] | str:
+def targets(raw: dict) -> tuple[str, ...] | str:
     value = raw.get("target_modules") or ()
     return value if isinstance(value, str) else tuple(value)
 
 
-def _names(value) -> tuple[str, ...]:
+def names(value) -> tuple[str, ...]:
     return (value,) if isinstance(value, str) else tuple(value or ())

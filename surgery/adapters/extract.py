@@ -29,7 +29,7 @@ from surgery.errors import InputError, NumericsError, SpecError
 from surgery.io.output import atomic_folder, check_output_path, write_json
 from surgery.io.reader import ModelFolder
 from surgery.io.writer import Shard, ShardWriter
-from surgery.merge.layers import PRE_MARKERS
+from surgery.merge.layers import PRE_MARKERS, natural_key
 from surgery.merge.plan import DTYPES
 
 ADAPTER_FILE = "adapter_model.safetensors"
@@ -148,8 +148,27 @@ def open_extraction(base: str, tuned: str, out: str, settings: ExtractSettings, 
     check_settings(settings)
     folders = ModelFolder(base, allow_pickle=allow_pickle), ModelFolder(tuned, allow_pickle=allow_pickle)
     check_output_path(out, [f.path for f in folders], force)
+    check_counterparts(*folders)
     check_ranks(folders[1], settings)
     return Extraction(*folders, settings, [])
+
+
+def check_counterparts(base: ModelFolder, tuned: ModelFolder) -> None:
+    """Some tensor of TUNED must be in BASE with its shape, or TUNED is another architecture or width and
+    every tensor would be skipped. Headers only."""
+    missing = sorted((n for n in tuned.tensors if n not in base.tensors), key=natural_key)
+    reshaped = sorted((n for n, i in tuned.tensors.items() if n in base.tensors and base.tensors[n].shape != i.shape),
+                      key=natural_key)
+    if len(missing) + len(reshaped) < len(tuned.tensors):
+        return
+    found = [f"{len(missing)} not in BASE, e.g. {missing[0]!r}"] if missing else []
+    if reshaped:
+        name = reshaped[0]
+        found.append(f"{len(reshaped)} of another shape, e.g. {name!r} {list(tuned.tensors[name].shape)} in TUNED but "
+                     f"{list(base.tensors[name].shape)} in BASE")
+    raise InputError(f"TUNED {tuned.path} is not a fine-tune of BASE {base.path}: none of its {len(tuned.tensors)} "
+                     f"tensors has a counterpart of the same shape in BASE ({'; '.join(found)}); give the BASE it was "
+                     "fine-tuned from (the same architecture and width)")
 
 
 def scan_bytes(x: Extraction) -> int:
@@ -168,8 +187,22 @@ def scan(x: Extraction, progress: Progress | None = None) -> Extraction:
     if not any(e.action == "lora" for e in entries):
         raise InputError(f"no linear or embedding weight differs between {x.base.path} and {x.tuned.path}"
                          + (f" among tensors matching --modules {x.settings.modules!r}" if x.settings.modules else "")
-                         + "; there is no adapter to extract")
+                         + f"; there is no adapter to extract ({_tally(x, entries)})")
     return replace(x, entries=entries)
+
+
+def _tally(x: Extraction, entries: list[Entry]) -> str:
+    """What the scan found, in counts: why no tensor gave a LoRA."""
+    base = x.base.tensors
+    compared = [e for e in entries if e.tensor in base and base[e.tensor].shape == e.shape]
+    kinds = [("unchanged", lambda e: e.action == "unchanged"),
+             (f"not matched by --modules {x.settings.modules!r}", lambda e: e.action == "excluded"),
+             ("changed but not a weight a LoRA carries (norms, biases)", lambda e: e.action in ("saved", "dropped"))]
+    parts = [f"{n} {label}" for label, test in kinds if (n := sum(map(test, compared)))]
+    skipped = len(entries) - len(compared)
+    elsewhere = f"; {skipped} are not in BASE or have another shape there" if skipped else ""
+    return (f"of the {len(entries)} tensors of TUNED, {len(compared)} are in BASE with the same shape: "
+            + ", ".join(parts or ["none"]) + elsewhere)
 
 
 def _scan_one(x: Extraction, name: str) -> Entry:
@@ -251,7 +284,7 @@ def write_adapter(x: Extraction, out: str, force: bool = False, progress: Progre
     """Pass 2: SVD of each LoRA tensor, factors and saved modules into a PEFT adapter folder, atomically."""
     out = check_output_path(out, [x.base.path, x.tuned.path], force)
     entries = {e.tensor: e for e in x.entries}
-    with atomic_folder(out) as tmp:
+    with atomic_folder(out, replace=force) as tmp:
         writer = ShardWriter(tmp, [Shard(ADAPTER_FILE, tuple(adapter_entries(x)))], {"format": "pt"})
         try:
             for e in x.lora:

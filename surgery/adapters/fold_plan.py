@@ -3,6 +3,8 @@ streamed, sharded, checked and written atomically by the merge engine, with prov
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Sequence
 
 from surgery.adapters.folded_model import FoldedModel
@@ -28,4 +30,19 @@ def plan_fold(base: str, adapters: Sequence[str], weights: Sequence[float] = (),
     folded = FoldedModel(folder, [(resolve_path(a), w) for a, w in zip(adapters, weights)])
     name = "+".join([base] + [a if w == 1 else f"{a}*{w:g}" for a, w in zip(adapters, weights)])
     spec = MergeSpec(merge_method="passthrough", models=[{"model": name}])
-    return plan_merge(spec, SOURCE, out_dtype=out_dtype, opened={name: folded})
+    plan = plan_merge(spec, SOURCE, out_dtype=out_dtype, opened={name: folded})
+    plan.provenance = provenance(folded, weights)
+    return plan
+
+
+def provenance(folded: FoldedModel, weights: Sequence[float]) -> dict[str, str]:
+    """A fold names itself, its base and its adapters in the output's metadata (not the passthrough merge
+    it runs as): `surgery.models` is `base=PATH,adapter=PATH` (adapter1, adapter2, ... for several), and
+    the spec's base_model names the base among them, as a merge's does."""
+    paths = folded.inputs  # the base, then each adapter, absolute
+    names = ["base"] + (["adapter"] if len(paths) == 2 else [f"adapter{i}" for i in range(1, len(paths))])
+    adapters = [{"model": n, "weight": w} for n, w in zip(names[1:], weights)]
+    spec = json.dumps({"base_model": "base", "adapters": adapters}, sort_keys=True, separators=(",", ":"))
+    models = ",".join(f"{n}={p}" for n, p in zip(names, paths))
+    return {"surgery.method": "fold", "surgery.spec": spec, "surgery.models": models,
+            "surgery.spec_sha256": hashlib.sha256(spec.encode()).hexdigest()}

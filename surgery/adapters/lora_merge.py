@@ -24,7 +24,8 @@ from dataclasses import dataclass, field
 import torch
 
 from surgery.adapters.combine import COMBINATIONS, SPARSE, Term, cat, combined_delta, svd_factors
-from surgery.adapters.config import WEIGHTS, AdapterConfig, raw_config, read_config
+from surgery.adapters.config import WEIGHTS, AdapterConfig, raw_config
+from surgery.adapters.load import read_config
 from surgery.adapters.lora_format import adapter_config, factor_keys
 from surgery.adapters.lowrank import relative_error
 from surgery.adapters.mapping import AdapterWeights, group_parts
@@ -271,7 +272,7 @@ def entries(plan: AdapterMergePlan) -> list[tuple[str, torch.dtype, tuple[int, .
 def write_merge(plan: AdapterMergePlan, out: str, force: bool = False) -> str:
     """Write the merged adapter to `out`, atomically; returns its absolute path."""
     out = check_output_path(out, [s.config.path for s in plan.sources], force)
-    with atomic_folder(out) as tmp:
+    with atomic_folder(out, replace=force) as tmp:
         writer = ShardWriter(tmp, [Shard(WEIGHTS, tuple(entries(plan)))], {"format": "pt"})
         try:
             for m in plan.modules:

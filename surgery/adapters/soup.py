@@ -98,7 +98,7 @@ def write_soup(soup: Soup, out: str, force: bool = False) -> str:
     out = check_output_path(out, [os.path.abspath(p) for p in soup.paths], force)
     infos = soup.weights[0].tensors
     names = sorted(infos)
-    with atomic_folder(out) as tmp:
+    with atomic_folder(out, replace=force) as tmp:
         writer = ShardWriter(tmp, [Shard(WEIGHTS, tuple((n, infos[n].dtype, tuple(infos[n].shape)) for n in names))],
                              {"format": "pt"})
         try:

@@ -6,7 +6,9 @@ from __future__ import annotations
 import json
 import os
 
-from surgery.adapters.config import CONFIG, read_config
+from surgery.adapters.config import CONFIG
+from surgery.adapters.kinds import PEFT_TYPES
+from surgery.adapters.load import read_config
 from surgery.adapters.mapping import AdapterWeights, group_parts
 from surgery.errors import InputError
 
@@ -28,10 +30,7 @@ def summarize(path: str) -> dict:
     trainable = sum(i.numel for n, i in tensors.items() if n not in FROZEN and ".base_layer." not in n)
     out = {"type": kind, "ranks": ranks, "targets": sorted({m.rsplit(".", 1)[-1] for m in modules}),
            "modules": len(modules), "replaces": sorted(replaced), "trainable_parameters": trainable}
-    if config.peft_type == "LORA":
-        out["alpha"] = config.alpha
-        out.update({k: v for k, v in (("rank_pattern", config.rank_pattern), ("alpha_pattern", config.alpha_pattern))
-                    if v})
+    out.update(PEFT_TYPES[config.peft_type].describe(config))
     weights.close()
     return out
 

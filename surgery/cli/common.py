@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import sys
 import traceback
+import warnings
 from functools import wraps
 
 import click
 
-from surgery.errors import SurgeryError
+from surgery.errors import SurgeryError, SurgeryWarning
 
 SIZE_UNITS = {"K": 1024, "M": 1024**2, "G": 1024**3, "B": 1024**3}
 
@@ -30,11 +31,15 @@ def size_option(ctx, param, value):
 
 
 def handled(fn):
-    """Print SurgeryErrors plainly (exit 2); other exceptions are bugs (exit 1, traceback with --debug)."""
+    """Print SurgeryErrors plainly (exit 2); other exceptions are bugs (exit 1, traceback with --debug).
+    SurgeryWarnings are printed as `warning: ...` lines, each time they occur."""
     @wraps(fn)
     def run(*args, debug: bool = False, **kwargs):
         try:
-            return fn(*args, **kwargs)
+            with warnings.catch_warnings():
+                warnings.simplefilter("always", SurgeryWarning)
+                warnings.showwarning = _show
+                return fn(*args, **kwargs)
         except SurgeryError as e:
             if debug:
                 traceback.print_exc()
@@ -50,6 +55,16 @@ def handled(fn):
                 click.echo(f"internal error: {type(e).__name__}: {e} (run with --debug for the traceback)", err=True)
             sys.exit(1)
     return click.option("--debug", is_flag=True, help="Show tracebacks.")(run)
+
+
+def _show(message, category, filename, lineno, file=None, line=None) -> None:
+    if issubclass(category, SurgeryWarning):
+        click.echo(f"warning: {message}", err=True)
+    else:
+        _python_show(message, category, filename, lineno, file, line)
+
+
+_python_show = warnings.showwarning
 
 
 def interrupt(signum, frame) -> None:

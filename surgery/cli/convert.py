@@ -5,14 +5,13 @@ from __future__ import annotations
 import click
 
 from surgery.cli.common import handled
-from surgery.cli.streamed import output_options, write_plan
+from surgery.cli.streamed import dtype_option, output_options, write_plan
 
 
 @click.command()
 @click.argument("src", metavar="IN", type=click.Path())
 @click.argument("out", type=click.Path())
-@click.option("--dtype", required=True, type=click.Choice(["float32", "float16", "bfloat16", "float64"]),
-              help="dtype of every floating-point tensor in OUT (integer buffers are copied as they are).")
+@dtype_option("dtype of every floating-point tensor in OUT (integer buffers are copied as they are).", required=True)
 @output_options
 @handled
 def convert(src, out, dtype, shard_size, block_size, force, allow_pickle, quiet) -> None:

@@ -22,14 +22,16 @@ def diff(models, base, png, as_json, tensors, block_size, allow_pickle, quiet) -
     task vectors' sizes, pairwise cosines and the share of sign conflicts (what TIES resolves)."""
     from surgery.diagnose.diff import open_models, read_bytes, run_diff
     from surgery.diagnose.diff_report import as_json as to_json
-    from surgery.diagnose.diff_report import describe, grids
+    from surgery.diagnose.diff_report import colour_ranges, describe, grids
     from surgery.diagnose.heatmap import save_heatmap
+    from surgery.io.output import check_file_output
     from surgery.merge.progress import Bar
 
+    png = check_file_output(png, "--png") if png else None  # before the scan, which may take minutes
     folders, result = open_models(list(models), base, allow_pickle=allow_pickle)
     with Bar(read_bytes(folders), len(folders[-1].tensors), disable=quiet, desc="diff") as bar:
         result = run_diff(folders, result, block_size, progress=bar.update)
     click.echo(to_json(result) if as_json else describe(result, tensors))
     if png:
-        path = save_heatmap(png, *grids(result))
+        path = save_heatmap(png, *grids(result), colour_ranges(result.columns()))
         click.echo(f"wrote {path}", err=as_json)

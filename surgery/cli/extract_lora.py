@@ -41,6 +41,7 @@ def extract_lora(base, tuned, out, rank, energy, modules, dtype, device, everyth
         write_adapter,
         write_bytes,
     )
+    from surgery.io.output import output_lock
     from surgery.merge.progress import Bar
 
     if device == "cuda":
@@ -49,10 +50,11 @@ def extract_lora(base, tuned, out, rank, energy, modules, dtype, device, everyth
     x = open_extraction(base, tuned, out, settings, force=force, allow_pickle=allow_pickle)
     signal.signal(signal.SIGTERM, interrupt)  # clean up the partial output on `kill` as on Ctrl-C
     try:
-        with Bar(scan_bytes(x), len(x.tuned.tensors), disable=quiet, desc="scan") as bar:
-            x = scan(x, progress=bar.update)
-        with Bar(write_bytes(x), len(x.lora) + len(x.saved_tensors()), disable=quiet, desc="svd") as bar:
-            x = write_adapter(x, out, force=force, progress=bar.update)
+        with output_lock(out):  # through the scan too: a second extraction into OUT stops at once
+            with Bar(scan_bytes(x), len(x.tuned.tensors), disable=quiet, desc="scan") as bar:
+                x = scan(x, progress=bar.update)
+            with Bar(write_bytes(x), len(x.lora) + len(x.saved_tensors()), disable=quiet, desc="svd") as bar:
+                x = write_adapter(x, out, force=force, progress=bar.update)
     finally:
         x.close()
     click.echo(describe(x, everything))

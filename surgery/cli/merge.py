@@ -4,29 +4,23 @@ from __future__ import annotations
 
 import click
 
-from surgery.cli.common import handled, size_option
-from surgery.cli.streamed import run_plan
+from surgery.cli.common import handled
+from surgery.cli.streamed import dtype_option, output_options, run_plan
 
 
 @click.command()
 @click.argument("spec", type=click.Path(dir_okay=False))
 @click.argument("out", type=click.Path())
-@click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16", "float64"]),
-              help="Output dtype (overrides the spec's out_dtype/dtype).")
-@click.option("--shard-size", default="5G", callback=size_option, help="Largest output shard, e.g. 5G or 500M.")
-@click.option("--block-size", default="16M", callback=size_option,
-              help="Working memory of one block of rows, all inputs together.")
+@dtype_option("Output dtype (overrides the spec's out_dtype/dtype).")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", help="Where the arithmetic runs.")
 @click.option("--dry-run", is_flag=True, help="Validate and print the plan; read no tensor data, write nothing.")
-@click.option("--force", is_flag=True, help="Replace OUT if it exists (never an input model).")
-@click.option("--allow-pickle", is_flag=True, help="Accept pytorch_model.bin inputs (loaded with weights_only=True).")
 @click.option("--models-dir", type=click.Path(file_okay=False),
               help="Read relative model paths from here (default: the current folder).")
 @click.option("--threads", type=click.IntRange(min=1), help="torch threads for the arithmetic (default: the CPUs "
               "less one, for the engine's reading and writing threads).")
-@click.option("--quiet", is_flag=True, help="No progress bar.")
+@output_options
 @handled
-def merge(spec, out, dtype, shard_size, block_size, device, dry_run, force, allow_pickle, models_dir, threads,
+def merge(spec, out, dtype, device, dry_run, models_dir, threads, shard_size, block_size, force, allow_pickle,
           quiet) -> None:
     """Merge the models of SPEC (a mergekit-style YAML) into the folder OUT."""
     from surgery.diagnose.report import describe_plan
@@ -41,7 +35,7 @@ def merge(spec, out, dtype, shard_size, block_size, device, dry_run, force, allo
     if dry_run:
         click.echo(describe_plan(plan, options))
         return
-    for warning in plan.vocab.warnings if plan.vocab else []:  # the pre-flight's, also shown by --dry-run
+    for warning in plan.warnings + (plan.vocab.warnings if plan.vocab else []):  # also shown by --dry-run
         click.echo(f"warning: {warning}", err=True)
     run_plan(plan, out, options, quiet, threads=threads)
 

@@ -1,6 +1,6 @@
-"""What the writing commands share: the output flags of `convert`, `slice` and `rename`, and running a
-plan through the merge engine with a progress bar (streamed, atomic, inputs never touched), which
-`merge` and `fold` do too."""
+"""What the writing commands share: the output flags of `merge`, `fold`, `convert`, `slice` and
+`rename` (declared once here: `output_options`, `dtype_option`), and running a plan through the merge
+engine with a progress bar (streamed, atomic, inputs never touched)."""
 
 from __future__ import annotations
 
@@ -15,14 +15,22 @@ def output_options(fn):
     """--shard-size, --block-size, --force, --allow-pickle, --quiet."""
     for option in reversed([
         click.option("--shard-size", default="5G", callback=size_option, help="Largest output shard, e.g. 5G or 500M."),
-        click.option("--block-size", default="16M", callback=size_option, help="Working memory of one block of rows."),
-        click.option("--force", is_flag=True, help="Replace OUT if it exists (never the input)."),
+        click.option("--block-size", default="16M", callback=size_option,
+                     help="Working memory of one block of rows, all inputs together."),
+        click.option("--force", is_flag=True, help="Replace OUT if it exists (never an input)."),
         click.option("--allow-pickle", is_flag=True,
-                     help="Accept pytorch_model.bin input (loaded with weights_only=True)."),
+                     help="Accept pytorch_model.bin inputs (loaded with weights_only=True)."),
         click.option("--quiet", is_flag=True, help="No progress bar."),
     ]):
         fn = option(fn)
     return fn
+
+
+def dtype_option(help: str, required: bool = False):
+    """--dtype, one of the dtypes a spec's `dtype` and `out_dtype` take."""
+    from surgery.merge.spec import DTYPE_NAMES
+
+    return click.option("--dtype", type=click.Choice(DTYPE_NAMES), required=required, help=help)
 
 
 def write_plan(plan, out: str, shard_size: int, block_size: int, force: bool, quiet: bool, desc: str) -> None:

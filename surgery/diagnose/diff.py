@@ -31,7 +31,7 @@ import torch
 from surgery.errors import InputError
 from surgery.io.format import num_rows, row_numel
 from surgery.io.reader import ModelFolder
-from surgery.merge.layers import layer_of
+from surgery.merge.layers import layer_of, natural_key
 
 DEFAULT_BLOCK = 16 * 1024**2
 Sums = dict[str, float]
@@ -156,7 +156,7 @@ def run_diff(folders: list[ModelFolder], result: Diff, block_bytes: int = DEFAUL
              progress: Progress | None = None) -> Diff:
     """Fill `result` with every tensor's sums, streaming a block of rows at a time; closes the folders."""
     try:
-        for name in dict.fromkeys(n for f in folders for n in f.tensors):  # every name, first-seen order
+        for name in sorted({n for f in folders for n in f.tensors}, key=natural_key):  # layers.2 before layers.10
             _compare(result, folders, name, result.base is not None, block_bytes, progress)
     finally:
         for f in folders:

@@ -18,6 +18,16 @@ DEFINITIONS = {
 }
 
 
+# a column's measure (its first word) -> the colour scale of its heat map panel, fixed where the measure is
+# bounded, so that near-equal values (cosines all within rounding of 1) look equal; None: the data's maximum
+RANGES = {"change": (0.0, None), "cos": (-1.0, 1.0), "sign": (0.0, 1.0)}
+
+
+def colour_ranges(columns: list[str]) -> dict[str, tuple[float, float | None]]:
+    """{column: (low, high)} of the heat map's colour scales."""
+    return {c: RANGES[c.split()[0]] for c in columns}
+
+
 def _layer_sort(key: int | str) -> tuple[int, int]:
     return (1, 0) if key == "other" else (0, int(key))
 

@@ -12,8 +12,16 @@ from surgery.errors import OutputError
 PER_ROW = 3  # panels side by side
 
 
-def save_heatmap(path: str, rows: list[str], cols: list[str], panels: dict[str, list[list[float]]]) -> str:
+def save_heatmap(path: str, rows: list[str], cols: list[str], panels: dict[str, list[list[float]]],
+                 ranges: dict[str, tuple[float, float | None]] | None = None) -> str:
     """Draw `panels` ({title: values[row][col]}) side by side into the PNG at `path`."""
+    return save_png(heatmap_figure(rows, cols, panels, ranges or {}), path)
+
+
+def heatmap_figure(rows: list[str], cols: list[str], panels: dict[str, list[list[float]]],
+                   ranges: dict[str, tuple[float, float | None]]):
+    """The figure of `panels`; `ranges` fixes a panel's colour scale (low, high), high None meaning the
+    data's maximum. Without one the scale spans the data, whatever its spread."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -23,19 +31,25 @@ def save_heatmap(path: str, rows: list[str], cols: list[str], panels: dict[str, 
     FigureCanvasAgg(fig)
     for k, (title, values) in enumerate(panels.items()):
         ax = fig.add_subplot(down, across, k + 1)
-        _panel(fig, ax, title, rows, cols, np.ma.masked_invalid(np.array(values, float)))
+        grid = np.ma.masked_invalid(np.array(values, float))  # (rows, cols), NaN where no tensor is
+        _panel(fig, ax, title, rows, cols, grid, ranges.get(title))
     fig.tight_layout()
-    return save_png(fig, path)
+    return fig
 
 
-def _panel(fig, ax, title: str, rows: list[str], cols: list[str], values) -> None:
-    image = ax.imshow(values, aspect="auto", cmap="viridis", interpolation="nearest")
+def _panel(fig, ax, title: str, rows: list[str], cols: list[str], values, scale) -> None:
+    low, high = scale or (None, None)
+    if scale is not None and high is None:
+        high = float(values.max()) if values.count() and values.max() > low else low + 1
+    cmap = "coolwarm" if low is not None and low < 0 else "viridis"  # signed measures diverge from 0
+    image = ax.imshow(values, aspect="auto", cmap=cmap, interpolation="nearest", vmin=low, vmax=high)
     ax.set_title(title, fontsize=9)
     ax.set_xticks(range(len(cols)), cols, rotation=60, fontsize=7)
     ax.set_yticks(range(len(rows)), rows, fontsize=7)
     ax.set_xlabel("module type", fontsize=8)
     ax.set_ylabel("layer", fontsize=8)
-    fig.colorbar(image, ax=ax, fraction=0.05)
+    bar = fig.colorbar(image, ax=ax, fraction=0.05)
+    bar.formatter.set_useOffset(False)  # tick labels are the values themselves, never "offset + small number"
 
 
 def save_png(fig, path: str) -> str:

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from surgery.adapters.config import is_adapter
 from surgery.adapters.summary import summarize
 from surgery.io.reader import ModelFolder
+from surgery.merge.layers import natural_key
 
 
 @dataclass(frozen=True)
@@ -34,7 +35,7 @@ class Inspection:
 
 def inspect_folder(path: str, allow_pickle: bool = False) -> Inspection:
     folder = ModelFolder(path, allow_pickle=allow_pickle)
-    infos = sorted(folder.tensors.values(), key=lambda i: i.name)
+    infos = sorted(folder.tensors.values(), key=lambda i: natural_key(i.name))  # layers.2 before layers.10
     dtypes = Counter()
     for i in infos:
         dtypes[str(i.dtype).removeprefix("torch.")] += i.numel

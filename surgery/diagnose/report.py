@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
+
 from surgery.diagnose.inspect import Inspection
 from surgery.io.format import num_rows, row_numel
+from surgery.io.reader import ModelFolder
 from surgery.merge.engine import Options, rows_per_block
 from surgery.merge.plan import MergePlan
 
@@ -39,9 +42,32 @@ def describe_plan(plan: MergePlan, options: Options) -> str:
         f"peak memory about {human(peak_working_set(plan, options))} of working set "
         f"(block size {human(options.block_bytes)}) plus the Python runtime",
     ]
+    lines += [f"warning     {w}" for w in plan.warnings]  # parameters ignored or kept for mergekit compatibility
     if plan.vocab is not None:
         lines += plan.vocab.lines()  # pre-flight: vocabulary sizes, mismatches, chat templates
+    if plan.method.fallback is not None:
+        lines.append(fallback_line(plan))
     return "\n".join(lines)
+
+
+def fallback_line(plan: MergePlan) -> str:
+    """How many tensors take the method's fallback, where the headers tell (their inputs are the same
+    bytes of the same files); otherwise that the merge reports it."""
+    fallback = plan.method.fallback
+    same = sum(not j.copy and _same_bytes(plan, j) for j in plan.jobs)
+    if same:
+        return (f"fallback    {same} of {plan.merged} tensors fall back to {fallback.what}: their inputs are the "
+                "same files")
+    return f"fallback    tensors fall back to {fallback.what} when {fallback.why}; the merge reports how many"
+
+
+def _same_bytes(plan: MergePlan, job) -> bool:
+    """Every input of `job` is read unchanged (a plain model folder) from the same bytes of one file."""
+    folders = [plan.folders[s.model] for s in job.sources]
+    if any(type(f) is not ModelFolder for f in folders):  # folded or vocabulary-aligned: reads differ
+        return False
+    places = {(os.path.realpath(plan.info(s).file), plan.info(s).start) for s in job.sources}
+    return len(places) == 1
 
 
 def describe_inspection(r: Inspection, tensors: bool = True) -> str:

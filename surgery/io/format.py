@@ -86,7 +86,31 @@ def read_header(path: str) -> tuple[dict[str, TensorInfo], dict[str, str]]:
         raise InputError(f"{path}: corrupt safetensors header (not a JSON object)")
     meta = header.pop("__metadata__", None) or {}
     infos = {name: _tensor_info(path, name, entry, 8 + n, size) for name, entry in header.items()}
+    check_tiling(path, list(infos.values()), 8 + n, size)
     return infos, meta
+
+
+def check_tiling(path: str, infos: list[TensorInfo], data_start: int, size: int) -> None:
+    """The tensors' byte ranges, in offset order, must cover the data section exactly, each tensor's bytes
+    its own (as the safetensors library requires): an overlap would read one tensor's bytes as another's.
+    Overlaps are looked for first, since an entry pointed at another's bytes also leaves a gap behind."""
+    ranges = sorted(infos, key=lambda i: (i.start, i.nbytes))
+    for a, b in zip(ranges, ranges[1:]):
+        if b.start < a.start + a.nbytes:
+            raise InputError(f"{path}: tensors {a.name!r} and {b.name!r} overlap: both hold bytes "
+                             f"[{b.start - data_start}, {min(a.start + a.nbytes, b.start + b.nbytes) - data_start}) "
+                             "of the data; the header's data_offsets are corrupt: re-export or copy the file again")
+    pos, before = data_start, None
+    for info in ranges:
+        if info.start > pos:
+            where = f"after {before.name!r}" if before else f"before {info.name!r}"
+            raise InputError(f"{path}: no tensor holds bytes [{pos - data_start}, {info.start - data_start}) of the "
+                             f"data ({where}); the header's data_offsets are corrupt: re-export or copy the file again")
+        pos, before = info.start + info.nbytes, info
+    if pos != size:
+        last = f"after the last tensor {before.name!r}" if before else "in a file with no tensors"
+        raise InputError(f"{path}: bytes [{pos - data_start}, {size - data_start}) of the data, {last}, belong to no "
+                         "tensor; the file is corrupt (a failed write, or joined files): re-export or copy it again")
 
 
 def _tensor_info(path: str, name: str, entry: object, data_start: int, size: int) -> TensorInfo:

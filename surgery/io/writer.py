@@ -8,15 +8,17 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shutil
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import torch
 
 from surgery.errors import OutputError
-from surgery.io.format import build_header, nbytes
+from surgery.io.format import build_header, nbytes, read_header
 
 INDEX = "model.safetensors.index.json"
+COPY_CHUNK = 16 * 1024**2
 
 
 @dataclass(frozen=True)
@@ -121,6 +123,24 @@ class ShardWriter:
                 raise OutputError(f"{self.folder}: disk full while writing the merged model; free space and run again "
                                   f"(the model needs {sum(s.nbytes for s in self.shards) / 1e9:.2f} GB)") from None
             raise OutputError(f"{self.folder}: cannot write ({e.strerror})") from None
+
+
+def add_metadata(path: str, extra: dict[str, str]) -> None:
+    """Rewrite the safetensors file `path` with `extra` added to its header's metadata (for files another
+    library wrote); the tensors' bytes are copied unchanged, in one pass."""
+    infos, metadata = read_header(path)
+    order = sorted(infos.values(), key=lambda i: i.start)
+    header, _ = build_header([(i.name, i.dtype, i.shape) for i in order], {**metadata, **extra})
+    tmp = f"{path}.partial"
+    try:
+        with open(path, "rb") as src, open(tmp, "wb") as dst:
+            dst.write(header)
+            if order:
+                src.seek(order[0].start)  # the data section, which the tensors tile exactly
+                shutil.copyfileobj(src, dst, COPY_CHUNK)
+        os.replace(tmp, path)
+    except OSError as e:
+        raise OutputError(f"{path}: cannot write ({e.strerror})") from None
 
 
 def _write_text(path: str, text: str) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import threading
+import warnings
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from surgery import __version__
-from surgery.errors import NumericsError, OutputError, SurgeryError
+from surgery.errors import NumericsError, OutputError, SurgeryError, SurgeryWarning
 from surgery.io.format import num_rows, row_numel
 from surgery.io.output import (
     CONFIG_FILES,
@@ -69,7 +70,8 @@ def run_merge(plan: MergePlan, out: str, options: Options = Options(), progress:
     entries = [(j.name, j.dtype, j.shape) for j in plan.jobs]
     metadata = provenance(plan)
     requests = [(job, span, final) for job in plan.jobs for span, final in reads_of(plan, job, options)]
-    with atomic_folder(out) as tmp:
+    plan.fell_back.clear()
+    with atomic_folder(out, replace=options.force) as tmp:
         writer = QueuedWriter(ShardWriter(tmp, plan_shards(entries, options.shard_size), metadata))
         prefetch = Prefetcher(plan, options, requests)
         try:
@@ -91,6 +93,10 @@ def run_merge(plan: MergePlan, out: str, options: Options = Options(), progress:
         except OSError as e:  # e.g. the disk fills up after the last shard
             raise OutputError(f"{out}: cannot write the config and tokenizer files ({e.strerror}); "
                               "nothing was written there") from None
+    fallback = plan.method.fallback
+    if plan.fell_back:  # the result equals the simpler merge on those tensors: the user should know
+        warnings.warn(f"{plan.method.name} fell back to {fallback.what} on {len(plan.fell_back)} of {plan.merged} "
+                      f"tensors ({fallback.why})", SurgeryWarning, stacklevel=2)
     return out
 
 
@@ -103,6 +109,7 @@ def provenance(plan: MergePlan) -> dict[str, str]:
         "surgery.spec_sha256": plan.spec.digest(),
         "surgery.spec": plan.spec.canonical_json(),
         "surgery.models": ",".join(f"{k}={v.path}" for k, v in plan.folders.items()),
+        **plan.provenance,
     }
 
 
@@ -165,6 +172,8 @@ def merge_tensor(plan: MergePlan, job: TensorJob, options: Options, load=None) -
             for key, value in stage(block, running).items():
                 partial[key] = partial[key] + value if key in partial else value
         stats.update(partial)
+    if method.fallback is not None and method.fallback.taken(job.shared, stats):
+        plan.fell_back.append(job.name)
     running = dict(stats)
     for span in spans:
         block = cached or load(job, span)
@@ -228,6 +237,6 @@ def _check_finite(plan: MergePlan, job: TensorJob, block: Block, out: torch.Tens
     bad = [s.model for s, t in zip(job.sources, ((block.base,) if block.base is not None else ()) + block.models)
            if not torch.isfinite(t).all()]
     cause = f"input(s) {bad} already hold NaN/Inf there" if bad else \
-        "the inputs are finite, so the method's parameters produced it (e.g. weights summing to zero with normalize)"
+        "the inputs are finite, so the method's parameters produced it (e.g. weights too large)"
     raise NumericsError(f"{plan.method.name} produced NaN or Inf in tensor {job.name!r} (rows {span[0]}-{span[1]}); "
                         f"{cause}. Nothing was written.")

@@ -32,6 +32,12 @@ def num_layers(names: list[str]) -> int:
     return max(found) + 1 if found else 0
 
 
+def natural_key(name: str) -> tuple:
+    """Sort key that reads the numbers in a name as numbers: `layers.2` before `layers.10`. re.split with a
+    group alternates text and digits, so equal positions always compare text with text, int with int."""
+    return tuple(int(part) if i % 2 else part for i, part in enumerate(re.split(r"(\d+)", name)))
+
+
 def layer_template(names: list[str], index: int) -> list[str]:
     """Names of layer `index`'s tensors, in sorted order."""
     return sorted(n for n in names if layer_of(n) == index)

@@ -1,11 +1,15 @@
 """Parameter settings as mergekit writes them: a value, a gradient (a list interpolated across the
 layers of a slice), or conditions `{filter, value}` picked by a substring of the tensor name.
 Validated once against the method's typed parameters, with located errors; resolved per tensor.
+Names are treated as mergekit treats them: one another method takes is ignored (with a warning), one
+no method takes is an error.
 """
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Iterable
+from functools import cache
 from typing import Any
 
 from annotated_types import Ge, Gt, Le, Lt
@@ -13,7 +17,9 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 from pydantic.fields import FieldInfo
 
 from surgery.errors import SpecError
-from surgery.merge.spec import Conditional, Setting
+from surgery.merge.methods import REGISTRY
+from surgery.merge.methods.method import COMPAT, Method, is_compat
+from surgery.merge.spec import Conditional, MergeSpec, Setting
 
 
 def evaluate(setting: Setting, tensor: str, t: float) -> Any:
@@ -93,3 +99,61 @@ def _type_text(field: FieldInfo) -> str:
 def build(model: type[BaseModel], values: dict[str, Any]) -> BaseModel:
     """A method's parameter model from resolved values (already checked at spec time)."""
     return model.model_validate({k: v for k, v in values.items() if v is not None})
+
+
+# ---- which names a method takes ------------------------------------------------------------------
+
+def check_parameters(spec: MergeSpec, method: Method, file: str) -> list[str]:
+    """Every parameter name known to the method, at a level where it applies, every value in bounds.
+    Returns the warnings, one per name: a name this method does not use but another does (ignored, as
+    mergekit ignores it), and a parameter kept for mergekit compatibility only that the spec sets."""
+    warnings: dict[str, str] = {}
+    for where, params, model_level in _parameter_levels(spec):
+        for key, setting in (params or {}).items():
+            fld = _field_for(method, key, f"{where}.{key}", model_level, file)
+            if fld is None:
+                warnings.setdefault(key, f"{where}.{key}: {method.name} does not use '{key}'; ignored, as mergekit "
+                                         "does")
+                continue
+            for path, value in scalars(setting, f"{where}.{key}"):
+                check_value(fld, value, file, path)
+            if is_compat(fld):
+                warnings.setdefault(key, f"{where}.{key}: {COMPAT}")
+    return list(warnings.values())
+
+
+def _parameter_levels(spec: MergeSpec) -> list[tuple[str, dict | None, bool]]:
+    """(spec path, parameters, whether the level is one model's) for every parameters mapping of the spec."""
+    out = [(f"models.{i}.parameters", m.parameters, True) for i, m in enumerate(spec.models or [])]
+    for i, sl in enumerate(spec.slices or []):
+        out += [(f"slices.{i}.sources.{j}.parameters", s.parameters, True) for j, s in enumerate(sl.sources)]
+    out.append(("parameters", spec.parameters, False))
+    return out + [(f"slices.{i}.parameters", s.parameters, False) for i, s in enumerate(spec.slices or [])]
+
+
+def _field_for(method: Method, key: str, path: str, model_level: bool, file: str) -> FieldInfo | None:
+    """The method's field for parameter `key`; None for a name only other methods use; an error for a
+    global parameter set per model and for a name no method knows (with the closest known name)."""
+    per, shared = fields_by_alias(method.per_model), fields_by_alias(method.shared)
+    if key in shared and model_level:
+        raise SpecError(file, path, f"'{key}' is a global parameter of {method.name}; move it to the top-level "
+                        "parameters")
+    if key in per or key in shared:
+        return per.get(key) or shared[key]
+    if key in every_parameter():
+        return None
+    known = sorted(k for k, f in {**per, **shared}.items() if not is_compat(f))  # those worth suggesting
+    near = difflib.get_close_matches(key, known, n=1) or difflib.get_close_matches(key, every_parameter(), n=1)
+    hint = f"; did you mean '{near[0]}'?" if near else ""
+    raise SpecError(file, path, f"unknown parameter for {method.name} (known: {', '.join(known) or 'none'}){hint}")
+
+
+@cache
+def every_parameter() -> tuple[str, ...]:
+    """Every parameter name some method of the registry takes."""
+    names = {k for m in REGISTRY.values() for k in [*fields_by_alias(m.per_model), *fields_by_alias(m.shared)]}
+    return tuple(sorted(names))
+
+
+def fields_by_alias(model: type[BaseModel]) -> dict[str, FieldInfo]:
+    return {(f.alias or name): f for name, f in model.model_fields.items()}

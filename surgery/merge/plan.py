@@ -18,11 +18,11 @@ from surgery.io.reader import ModelFolder
 from surgery.merge.layers import is_pre, layer_of, layer_template, num_layers, with_layer
 from surgery.merge.methods import REGISTRY
 from surgery.merge.methods.method import Method
-from surgery.merge.params import build, check_value, first_value, scalars
-from surgery.merge.spec import MergeSpec
+from surgery.merge.params import build, check_parameters, fields_by_alias, first_value
+from surgery.merge.spec import DTYPE_NAMES, MergeSpec
 from surgery.vocab.plan import VocabPlan, plan_vocabulary
 
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
+DTYPES = {name: getattr(torch, name) for name in DTYPE_NAMES}
 
 
 @dataclass(frozen=True)
@@ -75,6 +75,15 @@ class MergePlan:
     tokenizer_path: str = ""  # folder the tokenizer files and chat template are copied from
     out_layers: list[int] = field(default_factory=list)  # config-source layer feeding each output layer
     vocab: VocabPlan | None = None  # vocabulary surgery (tokenizer_source); None when nothing was compared
+    warnings: list[str] = field(default_factory=list)  # parameters ignored or kept for mergekit compatibility
+    provenance: dict[str, str] = field(default_factory=dict)  # metadata entries replacing the engine's own
+    # (an operation run as a merge, e.g. fold, names itself and its inputs)
+    fell_back: list[str] = field(default_factory=list)  # tensors the last run gave the method's fallback
+
+    @property
+    def merged(self) -> int:
+        """Tensors the method computes (the rest are integer buffers, copied)."""
+        return sum(not j.copy for j in self.jobs)
 
     def info(self, src: TensorSource) -> TensorInfo:
         return self.folders[src.model].tensors[src.name]
@@ -93,7 +102,7 @@ def plan_merge(spec: MergeSpec, file: str, out_dtype: str | None = None, allow_p
     """Check everything and lay out every output tensor; relative model paths are read from `models_dir`.
     `opened` maps model names to readers already open (e.g. a FoldedModel), used instead of opening them."""
     method = _method(spec, file)
-    check_parameters(spec, method, file)
+    warnings = check_parameters(spec, method, file)
     slices = _slices(spec, method, file)
     folders = _open(spec, file, allow_pickle, models_dir, opened)
     first_fields = dict(reversed(_model_fields(spec)))  # each model's first spec field, for errors
@@ -122,7 +131,7 @@ def plan_merge(spec: MergeSpec, file: str, out_dtype: str | None = None, allow_p
     config_model = spec.base_model or ref0
     config = output_config(folders[config_model].config, out_layers, jobs)
     tokenizer = _tokenizer_path(spec, file, folders[config_model].path, models_dir)
-    return MergePlan(spec, file, method, folders, jobs, config_model, config, tokenizer, out_layers, vocab)
+    return MergePlan(spec, file, method, folders, jobs, config_model, config, tokenizer, out_layers, vocab, warnings)
 
 
 def _tokenizer_path(spec: MergeSpec, file: str, base: str, root: str | None) -> str:
@@ -139,32 +148,6 @@ def _method(spec: MergeSpec, file: str) -> Method:
     if spec.merge_method not in REGISTRY:
         raise SpecError(file, "merge_method", f"unknown method {spec.merge_method!r}; known: {', '.join(REGISTRY)}")
     return REGISTRY[spec.merge_method]
-
-
-def check_parameters(spec: MergeSpec, method: Method, file: str) -> None:
-    """Every parameter name known to the method, at a level where it applies, every value in bounds."""
-    per, shared = method.per_model.model_fields, _fields_by_alias(method.shared)
-    model_level = [(f"models.{i}.parameters", m.parameters) for i, m in enumerate(spec.models or [])]
-    model_level += [(f"slices.{i}.sources.{j}.parameters", s.parameters)
-                    for i, sl in enumerate(spec.slices or []) for j, s in enumerate(sl.sources)]
-    upper = [("parameters", spec.parameters)] + [(f"slices.{i}.parameters", s.parameters)
-                                                 for i, s in enumerate(spec.slices or [])]
-    for where, params in model_level + upper:
-        for key, setting in (params or {}).items():
-            if key in shared and (where, params) in model_level:
-                raise SpecError(file, f"{where}.{key}", f"'{key}' is a global parameter of {method.name}; "
-                                "move it to the top-level parameters")
-            fld = per.get(key) or shared.get(key)
-            if fld is None:
-                known = sorted(set(per) | set(shared)) or ["none"]
-                raise SpecError(file, f"{where}.{key}",
-                                f"unknown parameter for {method.name} (known: {', '.join(known)})")
-            for path, value in scalars(setting, f"{where}.{key}"):
-                check_value(fld, value, file, path)
-
-
-def _fields_by_alias(model: type[BaseModel]) -> dict:
-    return {(f.alias or name): f for name, f in model.model_fields.items()}
 
 
 def _slices(spec: MergeSpec, method: Method, file: str) -> list[SliceInputs]:
@@ -315,6 +298,9 @@ def _job(spec: MergeSpec, method: Method, file: str, folders: dict[str, ModelFol
     per_model = tuple(_resolve(method.per_model, method, [p, s.params, spec.parameters], src.name, t, file,
                                f"{w}.parameters", model_name=m)
                       for (m, _, p, w), src in zip(s.others, models))
+    problem = method.check(shared, per_model) if method.check is not None else None
+    if problem:
+        raise SpecError(file, s.where, f"{method.name}: {problem} (tensor {out_name!r})")
     floating = ref_info.dtype.is_floating_point
     return TensorJob(out_name, ref_info.shape, (dtype or ref_info.dtype) if floating else ref_info.dtype,
                      base, models, shared, per_model, copy=not floating)
@@ -351,7 +337,7 @@ def _check_shapes(name: str, shapes: dict[TensorSource, tuple[int, ...]]) -> Non
 
 def _resolve(params: type[BaseModel], method: Method, sources: list, tensor: str, t: float, file: str,
              where: str, model_name: str | None = None) -> BaseModel:
-    values = {key: first_value(sources, key, tensor, t) for key in _fields_by_alias(params)}
+    values = {key: first_value(sources, key, tensor, t) for key in fields_by_alias(params)}
     for key in method.required:
         if key in values and values[key] is None:
             whose = f" for model {model_name!r}" if model_name else ""

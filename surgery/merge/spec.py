@@ -1,20 +1,19 @@
 """The merge spec: mergekit's YAML format (models or slices, base_model, merge_method, parameters
 with gradients and filters, dtype, out_dtype, tokenizer_source) plus our own `seed`.
 
-YAML in, a validated model out; every error is located as `file: field.path: problem`.
+YAML in, a validated model out (through `surgery.spec_file`); every error is located as
+`file: field.path (line N): problem`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from surgery.errors import SpecError
+from surgery import spec_file
 
 Scalar = bool | int | float | str
 
@@ -58,7 +57,8 @@ class Slice(BaseModel):
     parameters: Parameters | None = None
 
 
-DTypeName = Literal["float32", "float16", "bfloat16", "float64"]
+DTYPE_NAMES = ("float32", "float16", "bfloat16", "float64")  # the CLI's --dtype choices and the TUI's list too
+DTypeName = Literal[DTYPE_NAMES]
 
 
 class MergeSpec(BaseModel):
@@ -98,55 +98,30 @@ class MergeSpec(BaseModel):
         return json.dumps(self.model_dump(mode="json", exclude_none=True), sort_keys=True, separators=(",", ":"))
 
 
+SHAPE = "with at least merge_method and models (or slices)"
+
+
 def load_spec(path: str) -> MergeSpec:
-    """Read and validate a spec file's structure (method-level checks follow in `check.py`)."""
-    return parse_spec(read_spec_data(path), path)
+    """Read and validate a spec file's structure (method-level checks follow in `plan.py`); every error
+    gives the field and its YAML line."""
+    spec = spec_file.read(path, "spec", SHAPE)
+    return parse_spec(spec.data, path, spec.text)
 
 
 def read_spec_data(path: str) -> dict:
     """A spec file's YAML, not yet validated; a missing file, bad YAML or a non-mapping names the file."""
-    if not os.path.isfile(path):
-        raise SpecError(path, "", "no such spec file")
-    try:
-        with open(path) as f:
-            data = yaml.safe_load(f)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f"line {mark.line + 1}" if mark else ""
-        raise SpecError(path, where, f"not valid YAML ({getattr(e, 'problem', e)})") from None
-    return _mapping(data, path)
+    return spec_file.read(path, "spec", SHAPE).data
 
 
-def _mapping(data: Any, file: str) -> dict:
-    if not isinstance(data, dict):
-        raise SpecError(file, "", "a spec is a YAML mapping with at least merge_method and models (or slices)")
-    return data
+def parse_spec(data: Any, file: str = "<spec>", text: str | None = None) -> MergeSpec:
+    """`data` (a spec's mapping; `text` its YAML, for line numbers) validated as a MergeSpec."""
+    spec_file.mapping(data, file, f"a spec is a YAML mapping {SHAPE}")
+    return spec_file.validate(MergeSpec, data, file, text, refine=_parameter_error)
 
 
-def parse_spec(data: Any, file: str = "<spec>") -> MergeSpec:
-    _mapping(data, file)
-    try:
-        return MergeSpec.model_validate(data)
-    except ValidationError as e:
-        raise SpecError(file, *_first_error(e)) from None
-
-
-def _first_error(e: ValidationError) -> tuple[str, str]:
-    """Pydantic reports one error per Union branch; keep the most specific location."""
-    errors = sorted(e.errors(), key=lambda err: -len(err["loc"]))
-    err = errors[0]
-    loc = [str(p) for p in err["loc"] if not _is_union_tag(p)]
-    msg = err["msg"].removeprefix("Value error, ")
-    if "parameters" in loc[:-1] and err["type"] != "extra_forbidden":
-        at = loc.index("parameters")
-        loc = loc[: at + 2]
-        msg = "a parameter is a value, a list of values (a gradient over layers), or a list of {filter, value}"
-    if err["type"] == "extra_forbidden":
-        msg = f"unknown field '{loc[-1]}'"
-        loc = loc[:-1] + [loc[-1]]
-    return ".".join(loc), msg
-
-
-def _is_union_tag(part: object) -> bool:
-    # pydantic adds branch names such as "list[Conditional]" or "bool" to union locations
-    return isinstance(part, str) and (part in ("bool", "int", "float", "str", "Conditional") or "[" in part)
+def _parameter_error(loc: list[str], msg: str, err: dict) -> tuple[list[str], str]:
+    """An error inside a parameter's setting is about the setting's form, whatever union branch failed."""
+    if "parameters" in loc[:-1]:
+        return loc[: loc.index("parameters") + 2], ("a parameter is a value, a list of values (a gradient over "
+                                                     "layers), or a list of {filter, value}")
+    return loc, msg

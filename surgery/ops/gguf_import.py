@@ -16,8 +16,10 @@ import os
 
 import torch
 
+from surgery import __version__
 from surgery.errors import InputError
-from surgery.io.output import atomic_folder, check_output_path
+from surgery.io.output import atomic_folder, check_output_path, output_lock
+from surgery.io.writer import add_metadata
 
 GGUF_MAGIC = b"GGUF"  # the first four bytes of every GGUF file
 OUT_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -29,12 +31,20 @@ def import_gguf(path: str, out: str, dtype: str = "float32", force: bool = False
         raise InputError(f"--dtype {dtype!r}: choose one of {', '.join(OUT_DTYPES)}")
     path = check_gguf_file(path)
     out = check_output_path(out, [path], force)
-    model, tokenizer = load_gguf(path)
-    plain = plain_model(model, path).to(OUT_DTYPES[dtype])
-    with atomic_folder(out) as tmp:
-        plain.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
+    with output_lock(out):  # held while the file loads too: a second import of this output stops at once
+        model, tokenizer = load_gguf(path)
+        plain = plain_model(model, path).to(OUT_DTYPES[dtype])
+        with atomic_folder(out, replace=force) as tmp:
+            plain.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+            for file in glob.glob(os.path.join(tmp, "*.safetensors")):
+                add_metadata(file, provenance(path))
     return out
+
+
+def provenance(path: str) -> dict[str, str]:
+    """The metadata every imported shard carries, as a merge's do: what made it, from which file."""
+    return {"surgery.version": __version__, "surgery.method": "import-gguf", "surgery.models": f"gguf={path}"}
 
 
 def packaged_gguf(package: str) -> str:

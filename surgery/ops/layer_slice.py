@@ -19,10 +19,13 @@ FLAG = "--layers"
 
 def parse_ranges(text: str, depth: int) -> list[tuple[int, int]]:
     """'0:4,2:6' -> [(0, 4), (2, 6)]; a single 'N' is N:N+1. Checked against the model's `depth`."""
-    ranges = [_parse_range(part.strip(), depth) for part in text.split(",") if part.strip()]
-    if not ranges:
+    parts = [part.strip() for part in text.split(",")]
+    if not any(parts):
         raise SpecError(FLAG, "", f"no layer range in {text!r}; write START:END ranges, e.g. 0:4,2:6")
-    return ranges
+    if not all(parts):  # a doubled or trailing comma: a range was probably lost in typing
+        raise SpecError(FLAG, text, f"item {parts.index('') + 1} of {len(parts)} is empty; write one START:END "
+                        "range between each pair of commas, e.g. 0:4,2:6")
+    return [_parse_range(part, depth) for part in parts]
 
 
 def _parse_range(part: str, depth: int) -> tuple[int, int]:

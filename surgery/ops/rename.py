@@ -16,9 +16,7 @@ import torch
 
 from surgery.errors import SpecError
 from surgery.io.reader import ModelFolder
-from surgery.merge.methods.method import NoParams
 from surgery.merge.methods.passthrough import METHOD as PASSTHROUGH
-from surgery.merge.methods.passthrough import Scale
 from surgery.merge.plan import MergePlan, TensorJob, TensorSource
 from surgery.merge.spec import parse_spec
 
@@ -87,5 +85,5 @@ def plan_rename(path: str, maps: list[str], allow_pickle: bool = False) -> Merge
 def _job(folder: ModelFolder, old: str, new: str) -> TensorJob:
     info = folder.tensors[old]
     # the engine computes in float32: float64 tensors (and integer buffers) are copied byte for byte instead
-    return TensorJob(new, info.shape, info.dtype, None, (TensorSource(MODEL, old, FLAG),), NoParams(), (Scale(),),
-                     copy=info.dtype == torch.float64 or not info.dtype.is_floating_point)
+    return TensorJob(new, info.shape, info.dtype, None, (TensorSource(MODEL, old, FLAG),), PASSTHROUGH.shared(),
+                     (PASSTHROUGH.per_model(),), copy=info.dtype == torch.float64 or not info.dtype.is_floating_point)

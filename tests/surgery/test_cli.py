@@ -6,11 +6,13 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from click.testing import CliRunner
 
 import surgery
@@ -196,3 +198,49 @@ def test_inspect_a_missing_folder(tmp_path):
 def test_version():
     result = surgery_cli("--version")
     assert result.exit_code == 0 and surgery.__version__ in result.stdout
+
+
+def _cosines(a: str, b: str) -> dict[str, float]:
+    """cos(A, B) of each tensor in float64, by the reference loader: SLERP's test for colinear inputs."""
+    from safetensors.torch import load_file
+
+    x, y = load_file(os.path.join(a, "model.safetensors")), load_file(os.path.join(b, "model.safetensors"))
+    return {n: float(x[n].double().flatten() @ y[n].double().flatten() / (x[n].double().norm() * y[n].double().norm()))
+            for n in x}
+
+
+def test_slerp_reports_the_tensors_that_fell_back_to_linear_interpolation(llama, tmp_path):
+    """The tiny fine-tunes are nearly colinear with their base, except the q projections made random here:
+    SLERP interpolates those and falls back to linear interpolation on the rest, and says how many."""
+    from safetensors.torch import load_file, save_file
+
+    far = shutil.copytree(llama["math"], tmp_path / "far")
+    tensors = load_file(far / "model.safetensors")
+    generator = torch.Generator().manual_seed(0)
+    for name in [n for n in tensors if "q_proj" in n]:
+        tensors[name] = torch.randn(tensors[name].shape, generator=generator) * 0.02
+    save_file(tensors, far / "model.safetensors", metadata={"format": "pt"})
+    cosines = _cosines(llama["base"], str(far))
+    colinear = sum(abs(c) > 0.9995 for c in cosines.values())  # SLERP's threshold, as mergekit's
+    assert 0 < colinear < len(cosines)
+    spec = tmp_path / "slerp.yaml"
+    spec.write_text(yaml.safe_dump({"merge_method": "slerp", "base_model": llama["base"], "parameters": {"t": 0.3},
+                                    "models": [{"model": str(far)}]}))
+    result = surgery_cli("merge", spec, tmp_path / "out", "--quiet")
+    assert result.exit_code == 0, result.output
+    assert (f"warning: slerp fell back to linear interpolation on {colinear} of {len(cosines)} tensors (their two "
+            "inputs are nearly colinear, |cos| > 0.9995)") in result.stderr
+
+
+def test_slerp_dry_run_knows_a_model_merged_with_itself_falls_back_everywhere(llama, tmp_path):
+    os.symlink(llama["base"], tmp_path / "same")
+    spec = tmp_path / "slerp.yaml"
+    spec.write_text(yaml.safe_dump({"merge_method": "slerp", "base_model": llama["base"], "parameters": {"t": 0.5},
+                                    "models": [{"model": str(tmp_path / "same")}]}))
+    result = surgery_cli("merge", spec, tmp_path / "out", "--dry-run")
+    assert result.exit_code == 0, result.output
+    count = len(_cosines(llama["base"], llama["base"]))
+    assert (f"fallback    {count} of {count} tensors fall back to linear interpolation: their inputs are the same "
+            "files") in result.stdout
+    result = surgery_cli("merge", spec, tmp_path / "out", "--quiet")
+    assert f"warning: slerp fell back to linear interpolation on {count} of {count} tensors" in result.stderr

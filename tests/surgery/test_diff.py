@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from itertools import combinations
 
 import pytest
@@ -113,3 +114,62 @@ def test_skipped_tensors_and_errors(llama, build, tmp_path):
         diff_models([llama["base"]])
     result = run_cli("diff", llama["base"], tmp_path / "nope")
     assert result.exit_code == 2 and "does not exist" in result.stderr
+
+
+def test_png_into_a_missing_folder_is_refused_before_the_scan(llama, tmp_path, monkeypatch):
+    import surgery.diagnose.diff
+
+    def scan(*args, **kwargs):
+        raise AssertionError("the models were scanned before the output path was checked")
+
+    monkeypatch.setattr(surgery.diagnose.diff, "run_diff", scan)
+    png = tmp_path / "missing" / "map.png"
+    result = run_cli("diff", llama["math"], llama["code"], "--png", png, "--quiet")
+    assert result.exit_code == 2, result.output
+    assert result.stderr.strip() == (f"error: --png {png}: the folder '{png.parent}' does not exist; create it or "
+                                     "choose another path")
+    assert not png.parent.exists()
+
+
+def natural(name: str) -> list:
+    """Numbers in a name compared as numbers (an independent statement of natural order)."""
+    return [int(p) if i % 2 else p for i, p in enumerate(re.split(r"(\d+)", name))]
+
+
+@pytest.fixture(scope="module")
+def deep(tmp_path_factory, build) -> dict[str, str]:
+    """Twelve layers: string order would put layers.10 and layers.11 before layers.2."""
+    root = tmp_path_factory.mktemp("deep")
+    size = dict(hidden_size=8, intermediate_size=16, num_hidden_layers=12, num_attention_heads=2, num_key_value_heads=1)
+    base = build(str(root / "base"), "llama", seed=0, **size)
+    return {"base": base, "tuned": build(str(root / "tuned"), "llama", seed=1, base=base, **size)}
+
+
+def test_tensors_are_listed_in_natural_order(deep):
+    for args, key in ((("inspect", deep["tuned"], "--json"), "tensors"), (("diff", deep["base"], deep["tuned"],
+                                                                           "--json", "--quiet"), "tensors")):
+        result = run_cli(*args)
+        assert result.exit_code == 0, result.output
+        listed = json.loads(result.stdout)[key]
+        names = [t["name"] for t in listed] if isinstance(listed, list) else list(listed)
+        assert names == sorted(names, key=natural) and names != sorted(names), args[0]
+        layers = [int(n.split(".")[2]) for n in names if n.startswith("model.layers.")]
+        assert layers == sorted(layers) and layers[-1] == 11
+
+
+def test_cosine_panels_use_the_whole_cosine_range(tmp_path):
+    """Cosines within 1e-12 of 1 are one colour on a fixed [-1, 1] scale, with no offset on the colour
+    bar (an automatic scale stretched rounding noise over the whole map under a '1e-10+1' offset)."""
+    from surgery.diagnose.diff_report import colour_ranges
+    from surgery.diagnose.heatmap import heatmap_figure
+
+    panels = {"cos a,b": [[1 - 1e-12, 1.0], [1.0, 1 - 3e-12]], "sign conflicts": [[0.1, 0.2], [0.3, 0.4]],
+              "change a": [[0.5, 1.5], [2.5, 0.25]]}
+    fig = heatmap_figure(["0", "1"], ["q", "k"], panels, colour_ranges(list(panels)))
+    fig.canvas.draw()
+    images = {ax.get_title(): ax.images[0] for ax in fig.axes if ax.images}
+    assert images["cos a,b"].get_clim() == (-1.0, 1.0)
+    assert images["sign conflicts"].get_clim() == (0.0, 1.0)
+    assert images["change a"].get_clim() == (0.0, 2.5)
+    bars = [ax for ax in fig.axes if not ax.images]
+    assert all(bar.yaxis.get_offset_text().get_text() == "" for bar in bars)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import errno
 import glob
+import json
 import os
 import shutil
 import signal
@@ -26,7 +27,7 @@ from surgery.merge.engine import Options, run_merge
 from surgery.merge.methods import REGISTRY
 from surgery.merge.plan import plan_merge
 from surgery.merge.spec import load_spec
-from tests.surgery.reference_checkpoints import digest
+from tests.surgery.reference_checkpoints import digest, run_cli
 
 WEIGHTS = "model.safetensors"
 TIES = {"merge_method": "ties", "base_model": "models/base",
@@ -106,7 +107,7 @@ def test_unknown_spec_field(work, tmp_path):
     out = str(tmp_path / "out")
     with refused(SpecError, out, work) as e:
         attempt(work, {**TIES, "base_modle": "models/base"}, out)
-    assert str(e.value).endswith("spec.yaml: base_modle: unknown field 'base_modle'")
+    assert str(e.value).endswith("spec.yaml: base_modle (line 2): unknown field 'base_modle'")  # keys sorted
 
 
 @pytest.mark.parametrize("density, field", [
@@ -185,6 +186,36 @@ def test_truncated_input(work, llama, tmp_path):
     assert path in str(e.value) and "truncated" in str(e.value)
 
 
+def overlap_k_into_v(folder: str) -> tuple[str, str, str]:
+    """Point layer 0's k_proj at v_proj's bytes in the header (equal shapes): (file, k name, v name)."""
+    path = os.path.join(folder, WEIGHTS)
+    k, v = "model.layers.0.self_attn.k_proj.weight", "model.layers.0.self_attn.v_proj.weight"
+    with open(path, "rb") as f:
+        data = f.read()
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + n])
+    header[k]["data_offsets"] = list(header[v]["data_offsets"])
+    raw = json.dumps(header).encode()
+    with open(path, "wb") as f:
+        f.write(len(raw).to_bytes(8, "little") + raw + data[8 + n:])
+    return path, k, v
+
+
+@pytest.mark.parametrize("command", ["inspect", "convert"])
+def test_overlapping_tensor_offsets(llama, tmp_path, command):
+    """k_proj's offsets point into v_proj's bytes: refused naming the file and both tensors (before, inspect
+    listed it and convert wrote a model whose k_proj equalled v_proj)."""
+    folder = shutil.copytree(llama["math"], tmp_path / "bad")
+    path, k, v = overlap_k_into_v(str(folder))
+    out, before = tmp_path / "out", digest(str(folder))
+    args = [command, folder] + ([out, "--dtype", "bfloat16", "--quiet"] if command == "convert" else [])
+    result = run_cli(*args)
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith(f"error: {path}: tensors '{k}' and '{v}' overlap: both hold bytes [")
+    assert "re-export or copy the file again" in result.output and "Traceback" not in result.output
+    assert not out.exists() and leftovers(str(out)) == [] and digest(str(folder)) == before
+
+
 @pytest.mark.parametrize("method", ["linear", "ties", "dare_ties", "slerp", "model_stock"])
 def test_nan_in_an_input(work, llama, tmp_path, method):
     out = str(tmp_path / "out")
@@ -208,15 +239,39 @@ def test_nan_in_an_input(work, llama, tmp_path, method):
 
 
 def test_nan_produced_by_the_merge(work, tmp_path):
-    """Weights 1 and -1 with normalize divide by zero in the first tensor written, the embedding."""
+    """A lambda too large for float32 overflows in the first tensor written, the embedding."""
+    out = str(tmp_path / "out")
+    spec = {"merge_method": "task_arithmetic", "base_model": "models/base", "parameters": {"lambda": 1e40},
+            "models": [{"model": "models/math", "parameters": {"weight": 1.0}}]}
+    with refused(NumericsError, out, work) as e:
+        attempt(work, spec, out)
+    assert "task_arithmetic produced NaN or Inf in tensor 'model.embed_tokens.weight'" in str(e.value)
+    assert "weights too large" in str(e.value) and "Nothing was written" in str(e.value)
+
+
+def test_a_weight_too_large_for_float32(work, tmp_path):
+    """torch refused it mid-merge (exit 1, 'value cannot be converted to type float without overflow')."""
+    out = str(tmp_path / "out")
+    spec = {"merge_method": "linear", "models": [{"model": "models/math", "parameters": {"weight": 1e40}},
+                                                 {"model": "models/code", "parameters": {"weight": 1.0}}]}
+    with refused(SpecError, out, work) as e:
+        attempt(work, spec, out)
+    assert "spec.yaml: models: linear: weight 1e+40 is too large for float32 arithmetic (at most 3.4e+38)" in str(
+        e.value)
+
+
+def test_weights_summing_to_zero_are_refused_when_planning(work, tmp_path):
+    """normalize would divide by 0 (it gave NaN in the first tensor written): the plan says so, reading
+    no tensor, with the weights and what to change."""
     out = str(tmp_path / "out")
     spec = {"merge_method": "linear", "parameters": {"normalize": True},
             "models": [{"model": "models/math", "parameters": {"weight": 1.0}},
                        {"model": "models/code", "parameters": {"weight": -1.0}}]}
-    with refused(NumericsError, out, work) as e:
+    with refused(SpecError, out, work) as e:
         attempt(work, spec, out)
-    assert "linear produced NaN or Inf in tensor 'model.embed_tokens.weight'" in str(e.value)
-    assert "weights summing to zero" in str(e.value) and "Nothing was written" in str(e.value)
+    assert str(e.value).endswith("spec.yaml: models: linear: normalize divides by the sum of the weights, which is 0 "
+                                 "(1, -1); change a weight or set parameters.normalize: false (tensor "
+                                 "'model.embed_tokens.weight')")
 
 
 # ---- output errors -----------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from safetensors.torch import load_file, save_file
 
 from surgery.adapters.extract import ExtractSettings, open_extraction, scan
 from surgery.errors import InputError, SpecError
-from tests.surgery.reference_checkpoints import logits, model_logits, run_cli, state_dict
+from tests.surgery.reference_checkpoints import digest, logits, model_logits, run_cli, state_dict
 
 
 def make_tuned(base: str, folder, change, seed: int = 0) -> str:
@@ -220,3 +220,37 @@ def test_cuda_svd_matches_cpu(llama_pair, tmp_path):
             f["base_model.model.model.layers.0.mlp.up_proj.lora_A.weight"]
     assert [r["rank"] for r in reports["cpu"]["tensors"]] == [r["rank"] for r in reports["cuda"]["tensors"]]
     torch.testing.assert_close(products["cuda"], products["cpu"], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("other", ["gpt2", "wider"])
+def test_a_tuned_model_of_another_architecture_or_width(llama, gpt2, build, tmp_path, other):
+    """Nothing in TUNED can be compared with BASE: said with the counts and an example, from the headers
+    alone (not 'no weight differs', which was false: every tensor had been skipped)."""
+    tuned = gpt2["math"] if other == "gpt2" else build(str(tmp_path / "wide"), "llama", seed=3, hidden_size=64,
+                                                        intermediate_size=128)
+    out, before = tmp_path / "a", digest(llama["base"], tuned)
+    result = run_cli("extract-lora", llama["base"], tuned, out, "--rank", "2", "--quiet")
+    assert result.exit_code == 2, result.output
+    count = len(state_dict(tuned))
+    assert result.stderr.startswith(f"error: TUNED {tuned} is not a fine-tune of BASE {llama['base']}: none of its "
+                                    f"{count} tensors has a counterpart of the same shape in BASE (")
+    if other == "gpt2":
+        assert f"{count} not in BASE, e.g. 'lm_head.weight'" not in result.stderr  # GPT-2 stores no head
+        assert f"{count} not in BASE, e.g. 'transformer.h.0.attn.c_attn.bias')" in result.stderr
+    else:
+        assert (f"{count} of another shape, e.g. 'lm_head.weight' [128, 64] in TUNED but [128, 32] in BASE"
+                in result.stderr)
+    assert "give the BASE it was fine-tuned from" in result.stderr and "Traceback" not in result.output
+    assert not out.exists() and digest(llama["base"], tuned) == before
+
+
+def test_nothing_to_extract_says_what_was_compared(llama, tmp_path):
+    """Only the q projections changed, and --modules leaves them out."""
+    tuned = make_tuned(llama["base"], tmp_path / "tuned", lambda n: "q_proj" in n)
+    x = open_extraction(llama["base"], tuned, str(tmp_path / "a"), ExtractSettings(rank=2, modules="mlp"))
+    with pytest.raises(InputError) as e:
+        scan(x)
+    names = state_dict(tuned)
+    changed = sum("q_proj" in n for n in names)
+    assert (f"(of the {len(names)} tensors of TUNED, {len(names)} are in BASE with the same shape: "
+            f"{len(names) - changed} unchanged, {changed} not matched by --modules 'mlp')") in str(e.value)

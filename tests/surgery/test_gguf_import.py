@@ -14,6 +14,7 @@ from click.testing import CliRunner
 
 pytest.importorskip("gguf")
 
+import surgery  # noqa: E402
 from surgery.cli import main  # noqa: E402
 from surgery.demo.tiny import CHATML  # noqa: E402
 from surgery.errors import InputError, OutputError  # noqa: E402
@@ -171,3 +172,25 @@ def test_real_smollm2_folder_matches_the_gguf_model(tmp_path):
                                   add_generation_prompt=True, return_tensors="pt")["input_ids"]
     folder_model = AutoModelForCausalLM.from_pretrained(out)
     assert torch.allclose(logits(folder_model, ids), logits(gguf_model, ids), atol=1e-4, rtol=0)
+
+
+def test_the_output_records_its_provenance_and_has_plain_file_modes(tiny, tmp_path):
+    """Every shard names the GGUF file it came from (there was no provenance entry at all), and every file
+    gets the mode a new file gets (transformers' save wrote the weights 0600, the rest 0644)."""
+    from transformers import AutoModelForCausalLM
+
+    from surgery.diagnose.inspect import inspect_folder
+
+    out = tmp_path / "out"
+    old = os.umask(0o022)
+    try:
+        import_gguf(str(tiny[1]), str(out))
+    finally:
+        os.umask(old)
+    provenance = inspect_folder(str(out)).provenance
+    assert provenance["surgery.method"] == "import-gguf"
+    assert provenance["surgery.models"] == f"gguf={tiny[1]}"
+    assert provenance["surgery.version"] == surgery.__version__
+    assert {f.name: f.stat().st_mode & 0o777 for f in out.iterdir()} == {f.name: 0o644 for f in out.iterdir()}
+    model = AutoModelForCausalLM.from_pretrained(str(out))  # the rewritten header still loads
+    assert torch.equal(logits(model), logits(tiny[0]))

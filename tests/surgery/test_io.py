@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 import surgery
 from surgery.demo.tiny import CHATML
 from surgery.errors import InputError
+from surgery.io.format import build_header
 from surgery.io.reader import ModelFolder
 from surgery.io.writer import ShardWriter, plan_shards
 from surgery.merge.engine import Options, run_merge
@@ -133,6 +134,75 @@ def test_corrupt_header_is_refused_naming_it(llama, tmp_path, damage):
     with pytest.raises(InputError) as e:
         ModelFolder(folder)
     assert path in str(e.value)
+
+
+K, V = "model.layers.0.self_attn.k_proj.weight", "model.layers.0.self_attn.v_proj.weight"
+
+
+def _offsets(edit):
+    """A header edit applied to the parsed JSON: `edit(header)` changes tensors' entries in place."""
+    def patch(raw: bytes) -> bytes:
+        header = json.loads(raw)
+        edit(header)
+        return json.dumps(header).encode()
+    return patch
+
+
+def _k_into_v(h):  # k_proj's offsets point at v_proj's bytes (the shapes are equal): an overlap
+    h[K]["data_offsets"] = list(h[V]["data_offsets"])
+
+
+def _shift_all(h):  # every tensor starts 4 bytes later: a gap before the first, the last runs past the data
+    for name, entry in h.items():
+        if name != "__metadata__":
+            entry["data_offsets"] = [entry["data_offsets"][0] + 4, entry["data_offsets"][1] + 4]
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("overlap", rf"tensors '{K}' and '{V}' overlap: both hold bytes \[\d+, \d+\) of the data"),
+    ("gap", r"no tensor holds bytes \[0, 4\) of the data \(before '[\w.]+'\)"),
+    ("trailing", r"bytes \[\d+, \d+\) of the data, after the last tensor '[\w.]+', belong to no tensor"),
+    ("past-the-end", r"truncated: tensor '[\w.]+' ends at byte \d+ but the file has \d+"),
+], ids=["overlap", "gap", "trailing", "past-the-end"])
+def test_tensor_byte_ranges_must_tile_the_data(llama, tmp_path, damage, message):
+    """Every tensor's bytes are its own, in order, with nothing between them or after the last one, as
+    the safetensors library requires: a file it refuses is refused here too, naming the file and tensors."""
+    folder = copy_model(llama["base"], tmp_path / "m")
+    path = os.path.join(folder, WEIGHTS)
+    if damage == "overlap":
+        _patch_header(path, _offsets(_k_into_v))
+    elif damage == "gap":
+        _patch_header(path, _offsets(_shift_all))
+        with open(path, "ab") as f:
+            f.write(b"\0" * 4)  # the data grows by the gap, so the file is not merely cut short
+    elif damage == "trailing":
+        with open(path, "ab") as f:
+            f.write(b"\0" * 16)
+    else:
+        _patch_header(path, _offsets(_shift_all))
+    with pytest.raises(Exception, match=r"(?i)invalid|incomplete|offset|metadata"):  # the reference refuses it
+        with safe_open(path, "pt") as f:
+            [f.get_tensor(k) for k in f.keys()]
+    with pytest.raises(InputError, match=message) as e:
+        ModelFolder(folder)
+    assert str(e.value).startswith(f"{path}: ")
+
+
+def test_tensors_stored_out_of_name_order_are_accepted(llama, tmp_path):
+    """Offsets need not follow the names' order: only the byte ranges, sorted, must tile the data."""
+    folder = copy_model(llama["base"], tmp_path / "m")
+    path = os.path.join(folder, WEIGHTS)
+    tensors = {n: t.clone() for n, t in load_file(path).items()}  # copies: the file is rewritten under its map
+    names = sorted(tensors, reverse=True)
+    header, _ = build_header([(n, tensors[n].dtype, tuple(tensors[n].shape)) for n in names], {"format": "pt"})
+    with open(path, "wb") as f:
+        f.write(header)
+        for n in names:
+            f.write(tensors[n].contiguous().view(torch.uint8).numpy().tobytes())
+    with safe_open(path, "pt") as f:
+        assert sorted(f.keys()) == sorted(names)
+    folder_ = ModelFolder(folder)
+    assert all(torch.equal(folder_.read(n), t) for n, t in tensors.items())
 
 
 def test_truncated_shard_is_named(llama_sharded, tmp_path):

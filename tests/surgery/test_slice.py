@@ -53,7 +53,8 @@ def test_slices_repeat_and_drop_layers(llama, tmp_path, ranges, order):
 
 @pytest.mark.parametrize("text, message", [
     ("2:1", "0 <= START < END"), ("0:3", "the model has 2 layers"), ("a:b", "not a layer range"),
-    (",", "no layer range"), ("0:1:2", "not a layer range"),
+    (",", "no layer range"), ("0:1:2", "not a layer range"), ("0:1,,1:2", "item 2 of 3 is empty"),
+    ("0:1, ", "item 2 of 2 is empty"),
 ])
 def test_bad_ranges_write_nothing(llama, tmp_path, text, message):
     with pytest.raises(SpecError, match=message):

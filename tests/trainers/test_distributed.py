@@ -15,7 +15,7 @@ import yaml
 from safetensors.torch import load_file
 
 from tests.trainers.conftest import spec_dict
-from trainers.loop import train
+from trainers.loops import train
 from trainers.spec import parse_run
 
 

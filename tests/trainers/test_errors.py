@@ -9,7 +9,7 @@ import yaml
 
 from surgery.errors import InputError, OutputError, SpecError
 from tests.trainers.conftest import spec_dict
-from trainers.loop import train
+from trainers.loops import train
 from trainers.spec import load_run, parse_run
 
 

@@ -13,7 +13,7 @@ import torch
 from click.testing import CliRunner
 
 from surgery.cli import main
-from trainers.loop import train
+from trainers.loops import train
 from trainers.spec import load_run
 
 ALL_EXAMPLES = sorted((Path(__file__).resolve().parents[2] / "runs").glob("*.yaml"))
@@ -28,7 +28,7 @@ def own_loop(path: Path) -> bool:
     spec = yaml.safe_load(path.read_text())
     if "objective" not in spec:  # not a training run: the RLAIF labelling specs (test_judges.py)
         return True
-    return hasattr(REGISTRY.get(spec["objective"]["name"]), "LOOP")
+    return REGISTRY[spec["objective"]["name"]].loop != "offline"
 
 
 EXAMPLES = [p for p in ALL_EXAMPLES if not own_loop(p)]

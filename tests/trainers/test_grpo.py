@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from surgery.errors import InputError, SpecError
-from trainers.loop import train
+from trainers.loops import train
 from trainers.objectives import grpo
 from trainers.spec import load_run, parse_run
 
@@ -247,7 +247,7 @@ def test_example_spec_runs(workdir):
     """runs/grpo-add.yaml validates and runs two steps (on the tiny base its reward stays near 0)."""
     run = load_run("runs/grpo-add.yaml", ("base=models/base", "schedule.total_steps=2", "batch.size=2",
                                           "objective.group_size=2", "eval_every=2", "save_every=null"))
-    assert run.objective is grpo and run.objective_config.reward_functions == ["world.add"]
+    assert run.objective is grpo.OBJECTIVE and run.objective_config.reward_functions == ["world.add"]
     final = train(run, quiet=True)
     assert os.path.isdir(final) and [r["step"] for r in logged(run.spec.out) if "eval_reward" in r] == [0, 2]
 

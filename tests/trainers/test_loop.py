@@ -4,6 +4,7 @@ and a crash while writing a checkpoint leaves the previous one intact."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -17,7 +18,9 @@ from safetensors.torch import load_file, save_file
 from surgery.errors import InputError
 from tests.trainers.conftest import spec_dict
 from trainers import checkpoint, methods, templates
-from trainers.loop import lr_factor, train
+from trainers.loops import train
+from trainers.methods.method import TrainingMethod
+from trainers.optim import lr_factor
 from trainers.spec import Schedule, parse_run
 from trainers.templates import template_mismatch
 
@@ -125,9 +128,8 @@ def test_crash_while_checkpointing_keeps_the_last_good_one(workdir, monkeypatch)
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def head_only() -> types.ModuleType:
+def head_only() -> TrainingMethod:
     """A stand-in for a PEFT method (not a whole model when saved): trains and saves lm_head only."""
-    module = types.ModuleType("head_only")
 
     class Config(BaseModel):
         model_config = ConfigDict(extra="forbid")
@@ -141,8 +143,7 @@ def head_only() -> types.ModuleType:
         save_file({"lm_head.weight": model.lm_head.weight.detach().contiguous()},
                   os.path.join(folder, "head.safetensors"))
 
-    module.Config, module.attach, module.save = Config, attach, save
-    return module
+    return TrainingMethod("head_only", Config, attach, save, saves="adapter")
 
 
 def test_resume_restores_trainable_tensors_of_a_partial_method(workdir, monkeypatch):
@@ -227,11 +228,10 @@ def test_sigterm_stops_cleanly(workdir):
     assert all(os.path.isfile(f"out/term/{n}/trainer_state/state.json") for n in names if n.startswith("checkpoint-"))
 
 
-def with_reference() -> types.ModuleType:
+def with_reference() -> types.SimpleNamespace:
     """SFT plus `annotate`: the loop must hand it a frozen copy of the base before every loss."""
-    from trainers.objectives import sft
+    from trainers.objectives import objective, sft
 
-    module = types.ModuleType("with_reference")
     seen: list[tuple[float, float]] = []  # (reference loss, model loss) of each micro-batch
 
     def annotate(reference, batch, config):
@@ -244,10 +244,9 @@ def with_reference() -> types.ModuleType:
         seen.append((float(batch["reference_loss"]), float(value)))
         return value, metrics
 
-    for name in ("Config", "SHAPES", "encode", "collate", "build_batch"):
-        setattr(module, name, getattr(sft, name))
-    module.annotate, module.loss, module.seen = annotate, loss, seen
-    return module
+    made = dataclasses.replace(sft.OBJECTIVE, name="with_reference", annotate=annotate, loss=loss,
+                               uses_reference=objective.always)
+    return types.SimpleNamespace(OBJECTIVE=made, seen=seen)
 
 
 def test_objective_with_a_reference_model(workdir, monkeypatch):
@@ -256,7 +255,7 @@ def test_objective_with_a_reference_model(workdir, monkeypatch):
     from trainers import objectives
 
     objective = with_reference()
-    monkeypatch.setitem(objectives.REGISTRY, "with_reference", objective)
+    monkeypatch.setitem(objectives.REGISTRY, "with_reference", objective.OBJECTIVE)
     train(parse_run(spec_dict(objective={"name": "with_reference"}), "run.yaml"), quiet=True)
     assert len(objective.seen) == 6 * 2 + 4  # 6 steps of 2 micro-batches, then 8 eval rows in 4 (annotated too)
     for reference, model in objective.seen[:2]:

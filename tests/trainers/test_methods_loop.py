@@ -15,8 +15,10 @@ from safetensors.torch import load_file
 from tests.trainers.conftest import spec_dict
 from tests.trainers.test_methods_peft import load_saved
 from trainers import data, templates
-from trainers.loop import encode_all, evaluate, load_tokenizer, train
+from trainers.loops import train
+from trainers.loops.offline import encode_all, evaluate
 from trainers.methods import REGISTRY, bottleneck, qlora
+from trainers.models import load_tokenizer
 from trainers.objectives.sft import pad_token_id
 from trainers.spec import parse_run
 
@@ -57,7 +59,7 @@ def eval_loss_of(model, run) -> float:
     """The loop's own eval loss of `model` over the run's eval set."""
     tokenizer = load_tokenizer(run.spec)
     template = templates.resolve(run.spec.chat_template, tokenizer, run.file)
-    sets = [data.read_dataset(p, run.objective.SHAPES, f"data.eval.{i}") for i, p in enumerate(run.spec.data.eval)]
+    sets = [data.read_dataset(p, run.objective.shapes, f"data.eval.{i}") for i, p in enumerate(run.spec.data.eval)]
     examples, _ = encode_all(sets, tokenizer, template, run)
     return evaluate(model, examples, run, 2, pad_token_id(tokenizer), torch.device("cpu"))["eval_loss"]
 

@@ -55,7 +55,7 @@ def logits(model, batch) -> torch.Tensor:
 
 
 def optimizer(model, module, config, lr: float) -> torch.optim.Optimizer:
-    if hasattr(module, "param_groups"):
+    if getattr(module, "param_groups", None) is not None:  # a TrainingMethod, or a method module
         return torch.optim.AdamW(module.param_groups(model, config, lr), lr=lr)
     return torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
 
@@ -98,7 +98,7 @@ def check_method(name: str, base: str, folder: str, settings: dict | None = None
     """The whole proof for one method; `settings` and `marker` replace those of CASES."""
     default_settings, default_marker, lr = CASES[name]
     module, marker = REGISTRY[name], marker or default_marker
-    config = module.Config(**(default_settings if settings is None else settings))
+    config = module.config(**(default_settings if settings is None else settings))
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32).eval()
     batch = fixed_batch()
@@ -214,9 +214,9 @@ def test_lora_plus_gives_b_the_ratio(base):
 @pytest.mark.parametrize("name", ["lora", "bottleneck"])
 def test_attaching_twice_is_refused(name, base):
     module = REGISTRY[name]
-    model = module.attach(AutoModelForCausalLM.from_pretrained(base), module.Config())
+    model = module.attach(AutoModelForCausalLM.from_pretrained(base), module.config())
     with pytest.raises(InputError, match="already carr"):
-        module.attach(model, module.Config())
+        module.attach(model, module.config())
 
 
 def test_unknown_target_modules_name_the_real_ones(base):

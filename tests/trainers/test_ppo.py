@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math as pymath
 import os
+import re
 from collections import defaultdict
 from types import SimpleNamespace
 
@@ -15,8 +16,9 @@ import torch
 
 from surgery.demo.tiny import build_tokenizer, tiny_config
 from surgery.errors import InputError, NumericsError, SpecError
-from trainers import ppo, scorers
-from trainers.loop import train
+from trainers import rewards as scorers
+from trainers.loops import ppo_rollouts as ppo
+from trainers.loops import train
 from trainers.objectives import ppo as math
 from trainers.spec import load_run, parse_run
 
@@ -263,6 +265,21 @@ def test_lora_saves_an_adapter(workdir, rewards):
             and os.path.isfile(os.path.join(final, "lineage.json")))
 
 
+def test_lora_reference_is_the_policy_without_its_adapter(workdir, rewards, monkeypatch):
+    """PPO on an adapter loads the base once, as DPO does: the reference is the policy with its adapter
+    switched off. At the first rollout the adapter is still zero (LoRA's B), so the KL is exactly 0."""
+    from trainers import models
+
+    loads = []
+    real = models.load_weights
+    monkeypatch.setattr(models, "load_weights", lambda run, path: loads.append(path) or real(run, path))
+    spec = ppo_spec(method={"name": "lora", "r": 4}, schedule={"total_steps": 1},
+                    data={"train": "runs/data/instruct.jsonl"})
+    train(parse_run(spec, "ppo.yaml"), quiet=True)
+    assert loads == ["models/base"]
+    assert [r["kl"] for r in log_rows("out/ppo") if "pg_loss" in r] == [0.0]
+
+
 def test_nan_reward_is_refused_with_its_prompt(workdir, rewards):
     spec = ppo_spec(objective={"reward_function": "ppo_rewards:nan"}, schedule={"total_steps": 2}, save_every=1)
     with pytest.raises(InputError, match="reward function 'ppo_rewards:nan' returned nan on prompt"):
@@ -374,3 +391,16 @@ def test_ppo_raises_exact_match_of_the_world_base_on_add(tmp_path):
     train_rewards = [round(r["reward"], 3) for r in rows if "pg_loss" in r]
     print(f"held-out exact match by step: {evals}\ntraining reward by step: {train_rewards}")
     assert evals[-1][1] > evals[0][1], evals
+
+
+def test_former_reward_function_field_still_runs_with_a_warning(workdir):
+    from click.testing import CliRunner
+
+    from surgery.cli import main
+
+    done = CliRunner().invoke(main, ["train", "runs/ppo.yaml", "--quiet", "--set", "schedule.total_steps=1", "--set",
+                                     "objective.reward_model=null", "--set", "objective.reward_function=world.add"])
+    assert done.exit_code == 0, done.output
+    assert re.search(r"^warning: runs/ppo.yaml: objective.reward_function \(line \d+\): deprecated; write "
+                     r"reward_functions: \[NAME\]", done.output, flags=re.M), done.output
+    assert done.output.strip().endswith("wrote out/ppo/final")

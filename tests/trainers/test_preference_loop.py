@@ -8,15 +8,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from types import SimpleNamespace
 
 import pytest
 import torch
 
 from surgery.errors import InputError, NumericsError, SpecError
 from tests.trainers.conftest import spec_dict
-from trainers import loop, reference
-from trainers.loop import train
+from trainers import models, reference
+from trainers.loops import train
 from trainers.objectives import dpo
 from trainers.spec import parse_run
 
@@ -52,8 +51,8 @@ def evals(out: str) -> list[dict]:
 def test_margin_and_held_out_accuracy_rise(name, workdir, monkeypatch):
     """From the first evaluation (after step 1) to the last (step 12), on held-out pairs."""
     loads = []
-    real = loop.load_weights
-    monkeypatch.setattr(loop, "load_weights", lambda run, path: loads.append(path) or real(run, path))
+    real = models.load_weights
+    monkeypatch.setattr(models, "load_weights", lambda run, path: loads.append(path) or real(run, path))
     train(parse_run(preference_spec(name), "run.yaml"), quiet=True)
     scores = evals(f"out/{name}")
     first, last = scores[0], scores[-1]
@@ -133,8 +132,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(workdir):
         calls.append(1)
         return (value * float("nan") if len(calls) == 5 else value), metrics
 
-    objective = SimpleNamespace(**{k: getattr(dpo, k) for k in ("SHAPES", "Config", "encode", "collate", "annotate")},
-                                loss=loss)
+    objective = dataclasses.replace(dpo.OBJECTIVE, loss=loss)
     with pytest.raises(NumericsError, match=r"step 5: the loss is nan .* the last good checkpoint is "
                                             r"out/dpo/checkpoint-4 \(continue with --resume out/dpo/checkpoint-4"):
         train(dataclasses.replace(run, objective=objective), quiet=True)

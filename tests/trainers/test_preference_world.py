@@ -75,7 +75,7 @@ def likelihood_accuracy(model, tokenizer, file: str) -> float:
 def test_world_preferences(name, world):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from trainers.loop import train
+    from trainers.loops import train
     from trainers.spec import parse_run
 
     fields, lr = RUNS[name]

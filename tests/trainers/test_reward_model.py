@@ -13,7 +13,7 @@ import torch
 
 from surgery.errors import InputError, SpecError
 from tests.trainers.conftest import spec_dict
-from trainers.loop import train
+from trainers.loops import train
 from trainers.spec import parse_run
 
 HELD_OUT = "runs/data/prefs_eval.jsonl"

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from surgery.errors import InputError, SpecError
-from trainers.loop import train
+from trainers.loops import train
 from trainers.objectives import rft
 from trainers.spec import load_run, parse_run
 
@@ -89,7 +89,7 @@ def test_rft_errors(workdir):
 def test_example_spec_runs(workdir):
     run = load_run("runs/rft-add.yaml", ("base=models/base", "objective.threshold=null", "objective.rows_per_round=4",
                                          "objective.samples=2", "schedule.total_steps=2"))
-    assert run.objective is rft and run.objective_config.reward_functions == ["world.add"]
+    assert run.objective is rft.OBJECTIVE and run.objective_config.reward_functions == ["world.add"]
     final = train(run, quiet=True)
     # no threshold: every prompt keeps one
     assert os.path.isdir(final) and records(run.spec.out)[-1]["acceptance"] == 1.0
@@ -107,3 +107,12 @@ def test_rft_raises_add_exact_match(workdir):
     log = records(run.spec.out)
     print("rft:", [{k: r[k] for k in ("round", "acceptance", "eval_exact_match") if k in r} for r in log])
     assert log[-1]["eval_exact_match"] > log[0]["eval_exact_match"]
+
+
+def test_an_unimportable_reward_is_refused_before_any_model_loads(workdir):
+    spec = rft_spec()
+    spec["objective"] = {**spec["objective"], "reward_functions": ["no_such_module:score"]}
+    with pytest.raises(InputError, match=r"rft.yaml: objective.reward_functions: reward function "
+                                         r"'no_such_module:score': cannot import it"):
+        train(parse_run(spec, "rft.yaml"), quiet=True)
+    assert not os.path.exists("out/rft")

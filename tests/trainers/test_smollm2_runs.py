@@ -14,7 +14,7 @@ from surgery.merge.engine import Options, run_merge
 from surgery.merge.plan import plan_merge
 from surgery.merge.spec import load_spec
 from tests.trainers.conftest import REPO
-from trainers.loop import train
+from trainers.loops import train
 from trainers.spec import load_run
 
 SPECS = REPO / "runs" / "smollm2"

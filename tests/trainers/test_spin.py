@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from surgery.errors import InputError
-from trainers.loop import train
+from trainers.loops import train
 from trainers.objectives import dpo, spin
 from trainers.spec import load_run, parse_run
 
@@ -66,7 +66,7 @@ def test_resume_is_refused(workdir):
 def test_example_spec_runs(workdir):
     run = load_run("runs/spin.yaml", ("base=models/base", "objective.rounds=1", "objective.rows_per_round=4",
                                       "schedule.total_steps=2", "batch.size=2"))
-    assert run.objective is spin and run.objective_config.beta == 0.5
+    assert run.objective is spin.OBJECTIVE and run.objective_config.beta == 0.5
     assert os.path.isdir(train(run, quiet=True))
 
 

@@ -12,7 +12,9 @@ import threading
 import pytest
 from click.testing import CliRunner
 from textual.widgets import Select
+from textual.widgets.select import InvalidSelectValueError
 
+from evals.scoring import suites
 from surgery.cli import main
 from surgery.io.reader import ModelFolder
 from surgery.merge.plan import plan_merge
@@ -170,6 +172,25 @@ def test_true_false_and_one_of_parameters_are_drop_downs(models, tmp_path):
             normalize.clear()
             await settle(app)
             assert designer.data["parameters"] == {"consensus": "count"}
+    run(go())
+
+
+def test_the_suites_offered_are_the_declared_ones(models, tmp_path, monkeypatch):
+    """The eval suite drop-down lists the suites of evals.scoring.suites, read when the designer is built:
+    a suite declared there (here one added for the test) is offered, a name not declared is not."""
+    declared = (*suites.DECLARED, suites.Suite("extra", "a suite declared for this test", ("world_add",)))
+    monkeypatch.setattr(suites, "BY_NAME", {s.name: s for s in declared})
+
+    async def go():
+        app = designer_app(models, tmp_path)
+        async with app.run_test(size=SIZE):
+            choice = app.query_one("#suite", Select)
+            assert choice.value == "world"
+            for name in (*suites.SUITES, "extra"):
+                choice.value = name
+                assert choice.value == name
+            with pytest.raises(InvalidSelectValueError):
+                choice.value = "wrold"
     run(go())
 
 
@@ -334,7 +355,8 @@ def test_evaluate_scores_the_merge_and_refreshes_the_leaderboard(models, tmp_pat
     while it runs, and the hand-off."""
     calls, refreshed, reached, resume = [], [], threading.Event(), threading.Event()
 
-    def evaluate(paths, tasks, settings, store, force=False, say=print, on_task=None):
+    def score(batch, settings, store, force=False, say=print, on_task=None):
+        paths, tasks = [c.path for c in batch.checkpoints], list(batch.tasks)
         calls.append((paths, tasks, settings.limit, force))
         say("1 task(s) to run")
         on_task(tasks[0], 0, len(tasks))
@@ -343,7 +365,7 @@ def test_evaluate_scores_the_merge_and_refreshes_the_leaderboard(models, tmp_pat
         resume.wait(10)
         return {paths[0]: {}}
 
-    monkeypatch.setattr("evals.scoring.run.evaluate", evaluate)
+    monkeypatch.setattr("evals.scoring.run.score", score)
     monkeypatch.setattr(LeaderboardPane, "refresh_rows", lambda self: refreshed.append(True))
 
     async def go():
@@ -435,6 +457,7 @@ def test_a_truncated_model_is_refused_under_its_row_and_before_scoring(models, t
             status = str(app.query_one("#status").render())
             assert status.startswith("error: ") and "truncated: tensor" in status, status
     run(go())
+    assert not os.path.exists(tmp_path / "evals.sqlite")  # no store made for a checkpoint that cannot be read
 
 
 def test_the_conflict_map_says_when_the_models_changed(models, tmp_path):

@@ -6,7 +6,17 @@ from __future__ import annotations
 import pytest
 
 from surgery.merge.methods import REGISTRY
-from tui.spec_form import choices, drop_model, layer_values, owner, parse_value, shared_fields, spec_data
+from surgery.merge.methods.method import is_compat
+from tui.spec_form import (
+    choices,
+    drop_model,
+    layer_values,
+    owner,
+    parse_value,
+    per_model_fields,
+    shared_fields,
+    spec_data,
+)
 from tui.throughput import Throughput
 
 
@@ -62,3 +72,17 @@ def test_choices_of_true_false_and_one_of_parameters():
     assert choices(fields["normalize"]) == ("true", "false")
     assert choices(fields["consensus"]) == ("sum", "count")
     assert choices(fields["lambda"]) is None
+
+
+def test_compatibility_options_are_not_in_the_forms():
+    """Parameters kept for mergekit compatibility only (no effect here) are validated in a spec but
+    never offered: ties' int8_mask, task_arithmetic's rescale; where `rescale` works it is offered."""
+    hidden = 0
+    for method in REGISTRY.values():
+        for key, f in {**method.shared.model_fields, **method.per_model.model_fields}.items():
+            if is_compat(f):
+                hidden += 1
+                assert key not in shared_fields(method) and key not in per_model_fields(method)
+    assert hidden == 9  # int8_mask of the eight task-vector methods, task_arithmetic's rescale
+    assert "int8_mask" in REGISTRY["ties"].shared.model_fields and "int8_mask" not in shared_fields(REGISTRY["ties"])
+    assert "rescale" in shared_fields(REGISTRY["ties"]) and "rescale" not in shared_fields(REGISTRY["task_arithmetic"])

@@ -1,22 +1,10 @@
-"""Training methods: how a model is prepared for training and how the result is saved.
+"""Training methods: how a model is prepared for training and how the result is saved, one file each.
 
-REGISTRY maps the `method.name` of a run spec to its module. A method module provides
-- `Config`: a pydantic model with `extra="forbid"` holding its hyper-parameters, with bounds;
-- `attach(model, config) -> torch.nn.Module`: the model to train, where only the method's parameters
-  have `requires_grad=True`;
-- `save(model, folder, config) -> None`: the standard format written into an (already temporary)
-  folder: a Hugging Face model folder (`full`, `freeze`) or a PEFT adapter folder;
-- optionally `load_model(path, config, dtype) -> PreTrainedModel` (QLoRA loads 4-bit), otherwise the
-  loop calls `AutoModelForCausalLM.from_pretrained(path, dtype=dtype)`;
-- optionally `param_groups(model, config, lr) -> list[dict]` (LoRA+ gives B a higher lr), otherwise
-  one group of the trainable parameters;
-- optionally `WHOLE_MODEL = True` when `save` writes every weight: a resumed run then loads the
-  checkpoint folder itself; otherwise it loads the base, attaches, and restores the trainable tensors.
+REGISTRY maps the `method.name` of a run spec to its `TrainingMethod` (trainers/methods/method.py
+says what a method gives, and how to add one).
 """
 
 from __future__ import annotations
-
-from types import ModuleType
 
 from trainers.methods import (
     bottleneck,
@@ -32,18 +20,7 @@ from trainers.methods import (
     qlora,
     vera,
 )
+from trainers.methods.method import TrainingMethod
 
-REGISTRY: dict[str, ModuleType] = {
-    "full": full,
-    "freeze": freeze,
-    "lora": lora,
-    "qlora": qlora,
-    "dora": dora,
-    "lora_plus": lora_plus,
-    "vera": vera,
-    "ia3": ia3,
-    "prefix": prefix,
-    "prompt": prompt,
-    "p_tuning_v2": p_tuning_v2,
-    "bottleneck": bottleneck,
-}
+REGISTRY: dict[str, TrainingMethod] = {m.METHOD.name: m.METHOD for m in (
+    full, freeze, lora, qlora, dora, lora_plus, vera, ia3, prefix, prompt, p_tuning_v2, bottleneck)}

@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from surgery.errors import InputError, SpecError
 from surgery.io.output import write_json
+from trainers.methods.method import TrainingMethod
 
 NAME = "bottleneck"  # the adapter's child name in its sublayer
 WEIGHTS_FILE = "bottleneck_model.safetensors"
@@ -146,3 +147,5 @@ def load(base_path: str, adapter_folder: str, dtype: torch.dtype = torch.float32
     model.load_state_dict(saved, strict=False)
     return model.eval()
 
+
+METHOD = TrainingMethod("bottleneck", Config, attach, save, saves="adapter")

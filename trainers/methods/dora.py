@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from trainers.methods import lora, peft_adapter
+from trainers.methods.method import TrainingMethod
 
 
 class Config(lora.Config):
@@ -22,3 +23,6 @@ def attach(model: torch.nn.Module, config: Config) -> torch.nn.Module:
 
 def save(model, folder: str, config: Config) -> None:
     peft_adapter.save(model, folder)
+
+
+METHOD = TrainingMethod("dora", Config, attach, save, saves="adapter")

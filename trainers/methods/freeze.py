@@ -7,8 +7,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from surgery.errors import SpecError
-
-WHOLE_MODEL = True
+from trainers.methods.method import TrainingMethod
 
 
 class Config(BaseModel):
@@ -41,3 +40,6 @@ def decoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
 
 def save(model, folder: str, config: Config) -> None:
     model.save_pretrained(folder)
+
+
+METHOD = TrainingMethod("freeze", Config, attach, save, saves="model")

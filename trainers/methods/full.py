@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from pydantic import BaseModel, ConfigDict
 
-WHOLE_MODEL = True
+from trainers.methods.method import TrainingMethod
 
 
 class Config(BaseModel):
@@ -20,3 +20,6 @@ def attach(model: torch.nn.Module, config: Config) -> torch.nn.Module:
 
 def save(model, folder: str, config: Config) -> None:
     model.save_pretrained(folder)
+
+
+METHOD = TrainingMethod("full", Config, attach, save, saves="model")

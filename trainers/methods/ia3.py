@@ -13,6 +13,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from trainers.methods import peft_adapter
+from trainers.methods.method import TrainingMethod
 
 
 class Config(BaseModel):
@@ -45,3 +46,6 @@ def attach(model: torch.nn.Module, config: Config) -> torch.nn.Module:
 
 def save(model, folder: str, config: Config) -> None:
     peft_adapter.save(model, folder)
+
+
+METHOD = TrainingMethod("ia3", Config, attach, save, saves="adapter")

@@ -11,6 +11,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from trainers.methods import peft_adapter
+from trainers.methods.method import TrainingMethod
 from trainers.methods.peft_adapter import TARGETS_HELP, Targets
 
 
@@ -39,3 +40,6 @@ def attach(model: torch.nn.Module, config: Config) -> torch.nn.Module:
 
 def save(model, folder: str, config: Config) -> None:
     peft_adapter.save(model, folder)
+
+
+METHOD = TrainingMethod("lora", Config, attach, save, saves="adapter")

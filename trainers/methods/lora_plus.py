@@ -11,6 +11,7 @@ import torch
 from pydantic import Field
 
 from trainers.methods import lora, peft_adapter
+from trainers.methods.method import TrainingMethod
 
 
 class Config(lora.Config):
@@ -36,3 +37,6 @@ def is_b(name: str) -> bool:
 
 def save(model, folder: str, config: Config) -> None:
     peft_adapter.save(model, folder)
+
+
+METHOD = TrainingMethod("lora_plus", Config, attach, save, saves="adapter", param_groups=param_groups)

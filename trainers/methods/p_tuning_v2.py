@@ -18,6 +18,7 @@ import torch
 from pydantic import Field
 
 from trainers.methods import peft_adapter, prefix
+from trainers.methods.method import TrainingMethod
 
 
 class Config(prefix.Config):
@@ -30,3 +31,6 @@ def attach(model: torch.nn.Module, config: Config) -> torch.nn.Module:
 
 def save(model, folder: str, config: Config) -> None:
     peft_adapter.save(model, folder)
+
+
+METHOD = TrainingMethod("p_tuning_v2", Config, attach, save, saves="adapter")

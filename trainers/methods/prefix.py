@@ -14,6 +14,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from trainers.methods import peft_adapter
+from trainers.methods.method import TrainingMethod
 
 
 class Config(BaseModel):
@@ -36,3 +37,6 @@ def attach(model: torch.nn.Module, config: Config) -> torch.nn.Module:
 
 def save(model, folder: str, config: Config) -> None:
     peft_adapter.save(model, folder)
+
+
+METHOD = TrainingMethod("prefix", Config, attach, save, saves="adapter")

@@ -16,6 +16,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from trainers.methods import peft_adapter
+from trainers.methods.method import TrainingMethod
 
 
 class Config(BaseModel):
@@ -59,3 +60,6 @@ def load(base_path: str, adapter_folder: str, dtype: torch.dtype = torch.float32
 
 def save(model, folder: str, config: Config) -> None:
     peft_adapter.save(model, folder)
+
+
+METHOD = TrainingMethod("prompt", Config, attach, save, saves="adapter")

@@ -21,6 +21,7 @@ from pydantic import Field
 
 from surgery.errors import InputError, SpecError
 from trainers.methods import lora, peft_adapter
+from trainers.methods.method import TrainingMethod
 
 INSTALL = "pip install surgery[qlora] (or pip install bitsandbytes)"
 
@@ -82,3 +83,6 @@ def attach(model: torch.nn.Module, config: Config) -> torch.nn.Module:
 
 def save(model, folder: str, config: Config) -> None:
     peft_adapter.save(model, folder)
+
+
+METHOD = TrainingMethod("qlora", Config, attach, save, saves="adapter", load_model=load_model)

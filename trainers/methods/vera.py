@@ -13,6 +13,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from trainers.methods import peft_adapter
+from trainers.methods.method import TrainingMethod
 from trainers.methods.peft_adapter import TARGETS_HELP, Targets
 
 
@@ -37,3 +38,6 @@ def attach(model: torch.nn.Module, config: Config) -> torch.nn.Module:
 
 def save(model, folder: str, config: Config) -> None:
     peft_adapter.save(model, folder)
+
+
+METHOD = TrainingMethod("vera", Config, attach, save, saves="adapter")

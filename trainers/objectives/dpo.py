@@ -18,20 +18,17 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-from trainers.objectives import pairs
-from trainers.objectives.pairs import annotate, build_batch, collate, encode  # noqa: F401  (the objective interface)
+from trainers.objectives import objective, pairs
+from trainers.objectives.pairs import annotate, build_batch, collate, encode  # noqa: F401  (called as dpo.build_batch)
 
 SHAPES = pairs.SHAPES
 
 
-class Config(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class Config(objective.ReferenceConfig):
     beta: float = Field(0.1, gt=0, description="strength of the KL constraint to the reference (higher: closer)")
     label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="conservative DPO: assumed share of flipped labels")
-    reference: str | None = Field(None, description="the frozen reference's folder (default: the base, or the "
-                                  "base with the adapter switched off)")
 
 
 def dpo_loss(chosen: torch.Tensor, rejected: torch.Tensor, ref_chosen: torch.Tensor, ref_rejected: torch.Tensor,
@@ -48,3 +45,7 @@ def loss(model, batch: dict[str, torch.Tensor], config: Config) -> tuple[torch.T
     losses, reward_w, reward_l = dpo_loss(*pairs.halves(logps), *pairs.halves(batch["ref_logps"]), config.beta,
                                           config.label_smoothing)
     return losses.mean(), pairs.reward_metrics(reward_w, reward_l)
+
+
+OBJECTIVE = objective.Objective("dpo", "DPO", Config, SHAPES, "offline", objective.Batches(encode, collate), loss,
+                                annotate=annotate, uses_reference=objective.always)

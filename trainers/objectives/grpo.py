@@ -1,7 +1,6 @@
 """GRPO, group relative policy optimization (Shao et al. 2024, DeepSeekMath,
 https://arxiv.org/abs/2402.03300): its spec fields and the pure tensor math of one update. The loop
-that samples the groups, scores them and steps is `trainers/grpo.py` (`LOOP`): rollouts with the
-policy in the middle of every step do not fit the shared loop.
+that samples the groups, scores them and steps is trainers/loops/grpo_rollouts.py.
 
 For each prompt, G completions are sampled; their rewards r_1..r_G become advantages relative to
 the group, A_i = (r_i - mean(r)) / (std(r) + 1e-4), std with Bessel's correction (n - 1), as TRL
@@ -27,17 +26,16 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
-from pydantic import Field
+from pydantic import BaseModel, Field
 
-from trainers.rewards import Fields
+from trainers.logprobs import model_logps
+from trainers.objectives import objective
 
-LOOP = "trainers.grpo"  # the module whose `train(run, ...)` runs this objective
 SHAPES = ("prompt_completion",)  # the prompt is sampled from; the completion is there for rewards that check it
 STD_EPS = 1e-4  # added to the std before dividing, as TRL
 
 
-class Config(Fields):
+class Config(objective.RewardConfig):
     group_size: int = Field(8, ge=2, description="completions sampled per prompt (G); batch.size counts prompts")
     max_new_tokens: int = Field(32, ge=1, description="longest completion sampled")
     temperature: float = Field(1.0, gt=0, description="sampling temperature (log-probs are taken at it too, as TRL)")
@@ -66,15 +64,8 @@ def group_advantages(rewards: torch.Tensor, group_size: int, scale: str = "group
     return centred / (std + STD_EPS)
 
 
-def token_logps(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """log pi(x_{t+1} | x_<=t) for every position: (B, T-1), logits divided by the temperature."""
-    logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits[:, :-1].float()
-    logp = F.log_softmax(logits / temperature, dim=-1)  # (B, T-1, V)
-    return logp.gather(-1, input_ids[:, 1:].unsqueeze(-1)).squeeze(-1)  # (B, T-1)
-
-
-def token_losses(logps: torch.Tensor, old_logps: torch.Tensor, ref_logps: torch.Tensor | None, advantages: torch.Tensor,
-                 epsilon: float, epsilon_high: float, beta: float,
+def token_losses(logps: torch.Tensor, old_logps: torch.Tensor, ref_logps: torch.Tensor | None,
+                 advantages: torch.Tensor, epsilon: float, epsilon_high: float, beta: float,
                  kl_ratio: bool = True) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Per-token loss (B, T) and per-token terms (ratio, kl) for metrics; advantages are (B,)."""
     ratio = torch.exp(logps - old_logps)  # (B, T)
@@ -121,7 +112,7 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> float:
 def loss(model, batch: dict[str, torch.Tensor], config: Config) -> tuple[torch.Tensor, dict[str, float]]:
     """One micro-batch of rollouts: input_ids, attention_mask and completion_mask (B, T) as
     trainers.generation.pack gives them, advantages (B,), old_logps and ref_logps (B, T-1) when used."""
-    logps = token_logps(model, batch["input_ids"], batch["attention_mask"], config.temperature)  # (B, T-1)
+    logps = model_logps(model, batch["input_ids"], batch["attention_mask"], config.temperature)  # (B, T-1)
     mask = batch["completion_mask"][:, 1:]  # the token at t+1 is scored from position t
     old = batch.get("old_logps")
     old = logps.detach() if old is None else old  # one step per rollout: pi_old is pi, ratio 1 (its gradient stays)
@@ -133,3 +124,12 @@ def loss(model, batch: dict[str, torch.Tensor], config: Config) -> tuple[torch.T
     if "kl" in terms:
         metrics["kl"] = masked_mean(terms["kl"], mask)
     return value, metrics
+
+
+def uses_reference(config: BaseModel) -> bool:
+    """The frozen reference is needed for the KL term only."""
+    return config.beta > 0
+
+
+OBJECTIVE = objective.Objective("grpo", "GRPO", Config, SHAPES, "grpo_rollouts", loss=loss,
+                                uses_reference=uses_reference)

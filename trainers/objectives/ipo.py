@@ -13,20 +13,17 @@ as for DPO (the base, the base with the adapter switched off, or `reference`).
 from __future__ import annotations
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-from trainers.objectives import pairs
-from trainers.objectives.pairs import annotate, build_batch, collate, encode  # noqa: F401  (the objective interface)
+from trainers.objectives import objective, pairs
+from trainers.objectives.pairs import annotate, build_batch, collate, encode  # noqa: F401  (called as ipo.build_batch)
 
 SHAPES = pairs.SHAPES
 
 
-class Config(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class Config(objective.ReferenceConfig):
     beta: float = Field(0.1, gt=0,
                         description="regularisation tau: the per-token log-ratio gap is pulled to 1/(2 beta)")
-    reference: str | None = Field(None, description="the frozen reference's folder (default: the base, or the "
-                                  "base with the adapter switched off)")
 
 
 def ipo_loss(chosen: torch.Tensor, rejected: torch.Tensor, ref_chosen: torch.Tensor, ref_rejected: torch.Tensor,
@@ -42,3 +39,7 @@ def loss(model, batch: dict[str, torch.Tensor], config: Config) -> tuple[torch.T
     losses, reward_w, reward_l = ipo_loss(*pairs.halves(logps), *pairs.halves(batch["ref_logps"]),
                                           *pairs.halves(tokens), config.beta)
     return losses.mean(), pairs.reward_metrics(reward_w, reward_l)
+
+
+OBJECTIVE = objective.Objective("ipo", "IPO", Config, SHAPES, "offline", objective.Batches(encode, collate), loss,
+                                annotate=annotate, uses_reference=objective.always)

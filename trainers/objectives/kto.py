@@ -16,23 +16,21 @@ rows (the paper suggests w_d n_d / (w_u n_u) in [1, 4/3]). The reference is foun
 from __future__ import annotations
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from trainers.data import Row
-from trainers.objectives import pairs, sft
-from trainers.objectives.sft import IGNORE, right_pad
+from trainers.logprobs import IGNORE
+from trainers.objectives import objective, pairs, sft
+from trainers.objectives.sft import right_pad
 from trainers.templates import Template
 
 SHAPES = ("unpaired_preference",)
 
 
-class Config(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class Config(objective.ReferenceConfig):
     beta: float = Field(0.1, gt=0, description="scale of the implied reward (higher: closer to the reference)")
     desirable_weight: float = Field(1.0, gt=0, description="weight w_d of the desirable rows' losses")
     undesirable_weight: float = Field(1.0, gt=0, description="weight w_u of the undesirable rows' losses")
-    reference: str | None = Field(None, description="the frozen reference's folder (default: the base, or the "
-                                  "base with the adapter switched off)")
 
 
 def encode(row: Row, tokenizer, template: Template, config: Config | None = None) -> dict:
@@ -114,3 +112,7 @@ def kto_metrics(rewards: torch.Tensor, desirable: torch.Tensor) -> dict[str, flo
     bad = float(rewards[~desirable].mean()) if (~desirable).any() else 0.0
     accuracy = float(((rewards > 0) == desirable).float().mean())
     return {"rewards/chosen": good, "rewards/rejected": bad, "margin": good - bad, "accuracy": accuracy}
+
+
+OBJECTIVE = objective.Objective("kto", "KTO", Config, SHAPES, "offline", objective.Batches(encode, collate), loss,
+                                annotate=annotate, uses_reference=objective.always)

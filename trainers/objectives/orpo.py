@@ -17,17 +17,17 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-from trainers.objectives import pairs
-from trainers.objectives.pairs import build_batch, collate, encode  # noqa: F401  (the objective interface)
-from trainers.objectives.sft import IGNORE, token_loss
+from trainers.logprobs import IGNORE
+from trainers.objectives import objective, pairs
+from trainers.objectives.pairs import build_batch, collate, encode  # noqa: F401  (called as orpo.build_batch)
+from trainers.objectives.sft import token_loss
 
 SHAPES = pairs.SHAPES
 
 
-class Config(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class Config(objective.Config):
     lam: float = Field(0.1, ge=0, description="weight lambda of the odds-ratio term beside the SFT loss")
     nll_on: Literal["completion", "all"] = Field(
         "completion", description="the SFT term's tokens: the chosen completion, or the whole chosen sequence (TRL)")
@@ -55,3 +55,7 @@ def loss(model, batch: dict[str, torch.Tensor], config: Config) -> tuple[torch.T
     metrics = pairs.reward_metrics(*pairs.halves(config.lam * means))
     return nll + penalty.mean(), {**metrics, "nll": float(nll.detach()),
                                   "log_odds_ratio": float(log_or.detach().mean())}
+
+
+OBJECTIVE = objective.Objective("orpo", "ORPO", Config, SHAPES, "offline", objective.Batches(encode, collate),
+                                loss)

@@ -10,11 +10,11 @@ the tokens a preference objective scores are those SFT trains on.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from trainers.data import Row
+from trainers.logprobs import IGNORE, sequence_logps
 from trainers.objectives import sft
-from trainers.objectives.sft import IGNORE, right_pad
+from trainers.objectives.sft import right_pad
 from trainers.templates import Template
 
 SHAPES = ("preference",)
@@ -45,14 +45,6 @@ def collate(examples: list[dict[str, list[int]]], pad_id: int) -> dict[str, torc
 
 def build_batch(rows: list[Row], tokenizer, template: Template, config=None) -> dict[str, torch.Tensor]:
     return collate([encode(r, tokenizer, template, config) for r in rows], sft.pad_token_id(tokenizer))
-
-
-def sequence_logps(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per sequence: the summed log-probability of its labelled tokens, and how many there are; (N,), (N,)."""
-    logits, targets = logits[:, :-1].float(), labels[:, 1:]  # (N, T-1, V), (N, T-1): t predicts t+1
-    mask = targets != IGNORE
-    logp = torch.gather(F.log_softmax(logits, dim=-1), -1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)  # (N, T-1)
-    return (logp * mask).sum(-1), mask.sum(-1)
 
 
 def forward_logps(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -1,11 +1,12 @@
 """PPO for RLHF (Ziegler et al. 2019, https://arxiv.org/abs/1909.08593; Ouyang et al. 2022): its
 spec fields and the pure tensor math of one PPO update. The loop that samples rollouts, scores them
-and runs the epochs is `trainers/ppo.py`: PPO does not fit the shared loop, so `LOOP` names its own.
+and runs the epochs is trainers/loops/ppo_rollouts.py.
 
 Per completion token t of a rollout (right-padded, `mask` marks real tokens):
 - KL penalty to the frozen reference, k1: kl_t = log pi(a_t) - log pi_ref(a_t) (k3 optional:
   (r - 1) - log r with r = pi_ref / pi, Schulman 2020, http://joschu.net/blog/kl-approx.html);
-- reward r_t = -kl_coef * kl_t, plus the reward model's (or function's) score on the last real token;
+- reward r_t = -kl_coef * kl_t, plus the completion's score (trainers/rewards.py: reward functions and a
+  reward model reading the policy's token ids, weighted) on the last real token;
 - GAE (Schulman et al. 2016, https://arxiv.org/abs/1506.02438): delta_t = r_t + gamma V_{t+1} - V_t,
   A_t = delta_t + gamma lambda A_{t+1}, with V and A zero past the end; returns R_t = A_t + V_t;
 - advantages whitened over the batch's real tokens (mean 0, variance 1);
@@ -20,20 +21,17 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-LOOP = "trainers.ppo"  # the module whose `train(run, ...)` runs this objective
+from trainers.objectives import objective
+
 SHAPES = ("prompt_completion",)  # the prompt is sampled from; `completion` is the answer a reward function may check
 
 
-class Config(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    reward_model: str | None = Field(None,
-                                     description="a sequence-classification folder (num_labels=1) scoring completions")
-    reward_function: str | None = Field(None, validate_default=True,
-                                        description="a Python reward: a built-in name (world.add, ...) or "
-                                                    "'module:function'")
-    reference: str | None = Field(None, description="the frozen KL reference (default: the base)")
+class Config(objective.RewardConfig, objective.ReferenceConfig):
+    reward_function: str | None = Field(None, exclude=True, deprecated="write reward_functions: [NAME] (which may "
+                                        "be combined with reward_model and reward_weights)",
+                                        description="one Python reward (the former field; see reward_functions)")
     kl_coef: float = Field(0.05, ge=0, description="weight of the per-token KL penalty in the reward")
     kl_estimator: Literal["k1", "k3"] = Field("k1", description="k1: log pi - log pi_ref; k3: (r - 1) - log r")
     gamma: float = Field(1.0, ge=0, le=1, description="discount of GAE")
@@ -53,9 +51,23 @@ class Config(BaseModel):
     @field_validator("reward_function")
     @classmethod
     def _one_reward(cls, v: str | None, info: ValidationInfo) -> str | None:
+        """A spec with the former field keeps its rule: exactly one reward, a model or a function."""
         if (info.data.get("reward_model") is None) == (v is None):
-            raise ValueError("give exactly one of reward_model (a folder) and reward_function ('module:function')")
+            raise ValueError("give exactly one of reward_model (a folder) and reward_function ('module:function'), "
+                             "or list reward functions in reward_functions")
+        if info.data.get("reward_functions"):
+            raise ValueError("reward_function is the former spelling of reward_functions: give only reward_functions")
         return v
+
+    @model_validator(mode="after")
+    def _rewards(self):
+        """The former field becomes reward_functions; as before, its name is checked when the run starts."""
+        former = self.__dict__["reward_function"]  # not self.reward_function: that access warns (the spec warned once)
+        if former is not None:
+            self.reward_functions, self.__dict__["reward_function"] = [former], None
+            self._functions_field = "reward_function"
+        self.check_rewards(names=former is None)
+        return self
 
 
 def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -133,3 +145,6 @@ def value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Te
     with torch.no_grad():
         binds = float(masked_mean((clipped > plain).float(), mask))
     return loss, {"vf_clipfrac": binds}
+
+
+OBJECTIVE = objective.Objective("ppo", "PPO", Config, SHAPES, "ppo_rollouts", uses_reference=objective.always)

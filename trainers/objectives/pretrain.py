@@ -4,18 +4,17 @@ cross-entropy on every token of plain-text rows. The same loss as SFT with every
 from __future__ import annotations
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from trainers.data import Row
+from trainers.objectives import objective
 from trainers.objectives.sft import collate, pad_token_id, token_loss
 from trainers.templates import Template
 
 SHAPES = ("text",)
-__all__ = ["Config", "SHAPES", "encode", "collate", "build_batch", "loss"]
 
 
-class Config(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class Config(objective.Config):
     add_eos: bool = Field(True, description="end each text with the end-of-sequence token, so documents are delimited")
 
 
@@ -33,3 +32,7 @@ def build_batch(rows: list[Row], tokenizer, template: Template, config: Config) 
 def loss(model, batch: dict[str, torch.Tensor], config: Config) -> tuple[torch.Tensor, dict[str, float]]:
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
     return token_loss(logits, batch["labels"])
+
+
+OBJECTIVE = objective.Objective("pretrain", "pretraining", Config, SHAPES, "offline",
+                                objective.Batches(encode, collate), loss)

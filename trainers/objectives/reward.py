@@ -18,18 +18,17 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict
 
 from surgery.errors import InputError
 from trainers.data import Row
-from trainers.objectives import pairs, sft
+from trainers.objectives import objective, pairs, sft
 from trainers.templates import Template
 
 SHAPES = pairs.SHAPES
 
 
-class Config(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class Config(objective.Config):
+    pass
 
 
 def load_model(path: str, dtype: torch.dtype, trust_remote_code: bool = False):
@@ -83,3 +82,7 @@ def scores(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
 def loss(model, batch: dict[str, torch.Tensor], config: Config) -> tuple[torch.Tensor, dict[str, float]]:
     chosen, rejected = pairs.halves(scores(model, batch).float())
     return bradley_terry_loss(chosen, rejected, batch["margin"]).mean(), pairs.reward_metrics(chosen, rejected)
+
+
+OBJECTIVE = objective.Objective("reward", "reward model", Config, SHAPES, "offline",
+                                objective.Batches(encode, collate), loss, load_model=load_model)

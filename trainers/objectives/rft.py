@@ -1,8 +1,8 @@
 """RFT, rejection-sampling fine-tuning (Yuan et al. 2023, https://arxiv.org/abs/2308.01825; STaR,
 Zelikman et al. 2022, https://arxiv.org/abs/2203.14465): sample N completions per training prompt,
 score them with a reward, keep the best of each prompt (or every distinct one at or above a
-threshold), and fine-tune on the kept ones with the SFT objective and the shared loop. Optionally in
-rounds, each sampling from the previous round's model. The loop is `trainers/rft.py` (`LOOP`).
+threshold), and fine-tune on the kept ones with the SFT objective and the offline loop. Optionally in
+rounds, each sampling from the previous round's model. The loop is trainers/loops/rejection_sampling.py.
 
 The acceptance rate is the share of prompts with at least one kept completion.
 """
@@ -14,13 +14,12 @@ from typing import Literal
 import torch
 from pydantic import Field
 
-from trainers.rewards import Fields
+from trainers.objectives import objective
 
-LOOP = "trainers.rft"
 SHAPES = ("prompt_completion",)  # prompts are sampled from; `completion` is what data.eval is scored against
 
 
-class Config(Fields):
+class Config(objective.RewardConfig):
     samples: int = Field(8, ge=1, description="completions sampled per prompt (N)")
     keep: Literal["best", "all"] = Field("best", description="best: the highest-reward completion of each prompt; "
                                          "all: every distinct completion reaching the threshold")
@@ -47,3 +46,6 @@ def select(rewards: torch.Tensor, texts: list[str], n: int, keep: str, threshold
                 firsts.setdefault(texts[i], i)
             kept.append(sorted(firsts.values()))
     return kept
+
+
+OBJECTIVE = objective.Objective("rft", "RFT", Config, SHAPES, "rejection_sampling")

@@ -15,19 +15,18 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from surgery.errors import InputError
 from trainers.data import Row
+from trainers.logprobs import IGNORE, token_logps
+from trainers.objectives import objective
 from trainers.templates import NONE, Template, assistant_spans
 
-IGNORE = -100  # label of a token that is context only
 SHAPES = ("prompt_completion", "messages")
 
 
-class Config(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class Config(objective.Config):
     loss_on: Literal["completion", "all"] = Field(
         "completion", description="'completion': completion and assistant tokens only; 'all': every token")
 
@@ -82,10 +81,9 @@ def pad_token_id(tokenizer) -> int:
 
 def token_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
     """Mean next-token NLL over labelled positions, and the share of them predicted right."""
-    logits, targets = logits[:, :-1].float(), labels[:, 1:]  # (B, T-1, V), (B, T-1)
+    logits, targets = logits[:, :-1], labels[:, 1:]  # (B, T-1, V), (B, T-1)
     mask = targets != IGNORE
-    logp = F.log_softmax(logits, dim=-1)
-    nll = -logp.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)  # (B, T-1)
+    nll = -token_logps(logits, targets)  # (B, T-1)
     count = mask.sum()
     loss = (nll * mask).sum() / count.clamp(min=1)  # a batch with no trained token gives 0, not NaN
     correct = ((logits.argmax(-1) == targets) & mask).sum()
@@ -95,3 +93,6 @@ def token_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor
 def loss(model, batch: dict[str, torch.Tensor], config: Config) -> tuple[torch.Tensor, dict[str, float]]:
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
     return token_loss(logits, batch["labels"])
+
+
+OBJECTIVE = objective.Objective("sft", "SFT", Config, SHAPES, "offline", objective.Batches(encode, collate), loss)

@@ -13,16 +13,15 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-from trainers.objectives import pairs
-from trainers.objectives.pairs import build_batch, collate, encode  # noqa: F401  (the objective interface)
+from trainers.objectives import objective, pairs
+from trainers.objectives.pairs import build_batch, collate, encode  # noqa: F401  (called as simpo.build_batch)
 
 SHAPES = pairs.SHAPES
 
 
-class Config(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class Config(objective.Config):
     beta: float = Field(2.0, gt=0, description="scale of the length-normalised reward (the paper uses 2 to 2.5)")
     gamma: float = Field(1.0, ge=0, description="target reward margin of chosen over rejected")
 
@@ -39,3 +38,7 @@ def loss(model, batch: dict[str, torch.Tensor], config: Config) -> tuple[torch.T
     _, logps, tokens = pairs.forward_logps(model, batch)
     losses, reward_w, reward_l = simpo_loss(*pairs.halves(logps), *pairs.halves(tokens), config.beta, config.gamma)
     return losses.mean(), pairs.reward_metrics(reward_w, reward_l)
+
+
+OBJECTIVE = objective.Objective("simpo", "SimPO", Config, SHAPES, "offline", objective.Batches(encode, collate),
+                                loss)

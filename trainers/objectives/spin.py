@@ -9,19 +9,19 @@ with y the data's completion, y' = pi_t's own. That is DPO's loss on (data, self
 so a round is an ordinary DPO run (trainers/objectives/dpo.py) whose base, and so whose reference, is
 the previous round's model. Pairs where the model already answers exactly as the data are dropped:
 their two sides are the same sequence, and the loss has no gradient there. The loop is
-`trainers/spin.py` (`LOOP`).
+trainers/loops/self_play.py.
 """
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-LOOP = "trainers.spin"
+from trainers.objectives import objective
+
 SHAPES = ("prompt_completion",)
 
 
-class Config(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class Config(objective.Config):
     rounds: int = Field(2, ge=1, description="self-play rounds; each trains against the previous round's model")
     beta: float = Field(0.1, gt=0, description="DPO's beta: strength of the tie to the round's reference")
     rows_per_round: int | None = Field(None, ge=1, description="training rows answered each round (default: all)")
@@ -34,3 +34,6 @@ def pairs(rows: list[dict], generated: list[str]) -> list[dict]:
     """(prompt, chosen = the data's completion, rejected = the model's) rows; identical answers dropped."""
     return [{"prompt": r["prompt"], "chosen": r["completion"], "rejected": g}
             for r, g in zip(rows, generated) if g != r["completion"]]
+
+
+OBJECTIVE = objective.Objective("spin", "SPIN", Config, SHAPES, "self_play")

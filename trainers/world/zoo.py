@@ -68,7 +68,7 @@ def run_spec(base: str, train: list[tuple[str, float]], evals: list[str], out: s
 
 def build_base(zoo: str, steps: int = 2000, seed: int = 0, quiet: bool = False) -> str:
     """Data, initial weights and the pretrained base under `zoo`; returns the base's folder."""
-    from trainers.loop import train
+    from trainers.loops import train
     from trainers.spec import parse_run
 
     data = write_data(os.path.join(zoo, "data"), seed)
@@ -80,7 +80,7 @@ def build_base(zoo: str, steps: int = 2000, seed: int = 0, quiet: bool = False) 
 
 def build_expert(zoo: str, task: str, steps: int = 200, seed: int = 0, quiet: bool = False) -> str:
     """The base fine-tuned (fully) on one task's training rows; returns the expert's folder."""
-    from trainers.loop import train
+    from trainers.loops import train
     from trainers.spec import parse_run
 
     data = os.path.join(zoo, "data", task)

@@ -11,5 +11,5 @@ class DareShared(Shared):
     rescale: bool = Field(True, description="rescale survivors to the task vector's original L1 norm")
 
 
-METHOD = task_vector_method("dare_linear", "random", "none", DareShared, Sparse,
+METHOD = task_vector_method("dare_linear", "random", False, DareShared, Sparse,
                             "random drop and rescale, weighted sum", "https://arxiv.org/abs/2311.03099")

@@ -9,5 +9,5 @@ class DareTiesShared(Elected):
     rescale: bool = Field(True, description="rescale survivors to the task vector's original L1 norm")
 
 
-METHOD = task_vector_method("dare_ties", "random", "sum", DareTiesShared, Sparse,
+METHOD = task_vector_method("dare_ties", "random", True, DareTiesShared, Sparse,
                             "random drop and rescale, elect signs", "https://arxiv.org/abs/2311.03099")

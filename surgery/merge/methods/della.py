@@ -11,5 +11,5 @@ class DellaShared(Elected):
     rescale: bool = Field(True, description="rescale survivors to the task vector's original L1 norm")
 
 
-METHOD = task_vector_method("della", "magprune", "sum", DellaShared, MagPrune,
+METHOD = task_vector_method("della", "magprune", True, DellaShared, MagPrune,
                             "magnitude-ranked random drop, elect signs", "https://arxiv.org/abs/2406.11617")

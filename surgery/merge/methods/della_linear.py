@@ -9,5 +9,5 @@ class DellaLinearShared(Shared):
     rescale: bool = Field(True, description="rescale survivors to the task vector's original L1 norm")
 
 
-METHOD = task_vector_method("della_linear", "magprune", "none", DellaLinearShared, MagPrune,
+METHOD = task_vector_method("della_linear", "magprune", False, DellaLinearShared, MagPrune,
                             "magnitude-ranked random drop, weighted sum", "https://arxiv.org/abs/2406.11617")

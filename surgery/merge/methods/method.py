@@ -2,11 +2,16 @@
 
 The engine hands a method one block of rows at a time (the whole tensor when it is small), all in
 float32. A method that needs tensor-wide numbers (a magnitude cut-off, a norm, a dot product)
-declares `stages`: each stage maps a block to partial statistics, which the engine sums over all
-blocks before the next stage, then `merge` sees the totals. Within one pass the blocks arrive in row
+declares `stages`: each `Stage` maps a block to partial statistics, which the engine sums over all
+blocks before the next stage, then `merge` sees the totals; a stage's `when` says which parameters
+need it (each stage costs a pass over the tensor). Within one pass the blocks arrive in row
 order and share one copy of the statistics, where a method may keep running counts under keys that
 start with "~" (TIES ranks entries tied at its cut-off this way). Memory is bounded by the block, never by
-the tensor, and the result does not depend on where the blocks fall.
+the tensor, and the result does not depend on where the blocks fall. A method that needs no
+statistics is best written as a typed function (`elementwise.py`).
+
+A parameter kept only so that mergekit configs run unchanged is declared with `compat`: it is
+validated, has no effect, is left out of the TUI's forms and warns when a spec sets it.
 """
 
 from __future__ import annotations
@@ -14,10 +19,11 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.fields import FieldInfo
 
 from surgery.io.format import num_rows
 from surgery.merge.draws import Draws
@@ -33,6 +39,18 @@ class Params(BaseModel):
 
 class NoParams(Params):
     pass
+
+
+COMPAT = "accepted for mergekit compatibility; no effect here"
+
+
+def compat(default: Any, what: str) -> Any:
+    """A field kept for mergekit compatibility only: `what` says what it does in mergekit."""
+    return Field(default, description=f"{COMPAT} (in mergekit: {what})", json_schema_extra={"compat": True})
+
+
+def is_compat(field: FieldInfo) -> bool:
+    return isinstance(field.json_schema_extra, dict) and field.json_schema_extra.get("compat") is True
 
 
 @dataclass(frozen=True)
@@ -75,7 +93,30 @@ class Block:
         return cache[key]
 
 
-Stage = Callable[[Block, Stats], Stats]
+Condition = Callable[[BaseModel, tuple[BaseModel, ...]], bool]  # (global params, per-model params) -> bool
+
+
+def always(shared: BaseModel, per_model: tuple[BaseModel, ...]) -> bool:
+    return True
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One pass over a tensor: `run` maps a block to partial statistics (summed over the blocks);
+    `when` says whether a tensor with these parameters needs it."""
+
+    run: Callable[[Block, Stats], Stats]
+    when: Condition = always
+
+
+@dataclass(frozen=True)
+class Fallback:
+    """A simpler merge a method falls back to on some tensors (SLERP's linear interpolation of nearly
+    colinear ones): the engine counts the tensors that take it and reports the count after the merge."""
+
+    what: str                                   # what the tensor gets instead, e.g. "linear interpolation"
+    why: str                                    # when, e.g. "their two inputs are nearly colinear"
+    taken: Callable[[BaseModel, Stats], bool]   # from a tensor's resolved global parameters and statistics
 
 
 @dataclass(frozen=True)
@@ -93,14 +134,17 @@ class Method:
     work: int = 4                          # block-sized float32 temporaries `merge` needs per input
     random: bool = False
     required: tuple[str, ...] = field(default=())  # per-model parameters without a default
-    needs: Callable[[BaseModel, tuple[BaseModel, ...]], tuple[Stage, ...]] | None = None  # stages these params need
     prepare: Callable[[Block, bool], None] | None = None  # fills the block's cache with what depends on it
     # alone; the engine calls it in its reading thread, so the next block's share overlaps this block's
     # work. The flag says whether the merge pass reads the block (False: only a statistics stage does)
+    fallback: Fallback | None = None  # taken by every tensor whose inputs are the same bytes
+    check: Callable[[BaseModel, tuple[BaseModel, ...]], str | None] | None = None  # a problem the merge would
+    # meet with a tensor's resolved (global, per-model) parameters, e.g. a division by a zero sum: the planner
+    # raises it, so it stops a merge (and every point of a sweep) before anything is read
 
-    def stages_for(self, shared: BaseModel, per_model: tuple[BaseModel, ...]) -> tuple[Stage, ...]:
-        """The statistics stages a tensor with these parameters needs (each costs a pass over it)."""
-        return self.stages if self.needs is None else self.needs(shared, per_model)
+    def stages_for(self, shared: BaseModel, per_model: tuple[BaseModel, ...]) -> tuple[Callable, ...]:
+        """The statistics passes a tensor with these parameters needs, in order."""
+        return tuple(s.run for s in self.stages if s.when(shared, per_model))
 
     def merge_tensors(self, base: torch.Tensor | None, models: list[torch.Tensor], per_model: list[BaseModel],
                       shared: BaseModel, seed: int = 0, name: str = "tensor") -> torch.Tensor:

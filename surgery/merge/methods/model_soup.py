@@ -3,15 +3,14 @@ https://arxiv.org/abs/2203.05482); `linear` with equal weights, no parameters to
 
 import torch
 
-from surgery.merge.methods.method import Block, Method, Stats
+from surgery.merge.methods.elementwise import Models, elementwise
 
 
-def merge(block: Block, stats: Stats) -> torch.Tensor:
-    out = torch.zeros_like(block.models[0])
-    for m in block.models:
+def merge(models: Models) -> torch.Tensor:
+    out = torch.zeros_like(models[0])
+    for m in models:
         out += m
-    return out / len(block.models)
+    return out / len(models)
 
 
-METHOD = Method("model_soup", merge, "uniform average of the models", "https://arxiv.org/abs/2203.05482",
-                base="unused", work=1)
+METHOD = elementwise(merge, "model_soup", "uniform average of the models", "https://arxiv.org/abs/2203.05482", work=1)

@@ -8,7 +8,7 @@ from itertools import combinations
 import torch
 from pydantic import Field
 
-from surgery.merge.methods.method import Block, Method, Params, Stats
+from surgery.merge.methods.method import Block, Method, Params, Stage, Stats
 
 
 class StockShared(Params):
@@ -62,5 +62,5 @@ def merge(block: Block, stats: Stats) -> torch.Tensor:
 
 
 METHOD = Method("model_stock", merge, "interpolate base and average by the task vectors' angle",
-                "https://arxiv.org/abs/2403.19522", shared=StockShared, min_models=2, stages=(products,), work=3,
-                needs=lambda shared, models: () if shared.filter_wise else (products,))
+                "https://arxiv.org/abs/2403.19522", shared=StockShared, min_models=2, work=3,
+                stages=(Stage(products, when=lambda shared, models: not shared.filter_wise),))

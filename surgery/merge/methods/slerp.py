@@ -5,9 +5,9 @@ Tensor-wide norms and the dot product are one statistics stage, so blocks of row
 import math
 
 import torch
-from pydantic import Field
+from pydantic import BaseModel, Field
 
-from surgery.merge.methods.method import Block, Method, Params, Stats
+from surgery.merge.methods.method import Block, Fallback, Method, Params, Stage, Stats
 
 DOT_THRESHOLD = 0.9995
 EPS = 1e-8
@@ -22,13 +22,21 @@ def norms(block: Block, stats: Stats) -> Stats:
     return {"aa": (a * a).sum(), "bb": (b * b).sum(), "ab": (a * b).sum()}
 
 
-def coefficients(t: float, stats: Stats) -> tuple[float, float]:
+def cosine(stats: Stats) -> float:
     na, nb = math.sqrt(float(stats["aa"])), math.sqrt(float(stats["bb"]))
     na, nb = (na if na > EPS else 1.0), (nb if nb > EPS else 1.0)
-    dot = max(-1.0, min(1.0, float(stats["ab"]) / (na * nb)))
-    if abs(dot) > DOT_THRESHOLD:
+    return max(-1.0, min(1.0, float(stats["ab"]) / (na * nb)))
+
+
+def colinear(shared: BaseModel, stats: Stats) -> bool:
+    """The two tensors are too close to parallel for the great circle through them to be well defined."""
+    return abs(cosine(stats)) > DOT_THRESHOLD
+
+
+def coefficients(t: float, stats: Stats) -> tuple[float, float]:
+    if colinear(None, stats):
         return 1 - t, t
-    theta = math.acos(dot)
+    theta = math.acos(cosine(stats))
     return math.sin((1 - t) * theta) / math.sin(theta), math.sin(t * theta) / math.sin(theta)
 
 
@@ -38,4 +46,6 @@ def merge(block: Block, stats: Stats) -> torch.Tensor:
 
 
 METHOD = Method("slerp", merge, "spherical interpolation of two models", "https://en.wikipedia.org/wiki/Slerp",
-                shared=SlerpShared, min_models=1, max_models=1, stages=(norms,), required=("t",), work=2)
+                shared=SlerpShared, min_models=1, max_models=1, stages=(Stage(norms),), required=("t",), work=2,
+                fallback=Fallback("linear interpolation", f"their two inputs are nearly colinear, |cos| > "
+                                  f"{DOT_THRESHOLD}", colinear))

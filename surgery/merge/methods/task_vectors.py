@@ -19,11 +19,10 @@ import torch
 from pydantic import Field
 
 from surgery.io.format import row_numel
-from surgery.merge.methods.method import Block, Method, Params, Stats
+from surgery.merge.methods.method import Block, Method, Params, Stage, Stats, compat
 from surgery.merge.selection import bin_of_rank, counts_at, high_histogram, low_histogram, value_of_rank
 
 Sparsify = Literal["none", "magnitude", "random", "outliers", "magprune"]
-Consensus = Literal["none", "sum", "count"]
 EPS = 1e-7
 
 
@@ -47,7 +46,7 @@ class Shared(Params):
     normalize: bool = Field(False, description="divide by the sum of the weights that contribute")
     rescale: bool = Field(False, description="rescale each sparsified task vector to its original L1 norm")
     lambda_: float = Field(1.0, alias="lambda", description="scale of the combined task vector")
-    int8_mask: bool = Field(False, description="accepted for mergekit configs; masks here are always compact")
+    int8_mask: bool = compat(False, "int8 sign masks to save memory; masks here are always compact")
 
 
 class Elected(Shared):
@@ -212,32 +211,42 @@ def sparsified(kind: Sparsify, block: Block, stats: Stats, i: int, delta: torch.
 
 # ---- combination --------------------------------------------------------------------------------
 
-def combine(kind: Sparsify, consensus: Consensus, block: Block, stats: Stats) -> torch.Tensor:
+def combine(kind: Sparsify, elect: bool, block: Block, stats: Stats) -> torch.Tensor:
     """base + lambda * (sum of agreeing weighted task vectors) / (sum of their weights), accumulated
     one input at a time (no (n, ...) stack; the same summation order as a sum over a stacked axis)."""
     weights = [p.weight for p in block.per_model]
     tvs = [sparsified(kind, block, stats, i, d, w)  # each (r, ...)
            for i, (w, d) in enumerate(zip(weights, _deltas(block)))]
-    if consensus != "none":
-        elected = _elect(tvs, block.shared.consensus)
-        mixed, divisor = torch.zeros_like(tvs[0]), torch.zeros_like(tvs[0]) if block.shared.normalize else None
-        for w, tv in zip(weights, tvs):
-            along = (tv * elected).clamp_(min=0)  # |tv| where its sign is the elected one, else 0
-            mixed.add_(along)
-            if divisor is not None:
-                divisor.add_(along.sign_(), alpha=w)  # zeros never agree
-        mixed.mul_(elected)  # the sum of the agreeing entries, bit for bit: elected is +-1
-        if divisor is not None:
-            divisor.add_((divisor == 0).to(divisor.dtype))  # 0 -> 1, others unchanged (a masked store is slower)
-    else:
-        mixed = tvs[0]  # a fresh tensor (`sparsified` never returns the cached delta): summed into in place
-        for tv in tvs[1:]:
-            mixed.add_(tv)
-        total = torch.tensor(weights, dtype=torch.float32).sum()  # in float32, as a stacked sum would be
-        divisor = float(total) if abs(float(total)) >= 1e-8 else 1.0
-    if block.shared.normalize:
+    shared = block.shared
+    mixed, divisor = _agreeing(weights, tvs, shared.consensus, shared.normalize) if elect else _summed(weights, tvs)
+    if shared.normalize:
         mixed /= divisor
-    return mixed.mul_(block.shared.lambda_).add_(block.base) if block.shared.lambda_ != 1 else mixed.add_(block.base)
+    return mixed.mul_(shared.lambda_).add_(block.base) if shared.lambda_ != 1 else mixed.add_(block.base)
+
+
+def _agreeing(weights: list[float], tvs: list[torch.Tensor], consensus: str, normalize: bool):
+    """TIES: the sum of the entries whose sign is the elected one, and (to normalise) the sum of the
+    weights of the models agreeing at each entry (1 where none do)."""
+    elected = _elect(tvs, consensus)
+    mixed, divisor = torch.zeros_like(tvs[0]), torch.zeros_like(tvs[0]) if normalize else None
+    for w, tv in zip(weights, tvs):
+        along = (tv * elected).clamp_(min=0)  # |tv| where its sign is the elected one, else 0
+        mixed.add_(along)
+        if divisor is not None:
+            divisor.add_(along.sign_(), alpha=w)  # zeros never agree
+    mixed.mul_(elected)  # the sum of the agreeing entries, bit for bit: elected is +-1
+    if divisor is not None:
+        divisor.add_((divisor == 0).to(divisor.dtype))  # 0 -> 1, others unchanged (a masked store is slower)
+    return mixed, divisor
+
+
+def _summed(weights: list[float], tvs: list[torch.Tensor]) -> tuple[torch.Tensor, float]:
+    """The plain sum of the task vectors, and the sum of the weights (1 where it is about 0)."""
+    mixed = tvs[0]  # a fresh tensor (`sparsified` never returns the cached delta): summed into in place
+    for tv in tvs[1:]:
+        mixed.add_(tv)
+    total = torch.tensor(weights, dtype=torch.float32).sum()  # in float32, as a stacked sum would be
+    return mixed, float(total) if abs(float(total)) >= 1e-8 else 1.0
 
 
 def _elect(tvs: list[torch.Tensor], how: str) -> torch.Tensor:
@@ -248,13 +257,11 @@ def _elect(tvs: list[torch.Tensor], how: str) -> torch.Tensor:
     return torch.copysign(torch.ones((), device=total.device), total)  # +1 where total >= 0, else -1
 
 
-def task_vector_method(name: str, kind: Sparsify, consensus: Consensus, shared: type[Params],
-                       per_model: type[Params], summary: str, reference: str) -> Method:
-    select = selection_stages(kind) if kind in ("magnitude", "outliers") else ()
-    l1 = (l1_stage(kind),) if kind != "none" else ()
-
+def task_vector_method(name: str, kind: Sparsify, elect: bool, shared: type[Params], per_model: type[Params],
+                       summary: str, reference: str) -> Method:
+    """One method of the family: `kind` of sparsification, with TIES's sign election or a plain sum."""
     def merge(block: Block, stats: Stats) -> torch.Tensor:
-        return combine(kind, consensus, block, stats)
+        return combine(kind, elect, block, stats)
 
     def prepare(block: Block, final: bool) -> None:
         """Task vectors always; DARE's masks only for the merge pass, whose own work is the heavier:
@@ -265,12 +272,22 @@ def task_vector_method(name: str, kind: Sparsify, consensus: Consensus, shared: 
                 if p.density < 1 and deltas[i].numel():
                     block.keep(i, p.density)
 
-    def needs(shared_params: Params, models: tuple[Params, ...]) -> tuple:
-        sparse = kind != "none" and any(p.density < 1 for p in models)
-        return (select if sparse else ()) + (l1 if sparse and shared_params.rescale else ())
-
     return Method(
         name=name, merge=merge, summary=summary, reference=reference, shared=shared, per_model=per_model,
-        stages=select + l1, needs=needs, random=kind in ("random", "magprune"), required=("weight",),
+        stages=_stages(kind), random=kind in ("random", "magprune"), required=("weight",),
         work=6 if kind == "magprune" else 4, prepare=prepare,
     )
+
+
+def _stages(kind: Sparsify) -> tuple[Stage, ...]:
+    """The exact cut-off ranks (magnitude and outlier trims) when a model is sparsified, and the L1 norms
+    before and after when the survivors are rescaled."""
+    def sparse(shared: Params, models: tuple[Params, ...]) -> bool:
+        return kind != "none" and any(p.density < 1 for p in models)
+
+    def rescaled(shared: Params, models: tuple[Params, ...]) -> bool:
+        return sparse(shared, models) and shared.rescale
+
+    select = selection_stages(kind) if kind in ("magnitude", "outliers") else ()
+    l1 = (l1_stage(kind),) if kind != "none" else ()
+    return tuple(Stage(run, sparse) for run in select) + tuple(Stage(run, rescaled) for run in l1)

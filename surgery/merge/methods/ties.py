@@ -10,5 +10,5 @@ class TiesShared(Elected):
     normalize: bool = Field(True, description="divide by the sum of the weights that agree with the elected sign")
 
 
-METHOD = task_vector_method("ties", "magnitude", "sum", TiesShared, Sparse,
+METHOD = task_vector_method("ties", "magnitude", True, TiesShared, Sparse,
                             "trim by magnitude, elect signs, disjoint mean", "https://arxiv.org/abs/2306.01708")

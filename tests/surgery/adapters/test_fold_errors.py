@@ -82,6 +82,7 @@ def test_nan_or_inf_in_adapter(llama, edited, tmp_path, bad):
         return t
     message = refused(llama["base"], edited(tensors=with_tensor(Q_A, poison)), tmp_path)
     assert WEIGHTS in message and Q_A in message and "NaN or Inf" in message
+    assert "(row 1 of 4)" in message  # Q_A is (4, 32): the row itself, not a block's bounds past the end
 
 
 def test_modules_to_save_shape_off(llama, edited, tmp_path):

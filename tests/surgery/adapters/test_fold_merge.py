@@ -4,6 +4,7 @@ folder; `surgery inspect` describes an adapter folder."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 
@@ -68,11 +69,29 @@ def test_fold_cli_writes_shards_config_tokenizer_and_provenance(llama, llama_lor
     folder = ModelFolder(str(out))
     assert len({i.file for i in folder.tensors.values()}) > 1
     assert {i.dtype for i in folder.tensors.values()} == {torch.bfloat16}
-    assert llama_lora in folder.metadata["surgery.spec"]
+    assert folder.metadata["surgery.models"] == f"base={llama['base']},adapter={llama_lora}"
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(str(out))
     assert model.config.num_hidden_layers == 2
+
+
+def test_fold_is_called_fold_in_its_progress_bar_and_provenance(llama, llama_lora, tmp_path):
+    """Not `merge:` and `method: passthrough` with a `base+adapter=...` model: the base and the adapter
+    are named, the spec's base_model naming the base among them (as a merge's provenance does)."""
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["fold", llama["base"], llama_lora, str(out), "--weight", "0.5"])
+    assert result.exit_code == 0, result.output
+    assert "fold:" in result.stderr and "merge:" not in result.stderr
+    result = CliRunner().invoke(main, ["inspect", str(out), "--json"])
+    provenance = json.loads(result.output)["provenance"]
+    assert provenance["surgery.method"] == "fold"
+    assert provenance["surgery.models"] == f"base={llama['base']},adapter={llama_lora}"
+    spec = json.loads(provenance["surgery.spec"])
+    assert spec == {"base_model": "base", "adapters": [{"model": "adapter", "weight": 0.5}]}
+    assert provenance["surgery.spec_sha256"] == hashlib.sha256(provenance["surgery.spec"].encode()).hexdigest()
+    text = CliRunner().invoke(main, ["inspect", str(out), "--no-tensors"]).output
+    assert "method: fold" in text and "passthrough" not in text and "+" not in text.split("models: ")[1].split()[0]
 
 
 def test_inspect_adapter(llama_lora):

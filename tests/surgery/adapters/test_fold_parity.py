@@ -105,9 +105,9 @@ def test_lora_then_ia3_fold_in_order(llama, adapter, fold, tmp_path):
 def test_dora_column_norms_summed_over_blocks(case, llama, gpt2, adapter, reference, fold, monkeypatch):
     """A DoRA weight stored (in, out) needs whole-column norms: with a tiny norm block they are summed
     over many blocks of rows, and the result is still PEFT's."""
-    import surgery.adapters.folded_model
+    import surgery.adapters.kinds.dora
 
-    monkeypatch.setattr(surgery.adapters.folded_model, "NORM_BLOCK", 512)  # 4 rows of a 32-wide float32 weight
+    monkeypatch.setattr(surgery.adapters.kinds.dora, "NORM_BLOCK", 512)  # 4 rows of a 32-wide float32 weight
     kind, make = CASES[case]
     base = {"llama": llama, "gpt2": gpt2}[kind]["base"]
     path = adapter(base, lora_config(make()))

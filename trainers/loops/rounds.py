@@ -1,10 +1,11 @@
 """Self-training in rounds, what RFT and SPIN share: each round samples from the current model,
-turns the samples into a dataset, and trains on it with the shared loop (an ordinary run of another
-objective, SFT or DPO, whose base is the current model); the round's result is the next round's model.
+turns the samples into a dataset (the loop's `make`), and trains on it with the offline loop (an
+ordinary run, a session of its own, of another objective, SFT or DPO, whose base is the current model);
+the round's result is the next round's model.
 
     OUT/log.jsonl                        one record per round: what was sampled, kept, scored
     OUT/round-K/data.jsonl               the round's dataset
-    OUT/round-K/{checkpoint-N,final}     the round's run, as the shared loop writes it
+    OUT/round-K/{checkpoint-N,final}     the round's run, as the offline loop writes it
     OUT/final -> round-R/final           the last round's model
 
 A run that stopped is continued by running it again: rounds whose final folder is complete are kept.
@@ -22,7 +23,8 @@ from collections.abc import Callable
 import torch
 
 from surgery.errors import SpecError
-from trainers import data, generation, loop, templates
+from trainers import data, generation, models, templates
+from trainers.loops import offline, session
 from trainers.spec import Run, parse_run
 
 # make(model, tokenizer, template, rows, round) -> (the round's dataset rows, stats to log)
@@ -32,9 +34,9 @@ MakeData = Callable[..., tuple[list[dict], dict[str, float]]]
 def check(run: Run) -> None:
     rounds = run.objective_config.rounds
     if run.spec.parallel == "fsdp":
-        raise SpecError(run.file, "parallel",
-                        f"{run.spec.objective.name} samples with the whole model; use parallel: ddp")
-    if rounds > 1 and not getattr(run.method, "WHOLE_MODEL", False):
+        raise SpecError(run.file, "parallel", f"{run.spec.objective.name} samples with the whole model; use "
+                        "parallel: ddp")
+    if rounds > 1 and not run.method.whole_model:
         raise SpecError(run.file, "objective.rounds", f"later rounds start from the previous round's whole model; "
                         f"method '{run.spec.method.name}' saves an adapter: use method full or freeze, or rounds: 1")
 
@@ -47,7 +49,7 @@ def train_rounds(run: Run, make: MakeData, objective: dict, quiet: bool = False)
     evals = [r for i, p in enumerate(spec.data.eval)
              for r in data.read_dataset(p, ("prompt_completion",), f"{run.file}: data.eval.{i}").rows]
     os.makedirs(spec.out, exist_ok=True)
-    log = loop.Log(os.path.join(spec.out, "log.jsonl"), True, keep_until=0)
+    log = session.Log(os.path.join(spec.out, "log.jsonl"), True, keep_until=0)
     current = spec.base
     for k in range(1, cfg.rounds + 1):
         folder = os.path.join(spec.out, f"round-{k}")
@@ -64,7 +66,7 @@ def train_rounds(run: Run, make: MakeData, objective: dict, quiet: bool = False)
         os.makedirs(folder, exist_ok=True)
         path = write_jsonl(os.path.join(folder, "data.jsonl"), new_rows)
         inner = round_run(run, current, objective, path, folder)
-        current = loop.train(inner, quiet=quiet)
+        current = offline.train(inner, quiet=quiet)
         record = {"round": k, **stats, "out": current}
         if evals:
             model, tokenizer, template = load_policy(run, current)
@@ -85,13 +87,13 @@ def prompt_rows(run: Run) -> list[data.Row]:
 
 def load_policy(run: Run, path: str):
     device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
-    model = loop.load_weights(run, path).to(device).eval()
-    tokenizer = loop.load_tokenizer(run.spec.model_copy(update={"base": path}))
+    model = models.load_weights(run, path).to(device).eval()
+    tokenizer = models.load_tokenizer(run.spec.model_copy(update={"base": path}))
     return model, tokenizer, templates.resolve(run.spec.chat_template, tokenizer, run.file)
 
 
 def round_run(run: Run, base: str, objective: dict, train: str, out: str) -> Run:
-    """The shared-loop run of one round: this spec with another base, objective, data and out."""
+    """The offline run of one round: this spec with another base, objective, data and out."""
     fields = run.spec.model_dump(mode="json")
     fields.update(base=base, objective=objective, out=out)
     fields["data"] = {**fields["data"], "train": [{"path": train}], "sampling": "proportional", "temperature": 1.0}

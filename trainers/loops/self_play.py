@@ -1,11 +1,12 @@
 """The SPIN loop (the method is trainers/objectives/spin.py): rounds of answering the training
 prompts with the current model and a DPO run on (data, self-generated) pairs, whose base and
-reference is that model (trainers/rounds.py)."""
+reference is that model (trainers/loops/rounds.py)."""
 
 from __future__ import annotations
 
 from surgery.errors import InputError
-from trainers import data, rounds
+from trainers import data
+from trainers.loops import rounds
 from trainers.objectives import spin
 from trainers.spec import Run
 

@@ -1,0 +1,80 @@
+"""The models of a run: the base's tokenizer, weights loaded as the objective and the method say, the
+method attached (with a resumed run's trainable tensors put back), and how two tokenizers differ."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+
+from surgery.errors import InputError, SpecError
+
+if TYPE_CHECKING:
+    from trainers.checkpoint import Resumed
+    from trainers.spec import Run
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def load_tokenizer(spec):
+    """The tokenizer of `spec.base` (a RunSpec), refused when it has nothing to pad with."""
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(spec.base, trust_remote_code=spec.trust_remote_code)
+    except (OSError, ValueError) as e:
+        raise InputError(f"base {spec.base!r}: cannot load its tokenizer ({e}); give a Hugging Face model folder") \
+            from None
+    if tokenizer.pad_token_id is None and tokenizer.eos_token_id is None:
+        raise InputError(f"base {spec.base!r}: its tokenizer has neither a pad nor an end-of-sequence token to pad "
+                         "with")
+    return tokenizer
+
+
+def load_weights(run: Run, path: str) -> torch.nn.Module:
+    """The model at `path` as the run trains it: the objective's model class (the reward model's
+    scalar head), or the method's loader (QLoRA's 4-bit), or a causal LM."""
+    from transformers import AutoModelForCausalLM
+
+    dtype = DTYPES[run.spec.dtype]
+    if run.objective.load_model is not None:
+        if run.method.load_model is not None:
+            raise SpecError(run.file, "method.name", f"objective '{run.spec.objective.name}' loads its own model "
+                            f"class, which method '{run.spec.method.name}' cannot load; choose another method")
+        return run.objective.load_model(path, dtype, run.spec.trust_remote_code)
+    if run.method.load_model is not None:
+        return run.method.load_model(path, run.method_config, dtype)
+    try:
+        return AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=run.spec.trust_remote_code)
+    except (OSError, ValueError) as e:
+        raise InputError(f"{path!r}: cannot load a causal LM from it ({e})") from None
+
+
+def build_model(run: Run, path: str, state: Resumed | None) -> torch.nn.Module:
+    """The base (or a whole-model checkpoint) with the method attached; a resumed run gets its trainable
+    tensors back."""
+    try:
+        model = run.method.attach(load_weights(run, path), run.method_config)
+    except SpecError as e:  # a method checks its config against the model: locate it in this spec file
+        raise SpecError(run.file, e.field, e.problem) from None
+    if state is not None and state.trainable is not None:
+        missing = set(state.trainable) - {n for n, _ in model.named_parameters()}
+        if missing:
+            raise InputError(f"--resume: the checkpoint's trainable tensors do not fit the model "
+                             f"({sorted(missing)[:3]})")
+        model.load_state_dict(state.trainable, strict=False)
+    return model
+
+
+def tokenizer_difference(a, b) -> str | None:
+    """What differs between two tokenizers' vocabularies and special tokens, or None."""
+    va, vb = a.get_vocab(), b.get_vocab()
+    if len(va) != len(vb):
+        return f"{len(va)} tokens against {len(vb)}"
+    other = sorted(t for t in va if vb.get(t) != va[t])
+    if other:
+        return f"token {other[0]!r} has id {va[other[0]]} there and {vb.get(other[0])} here"
+    for name in ("eos_token_id", "pad_token_id", "bos_token_id"):
+        if getattr(a, name) != getattr(b, name):
+            return f"{name} is {getattr(a, name)} there and {getattr(b, name)} here"
+    return None
