@@ -94,10 +94,10 @@ def dom_id(path: str) -> str:
 
 class Designer(Vertical):
     DEFAULT_CSS = Path(__file__).with_name("designer.tcss").read_text()
-    BINDINGS = [  # the keys that move the focus act as they arrive, in order with the typing (see SurgeryApp)
-        Binding("f2", "pick", "Pick", priority=True),
-        Binding("f3", "add_model", "Add", priority=True),
-        Binding("f4", "drop_model", "Drop", priority=True),
+    BINDINGS = [
+        Binding("f2", "pick", "Pick"),
+        Binding("f3", "add_model", "Add"),
+        Binding("f4", "drop_model", "Drop"),
         Binding("f5", "conflicts", "Diff"),
         Binding("f6", "run", "Run"),
         Binding("escape", "cancel", "Cancel"),
@@ -309,7 +309,7 @@ class Designer(Vertical):
         data, file = self.data, self.spec_file
         self._check_timer = self.set_timer(CHECK_AFTER_S, lambda: self.check(data, file))
 
-    @work(thread=True, exclusive=True, group="check", exit_on_error=False)
+    @work(thread=True, group="check", exit_on_error=False)  # not exclusive: a stale result is dropped anyway
     def check(self, data: dict, file: str) -> None:
         """The spec model's verdict and the YAML; then, when it checks out, what `surgery merge --dry-run`
         checks once the models are opened: paths, files, names, shapes, counts."""
@@ -429,6 +429,14 @@ class Designer(Vertical):
     def _path_fields(self) -> list[str]:
         return ["base_model"] + [f"models.{i}.model" for i in range(self.count)]
 
+    def sync_fields(self) -> None:
+        """The texts from the fields as they are now, for an action run as its key arrives: the fields'
+        Changed messages for the keys typed just before may still wait in this widget's queue."""
+        typed = {f.name: f.value for f in self.query(".field").results(Input) if f.name}
+        if any(self.texts.get(name, "") != value for name, value in typed.items()):
+            self.texts |= typed
+            self.refresh_spec()
+
     def focus_now(self, selector: str) -> None:
         """Focus at once: `Widget.focus()` waits its turn behind the keys already queued, which would
         go to the field focused before."""
@@ -436,6 +444,7 @@ class Designer(Vertical):
 
     def action_pick(self) -> None:
         """Pick a folder for the focused path field; elsewhere, for the first empty one."""
+        self.sync_fields()
         path = self._focused_field()
         if path not in self._path_fields():
             empty = [p for p in self._path_fields() if not self.texts.get(p, "").strip()]
@@ -455,12 +464,14 @@ class Designer(Vertical):
         self.focus_now("#" + dom_id(empty[0] if chosen and empty else path))
 
     async def action_add_model(self) -> None:
+        self.sync_fields()
         self.texts |= self._prefill(self.count)
         self.count += 1
         await self.rebuild()
         self.focus_now("#" + dom_id(f"models.{self.count - 1}.model"))
 
     async def action_drop_model(self) -> None:
+        self.sync_fields()
         if self.count <= 1:
             self.say("a merge keeps at least one model row")
             return
@@ -472,6 +483,7 @@ class Designer(Vertical):
         self.focus_now("#" + dom_id(f"models.{min(row, self.count - 1)}.model"))
 
     def action_save(self) -> None:
+        self.sync_fields()
         path, text = self.spec_file, spec_yaml(self.data)
         if self._must_confirm(path, text):
             return
@@ -516,6 +528,7 @@ class Designer(Vertical):
 
     def action_conflicts(self) -> None:
         """`surgery diff --base BASE MODELS...` on the models as they stand, parameters aside."""
+        self.sync_fields()
         inputs = self._diff_inputs()
         try:
             paths = [resolve_path(m, self.models_dir) for m in inputs[1:]]
@@ -543,6 +556,7 @@ class Designer(Vertical):
             self.query_one("#map", Static).update(shown)
 
     def action_run(self) -> None:
+        self.sync_fields()
         if self.state in ("running", "evaluating"):
             self.say(f"busy ({self.state}); wait for it to finish")
             return

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from textual import events
 
 NAMES = {".": "full_stop", " ": "space", ",": "comma", "/": "slash"}
@@ -21,4 +23,7 @@ async def burst(pilot, *keys: str) -> None:
         event = events.Key(key, CHARACTERS.get(key, key if len(key) == 1 else None))
         event.set_sender(pilot.app)
         pilot.app._driver.send_message(event)
+    handled = asyncio.Event()
+    pilot.app.call_later(handled.set)  # queued behind the keys: set once the app has taken each of them
+    await handled.wait()
     await pilot.pause()

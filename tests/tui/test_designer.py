@@ -98,26 +98,43 @@ def run(coro) -> None:
     asyncio.run(coro)
 
 
+KEYS = (*typed("base"), "tab", *typed("add"), "tab", *typed("0.5"), "tab", *typed("1.5"))
+MORE_KEYS = ("backspace", "backspace", "backspace", *typed("0.5"), "f3", *typed("chat"), "tab", *typed("0.25"),
+             "left", "left", "backspace", *typed("3"), "shift+tab", "shift+tab", *typed("x"))
+
+
+async def texts_after(models, tmp_path, together: bool) -> dict[str, str]:
+    """The form's texts after KEYS then MORE_KEYS, each sent at once or one at a time (Pilot.press waits for
+    the app to idle after each key: the order they were typed in, whatever it does)."""
+    app = designer_app(models, tmp_path)
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: app.focused is not None and app.focused.id == "f-base_model")
+        for keys in (KEYS, MORE_KEYS):
+            await (burst(pilot, *keys) if together else pilot.press(*keys))
+            await settle(app)
+        return {k: v for k, v in app.query_one(Designer).texts.items() if v}
+
+
 def test_keys_arriving_together_land_in_their_own_fields(models, tmp_path):
-    """`base<tab>add<tab>0.5<tab>1.5` at full speed: each text in the field the tabs lead to, then f3 and
-    a model name typed at once land in the new row."""
+    """`base<tab>add<tab>0.5<tab>1.5` at full speed: each text in the field the tabs lead to; then
+    backspaces, f3, a model name, cursor moves and shift+tabs typed at once act where and when they were
+    typed: the form ends as the same keys typed one at a time leave it."""
     async def go():
         app = designer_app(models, tmp_path)
         async with app.run_test(size=SIZE) as pilot:
             await until(pilot, lambda: app.focused is not None and app.focused.id == "f-base_model")
-            await burst(pilot, *typed("base"), "tab", *typed("add"), "tab", *typed("0.5"), "tab", *typed("1.5"))
+            await burst(pilot, *KEYS)
             await settle(app)
             values = {f: app.query_one(f"#f-{f}").value for f in
                       ("base_model", "models-0-model", "models-0-parameters-weight", "models-0-parameters-density")}
             assert values == {"base_model": "base", "models-0-model": "add", "models-0-parameters-weight": "0.5",
                               "models-0-parameters-density": "1.5"}
-            designer = app.query_one(Designer)
-            assert designer.error.field == "models.0.parameters.density"  # and the message is about the right one
-            await burst(pilot, "f3", *typed("chat"), "tab", *typed("0.25"))
-            await settle(app)
-            assert [m["model"] for m in designer.data["models"]] == ["add", "", "chat"]
-            assert designer.data["models"][2]["parameters"]["weight"] == 0.25
+            assert app.query_one(Designer).error.field == "models.0.parameters.density"  # the message follows
     run(go())
+    together = asyncio.run(texts_after(models, tmp_path / "together", together=True))
+    one_by_one = asyncio.run(texts_after(models, tmp_path / "one_by_one", together=False))
+    assert together == one_by_one
+    assert together["models.0.parameters.density"] == "0.5" and together["models.2.model"] == "chat"
 
 
 def test_builds_a_spec_by_keys_and_clicks(models, tmp_path):
