@@ -286,8 +286,8 @@ class LeaderboardPane(Widget):
         self.comparison = comparison
         lower = comparison.lower_is_better()
         title = (f"A {short_path(comparison.a)}  B {short_path(comparison.b)}: B - A as the columns show it; "
-                 f"'better' follows each task's direction" + (f" (lower is better for {', '.join(lower)})" if lower
-                                                               else ""))
+                 "the verdict names the better one" + (f" (lower is better for {', '.join(lower)})" if lower
+                                                      else ""))
         self.query_one("#lb-compare-title", Static).update(Text(comparison.error or title))
         self.query_one("#lb-compare-table", Static).update(comparison_table(comparison.table()) if comparison.table()
                                                            else "")
