@@ -3,7 +3,10 @@ leaderboard of scored checkpoints (tui/leaderboard.py) and the training-run moni
 
 from __future__ import annotations
 
-from textual import on
+import asyncio
+import contextlib
+
+from textual import events, on
 from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.widget import Widget
@@ -14,13 +17,14 @@ from tui.leaderboard import LeaderboardPane
 from tui.monitor import MonitorPane
 
 TABS = ("tab-designer", "tab-leaderboard", "tab-monitor")
+DRAIN_S = 1.0  # the longest a key waits for the focused widget to handle the keys before it
 
 
 class SurgeryApp(App):
     CSS_PATH = "app.tcss"
     TITLE = "surgery"
     AUTO_FOCUS = "#f-base_model"  # the designer's first field: a new merge starts with its base
-    BINDINGS = [Binding("ctrl+t", "next_tab", "Next tab")]
+    BINDINGS = [Binding("ctrl+t", "next_tab", "Tabs"), Binding("ctrl+q", "quit", "Quit", priority=True)]
 
     def __init__(self, models_dir: str = ".", db: str | None = None, runs: list[str] | None = None,
                  merges_dir: str = "merges"):
@@ -29,14 +33,51 @@ class SurgeryApp(App):
         self.last_focus: dict[str, Widget] = {}  # tab -> the widget focused when it was left
 
     def compose(self) -> ComposeResult:
+        designer = Designer(self.models_dir, self.db, self.merges_dir, id="designer")
+        self.merge_ended = designer.merge_ended
         with TabbedContent(id="tabs"):
             with TabPane("Designer", id="tab-designer"):
-                yield Designer(self.models_dir, self.db, self.merges_dir, id="designer")
+                yield designer
             with TabPane("Leaderboard", id="tab-leaderboard"):
                 yield LeaderboardPane(db_path=self.db, id="leaderboard")
             with TabPane("Monitor", id="tab-monitor"):
                 yield MonitorPane(self.runs, id="monitor")
         yield Footer(show_command_palette=False)
+
+    async def on_event(self, event: events.Event) -> None:
+        if isinstance(event, events.Key) and not event.is_forwarded and await self._bound_in_order(event):
+            return
+        await super().on_event(event)
+
+    async def _bound_in_order(self, key: events.Key) -> bool:
+        """Run the binding a key reaches (an Input's backspace, a table's down, tab, f3, a pane's 'm') as it
+        arrives, once the focused widget has handled the keys sent to it before; True when one ran.
+
+        Textual hands a key to the focused widget's queue, and runs a binding only once the key has bubbled
+        back up to the app, behind every key that arrived with it: "base<tab>add" typed at once put "add"
+        into the base field too, "1.5<backspace>0.5" gave "1.50.5". Keys the focused widget takes itself
+        (typing into an Input) still go to it, in order in its queue."""
+        focused = self.focused if self.screen_stack else None  # none while starting or closing
+        if focused is None or focused.check_consume_key(key.key, key.character):
+            return False
+        active = self.active_bindings.get(key.key)
+        if active is None or not active.enabled or active.binding.priority:  # priority bindings run at once already
+            return False
+        handled = asyncio.Event()
+        if focused.call_later(handled.set):  # behind the keys already in the widget's queue
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(handled.wait(), DRAIN_S)
+        return await self.run_action(active.binding.action, active.node)
+
+    def action_quit(self) -> None:
+        """A merge still running is cancelled (its partial folder removed), not waited for."""
+        self.query_one(Designer).cancel_event.set()
+        self.exit()
+
+    def wait_for_cleanup(self, seconds: float = 10.0) -> None:
+        """After the app has closed: until a merge cancelled at quit has cleaned up (the engine checks the
+        cancel between blocks, so this is short)."""
+        self.merge_ended.wait(seconds)
 
     def action_next_tab(self) -> None:
         tabs = self.query_one("#tabs", TabbedContent)

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
+import sys
+
 import click
 
 
@@ -20,4 +24,15 @@ def tui(models_dir, db, runs, merges_dir) -> None:
     parameters (checked as you type), run the merge, score it and find it on the leaderboard."""
     from tui.app import SurgeryApp
 
-    SurgeryApp(models_dir=models_dir, db=db, runs=list(runs) or ["."], merges_dir=merges_dir).run()
+    app = SurgeryApp(models_dir=models_dir, db=db, runs=list(runs) or ["."], merges_dir=merges_dir)
+    loop = asyncio.new_event_loop()
+    app.run(loop=loop)  # not asyncio.run (Textual's default): it joins every worker thread, an evaluation's too
+    loop.close()  # a worker's later call into the app now fails at once instead of waiting for a loop gone
+    app.wait_for_cleanup()
+    # Leave without the interpreter's teardown: once an evaluation has loaded torch and lm-eval, it takes
+    # seconds of native clean-up (2.4 s measured after an f7 on an idle machine), and a worker still
+    # running (an evaluation) would be waited for. Nothing is left to write: a merge cancelled at quit has
+    # removed its partial folder (waited for above), and the results store commits whole runs only.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(app.return_code or 0)

@@ -37,6 +37,7 @@ from tui.spec_form import (
     check_spec,
     choices,
     drop_model,
+    empty_row,
     hint,
     layer_values,
     owner,
@@ -50,7 +51,40 @@ from tui.spec_form import (
 from tui.throughput import Throughput, size
 
 SHOWN_EVERY_S = 0.1  # the progress bar is redrawn at most this often
-PLAN_AFTER_S = 0.25  # the models are opened once typing pauses this long, not at every key
+CHECK_AFTER_S = 0.15  # the spec is checked, then its models opened, once typing pauses this long: not at every key
+
+
+def inside(path: str, folder: str) -> bool:
+    """Whether `path` is `folder` or lies under it, symbolic links resolved."""
+    path, folder = os.path.realpath(path), os.path.realpath(folder)
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def default_output(models_dir: str, merges_dir: str) -> str:
+    """Where a merge goes unless told: beside the saved specs, never inside the models folder (whose
+    picker would then offer the merge as an input). When the specs folder lies inside it too (the default
+    models folder is the current one), a hidden folder: the picker leaves those out."""
+    beside = os.path.join(merges_dir, "merged")
+    return beside if not inside(beside, models_dir) else os.path.join(".surgery", "merged")
+
+
+class StatedCheckbox(Checkbox):
+    """A checkbox whose state reads without colour: `▐X▌` ticked, `▐ ▌` not (Textual draws an X in both)."""
+
+    @property
+    def BUTTON_INNER(self) -> str:  # noqa: N802 - the name Textual's ToggleButton draws from
+        return "X" if self.value else " "
+
+
+NUM_WIDTH = (9, 16)  # a model's number field: its narrowest, and the widest it grows to for a gradient
+
+
+def fit(field: Input) -> Input:
+    """A number field as wide as its text (a gradient '0.2, 0.6, 1' shows whole), within NUM_WIDTH; the
+    help line below the form shows any longer text in full."""
+    if field.has_class("num"):
+        field.styles.width = max(NUM_WIDTH[0], min(NUM_WIDTH[1], len(field.value) + 2))
+    return field
 
 
 def dom_id(path: str) -> str:
@@ -92,12 +126,17 @@ class Designer(Vertical):
         self.block_bytes = DEFAULT_BLOCK
         self.state = "idle"                      # idle, running, merged, cancelled, failed, evaluating, evaluated
         self.cancel_event = threading.Event()
+        self.merge_ended = threading.Event()     # clear while a merge's thread runs
+        self.merge_ended.set()
         self.meter: Throughput | None = None
         self.output: str | None = None           # the folder the last merge wrote
         self.focused_path = ""
         self.confirmed: str | None = None  # the spec file f8 was pressed for once while it held another spec
+        self.planned: dict | None = None  # the form data of the planner's last verdict
+        self.compared: tuple[str, ...] | None = None  # the base and models the conflict map was drawn for
+        self.eval_step, self.eval_started = "", 0.0  # what the evaluation is doing, since when
         self._shown = 0.0
-        self._plan_timer = None
+        self._check_timer = self._ticker = None
 
     # ---- layout ------------------------------------------------------------------------------------
 
@@ -171,8 +210,8 @@ class Designer(Vertical):
         yield self._error("seed")
         with Horizontal(classes="line"):
             yield Label("merge into", classes="key")
-            yield Input(os.path.join(self.models_dir, "merged"), id="out", compact=True)
-            yield Checkbox("replace", id="replace", compact=True)
+            yield Input(default_output(self.models_dir, self.merges_dir), id="out", compact=True)
+            yield StatedCheckbox("replace", id="replace", compact=True)
         with Horizontal(classes="line"):
             yield Label("spec file", classes="key")
             yield Input(self._default_spec_file(), id="save", compact=True)
@@ -187,7 +226,7 @@ class Designer(Vertical):
         field = Input(self.texts.get(path, ""), placeholder=placeholder, name=path, id=dom_id(path),
                       classes=f"field {kind}", compact=True)
         field.tooltip = tip or None
-        return field
+        return fit(field)
 
     def _error(self, slot: str) -> Static:
         return Static("", name=slot, id="e-" + (slot.replace(".", "-") or "spec"), classes="error")
@@ -214,6 +253,7 @@ class Designer(Vertical):
     @on(Input.Changed, ".field")
     def _typed(self, event: Input.Changed) -> None:
         self.texts[event.input.name] = event.value
+        fit(event.input)
         self.refresh_spec()
 
     @on(Input.Changed, "#save")
@@ -260,43 +300,103 @@ class Designer(Vertical):
         self.refresh_spec()
 
     def refresh_spec(self) -> None:
-        """The spec dict from the form, its YAML, and the spec model's verdict; then the plan's, in a worker."""
+        """The spec dict from the form, at once (a few dict operations, no checking); its check, YAML and
+        plan once typing pauses CHECK_AFTER_S, in a worker: no key waits for a check."""
         self.data = spec_data(self.method, self.texts, self.count)
-        self.query_one("#yaml", Static).update(spec_yaml(self.data))
-        self.spec, error = check_spec(self.data, self.spec_file)
+        self._check_map()
+        if self._check_timer is not None:
+            self._check_timer.stop()
+        data, file = self.data, self.spec_file
+        self._check_timer = self.set_timer(CHECK_AFTER_S, lambda: self.check(data, file))
+
+    @work(thread=True, group="check", exit_on_error=False)  # not exclusive: a stale result is dropped anyway
+    def check(self, data: dict, file: str) -> None:
+        """The spec model's verdict and the YAML; then, when it checks out, what `surgery merge --dry-run`
+        checks once the models are opened: paths, files, names, shapes, counts."""
+        spec, error = check_spec(data, file)
+        self.app.call_from_thread(self._checked, data, spec, error, spec_yaml(data))
+        if spec is None:
+            return
+        try:
+            plan = plan_merge(spec, file, models_dir=self.models_dir)
+            for folder in plan.folders.values():
+                folder.close()
+        except SurgeryError as e:  # the base is checked before the models are opened: its message comes first
+            plan, error = None, (e if getattr(e, "field", "") else empty_row(data, file) or e)
+        self.app.call_from_thread(self._planned, data, plan, error)
+
+    def _checked(self, data: dict, spec: MergeSpec | None, error: SpecError | None, text: str) -> None:
+        if data != self.data:
+            return  # the form changed since; a newer check is on its way
+        self.spec = spec
+        self.query_one("#yaml", Static).update(text)
         self.show_error(error)
         self.show_help()
-        if self._plan_timer is not None:
-            self._plan_timer.stop()
-        if self.spec is not None:
-            data, file = self.data, self.spec_file
-            self._plan_timer = self.set_timer(PLAN_AFTER_S, lambda: self.check_plan(data, file))
-        elif self.state not in ("running", "evaluating"):
+        if error is not None and self.state not in ("running", "evaluating"):
             self.say("the spec does not check out yet; the message is under the field", log=False)
 
-    def show_error(self, error: SpecError | Exception | None) -> None:
-        """The message under the field it is about (the closest enclosing one), the field marked."""
+    def _planned(self, data: dict, plan: MergePlan | None, error: SurgeryError | None) -> None:
+        if data != self.data:
+            return
+        self.plan, self.planned = plan, data
+        self.show_error(error)
+        self.show_help()
+        if error is not None and self.state not in ("running", "evaluating"):
+            self.say("the spec does not check out yet; the message is under the field", log=False)
+        if plan is not None and self.state not in ("running", "evaluating"):
+            layers = len(plan.out_layers)
+            self.say(f"plan: {len(plan.jobs)} tensors, {layers} layers, writes {size(plan.write_bytes)}; F6 runs it",
+                     log=False)
+
+    def verdict(self) -> tuple[MergeSpec | None, SurgeryError | None]:
+        """The spec as the form stands, checked now (for an action that cannot wait for the pause): the spec
+        model's verdict, then the planner's when its last check was of this very form."""
+        spec, error = check_spec(self.data, self.spec_file)
+        if error is None and self.planned == self.data:
+            error = self.error
+        return spec, error
+
+    def show_error(self, error: SurgeryError | None) -> None:
+        """The message under the field it is about (the closest enclosing one; a file error under the row
+        of the model it names), the field marked. Only the slot and field that change are touched."""
         self.error = error
-        for static in self.query(".error").results(Static):
-            static.update("")
-            static.display = False
+        where = self._located(error)
+        slot = owner(where, [s.name for s in self.query(".error") if s.name]) if error else None
+        path = owner(where, [f.name for f in self.query(".field") if f.name]) if error else ""
+        for static in self.query(".error.shown").results(Static):
+            if static.name != slot:
+                static.update("")
+                static.display = False
+                static.remove_class("shown")
         for field in self.query(".field.invalid"):
-            field.remove_class("invalid")
+            if field.name != path:
+                field.remove_class("invalid")
         if error is None:
             return
-        where = getattr(error, "field", "")
-        text = f"{where}: {error.problem}" if where else getattr(error, "problem", str(error))
-        slots = [s.name for s in self.query(".error") if s.name]
-        slot = owner(where, slots)
+        text = f"{where}: {error.problem}" if getattr(error, "field", "") else getattr(error, "problem", str(error))
         static = self.query_one("#e-" + (slot.replace(".", "-") or "spec"), Static)
         static.update(text)
         static.display = True
-        path = owner(where, [f.name for f in self.query(".field") if f.name])
+        static.add_class("shown")
         if path:
             self.query_one("#" + dom_id(path)).add_class("invalid")
 
+    def _located(self, error: SurgeryError | None) -> str:
+        """The spec path an error is about: its own field, else the path field whose model folder its message
+        names (the reader's errors name a file, not a spec field); '' when neither."""
+        if error is None or getattr(error, "field", ""):
+            return getattr(error, "field", "") if error else ""
+        message, named = str(error), []
+        for path in self._path_fields():
+            text = self.texts.get(path, "").strip()
+            folder = os.path.abspath(os.path.join(self.models_dir, text)) if text else ""
+            if folder and any(folder + end in message for end in (os.sep, ":", "'")):
+                named.append(path)
+        return named[0] if named else ""
+
     def show_help(self) -> None:
-        """The focused field's description and bounds; for a gradient, its value at every layer."""
+        """The focused field's description and bounds; for a gradient, its whole text and its value at every
+        layer (the field may be too narrow to show it all)."""
         path = self.focused_path
         key = path.rsplit(".", 1)[-1]
         method = REGISTRY[self.method]
@@ -307,34 +407,8 @@ class Designer(Vertical):
             layers = len(self.plan.out_layers) if self.plan else 8
             values = " ".join(f"{v:.3g}" for v in layer_values(value, layers))
             assumed = "" if self.plan else ", assumed until the models open"
-            text += f"\nby layer ({layers} layers{assumed}): {values}"
+            text += f"\n{key} = {self.texts[path].strip()}: by layer ({layers} layers{assumed}): {values}"
         self.query_one("#help", Static).update(text)
-
-    @work(thread=True, exclusive=True, group="plan", exit_on_error=False)
-    def check_plan(self, data: dict, file: str) -> None:
-        """What `surgery merge --dry-run` checks once the models are opened: paths, names, shapes, counts."""
-        try:
-            plan = plan_merge(parse_spec(data, file), file, models_dir=self.models_dir)
-            for folder in plan.folders.values():
-                folder.close()
-        except SurgeryError as e:
-            plan, error = None, e
-        else:
-            error = None
-        self.app.call_from_thread(self._planned, data, plan, error)
-
-    def _planned(self, data: dict, plan: MergePlan | None, error: SurgeryError | None) -> None:
-        if data != self.data:
-            return  # the form changed since; a newer check is on its way
-        self.plan = plan
-        self.show_error(error)
-        self.show_help()
-        if error is not None and self.state not in ("running", "evaluating"):
-            self.say("the spec does not check out yet; the message is under the field", log=False)
-        if plan is not None and self.state not in ("running", "evaluating"):
-            layers = len(plan.out_layers)
-            self.say(f"plan: {len(plan.jobs)} tensors, {layers} layers, writes {size(plan.write_bytes)}; F6 runs it",
-                     log=False)
 
     # ---- actions -------------------------------------------------------------------------------------
 
@@ -355,8 +429,22 @@ class Designer(Vertical):
     def _path_fields(self) -> list[str]:
         return ["base_model"] + [f"models.{i}.model" for i in range(self.count)]
 
+    def sync_fields(self) -> None:
+        """The texts from the fields as they are now, for an action run as its key arrives: the fields'
+        Changed messages for the keys typed just before may still wait in this widget's queue."""
+        typed = {f.name: f.value for f in self.query(".field").results(Input) if f.name}
+        if any(self.texts.get(name, "") != value for name, value in typed.items()):
+            self.texts |= typed
+            self.refresh_spec()
+
+    def focus_now(self, selector: str) -> None:
+        """Focus at once: `Widget.focus()` waits its turn behind the keys already queued, which would
+        go to the field focused before."""
+        self.screen.set_focus(self.query_one(selector))
+
     def action_pick(self) -> None:
         """Pick a folder for the focused path field; elsewhere, for the first empty one."""
+        self.sync_fields()
         path = self._focused_field()
         if path not in self._path_fields():
             empty = [p for p in self._path_fields() if not self.texts.get(p, "").strip()]
@@ -373,15 +461,17 @@ class Designer(Vertical):
             field.value = os.path.relpath(full, root) if full.startswith(root + os.sep) else full
             self.texts[path] = field.value
         empty = [p for p in self._path_fields() if not self.texts.get(p, "").strip()]
-        self.query_one("#" + dom_id(empty[0] if chosen and empty else path)).focus()
+        self.focus_now("#" + dom_id(empty[0] if chosen and empty else path))
 
     async def action_add_model(self) -> None:
+        self.sync_fields()
         self.texts |= self._prefill(self.count)
         self.count += 1
         await self.rebuild()
-        self.query_one("#" + dom_id(f"models.{self.count - 1}.model")).focus()
+        self.focus_now("#" + dom_id(f"models.{self.count - 1}.model"))
 
     async def action_drop_model(self) -> None:
+        self.sync_fields()
         if self.count <= 1:
             self.say("a merge keeps at least one model row")
             return
@@ -390,9 +480,10 @@ class Designer(Vertical):
         self.texts = drop_model(self.texts, row)
         self.count -= 1
         await self.rebuild()
-        self.query_one("#" + dom_id(f"models.{min(row, self.count - 1)}.model")).focus()
+        self.focus_now("#" + dom_id(f"models.{min(row, self.count - 1)}.model"))
 
     def action_save(self) -> None:
+        self.sync_fields()
         path, text = self.spec_file, spec_yaml(self.data)
         if self._must_confirm(path, text):
             return
@@ -406,7 +497,8 @@ class Designer(Vertical):
             self.say(f"cannot write {path} ({e.strerror})")
             return
         self.confirmed = None
-        note = f" (it does not check out yet: {self.error})" if self.error else ""
+        error = self.verdict()[1]
+        note = f" (it does not check out yet: {error})" if error else ""
         self.say(f"saved {path}{note}; run it with: surgery merge {path} OUT --models-dir {self.models_dir}")
 
     def _must_confirm(self, path: str, text: str) -> bool:
@@ -422,44 +514,64 @@ class Designer(Vertical):
         self.say(f"{path} holds another spec; press f8 again to replace it, or change the spec file name")
         return True
 
+    def _diff_inputs(self) -> tuple[str, ...]:
+        """What the conflict map depends on: the base, then the non-empty model rows, as typed."""
+        named = [self.texts.get(f"models.{i}.model", "").strip() for i in range(self.count)]
+        return (self.texts.get("base_model", "").strip(), *[m for m in named if m])
+
+    def _check_map(self) -> None:
+        """A map drawn for other models (a row dropped, added or changed since) says so at once."""
+        if self.compared is not None and self.compared != self._diff_inputs():
+            self.compared = None
+            self.query_one("#map", Static).update("the models changed since the last comparison; F5 compares "
+                                                  "the ones now in the form")
+
     def action_conflicts(self) -> None:
         """`surgery diff --base BASE MODELS...` on the models as they stand, parameters aside."""
-        named = [self.texts.get(f"models.{i}.model", "").strip() for i in range(self.count)]
-        base = self.texts.get("base_model", "").strip()
+        self.sync_fields()
+        inputs = self._diff_inputs()
         try:
-            paths = [resolve_path(m, self.models_dir) for m in named if m]
-            base = resolve_path(base, self.models_dir) if base else None
+            paths = [resolve_path(m, self.models_dir) for m in inputs[1:]]
+            base = resolve_path(inputs[0], self.models_dir) if inputs[0] else None
         except SurgeryError as e:
             self.say(f"cannot compare: {e}")
             return
+        self.compared = inputs
         self.query_one("#map", Static).update("comparing the task vectors ...")
         self.query_one("#side", TabbedContent).active = "side-map"
-        self.compare(paths, base)
+        self.compare(inputs, paths, base)
 
     @work(thread=True, exclusive=True, group="diff", exit_on_error=False)
-    def compare(self, paths: list[str], base: str | None) -> None:
+    def compare(self, inputs: tuple[str, ...], paths: list[str], base: str | None) -> None:
         from surgery.diagnose.diff import diff_models
 
         try:
-            result = diff_models(paths, base=base)
+            shown = conflict_map(diff_models(paths, base=base))
         except SurgeryError as e:
-            self.app.call_from_thread(self.query_one("#map", Static).update, f"cannot compare: {e}")
-            return
-        self.app.call_from_thread(self.query_one("#map", Static).update, conflict_map(result))
+            shown = f"cannot compare: {e}"
+        self.app.call_from_thread(self._compared, inputs, shown)
+
+    def _compared(self, inputs: tuple[str, ...], shown) -> None:
+        if inputs == self.compared:  # else the models changed while they were compared: the map says so
+            self.query_one("#map", Static).update(shown)
 
     def action_run(self) -> None:
+        self.sync_fields()
         if self.state in ("running", "evaluating"):
             self.say(f"busy ({self.state}); wait for it to finish")
             return
-        if self.error or self.spec is None:
-            self.say(f"fix the spec first: {self.error}")
+        spec, error = self.verdict()
+        if error or spec is None:
+            self.show_error(error)
+            self.say(f"fix the spec first: {error}")
             return
         out = self.query_one("#out", Input).value.strip()
         options = Options(block_bytes=self.block_bytes, force=self.query_one("#replace", Checkbox).value)
         if os.path.lexists(out) and not options.force:  # the engine would say "pass --force", a CLI flag
             self.say(f"{out} already exists: tick 'replace' to overwrite it, or merge into another folder")
             return
-        self.cancel_event = threading.Event()
+        self.cancel_event, self.meter = threading.Event(), None
+        self.merge_ended.clear()
         self.set_state("running")
         self.query_one("#runbar").display = True
         self.query_one("#progress", ProgressBar).update(total=None, progress=0)
@@ -469,6 +581,12 @@ class Designer(Vertical):
 
     @work(thread=True, exclusive=True, group="merge", exit_on_error=False)
     def merge(self, data: dict, file: str, out: str, options: Options, cancel: threading.Event) -> None:
+        try:
+            self._merge(data, file, out, options, cancel)
+        finally:
+            self.merge_ended.set()
+
+    def _merge(self, data: dict, file: str, out: str, options: Options, cancel: threading.Event) -> None:
         try:
             plan = plan_merge(parse_spec(data, file), file, models_dir=self.models_dir)
             self.meter = Throughput(plan.write_bytes, len(plan.jobs))
@@ -498,7 +616,15 @@ class Designer(Vertical):
         self.query_one("#rate", Static).update(meter.line())
 
     def _merge_done(self, state: str, message: str, path: str | None) -> None:
+        """The bar ends full on success; otherwise it is emptied and says where the merge stopped (a bar
+        left at 54% would read as a merge still on its way)."""
         self.show_progress()
+        meter = self.meter
+        if state != "merged":
+            self.query_one("#progress", ProgressBar).update(total=100, progress=0)
+            where = (f" at tensor {meter.done_tensors}/{meter.tensors} ({meter.done_bytes / max(meter.total, 1):.0%})"
+                     if meter is not None else " before the first tensor")
+            self.query_one("#rate", Static).update(f"{state}{where}; nothing was written")
         self.set_state(state)
         self.say(message)
         if path:
@@ -522,22 +648,30 @@ class Designer(Vertical):
         self.set_state("evaluating")
         self.query_one("#side", TabbedContent).active = "side-log"
         self.say(f"evaluating {path} on {suite} ...")
+        self.eval_step, self.eval_started = "loading lm-eval and the model", time.monotonic()
+        self.query_one("#runbar").display = True
+        self.query_one("#progress", ProgressBar).update(total=None, progress=0)  # moving until the tasks are counted
+        self._ticker = self.set_interval(1.0, self.show_eval_step)  # the seconds count on: it is not stuck
+        self.show_eval_step()
         self.score(path, suite, int(limit) if limit else None)
 
     @work(thread=True, exclusive=True, group="eval", exit_on_error=False)
     def score(self, path: str, suite: str, limit: int | None) -> None:
         from evals.scoring.harness import HarnessSettings
-        from evals.scoring.run import evaluate
+        from evals.scoring.run import prepare, score
         from evals.scoring.store import Store
         from evals.scoring.suites import suite_tasks
 
         def say(message: str) -> None:
             self.app.call_from_thread(self.say, message)
 
+        def on_task(task: str, done: int, total: int) -> None:
+            self.app.call_from_thread(self._on_task, task, done, total)
+
         try:
+            batch = prepare([path], list(suite_tasks(suite)))  # the files read by the project's reader first
             with Store(self.db) as store:  # opened on this thread: an SQLite connection stays on its thread
-                table = evaluate([path], list(suite_tasks(suite)), HarnessSettings(limit=limit), store, force=False,
-                                 say=say)
+                table = score(batch, HarnessSettings(limit=limit), store, force=False, say=say, on_task=on_task)
         except SurgeryError as e:
             self.app.call_from_thread(self._scored, "failed", f"error: {e}")
             return
@@ -547,7 +681,20 @@ class Designer(Vertical):
         scores = ", ".join(f"{s.task} {s.value:.3g}" for scores in table.values() for s in scores.values())
         self.app.call_from_thread(self._scored, "evaluated", f"scored {path}: {scores}; see the Leaderboard tab")
 
+    def _on_task(self, task: str, done: int, total: int) -> None:
+        self.query_one("#progress", ProgressBar).update(total=total, progress=done)
+        self.eval_step = f"task {done + 1}/{total}: {task}"
+        self.show_eval_step()
+
+    def show_eval_step(self) -> None:
+        self.query_one("#rate", Static).update(f"{self.eval_step}  {time.monotonic() - self.eval_started:.0f}s")
+
     def _scored(self, state: str, message: str) -> None:
+        self._ticker.stop()
+        bar = self.query_one("#progress", ProgressBar)
+        bar.update(total=100, progress=100 if state == "evaluated" else 0)
+        took = f"{time.monotonic() - self.eval_started:.0f}s"
+        self.query_one("#rate", Static).update(f"scored in {took}" if state == "evaluated" else f"{state} after {took}")
         self.set_state(state)
         self.say(message)
         if state == "evaluated":

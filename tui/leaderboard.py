@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 import sqlite3
 
+from rich import box
+from rich.table import Table
 from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
@@ -33,19 +35,25 @@ class LeaderboardPane(Widget):
 
     DEFAULT_CSS = """
     LeaderboardPane { layout: vertical; height: 1fr; }
-    LeaderboardPane #lb-bar { dock: top; height: 1; }
+    LeaderboardPane #lb-top { dock: top; height: auto; }
+    LeaderboardPane #lb-bar { height: auto; }
     LeaderboardPane #lb-filter { border: none; height: 1; width: 1fr; padding: 0 1; }
     LeaderboardPane #lb-filter:focus { background: $boost; }
-    LeaderboardPane #lb-status { width: auto; max-width: 60%; height: 1; padding: 0 1; color: $text-muted; }
+    LeaderboardPane #lb-status { width: auto; max-width: 60%; height: auto; padding: 0 1; color: $text-muted; }
+    LeaderboardPane #lb-note { height: auto; padding: 0 1; color: $warning; display: none; }
     LeaderboardPane #lb-table { height: 1fr; }
     LeaderboardPane #lb-detail { height: 9; border-top: solid $primary; }
-    LeaderboardPane #lb-compare-table { height: 1fr; }
+    LeaderboardPane #lb-compare-title { width: 1fr; height: auto; }
     """
+    # The keys that move the focus act as they arrive, in order with the keys typed after them (see
+    # SurgeryApp): "/sft" typed at once goes into the filter, not "/" there and "sft" to the table's keys.
     BINDINGS = [
-        Binding("slash", "filter", "Filter", key_display="/"),
+        Binding("slash", "filter", "Filter", key_display="/", priority=True),
+        Binding("enter", "filter_done", show=False, priority=True),
         Binding("s", "cycle_sort", "Sort"),
-        Binding("m", "mark", "Mark A/B"),
-        Binding("escape", "clear", "Clear"),
+        Binding("S", "reverse_sort", "Reverse", key_display="S"),
+        Binding("m", "mark", "Mark"),
+        Binding("escape", "clear", "Clear", priority=True),
         Binding("r", "reload", "Reload"),
     ]
 
@@ -54,7 +62,7 @@ class LeaderboardPane(Widget):
         self.db_path = db_path
         self.board = Board(os.path.abspath(db_path or default_path()))
         self.sort_column = "mean"
-        self.reverse = False  # against sort_rows' order (numbers high to low, text A to Z)
+        self.reverse = False  # against the first order: the best first (see _sorted), text A to Z
         self.filter_text = ""
         self.marks: list[str] = []  # checkpoint names, at most two
         self.comparison: Comparison | None = None
@@ -62,15 +70,17 @@ class LeaderboardPane(Widget):
 
     def compose(self) -> ComposeResult:
         yield DataTable(id="lb-table", cursor_type="row", zebra_stripes=True)  # first to take the focus
-        with Horizontal(id="lb-bar"):  # docked above the table
-            yield Input(placeholder="/ filter by checkpoint or method", id="lb-filter")
-            yield Label("", id="lb-status")
+        with Vertical(id="lb-top"):  # docked above the table
+            with Horizontal(id="lb-bar"):
+                yield Input(placeholder="/ filter by checkpoint or method", id="lb-filter")
+                yield Label("", id="lb-status")
+            yield Static("", id="lb-note")
         with ContentSwitcher(initial="lb-lineage", id="lb-detail"):
             with VerticalScroll(id="lb-lineage"):
                 yield Static("", id="lb-lineage-text")
-            with Vertical(id="lb-compare"):
-                yield Label("", id="lb-compare-title")
-                yield DataTable(id="lb-compare-table", cursor_type="row")
+            with VerticalScroll(id="lb-compare"):  # wrapped to the width, not clipped: at 80 columns too
+                yield Static("", id="lb-compare-title")
+                yield Static("", id="lb-compare-table")
 
     def on_mount(self) -> None:
         self._reload()
@@ -113,7 +123,7 @@ class LeaderboardPane(Widget):
         needle = self.filter_text.lower()
         entries = [e for e in self.board.entries
                    if needle in str(e.row.get("checkpoint", "")).lower() or needle in e.origin.made_by.lower()]
-        return _sorted(entries, self.sort_column, self.reverse)
+        return _sorted(entries, self.sort_column, self.reverse, self.board.lower_is_better)
 
     def _fill(self) -> None:
         table = self.query_one("#lb-table", DataTable)
@@ -132,9 +142,19 @@ class LeaderboardPane(Widget):
         self._show_lineage()
 
     def _arrow(self, shown: list[Entry]) -> str:
-        """▼ for high to low or Z to A, ▲ for the other way."""
+        """The order of the values: ▼ high to low (or Z to A), ▲ low to high (or A to Z)."""
         numeric = any(isinstance(e.row.get(self.sort_column), (int, float)) for e in shown)
-        return " ▼" if numeric != self.reverse else " ▲"
+        falling = numeric and self.sort_column not in self.board.lower_is_better
+        return " ▼" if falling != self.reverse else " ▲"
+
+    def _order(self) -> str:
+        """The sort in words: which end the best rows are at, for a score."""
+        b, column = self.board, self.sort_column
+        if column in ("checkpoint", "made_by", "limit") or not any(
+                isinstance(e.row.get(column), (int, float)) for e in b.entries):
+            return f"sort {column}" + (" (reversed)" if self.reverse else "")
+        lower = " (lower is better)" if column in b.lower_is_better else ""
+        return f"sort {column}, {'worst' if self.reverse else 'best'} first{lower}"
 
     def highlighted(self) -> str | None:
         """The checkpoint under the table's cursor."""
@@ -149,23 +169,40 @@ class LeaderboardPane(Widget):
     def _say(self, message: str | None = None) -> None:
         if message is None:
             b = self.board
-            message = b.note or (f"{len(self.visible())}/{len(b.entries)} · sort {self.sort_column}"
+            message = b.note or (f"{len(self.visible())}/{len(b.entries)} · {self._order()}"
                                  + (f" · {len(b.changed)} changed since evaluated" if b.changed else ""))
         self.query_one("#lb-status", Label).update(message)
+        note = self.query_one("#lb-note", Static)
+        note.display = bool(self.board.limits)
+        note.update(f"scored with different --limit ({', '.join(self.board.limits)}; see the limit column): rows "
+                    "scored on fewer documents rank by noisier scores; compare rows of the same limit")
 
     # keys and clicks
 
+    def check_action(self, action: str, parameters: tuple) -> bool | None:
+        """'/' is typed into the filter while it has the focus (paths hold slashes); enter leaves it."""
+        if action in ("filter", "filter_done") and self.is_mounted:
+            return self._filtering() == (action == "filter_done")
+        return True
+
+    def _filtering(self) -> bool:
+        """The filter holds the focus (as set, not as its Focus event has yet told it: `has_focus` lags)."""
+        return self.screen.focused is self.query_one("#lb-filter", Input)
+
+    def _focus(self, selector: str) -> None:
+        """At once: `Widget.focus()` waits its turn behind the keys already queued."""
+        self.screen.set_focus(self.query_one(selector))
+
     def action_filter(self) -> None:
-        self.query_one("#lb-filter", Input).focus()
+        self._focus("#lb-filter")
+
+    def action_filter_done(self) -> None:
+        self._focus("#lb-table")
 
     @on(Input.Changed, "#lb-filter")
     def _filtered(self, event: Input.Changed) -> None:
         self.filter_text = event.value
         self._fill()
-
-    @on(Input.Submitted, "#lb-filter")
-    def _filter_done(self) -> None:
-        self.query_one("#lb-table", DataTable).focus()
 
     def action_cycle_sort(self) -> None:
         columns = self.board.columns
@@ -179,6 +216,9 @@ class LeaderboardPane(Widget):
         if column in self.board.columns:
             self.sort_by(column, reverse=not self.reverse if column == self.sort_column else False)
 
+    def action_reverse_sort(self) -> None:
+        self.sort_by(self.sort_column, reverse=not self.reverse)
+
     def sort_by(self, column: str, reverse: bool = False) -> None:
         self.sort_column, self.reverse = column, reverse
         self._fill()
@@ -188,8 +228,8 @@ class LeaderboardPane(Widget):
 
     def action_clear(self) -> None:
         """Leave the filter; else drop the marks; else clear the filter."""
-        if self.query_one("#lb-filter", Input).has_focus:
-            self.query_one("#lb-table", DataTable).focus()
+        if self._filtering():
+            self._focus("#lb-table")
         elif self.marks:
             self.marks, self.comparison = [], None
             self._fill()
@@ -230,8 +270,8 @@ class LeaderboardPane(Widget):
         self._compares += 1
         self.comparison = None
         a, b = self.marks
-        self.query_one("#lb-compare-title", Label).update(f"comparing {short_path(a)} and {short_path(b)} ...")
-        self.query_one("#lb-compare-table", DataTable).clear(columns=True)
+        self.query_one("#lb-compare-title", Static).update(f"comparing {short_path(a)} and {short_path(b)} ...")
+        self.query_one("#lb-compare-table", Static).update("")
         self.query_one("#lb-detail", ContentSwitcher).current = "lb-compare"
         self._run_comparison(self._compares, self.board.path, a, b)
 
@@ -244,15 +284,33 @@ class LeaderboardPane(Widget):
         if request != self._compares:
             return
         self.comparison = comparison
-        title = f"A {short_path(comparison.a)}  B {short_path(comparison.b)}: B - A"
-        self.query_one("#lb-compare-title", Label).update(comparison.error or title)
-        table = self.query_one("#lb-compare-table", DataTable)
-        rows = comparison.table()
-        if rows:
-            for column in rows[0]:
-                table.add_column(column, key=column)
-            for row in rows:
-                table.add_row(*(_cell(v) for v in row.values()), key=row["task"])
+        lower = comparison.lower_is_better()
+        title = (f"A {short_path(comparison.a)}  B {short_path(comparison.b)}: B - A as the columns show it; "
+                 "the verdict names the better one" + (f" (lower is better for {', '.join(lower)})" if lower
+                                                      else ""))
+        self.query_one("#lb-compare-title", Static).update(Text(comparison.error or title))
+        self.query_one("#lb-compare-table", Static).update(comparison_table(comparison.table()) if comparison.table()
+                                                           else "")
+
+
+def comparison_table(rows: list[dict]) -> Table:
+    """The rows as a table that wraps its cells when the pane is narrow (80 columns) rather than run off
+    its edge: numbers to 4 significant digits, which is better and the verdict in one column."""
+    table = Table(box=box.SIMPLE_HEAD, expand=True, padding=(0, 1), pad_edge=False)
+    interval = next(c for c in rows[0] if c.endswith("CI"))
+    for column in ("task", "A", "B", "B - A", interval, "p", "verdict"):
+        table.add_column(column, no_wrap=column in ("task", "A", "B", "B - A", "p"), overflow="fold",
+                         min_width=len("significant") if column == "verdict" else None)
+    for r in rows:
+        verdict = r["verdict"] if r["better"] == "neither" else f"{r['better']} better, {r['verdict']}"
+        table.add_row(r["task"], f"{r['A']:.4g}", f"{r['B']:.4g}", f"{r['B - A']:+.4g}", r[interval], _p(r["p"]),
+                      verdict)
+    return table
+
+
+def _p(p: str | None) -> str:
+    """difference_row's p-value text, to 2 significant digits: '3.05e-05' -> '3e-05'."""
+    return "-" if p is None else f"{float(p):.2g}"
 
 
 def lineage_text(entry: Entry, board: Board) -> str:
@@ -277,12 +335,17 @@ def _with_mean(path: str, board: Board) -> str:
     return short_path(path) + (f"  (mean {_cell(parent.row['mean'])})" if parent else "  (not evaluated)")
 
 
-def _sorted(entries: list[Entry], column: str, reverse: bool) -> list[Entry]:
-    """evals' order for the column; reversed, the rows without a value stay last."""
+def _sorted(entries: list[Entry], column: str, reverse: bool, lower_is_better: frozenset[str] = frozenset()
+            ) -> list[Entry]:
+    """The best first: evals' order for the column (numbers high to low, text A to Z), low to high where
+    lower is better (a perplexity, the tax); reversed, the rows without a value stay last."""
     if not entries:
         return entries
     by_row = {id(e.row): e for e in entries}
     ordered = [by_row[id(r)] for r in sort_rows([e.row for e in entries], column)]
+    if column in lower_is_better:
+        present = [e for e in ordered if e.row.get(column) is not None]
+        ordered = present[::-1] + [e for e in ordered if e.row.get(column) is None]
     if not reverse:
         return ordered
     present = [e for e in ordered if e.row.get(column) is not None]

@@ -10,12 +10,14 @@ from __future__ import annotations
 import math
 import threading
 import time
+from statistics import mean
 
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
+from textual.containers import Horizontal
 from textual.widget import Widget
-from textual.widgets import DataTable, Label, Sparkline
+from textual.widgets import DataTable, Label, Sparkline, Static
 
 from tui.run_progress import Progress, finite_losses
 from tui.run_watch import RunWatch
@@ -31,7 +33,9 @@ class MonitorPane(Widget):
     MonitorPane { layout: vertical; height: 1fr; }
     MonitorPane #runs { height: 1fr; }
     MonitorPane #run-detail { height: 1; width: 1fr; padding: 0 1; }
-    MonitorPane #loss { height: 4; margin: 0 1; }
+    MonitorPane #plot { height: 4; margin: 0 1; }
+    MonitorPane #loss-scale { width: auto; min-width: 6; height: 4; padding-right: 1; color: $text-muted; }
+    MonitorPane #loss { height: 4; width: 1fr; }
     """
     BINDINGS = [Binding("r", "rescan", "Rescan runs")]
     REFRESH_S = 1.0
@@ -49,7 +53,9 @@ class MonitorPane(Widget):
     def compose(self) -> ComposeResult:
         yield DataTable(id="runs", cursor_type="row", zebra_stripes=True)
         yield Label("looking for runs ...", id="run-detail")
-        yield Sparkline([], id="loss")
+        with Horizontal(id="plot"):
+            yield Static("", id="loss-scale")  # the plot's range: the highest loss on top, the lowest below
+            yield Sparkline([], id="loss", summary_function=mean)  # each bar the mean of its losses, not the worst
 
     def on_mount(self) -> None:
         table = self.query_one("#runs", DataTable)
@@ -81,7 +87,7 @@ class MonitorPane(Widget):
             cells = _cells(labels[folder], progress, now)
             if folder in self.runs:
                 for (key, _), cell in zip(COLUMNS, cells):
-                    table.update_cell(folder, key, cell)
+                    table.update_cell(folder, key, cell, update_width=True)  # '0/1500 0%' grows to '1500/1500 100%'
             else:
                 table.add_row(*cells, key=folder)
         self.runs, self.labels = runs, labels
@@ -101,12 +107,14 @@ class MonitorPane(Widget):
             where = f"under {', '.join(self.roots)} yet" if self.roots else "watched: give the app a runs folder"
             detail.update(f"no training run {where} (a run is a folder with log.jsonl)")
             spark.data = []
+            self.query_one("#loss-scale", Static).update("")
             return
         losses = finite_losses(progress)
         low = f", lowest {_number(min(losses))}" if losses else ""
         detail.update(f"{self.labels[self.selected]}: {_status(progress, time.time())}, step {_step(progress)}, "
                       f"loss {_number(progress.loss)}{low}")
         spark.data = losses
+        self.query_one("#loss-scale", Static).update(f"{max(losses):.3g}\n\n\n{min(losses):.3g}" if losses else "")
 
 
 def _cells(label: str, p: Progress, now: float) -> tuple[str, ...]:

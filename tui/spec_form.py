@@ -106,6 +106,16 @@ def check_spec(data: dict, file: str) -> tuple[MergeSpec | None, SpecError | Non
         return None, e
 
 
+def empty_row(data: dict, file: str) -> SpecError | None:
+    """The first model row left empty, as an error under it: the planner reads '' as the models folder
+    itself and says that folder holds no weights, a message about no field of the form."""
+    for i, entry in enumerate(data.get("models") or []):
+        if not str(entry.get("model", "")).strip():
+            return SpecError(file, f"models.{i}.model", "no model yet: type or pick (F2) a model folder, or drop "
+                             "the row (F4)")
+    return None
+
+
 def owner(field: str, paths: list[str]) -> str:
     """The longest of `paths` that `field` (an error's location) lies in, on dot boundaries; '' if none.
     'models.1.parameters.density.2' lies in 'models.1.parameters.density' and in 'models.1'."""

@@ -8,6 +8,7 @@ would be served the first one's answers. Results are cached by weight hash in ev
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cache
 
@@ -67,6 +68,24 @@ def evaluate_path(path: str, tasks: list[str], settings: HarnessSettings, adapte
     """Score the model folder `path` (with `adapter`, a PEFT folder over it) on `tasks`."""
     args = {"pretrained": path, **({"peft": adapter} if adapter else {}), **settings.model_args}
     return _run(settings.backend, args, tasks, settings, manager)
+
+
+def evaluate_each(path: str, tasks: list[str], settings: HarnessSettings, adapter: str | None = None,
+                  manager=None, on_task: Callable[[str, int, int], None] = lambda task, done, total: None,
+                  ) -> dict[str, Evaluated]:
+    """`evaluate_path`, one task at a time on the model loaded once, calling `on_task(task, done, total)`
+    before each: progress a person can watch (one lm-eval run goes through all its tasks' requests at
+    once, by request type, and says nothing until the end). The scores are the same."""
+    from lm_eval.api.registry import get_model
+
+    args = {"pretrained": path, **({"peft": adapter} if adapter else {}), **settings.model_args}
+    lm = get_model(settings.backend).create_from_arg_obj(
+        args, {"batch_size": settings.batch_size, "device": settings.device or default_device()})
+    out: dict[str, Evaluated] = {}
+    for done, task in enumerate(tasks):
+        on_task(task, done, len(tasks))
+        out |= _run(lm, None, [task], settings, manager)
+    return out
 
 
 def evaluate_model(model, tokenizer, tasks: list[str], settings: HarnessSettings, manager=None) -> dict[str, Evaluated]:

@@ -32,13 +32,16 @@ def prepare(paths: Sequence[str], tasks: Sequence[str]) -> Batch:
 
 
 def evaluate(paths: Sequence[str], tasks: Sequence[str], settings: harness.HarnessSettings, store: Store,
-             force: bool = False, say: Callable[[str], None] = lambda _: None) -> ScoreTable:
-    """Scores of each checkpoint folder on `tasks`, keyed by absolute path; runs what the store lacks."""
-    return score(prepare(paths, tasks), settings, store, force, say)
+             force: bool = False, say: Callable[[str], None] = lambda _: None,
+             on_task: Callable[[str, int, int], None] | None = None) -> ScoreTable:
+    """Scores of each checkpoint folder on `tasks`, keyed by absolute path; runs what the store lacks.
+    With `on_task`, the missing tasks run one at a time and `on_task(task, done, total)` is called before each."""
+    return score(prepare(paths, tasks), settings, store, force, say, on_task)
 
 
 def score(batch: Batch, settings: harness.HarnessSettings, store: Store, force: bool = False,
-          say: Callable[[str], None] = lambda _: None) -> ScoreTable:
+          say: Callable[[str], None] = lambda _: None,
+          on_task: Callable[[str, int, int], None] | None = None) -> ScoreTable:
     """`evaluate` of a prepared batch."""
     checkpoints, tasks, manager = batch.checkpoints, list(batch.tasks), batch.manager
     for warning in template_warnings([c.path for c in checkpoints], settings.apply_chat_template):
@@ -51,7 +54,8 @@ def score(batch: Batch, settings: harness.HarnessSettings, store: Store, force: 
         missing = [t for t in tasks if force or not _have(store, checkpoint.hash, t, keys[t])]
         say(f"{name}: {len(tasks) - len(missing)} task(s) from the store, {len(missing)} to run")
         if missing:
-            put_results(store, name, checkpoint.hash, _run(checkpoint, missing, settings, manager), settings)
+            results = _run(checkpoint, missing, settings, manager, on_task)
+            put_results(store, name, checkpoint.hash, results, settings)
         table[name] = {k: v for t in tasks for k, v in _found(store, checkpoint.hash, t, settings).items()}
     return table
 
@@ -90,7 +94,9 @@ def _checked(tasks: list[str]):
     return manager
 
 
-def _run(checkpoint: Checkpoint, tasks: list[str], settings: harness.HarnessSettings, manager) -> dict:
-    if checkpoint.base is not None:
-        return harness.evaluate_path(checkpoint.base.path, tasks, settings, adapter=checkpoint.path, manager=manager)
-    return harness.evaluate_path(checkpoint.path, tasks, settings, manager=manager)
+def _run(checkpoint: Checkpoint, tasks: list[str], settings: harness.HarnessSettings, manager,
+         on_task: Callable[[str, int, int], None] | None = None) -> dict:
+    path, adapter = (checkpoint.base.path, checkpoint.path) if checkpoint.base is not None else (checkpoint.path, None)
+    if on_task is not None:
+        return harness.evaluate_each(path, tasks, settings, adapter=adapter, manager=manager, on_task=on_task)
+    return harness.evaluate_path(path, tasks, settings, adapter=adapter, manager=manager)

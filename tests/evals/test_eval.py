@@ -73,6 +73,18 @@ def test_an_in_memory_model_scores_as_its_folder(char_model):
     assert in_memory["world_capital_choice"].score == from_folder["world_capital_choice"].score
 
 
+@pytest.mark.integration
+def test_tasks_run_one_at_a_time_score_as_run_together(char_model):
+    """The per-task progress of `surgery tui` runs each task on its own on the model loaded once: the same
+    scores, outcome for outcome, as one lm-eval run of all of them."""
+    settings = harness.HarnessSettings(limit=LIMIT, device="cpu")
+    together = harness.evaluate_path(char_model, ORACLE_TASKS, settings)
+    seen = []
+    each = harness.evaluate_each(char_model, ORACLE_TASKS, settings, on_task=lambda *a: seen.append(a))
+    assert seen == [(t, i, len(ORACLE_TASKS)) for i, t in enumerate(ORACLE_TASKS)]
+    assert each == together
+
+
 class Counting:
     """Stands in for lm-eval: records what it was asked to run, scores every task 0.5."""
 

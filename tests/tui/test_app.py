@@ -12,6 +12,7 @@ from click.testing import CliRunner
 
 from surgery.cli import main
 from tui.app import SurgeryApp
+from tui.designer import CHECK_AFTER_S
 
 SIZE = (80, 24)
 
@@ -31,7 +32,7 @@ def test_tabs_by_key_and_by_click(tmp_path):
                 await pilot.pause(0.02)
             tabs = app.query_one("#tabs")
             assert tabs.active == "tab-designer" and app.focused.id == "f-base_model"
-            assert {"f2", "f3", "f4", "f5", "f6", "f7", "f8", "ctrl+t"} <= shown_keys(app)
+            assert {"f2", "f3", "f4", "f5", "f6", "f7", "f8", "ctrl+t", "ctrl+q"} <= shown_keys(app)
             assert "escape" not in shown_keys(app)  # cancel is offered only while a merge runs
             await pilot.press("ctrl+t")
             await pilot.pause()
@@ -61,10 +62,17 @@ def relative_models(llama, tmp_path, monkeypatch) -> str:
     return "models"
 
 
+async def checked(pilot) -> None:
+    """Once typing has paused long enough for the form to be checked, and the check has come back."""
+    await pilot.pause(CHECK_AFTER_S + 0.1)
+    await pilot.app.workers.wait_for_complete()
+    await pilot.pause()
+
+
 @pytest.mark.integration
 def test_snapshot_first_screen(snap_compare, relative_models):
     app = SurgeryApp(models_dir=relative_models, db=os.path.join("db", "evals.sqlite"))
-    assert snap_compare(app, terminal_size=SIZE)
+    assert snap_compare(app, terminal_size=SIZE, run_before=checked)
 
 
 @pytest.mark.integration
@@ -76,7 +84,7 @@ def test_snapshot_value_out_of_bounds(snap_compare, relative_models):
         for key, value in {"base_model": "base", "models-0-model": "math", "models-1-model": "code",
                            "models-1-parameters-density": "1.5"}.items():
             app.query_one(f"#f-{key}").value = value
-        await pilot.pause(0.1)
+        await checked(pilot)
         app.query_one("#f-models-1-parameters-density").focus()
         await pilot.pause()
 

@@ -20,8 +20,9 @@ from surgery.io.reader import ModelFolder
 from surgery.merge.plan import plan_merge
 from surgery.merge.spec import load_spec, parse_spec
 from tests.conftest import models_folder
+from tests.tui.burst import burst, typed
 from tui.app import SurgeryApp
-from tui.designer import PLAN_AFTER_S, Designer
+from tui.designer import CHECK_AFTER_S, Designer, default_output, inside
 from tui.leaderboard import LeaderboardPane
 from tui.picker import ModelPicker
 
@@ -49,7 +50,7 @@ async def until(pilot, done, seconds: float = 10) -> None:
 
 async def settle(app) -> None:
     """Let the workers (plan checks, once typing pauses; merges) finish and their results reach the widgets."""
-    await asyncio.sleep(PLAN_AFTER_S + 0.05)
+    await asyncio.sleep(CHECK_AFTER_S + 0.05)
     await app.workers.wait_for_complete()
     await asyncio.sleep(0.05)
     await app.workers.wait_for_complete()
@@ -95,6 +96,45 @@ async def fill_ties(pilot, density: str = "0.5", by_keys: bool = False) -> Desig
 
 def run(coro) -> None:
     asyncio.run(coro)
+
+
+KEYS = (*typed("base"), "tab", *typed("add"), "tab", *typed("0.5"), "tab", *typed("1.5"))
+MORE_KEYS = ("backspace", "backspace", "backspace", *typed("0.5"), "f3", *typed("chat"), "tab", *typed("0.25"),
+             "left", "left", "backspace", *typed("3"), "shift+tab", "shift+tab", *typed("x"))
+
+
+async def texts_after(models, tmp_path, together: bool) -> dict[str, str]:
+    """The form's texts after KEYS then MORE_KEYS, each sent at once or one at a time (Pilot.press waits for
+    the app to idle after each key: the order they were typed in, whatever it does)."""
+    app = designer_app(models, tmp_path)
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: app.focused is not None and app.focused.id == "f-base_model")
+        for keys in (KEYS, MORE_KEYS):
+            await (burst(pilot, *keys) if together else pilot.press(*keys))
+            await settle(app)
+        return {k: v for k, v in app.query_one(Designer).texts.items() if v}
+
+
+def test_keys_arriving_together_land_in_their_own_fields(models, tmp_path):
+    """`base<tab>add<tab>0.5<tab>1.5` at full speed: each text in the field the tabs lead to; then
+    backspaces, f3, a model name, cursor moves and shift+tabs typed at once act where and when they were
+    typed: the form ends as the same keys typed one at a time leave it."""
+    async def go():
+        app = designer_app(models, tmp_path)
+        async with app.run_test(size=SIZE) as pilot:
+            await until(pilot, lambda: app.focused is not None and app.focused.id == "f-base_model")
+            await burst(pilot, *KEYS)
+            await settle(app)
+            values = {f: app.query_one(f"#f-{f}").value for f in
+                      ("base_model", "models-0-model", "models-0-parameters-weight", "models-0-parameters-density")}
+            assert values == {"base_model": "base", "models-0-model": "add", "models-0-parameters-weight": "0.5",
+                              "models-0-parameters-density": "1.5"}
+            assert app.query_one(Designer).error.field == "models.0.parameters.density"  # the message follows
+    run(go())
+    together = asyncio.run(texts_after(models, tmp_path / "together", together=True))
+    one_by_one = asyncio.run(texts_after(models, tmp_path / "one_by_one", together=False))
+    assert together == one_by_one
+    assert together["models.0.parameters.density"] == "0.5" and together["models.2.model"] == "chat"
 
 
 def test_builds_a_spec_by_keys_and_clicks(models, tmp_path):
@@ -177,6 +217,7 @@ def test_a_bad_value_shows_the_cli_message_under_its_field(models, tmp_path):
         async with app.run_test(size=SIZE) as pilot:
             designer = await fill_ties(pilot)
             await type_into(pilot, "#f-models-1-parameters-density", "1.5")
+            await settle(app)
             shown = str(app.query_one("#e-models-1").render())
             assert shown == "models.1.parameters.density: must be in (0, 1] (got 1.5)"
             assert app.query_one("#f-models-1-parameters-density").has_class("invalid")
@@ -243,7 +284,9 @@ def test_a_gradient_is_shown_at_every_layer(models, tmp_path):
         async with app.run_test(size=SIZE) as pilot:
             await fill_ties(pilot, density="0.2, 0.6, 1")
             await click(pilot, "#f-models-1-parameters-density")  # the help line follows the focus
-            assert "by layer (2 layers): 0.2 1" in str(app.query_one("#help").render())
+            field = app.query_one("#f-models-1-parameters-density")
+            assert field.content_region.width > len("0.2, 0.6, 1")  # the whole gradient shows in its field
+            assert "density = 0.2, 0.6, 1: by layer (2 layers): 0.2 1" in str(app.query_one("#help").render())
     run(go())
 
 
@@ -295,6 +338,8 @@ def test_cancel_midway_leaves_no_output(models, tmp_path):
             await settle(app)
             assert designer.state == "cancelled"
             assert "cancelled" in str(app.query_one("#status").render())
+            assert app.query_one("#progress").progress == 0  # not left part-way, as if still going
+            assert str(app.query_one("#rate").render()).startswith("cancelled at tensor 1/21")
     run(go())
     assert not out.exists()
     assert not [f for f in os.listdir(tmp_path) if f.startswith(".cancelled")]  # no partial folder either
@@ -323,15 +368,21 @@ def test_the_picker_fills_the_focused_model(models, tmp_path):
 
 
 def test_evaluate_scores_the_merge_and_refreshes_the_leaderboard(models, tmp_path, monkeypatch):
-    """The scoring itself is evals' (tested there); here: what it is asked, and the hand-off."""
-    calls, refreshed = [], []
+    """The scoring itself is evals' (tested there); here: what it is asked, the progress task by task
+    while it runs, and the hand-off."""
+    calls, refreshed, reached, resume = [], [], threading.Event(), threading.Event()
 
-    def evaluate(paths, tasks, settings, store, force=False, say=print):
+    def score(batch, settings, store, force=False, say=print, on_task=None):
+        paths, tasks = [c.path for c in batch.checkpoints], list(batch.tasks)
         calls.append((paths, tasks, settings.limit, force))
         say("1 task(s) to run")
+        on_task(tasks[0], 0, len(tasks))
+        on_task(tasks[1], 1, len(tasks))
+        reached.set()
+        resume.wait(10)
         return {paths[0]: {}}
 
-    monkeypatch.setattr("evals.scoring.run.evaluate", evaluate)
+    monkeypatch.setattr("evals.scoring.run.score", score)
     monkeypatch.setattr(LeaderboardPane, "refresh_rows", lambda self: refreshed.append(True))
 
     async def go():
@@ -343,9 +394,16 @@ def test_evaluate_scores_the_merge_and_refreshes_the_leaderboard(models, tmp_pat
             await settle(app)
             await type_into(pilot, "#limit", "3")
             await pilot.press("f7")
+            await until(pilot, reached.is_set)
+            await pilot.pause()
+            bar = app.query_one("#progress")
+            assert (bar.progress, bar.total) == (1, 5)
+            assert str(app.query_one("#rate").render()).startswith("task 2/5: world_reverse")
+            resume.set()
             await settle(app)
             await pilot.pause()
             assert designer.state == "evaluated"
+            assert bar.progress == bar.total and str(app.query_one("#rate").render()).startswith("scored in")
     run(go())
     assert calls == [([str(tmp_path / "merged")], ["world_add", "world_reverse", "world_capital",
                                                     "world_capital_choice", "world_perplexity"], 3, False)]
@@ -376,3 +434,121 @@ def test_every_method_is_offered_with_its_own_parameters(models, tmp_path):
             assert designer.data["parameters"] == {"max_iter": 5}
             assert designer.error is None and len(designer.plan.jobs[0].models) == 3  # math, code, base
     run(go())
+
+
+def test_merge_into_defaults_outside_the_models_folder_and_replace_reads_without_colour(models, tmp_path):
+    async def go():
+        app = designer_app(models, tmp_path)
+        async with app.run_test(size=SIZE) as pilot:
+            await settle(app)
+            out = app.query_one("#out").value
+            assert out == str(tmp_path / "merges" / "merged") and not inside(out, models)
+            replace = app.query_one("#replace")
+            assert str(replace.render()).startswith("▐ ▌")
+            replace.toggle()
+            await pilot.pause()
+            assert str(replace.render()).startswith("▐X▌")
+    run(go())
+    assert default_output(".", "merges") == os.path.join(".surgery", "merged")  # the models folder is here
+
+
+def test_an_empty_model_row_is_said_under_that_row(models, tmp_path):
+    async def go():
+        app = designer_app(models, tmp_path)
+        async with app.run_test(size=SIZE) as pilot:
+            designer = await fill_ties(pilot)
+            app.query_one("#f-models-1-model").value = ""
+            await settle(app)
+            assert designer.error.field == "models.1.model"
+            assert str(app.query_one("#e-models-1").render()).startswith("models.1.model: no model yet")
+            assert not app.query_one("#e-spec").display  # nothing at the foot of the form
+    run(go())
+
+
+def test_a_truncated_model_is_refused_under_its_row_and_before_scoring(models, tmp_path, monkeypatch):
+    """The reader's own located message ('truncated: tensor ... ends at byte N'), under the row of the
+    model, before a merge; and for F7, before lm-eval is reached."""
+    from tests.surgery.test_io import WEIGHTS, copy_model
+
+    broken = copy_model(os.path.join(models, "code"), tmp_path / "broken")
+    with open(os.path.join(broken, WEIGHTS), "r+b") as f:
+        f.truncate(os.path.getsize(os.path.join(broken, WEIGHTS)) - 100)
+
+    def no_lm_eval(*args, **kwargs):
+        raise AssertionError("lm-eval was reached")
+
+    monkeypatch.setattr("evals.scoring.harness.evaluate_path", no_lm_eval)
+    monkeypatch.setattr("evals.scoring.harness.evaluate_each", no_lm_eval, raising=False)
+
+    async def go():
+        app = designer_app(models, tmp_path)
+        async with app.run_test(size=SIZE) as pilot:
+            designer = await fill_ties(pilot)
+            app.query_one("#f-models-1-model").value = broken
+            await settle(app)
+            shown = str(app.query_one("#e-models-1").render())
+            assert "truncated: tensor" in shown and broken in shown, shown
+            assert app.query_one("#f-models-1-model").has_class("invalid")
+            await pilot.press("f6")
+            await settle(app)
+            assert designer.state == "idle" and "fix the spec first" in str(app.query_one("#status").render())
+
+            app.query_one("#out").value = broken  # as if a merge had written it so
+            await pilot.press("f7")
+            await settle(app)
+            assert designer.state == "failed"
+            status = str(app.query_one("#status").render())
+            assert status.startswith("error: ") and "truncated: tensor" in status, status
+    run(go())
+    assert not os.path.exists(tmp_path / "evals.sqlite")  # no store made for a checkpoint that cannot be read
+
+
+def test_the_conflict_map_says_when_the_models_changed(models, tmp_path):
+    async def go():
+        app = designer_app(models, tmp_path)
+        async with app.run_test(size=SIZE) as pilot:
+            designer = await fill_ties(pilot)
+            await pilot.press("f3")
+            app.query_one("#f-models-2-model").value = "chat"
+            await settle(app)
+            await pilot.press("f5")
+            await settle(app)
+            assert "sign conflicts" in str(app.query_one("#map").render())
+            app.query_one("#f-models-2-model").focus()
+            await pilot.press("f4")  # drop chat: the map drawn for three models no longer holds
+            await settle(app)
+            assert [m["model"] for m in designer.data["models"]] == ["math", "code"]
+            assert str(app.query_one("#map").render()).startswith("the models changed since the last comparison")
+            await pilot.press("f5")
+            await settle(app)
+            assert "sign conflicts" in str(app.query_one("#map").render())
+    run(go())
+
+
+def test_quitting_cancels_a_running_merge(models, tmp_path):
+    out = tmp_path / "quit"
+
+    async def go():
+        app = designer_app(models, tmp_path)
+        async with app.run_test(size=SIZE) as pilot:
+            designer = await fill_ties(pilot)
+            app.query_one("#out").value = str(out)
+            designer.block_bytes = 1024
+            reached, resume, record = threading.Event(), threading.Event(), designer.record_progress
+
+            def held(name: str, nbytes: int) -> None:
+                record(name, nbytes)
+                reached.set()
+                resume.wait(10)
+
+            designer.record_progress = held
+            await pilot.press("f6")
+            await until(pilot, reached.is_set)
+            await pilot.press("ctrl+q")
+            assert designer.cancel_event.is_set()
+        resume.set()
+        await asyncio.to_thread(app.wait_for_cleanup)  # as `surgery tui` does once the app has closed
+        assert designer.merge_ended.is_set()
+    run(go())
+    assert not out.exists()
+    assert not [f for f in os.listdir(tmp_path) if f.startswith(".quit")]

@@ -17,6 +17,7 @@ from evals.scoring.checkpoints import Checkpoint
 from evals.scoring.harness import Evaluated
 from evals.scoring.scores import TaskScore
 from evals.scoring.store import Store
+from tests.tui.burst import burst, typed
 from tui.leaderboard import LeaderboardPane
 
 SIZE = (80, 24)
@@ -100,9 +101,11 @@ def test_sorts_by_mean_then_by_key_and_by_header_click(db):
         assert row("merged")["merge_q"] == pytest.approx((0.7 / 0.75 + 0.6 / 0.6 + 0.7 / 0.9) / 3)
         table = pane.query_one("#lb-table", DataTable)
         assert table.has_focus  # keys work at once
-        await pilot.press("s")  # the next column: tax, G(parent) - G(child), largest first
+        await pilot.press("s")  # the next column: tax, G(parent) - G(child), lower is better: the best first
         assert pane.sort_column == "tax"
-        assert shown(pane) == ["dpo", "merged", "sft", "base"]  # tax +0.30, -0.15, -0.175; base has none
+        assert shown(pane) == ["sft", "merged", "dpo", "base"]  # tax -0.175, -0.15, +0.30; base has none
+        await pilot.press("S")  # reversed by a key: the worst first, the row without a value still last
+        assert shown(pane) == ["dpo", "merged", "sft", "base"]
         x = table.columns["checkpoint"].get_render_width(table) // 2 + table.columns["mark"].get_render_width(table)
         await pilot.click("#lb-table", offset=(x, 0))
         assert pane.sort_column == "checkpoint" and shown(pane) == ["base", "dpo", "merged", "sft"]
@@ -154,12 +157,11 @@ def test_two_marked_rows_are_compared_with_their_significance(db, tmp_path):
             expected = compare(base[task].outcomes, sft[task].outcomes, sft[task].value - base[task].value)
             got = result.differences[task]
             assert got.p_value == expected.p_value and (got.low, got.high) == (expected.low, expected.high)
-        compared = pane.query_one("#lb-compare-table", DataTable)
-        row = dict(zip((c.value for c in compared.columns), compared.get_row("bigbench_arithmetic")))
+        row = next(r for r in result.table() if r["task"] == "bigbench_arithmetic")
         p = result.differences["bigbench_arithmetic"].p_value  # 10 wins, 0 losses: 2 / 2**10
         assert abs(p - 2 / 2**10) < 1e-12
-        assert row["A"] == "0.5000" and row["B"] == "0.7500" and row["change"] == "0.2500"
-        assert row["p (McNemar)"] == f"{p:.3g}" and row["verdict"] == "significant"
+        assert (row["A"], row["B"], row["B - A"]) == (0.5, 0.75, 0.25)
+        assert row["p"] == f"{p:.3g}" and row["better"] == "B" and row["verdict"] == "significant"
         assert table.get_row(str(tmp_path / "base"))[0] == "A"
         await pilot.press("escape")  # drop the marks: the lineage is back
         assert pane.marks == [] and pane.comparison is None
@@ -177,5 +179,84 @@ def test_refresh_rows_rereads_the_store(db, tmp_path):
         pane.refresh_rows()
         await settled(pilot)
         assert shown(pane)[0] == "late"
+
+    run(db, scenario)
+
+
+@pytest.fixture
+def perplexity_db(tmp_path, monkeypatch) -> str:
+    """base (perplexity 40.2), tuned (26.8) and quick (20.0, scored with --limit 10) on world_perplexity,
+    lower is better, and world_add."""
+    monkeypatch.chdir(tmp_path)
+    path = str(tmp_path / "evals.sqlite")
+    with Store(path) as store:
+        for name, (right, perplexity, limit) in {"base": (10, 40.2, None), "tuned": (30, 26.8, None),
+                                                 "quick": (9, 20.0, 10)}.items():
+            full, n = str(tmp_path / name), limit or N
+            outcomes = tuple(perplexity * (1 + 0.1 * (i % 3 - 1)) for i in range(n))  # mean: `perplexity`
+            scores = {"world_perplexity": Evaluated(TaskScore("world_perplexity", "byte_perplexity", perplexity, None,
+                                                              n, None, outcomes), "1.0", 0),
+                      "world_add": _evaluated("world_add", right) if n == N else
+                      Evaluated(TaskScore("world_add", "exact_match", right / n, None, n, None,
+                                          tuple(1.0 if i < right else 0.0 for i in range(n))), "1.0", 0)}
+            store.register(full, Checkpoint(full, f"hash-{name}"), {})
+            store.put(full, f"hash-{name}", {}, f"limit={limit};fewshot=None", "0.4.13", scores)
+    return path
+
+
+def test_a_perplexity_sorts_lowest_first_and_compares_with_its_direction_stated(perplexity_db, tmp_path):
+    async def scenario(pilot, pane):
+        pane.sort_by("world_perplexity")
+        await pilot.pause()
+        assert shown(pane) == ["quick", "tuned", "base"]  # 20.0, 26.8, 40.2: the best first
+        assert "best first (lower is better)" in str(pane.query_one("#lb-status").render())
+        await pilot.press("S")
+        assert shown(pane) == ["base", "tuned", "quick"]
+
+        await pilot.press("ctrl+home", "m", "down", "m")  # A = base, B = tuned
+        await pilot.app.workers.wait_for_complete()
+        await pilot.pause()
+        row = next(r for r in pane.comparison.table() if r["task"] == "world_perplexity")
+        assert row["A"] == 40.2 and row["B"] == 26.8
+        assert row["B - A"] == pytest.approx(26.8 - 40.2) and row["better"] == "B"  # the sign follows the label
+        low, high = (float(x) for x in row["95% CI"].strip("[]").split(", "))
+        assert low <= row["B - A"] <= high < 0
+        title = str(pane.query_one("#lb-compare-title").render())
+        assert "B - A" in title and "lower is better for world_perplexity" in title
+        compared = pane.query_one("#lb-compare-table", Static)
+        lines = [compared.render_line(y).text.rstrip() for y in range(compared.size.height)]
+        assert all(len(line) <= SIZE[0] for line in lines)
+        text = "\n".join(lines)
+        for word in ("world_perplexity", "world_add", "verdict", "significant"):  # every column shown, wrapped
+            assert word in text, text
+
+    run(perplexity_db, scenario)
+
+
+def test_rows_scored_with_different_limits_say_so(perplexity_db):
+    async def scenario(pilot, pane):
+        assert "limit" in pane.board.columns
+        assert {os.path.basename(e.name): e.row["limit"] for e in pane.board.entries} == {
+            "base": "all", "tuned": "all", "quick": "10"}
+        note = pane.query_one("#lb-note", Static)
+        assert note.display and "different --limit (10, all" in str(note.render())
+
+    run(perplexity_db, scenario)
+
+
+def test_keys_arriving_together_filter_then_act_on_the_table(db):
+    """'/' then a filter typed at once all go into the filter (an 's' among them sorts nothing); escape
+    then 'm' at once leave the filter and mark the row."""
+    async def scenario(pilot, pane):
+        await burst(pilot, "slash", *typed("sft"))
+        await pilot.pause()
+        assert pane.filter_text == "sft" and pane.sort_column == "mean" and shown(pane) == ["sft"]
+        await burst(pilot, "escape", "m")
+        await pilot.pause()
+        assert pane.marks == [os.path.abspath("sft")]
+        await burst(pilot, "slash", *typed("/dp"), "enter", "m")  # a path's slash goes into the filter
+        await pilot.pause()
+        assert pane.filter_text == "/dp" and shown(pane) == ["dpo"]
+        assert pane.marks == [os.path.abspath("sft"), os.path.abspath("dpo")]
 
     run(db, scenario)

@@ -89,6 +89,29 @@ def test_a_run_shows_its_loss_and_follows_appended_lines(tmp_path):
     asyncio.run(scenario())
 
 
+def test_the_step_column_widens_and_the_loss_plot_has_its_scale(tmp_path):
+    """A run seen at its start ('0/1500 0%') and then at its end: the step column grows to show
+    '1500/1500 100%' whole; the plot is drawn with the range of the losses it shows, top and bottom."""
+    log = tmp_path / "runs" / "long" / "log.jsonl"
+    write(log, {"event": "start", "step": 0, "total_steps": 1500})
+
+    async def scenario():
+        async with MonitorApp([str(tmp_path / "runs")]).run_test(size=SIZE) as pilot:
+            pane = pilot.app.query_one(MonitorPane)
+            await refreshed(pilot, pane)
+            table = pane.query_one("#runs", DataTable)
+            assert table.get_row(str(log.parent))[2] == "0/1500 0%"
+            write(log, *steps(1, *[1.1 * 0.995 ** i for i in range(1500)]), {"event": "end", "step": 1500})
+            await refreshed(pilot, pane)
+            row = "".join(segment.text for segment in table.render_line(1))  # line 0 holds the headers
+            assert "1500/1500 100%" in row, row
+            losses = pane.query_one(Sparkline).data
+            scale = str(pane.query_one("#loss-scale").render())
+            assert scale.splitlines()[0] == f"{max(losses):.3g}" and scale.splitlines()[-1] == f"{min(losses):.3g}"
+
+    asyncio.run(scenario())
+
+
 def test_keys_pick_a_run_and_rescan_finds_new_ones(tmp_path):
     write(tmp_path / "a" / "log.jsonl", *steps(1, 4.0, 3.0))
     write(tmp_path / "b" / "log.jsonl", *steps(1, 2.0, float("nan")),
