@@ -43,7 +43,7 @@ def test_new_methods_on_cuda_match_cpu(llama, tmp_path, case):
     """The methods added after TIES on CUDA: float sums differ in order there, so outputs agree to float32
     rounding; SCE's and Arcee Fusion's selections (order statistics of values computed on each device)
     may differ in the odd entry at the cut-off, so at most 1 in 10,000 entries may differ beyond that."""
-    from tests.surgery.test_mergekit_methods import CASES
+    from tests.surgery.new_method_cases import CASES
 
     results = {}
     for device in ("cpu", "cuda"):
