@@ -186,3 +186,10 @@ def user_task_digest(task: str, include_path: str) -> str:
 def _declared(yaml_file: str) -> set[str]:
     with open(yaml_file, errors="replace") as f:
         return set(TASK_LINE.findall(f.read()))
+
+
+def user_tasks(include_path: str) -> tuple[str, ...]:
+    """The tasks the YAMLs under a user's `--include-path` folder declare, sorted."""
+    yamls = [os.path.join(root, n) for root, _, names in os.walk(include_path) for n in names
+             if n.endswith((".yaml", ".yml"))]
+    return tuple(sorted({t for y in yamls for t in _declared(y)}))
