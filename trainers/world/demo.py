@@ -130,6 +130,28 @@ def score_stage(folder: str, name: str, model: str, keys: dict[str, str], rows_p
     return Stage(f"score-{name}", inputs, out, build, check)
 
 
+def conflicts_stage(folder: str, keys: dict[str, str]) -> Stage:
+    """The experts' task vectors compared as `surgery diff --base` does: sign conflicts per layer and
+    module type, cosines and sizes, as a heat map PNG."""
+    from surgery.diagnose.diff import diff_models
+    from surgery.diagnose.diff_report import colour_ranges, grids
+    from surgery.diagnose.heatmap import save_heatmap
+
+    png = os.path.join(folder, "sign-conflicts.png")
+    models = os.path.join(folder, "models")
+
+    def build() -> None:
+        result = diff_models([os.path.join(models, t) for t in EXPERTS], os.path.join(models, "base"))
+        save_heatmap(png, *grids(result), colour_ranges(result.columns()))
+
+    def check(path: str) -> None:
+        with open(path, "rb") as f:
+            if f.read(8) != b"\x89PNG\r\n\x1a\n" or os.path.getsize(path) < 1000:
+                raise ValueError(f"{path} is not a whole PNG")
+
+    return Stage("sign-conflicts", {"models": {n: keys[n] for n in ("base", *EXPERTS)}}, png, build, check)
+
+
 def score_table(models: dict[str, str], data: str, rows_per_task: int | None = None) -> dict[str, dict[str, float]]:
     """{model name: {task: exact match on its test split (or its first `rows_per_task` rows)}}."""
     import torch
@@ -176,10 +198,24 @@ def run_world_demo(folder: str, specs: str, recipe: Recipe | None = None, echo: 
         run_stage(folder, score_stage(folder, name, path, keys, rows_per_task), echo)
         with open(os.path.join(folder, "scores", f"{name}.json")) as f:
             table[name] = json.load(f)
+    png = os.path.join(folder, "sign-conflicts.png")
+    run_stage(folder, conflicts_stage(folder, keys), echo)
     echo(format_table(table, methods))
     with open(os.path.join(folder, "scores.json"), "w") as f:
         json.dump(table, f, indent=2)
+    echo(closing(folder, specs, [png]))
     return table
+
+
+def closing(folder: str, specs: str, pngs: list[str]) -> str:
+    """The three lines a newcomer goes on from: the TUI on these models, a spec of their own, the figures."""
+    here = os.path.relpath(folder)
+    return "\n".join([
+        f"open the TUI on these models: surgery tui --models-dir {here}/models --merges-dir {os.path.relpath(specs)}",
+        f"write and run your own spec: copy {os.path.relpath(specs)}/ties-example.yaml to my.yaml, edit it, then "
+        f"surgery merge my.yaml {here}/out/my --models-dir {here}",
+        f"the PNGs: {', '.join(os.path.relpath(p) for p in pngs)} (the experts' sign conflicts, as surgery diff "
+        "--base draws them)"])
 
 
 def _method(spec_file: str) -> str:

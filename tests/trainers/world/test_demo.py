@@ -39,12 +39,15 @@ def test_world_demo_trains_merges_and_scores(tmp_path, two_specs):
     lineage = json.loads((models / "add" / "lineage.json").read_text())
     assert lineage["base"] == str(models / "base") and lineage["steps"] == 2
     assert json.loads((tmp_path / "demo" / "scores.json").read_text()) == table
-    assert "ties-example" in lines[-1] and "norm acc" in lines[-1]
+    assert "ties-example" in lines[-2] and "norm acc" in lines[-2]
+    assert "surgery tui --models-dir" in lines[-1] and "surgery merge my.yaml" in lines[-1]
+    with open(tmp_path / "demo" / "sign-conflicts.png", "rb") as f:
+        assert f.read(4) == b"\x89PNG"
     # a second run builds nothing: every stage's inputs are unchanged
     before = {n: os.path.getmtime(models / n / "lineage.json") for n in ("base", *EXPERTS)}
     lines.clear()
     run_world_demo(str(tmp_path / "demo"), two_specs, TINY, echo=lines.append, rows_per_task=2)
-    assert all(line.startswith("reused ") for line in lines[:-1]) and len(lines) == 1 + 2 + 1 + 3 + 2 + 6
+    assert all(line.startswith("reused ") for line in lines[:-2]) and len(lines) == 2 + 1 + 3 + 2 + 6 + 1 + 2
     assert before == {n: os.path.getmtime(models / n / "lineage.json") for n in ("base", *EXPERTS)}
 
 
