@@ -81,6 +81,23 @@ def world(folder, specs, base_steps, expert_steps, rows) -> None:
 
 
 @click.command()
+@click.argument("folder", type=click.Path(file_okay=False))
+@click.option("--base-steps", type=click.IntRange(min=1), default=2000, show_default=True,
+              help="Pretraining steps of the base (on all four tasks).")
+@click.option("--expert-steps", type=click.IntRange(min=1), default=200, show_default=True,
+              help="Fine-tuning steps of each expert.")
+@handled
+def zoo(folder, base_steps, expert_steps) -> None:
+    """Train the zoo recipe's models in FOLDER (kept between runs): a base that knows all four tasks
+    of the small world and its add, reverse and refuse experts, which `surgery proof --zoo`,
+    `moe-proof` and `transplant-proof` read."""
+    from trainers.world.zoo import ensure_zoo
+
+    for name, path in ensure_zoo(folder, base_steps, expert_steps, echo=click.echo).items():
+        click.echo(f"{name}: {path}")
+
+
+@click.command()
 @click.argument("label_spec", metavar="LABEL.yaml", type=click.Path(dir_okay=False))
 @click.option("--set", "overrides", multiple=True, metavar="FIELD=VALUE",
               help="Override a spec field before validation, e.g. --set policy=demo/models/base (repeatable).")
