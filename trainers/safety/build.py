@@ -114,11 +114,7 @@ def per_category(train: dict[tuple[str, str], list[Item]], part: str) -> list[li
 
 def shares(weights: list[float], total: int) -> list[int]:
     """`total` split in proportion to `weights`, rounded by largest remainder (the counts sum to total)."""
-    exact = [total * w / sum(weights) for w in weights]
-    counts = [int(x) for x in exact]
-    for i in sorted(range(len(exact)), key=lambda i: counts[i] - exact[i])[:total - sum(counts)]:
-        counts[i] += 1
-    return counts
+    return data.exact_counts([w / sum(weights) for w in weights], total)
 
 
 def cycled(pool: list, count: int, rng: random.Random) -> list:
