@@ -80,7 +80,7 @@ def penalised(loss, anchors: list[Anchor], lam: float):
         device = next(policy.parameters()).device
         here = placed.setdefault(device, [on_device(a, device) for a in anchors])
         extra = penalty(dict(policy.named_parameters()), here, lam)
-        return value + extra, {**metrics, "ewc_penalty": float(extra)}
+        return value + extra, {**metrics, "ewc_penalty": float(extra.detach())}
 
     return total
 
