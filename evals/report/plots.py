@@ -124,9 +124,9 @@ def evolve_figure(scores: Sequence[Sequence[float | None]], title: str = "evolut
 def strategies_figure(matrices: Mapping[str, tuple[Sequence[str], Sequence[Sequence[float]]]],
                       checkpoints: Sequence[str], title: str = "score after each stage, per strategy"):
     """One stage x task heat map per continual-learning strategy, side by side, on one colour scale."""
-    fig = _figure(1.5 + 2.6 * len(matrices), 1.8 + 0.4 * len(checkpoints))
+    fig = _figure(1.5 + 2.6 * len(matrices), 2.6 + 0.4 * len(checkpoints))
     values = {n: np.asarray(m, dtype=np.float64) for n, (_, m) in matrices.items()}  # each (stages, tasks)
-    low, high = min(v.min() for v in values.values()), max(v.max() for v in values.values())
+    low, high = 0.0, 1.0  # bounded scores (exact match, rates): one fixed scale, so panels compare
     for k, (name, (tasks, _)) in enumerate(matrices.items()):
         ax = fig.add_subplot(1, len(matrices), k + 1)
         image = ax.imshow(values[name], aspect="auto", cmap="viridis", vmin=low, vmax=high, interpolation="nearest")
@@ -136,6 +136,7 @@ def strategies_figure(matrices: Mapping[str, tuple[Sequence[str], Sequence[Seque
         ax.set_yticks(range(len(checkpoints)), checkpoints if k == 0 else [""] * len(checkpoints), fontsize=7)
         ax.set_title(name, fontsize=9)
     fig.suptitle(title, fontsize=10)
+    fig.subplots_adjust(bottom=0.3, top=0.85, left=0.12, right=0.9)
     fig.colorbar(image, ax=fig.axes, fraction=0.03, label="score")
     return fig
 
