@@ -186,7 +186,8 @@ def _sha(folder) -> dict[str, str]:
      "the only one before stage 'two', has 13 rows; give a size of at most 13"),
     ({"stages.1.tasks": []}, "seq.yaml: stages.1.tasks (line {line}): a stage needs the lm-eval tasks its checkpoint "
                              "is scored on"),
-], ids=["negative lambda", "buffer larger than the data", "stage without tasks"])
+    ({"stages.1.tasks": None}, "seq.yaml: stages.1.tasks (line {line}): a stage needs the lm-eval tasks"),
+], ids=["negative lambda", "buffer larger than the data", "stage without tasks", "stage leaving tasks out"])
 def test_bad_sequences_exit_2_located_and_write_nothing(base, tmp_path, change, expected):
     from evals.pipelines.cli import continual
 
@@ -195,12 +196,13 @@ def test_bad_sequences_exit_2_located_and_write_nothing(base, tmp_path, change, 
     spec = sequence(base, inputs, {"name": "naive"}, "../out")
     for key, value in change.items():
         if key.startswith("stages."):
-            spec["stages"][int(key.split(".")[1])]["tasks"] = value
+            stage = spec["stages"][int(key.split(".")[1])]
+            stage.pop("tasks") if value is None else stage.update(tasks=value)
         else:
             spec[key] = value
     file = inputs / "seq.yaml"
     file.write_text(yaml.safe_dump(spec, sort_keys=False))
-    needle = {"lam": "lam: -1", "size": "size: 50", "tasks": "tasks: []"}
+    needle = {"lam": "lam: -1", "size": "size: 50", "[]": "tasks: []", "None": "name: two"}
     needle = next(v for k, v in needle.items() if k in str(change))
     line = next(i for i, text in enumerate(file.read_text().splitlines(), start=1) if needle in text)
     before = _sha(inputs)

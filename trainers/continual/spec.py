@@ -45,8 +45,9 @@ class StageSpec(Strict):
     name: str = Field(description="the stage's name (its folder is OUT/stage-K-NAME)")
     train: list[DataSource] = Field(min_length=1, description="JSONL files or folders the stage trains on")
     eval: list[str] = Field(default_factory=list, description="JSONL scored as a loss every eval_every steps")
-    tasks: list[str] = Field(default_factory=list, description="lm-eval tasks every stage's checkpoint is scored "
-                             "on; this stage's forgetting is read from them")
+    tasks: list[str] = Field(default_factory=list, validate_default=True,  # left out: the same message
+                             description="lm-eval tasks every stage's checkpoint is scored on; this stage's "
+                             "forgetting is read from them")
     steps: int | None = Field(None, ge=1, description="this stage's optimizer steps (default schedule.total_steps)")
 
     @field_validator("train", mode="before")
