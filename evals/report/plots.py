@@ -159,6 +159,9 @@ def tradeoff_figure(weights: Sequence[float], series: Mapping[str, Sequence[floa
     points = right.scatter(x, y, c=c, cmap="magma_r", zorder=2)
     for w, xi, yi in zip(weights, x, y):
         right.annotate(f"w={w:g}", (xi, yi), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    right.set_xlim(-0.03, 1.03)  # rates: the whole square, so curves of different runs compare
+    right.set_ylim(-0.03, 1.03)
+    left.set_ylim(min(-0.05, *(min(ys) - 0.05 for ys in series.values())), 1.05)
     right.set_xlabel(refusal)
     right.set_ylabel(over_refusal)
     right.set_title("refusal vs over-refusal (colour: tax)", fontsize=10)
