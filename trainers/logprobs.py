@@ -24,7 +24,9 @@ from torch.utils.checkpoint import checkpoint
 from trainers import parallel
 
 IGNORE = -100  # the label of a token that is context only, not a target
-LOGITS_CHUNK = 1024  # positions whose logits exist at once by default: 1024 x 32000 float32 = 131 MB
+AUTO = "auto"  # `batch.logits_chunk`'s default: as many positions as LOGITS_ENTRIES allows
+LOGITS_ENTRIES = 2**24  # logits entries at once by default (64 MiB in float32): 524 positions of a 32000-token
+# vocabulary, 110 of a 151936-token one (Qwen2), whose logits are 0.6 MB per position
 
 
 def token_logps(logits: torch.Tensor, tokens: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
@@ -70,14 +72,16 @@ class Scores:
 
 def scores(model, batch: dict, labels: torch.Tensor | None = None) -> Scores:
     """The model's log-probabilities of the batch's labelled tokens (or of `labels`' (R, W)), padded or
-    packed (trainers/packing.py). With `batch["logits_chunk"]` set (the default), logits are formed for
-    the scored positions only, that many at a time, and recomputed in the backward pass: the batch's
-    (R, W, V) logits never exist. With None, the model's own head runs over every position."""
+    packed (trainers/packing.py). With `batch["logits_chunk"]` set (a count of positions, or "auto", the
+    default: LOGITS_ENTRIES // V), logits are formed for the scored positions only, that many at a time,
+    and recomputed in the backward pass: the batch's (R, W, V) logits never exist. With None, the model's
+    own head runs over every position."""
     labels = batch["labels"] if labels is None else labels
     targets, width = labels[:, 1:], labels.shape[1]  # (R, W-1): position t predicts t + 1
     where = targets != IGNORE
-    chunk = batch.get("logits_chunk", LOGITS_CHUNK)
+    chunk = batch.get("logits_chunk", AUTO)
     head = output_head(model) if chunk is not None else None
+    chunk = auto_chunk(head) if head is not None and chunk == AUTO else chunk
     if head is None:
         logits = model(**model_inputs(batch), use_cache=False).logits[:, -width:]  # prompt learning prepends positions
         logps, correct = head_logps(lambda h: h, logits[:, :-1][where], targets[where])
@@ -85,6 +89,12 @@ def scores(model, batch: dict, labels: torch.Tensor | None = None) -> Scores:
         hidden = final_hidden(model, head, batch)[:, -width:]  # (R, W, H)
         logps, correct = chunked_logps(head, hidden[:, :-1][where], targets[where], chunk)
     return Scores(logps, correct, sequence_index(batch)[:, 1:][where], where)
+
+
+def auto_chunk(head: torch.nn.Module) -> int:
+    """Positions per chunk under the default budget: LOGITS_ENTRIES // vocabulary, at least 1."""
+    vocab = head.weight.shape[0] if isinstance(getattr(head, "weight", None), torch.Tensor) else head.out_features
+    return max(1, LOGITS_ENTRIES // vocab)
 
 
 def sequence_sums(s: Scores, count: int, weight: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:

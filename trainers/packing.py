@@ -26,7 +26,7 @@ from typing import Literal
 
 import torch
 
-from trainers.logprobs import IGNORE, LOGITS_CHUNK
+from trainers.logprobs import AUTO, IGNORE
 
 PADDED, PACKED, PADDING_FREE = "padded", "packed", "padding_free"
 
@@ -35,7 +35,7 @@ PADDED, PACKED, PADDING_FREE = "padded", "packed", "padding_free"
 class Layout:
     mode: Literal["padded", "packed", "padding_free"] = PADDED
     capacity: int | None = None  # a packed row's most tokens (batch.max_length)
-    logits_chunk: int | None = LOGITS_CHUNK  # None: the model's own head over every position at once
+    logits_chunk: int | str | None = AUTO  # positions, "auto" (by the vocabulary), or None: the model's own head
 
     @staticmethod
     def of(batch_spec) -> Layout:

@@ -33,7 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from surgery import spec_file
 from surgery.spec_file import first_error, located
 from trainers import methods, objectives, templates
-from trainers.logprobs import LOGITS_CHUNK
+from trainers.logprobs import AUTO, LOGITS_ENTRIES
 from trainers.methods.method import TrainingMethod
 from trainers.objectives.objective import Objective
 
@@ -105,9 +105,10 @@ class Batch(Strict):
         False, description="true: a micro-batch's rows laid end to end in sequences of max_length tokens (whole "
         "rows, position ids restarting per row, attention within each row); padding_free: all in one sequence; "
         "false: one padded row each. The loss is the same")
-    logits_chunk: int | None = Field(LOGITS_CHUNK, ge=1, description="positions whose logits the loss forms at "
-                                     "once (recomputed in the backward pass), only positions it scores; null: "
-                                     "the model's own head over every position")
+    logits_chunk: int | Literal["auto"] | None = Field(
+        AUTO, ge=1, description=f"positions whose logits the loss forms at once (recomputed in the backward pass), "
+        f"only positions it scores; auto: {LOGITS_ENTRIES} // vocabulary size; null: the model's own head over "
+        "every position")
 
 
 class RunSpec(Strict):

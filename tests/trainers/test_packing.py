@@ -19,7 +19,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from surgery.errors import SpecError
 from tests.trainers.conftest import spec_dict
 from trainers.data import Row
-from trainers.logprobs import IGNORE, scores
+from trainers.logprobs import IGNORE, LOGITS_ENTRIES, auto_chunk, scores
 from trainers.loops import train
 from trainers.objectives import dpo, kto, orpo, sft
 from trainers.packing import PACKED, PADDED, PADDING_FREE, Layout, best_fit_decreasing, collate
@@ -63,7 +63,8 @@ ROWS = [("what is the first word of water and people", "the first word is water"
         ("write call two", "call call")]
 PAIRS = [("write day two", "day day", "day"), ("what is the first word of day and people", "the first word is day",
                                                  "the first word is people"), ("now write number", "number", "time")]
-LAYOUTS = [Layout(PADDED, None, None), Layout(PADDED, None, 3), Layout(PACKED, 40, 5), Layout(PADDING_FREE, 40, 7)]
+LAYOUTS = [Layout(PADDED, None, None), Layout(PADDED, None, 3), Layout(PACKED, 40, 5), Layout(PADDING_FREE, 40, 7),
+           Layout(PACKED, 24)]  # the last: the default chunk ("auto"), rows of 24 tokens
 
 
 def model_and_template(folder: str):
@@ -100,6 +101,28 @@ def test_sft_packed_equals_padded(kind, llama, qwen2, gpt2):
     assert len({int(b["num_items"]) for b in batches}) == 1
     assert batches[2]["input_ids"].shape[0] < len(ROWS)  # rows shared: it did pack
     assert_same_everywhere([loss_and_grads(model, sft.loss, b, sft.Config()) for b in batches])
+
+
+@pytest.mark.parametrize("kind", ["llama", "qwen2"])
+def test_packed_sft_loss_equals_trls_padding_free_loss(kind, llama, qwen2):
+    """The reference: TRL 1.16's padding-free collator (every row of the micro-batch in one sequence,
+    position ids restarting) over the same encoded rows, scored by the model's own loss (transformers'
+    cross-entropy over the shifted labels). Our packed and padding-free losses equal it within 1e-5."""
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    model, tok, template = model_and_template({"llama": llama, "qwen2": qwen2}[kind]["base"])
+    encoded = [sft.encode(Row({"prompt": p, "completion": c}, "x.jsonl", i), tok, template, sft.Config())
+               for i, (p, c) in enumerate(ROWS)]
+    trl = DataCollatorForLanguageModeling(pad_token_id=0, padding_free=True)(
+        [{"input_ids": e["input_ids"], "labels": e["labels"]} for e in encoded])
+    with torch.no_grad():
+        # use_cache=False as TRL's fused head passes it: with a cache, transformers does not look for packed
+        # sequences in the position ids, and the row attends across them
+        expected = model(input_ids=trl["input_ids"], position_ids=trl["position_ids"], labels=trl["labels"],
+                         use_cache=False).loss.item()
+        ours = [sft.loss(model, sft.collate(encoded, 0, layout), sft.Config())[0].item()
+                for layout in (Layout(PACKED, 40), Layout(PADDING_FREE, 40, 5))]
+    assert ours == pytest.approx([expected] * 2, abs=1e-5)
 
 
 def test_packing_changes_nothing_only_with_restarting_positions(llama):
@@ -164,6 +187,15 @@ def test_scores_only_the_labelled_positions(llama):
     expected = torch.log_softmax(logits[:, :-1], -1).gather(-1, targets.clamp(min=0)[..., None])[..., 0][targets != X]
     assert s.logps.shape == (int(batch["num_items"]),)
     torch.testing.assert_close(s.logps, expected, atol=1e-6, rtol=1e-6)
+
+
+def test_auto_chunk_follows_the_vocabulary():
+    """The default chunk holds LOGITS_ENTRIES (2^24) logits: 2^24 // 32000 = 524 positions of a 32000-token
+    head, 2^24 // 151936 = 110 of Qwen2's, and at least one of any head."""
+    assert LOGITS_ENTRIES == 2**24
+    assert auto_chunk(torch.nn.Linear(8, 32000, device="meta")) == 524
+    assert auto_chunk(torch.nn.Linear(8, 151936, bias=False, device="meta")) == 110
+    assert auto_chunk(torch.nn.Linear(8, 2**25, device="meta")) == 1
 
 
 def run_weights(spec: dict) -> dict[str, torch.Tensor]:
