@@ -44,7 +44,7 @@ METHODS = ("full", "lora")
 
 @dataclass(frozen=True)
 class Setup:
-    arch: str = "llama"  # llama (untied head) or qwen2 (tied embeddings, q/k/v biases)
+    arch: str = "llama"  # llama (untied head) or qwen2 (Qwen2's tied head and attention biases, as a Llama)
     vocab: int = 32000
     hidden: int = 512
     intermediate: int = 1376
@@ -97,7 +97,7 @@ def worker_build(args: list[str]) -> None:
     """Write the model folder (config, seeded weights, tokenizer) and the rows (train.jsonl)."""
     import torch
     from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
     folder, setup_json, max_length = args[0], args[1], int(args[2])
     s = Setup(**json.loads(setup_json))
@@ -110,13 +110,15 @@ def worker_build(args: list[str]) -> None:
                                    bos_token="<|im_start|>", eos_token="<|im_end|>")
     fast.chat_template = CHATML
     torch.manual_seed(s.seed)
-    config_class, model_class = {"llama": (LlamaConfig, LlamaForCausalLM),
-                                 "qwen2": (Qwen2Config, Qwen2ForCausalLM)}[s.arch]
-    config = config_class(vocab_size=s.vocab, hidden_size=s.hidden, intermediate_size=s.intermediate,
-                          num_hidden_layers=s.layers, num_attention_heads=s.heads, num_key_value_heads=s.kv_heads,
-                          max_position_embeddings=2048, tie_word_embeddings=s.arch == "qwen2", pad_token_id=3,
-                          bos_token_id=1, eos_token_id=2)
-    model = model_class(config)
+    # qwen2: Qwen2's head (tied embeddings) and attention biases in a Llama folder. A folder whose model_type
+    # is qwen2 gets transformers' Qwen2 BPE tokenizer from AutoTokenizer instead of the word-level one saved
+    # here, which drops every word of these rows.
+    qwen2 = s.arch == "qwen2"
+    config = LlamaConfig(vocab_size=s.vocab, hidden_size=s.hidden, intermediate_size=s.intermediate,
+                         num_hidden_layers=s.layers, num_attention_heads=s.heads, num_key_value_heads=s.kv_heads,
+                         max_position_embeddings=2048, tie_word_embeddings=qwen2, attention_bias=qwen2,
+                         pad_token_id=3, bos_token_id=1, eos_token_id=2)
+    model = LlamaForCausalLM(config)
     tmp = folder + ".partial"
     os.makedirs(tmp, exist_ok=True)
     model.save_pretrained(tmp)
