@@ -47,6 +47,7 @@ def worker_phases(args: list[str]) -> None:
     (the engine writing the folder), hashing the weights (`open_checkpoint`), loading the model (lm-eval's
     HFLM, from the folder), and lm-eval's evaluation less the load. Writes the totals to args[0]."""
     from lm_eval.models.huggingface import HFLM
+    from lm_eval.tasks import TaskManager
 
     import evals.scoring.harness as harness
     import evals.scoring.run as scoring_run
@@ -54,7 +55,7 @@ def worker_phases(args: list[str]) -> None:
     import evals.search.sweep as sweep
     from surgery.cli import main
 
-    spent = {"merge": 0.0, "hash": 0.0, "load": 0.0, "lm_eval": 0.0, "candidates": 0}
+    spent = {"merge": 0.0, "hash": 0.0, "load": 0.0, "tasks": 0.0, "lm_eval": 0.0, "candidates": 0}
 
     def timed(key, fn, count=False):
         def wrapper(*a, **k):
@@ -71,12 +72,13 @@ def worker_phases(args: list[str]) -> None:
     scoring_run.open_checkpoint = timed("hash", scoring_run.open_checkpoint, count=True)
     harness.evaluate_path = timed("lm_eval", harness.evaluate_path)
     HFLM.__init__ = timed("load", HFLM.__init__)
+    TaskManager.load = timed("tasks", TaskManager.load)  # building the tasks: reading their data
     t0 = time.perf_counter()
     try:
         main(args[1:], standalone_mode=False)
     finally:
         spent["total"] = time.perf_counter() - t0
-        spent["lm_eval"] -= spent["load"]  # the load happens inside lm-eval's call
+        spent["lm_eval"] -= spent["load"] + spent["tasks"]  # both happen inside lm-eval's call
         with open(args[0], "w") as f:
             json.dump(spent, f)
 
@@ -150,7 +152,7 @@ def main(argv: list[str]) -> None:
         if m.exit_code:
             sys.exit(f"error: building the models failed; see {m.log}")
     model, rows = os.path.join(MODELS, "base"), out["rows"]
-    db = os.path.join(RESULTS, "eval-store.sqlite")
+    db, search_db = (os.path.join(RESULTS, f"eval-{n}.sqlite") for n in ("store", "search-store"))
     if "eval" in parts:
         for rep in range(args.repeat):
             for side in (("surgery", "lm_eval") if rep % 2 == 0 else ("lm_eval", "surgery")):
@@ -160,13 +162,14 @@ def main(argv: list[str]) -> None:
         if not os.path.exists(db):
             one("surgery (fill the store)", surgery_eval(model, args, db), logs, rows)
         one("surgery, from the store", surgery_eval(model, args, db), logs, rows)
+        one("python -c 'import torch'", [PYTHON, "-c", "import torch"], logs, rows)  # the served path's floor
     for kind in ("soup", "sweep"):
         if kind in parts:
             folder = os.path.join(RESULTS, "out", f"eval-{kind}")
             shutil.rmtree(folder, ignore_errors=True)
             report = os.path.join(logs, f"eval-{kind}-phases.json")
             row = one(f"surgery {kind}", [PYTHON, __file__, "phases", report,
-                                          *search_args(kind, MODELS, args, fresh(db), folder)], logs, rows)
+                                          *search_args(kind, MODELS, args, fresh(search_db), folder)], logs, rows)
             if os.path.exists(report):
                 with open(report) as f:
                     row["phases"] = json.load(f)
@@ -197,10 +200,11 @@ def markdown(out: dict) -> str:
         p = r.get("phases")
         if p and p["candidates"]:
             n = p["candidates"]
-            rest = p["total"] - p["merge"] - p["hash"] - p["load"] - p["lm_eval"]
+            rest = p["total"] - p["merge"] - p["hash"] - p["load"] - p["tasks"] - p["lm_eval"]
             lines.append(f"- {r['label']}: {n} checkpoints scored, {p['total'] / n:.2f} s each in-process "
                          f"(merge {p['merge']:.2f} s, hashing {p['hash']:.2f} s, model load {p['load']:.2f} s, "
-                         f"lm-eval {p['lm_eval']:.2f} s, rest {rest:.2f} s over the command).")
+                         f"task data {p['tasks']:.2f} s, lm-eval's scoring {p['lm_eval']:.2f} s, rest {rest:.2f} s "
+                         "over the command).")
     return "\n".join(lines) + "\n"
 
 

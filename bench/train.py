@@ -154,7 +154,7 @@ def worker_ours(args: list[str]) -> None:
         "optim": {"lr": cfg["lr"], "weight_decay": 0.0, "max_grad_norm": 1.0},
         "schedule": {"warmup_steps": cfg["lr_warmup"], "cosine": True, "total_steps": cfg["steps"]},
         "batch": {"size": cfg["batch"], "grad_accum": cfg["grad_accum"], "max_length": cfg["max_length"],
-                  "packing": cfg["packing"]},
+                  "packing": cfg["packing"], "logits_chunk": cfg["logits_chunk"]},
         "seed": cfg["seed"], "out": cfg["out"], "dtype": "float32",
     }
     steps: list[dict] = []
@@ -298,6 +298,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help="padding-free on both sides: ours batch.packing=padding_free, TRL padding_free=True")
     p.add_argument("--ours-packing", choices=("padding_free", "true"),
                    help="with --packing, our layout (default padding_free; true: rows of max_length)")
+    p.add_argument("--logits-chunk", default="auto",
+                   help="our batch.logits_chunk: auto (default), a number of positions, or null (the model's own head)")
     p.add_argument("--arch", choices=("llama", "qwen2"), default="llama", help="model family")
     p.add_argument("--vocab", type=int, help="vocabulary size (default 32000, quick 8192)")
     p.add_argument("--hidden", type=int, help="hidden size (default 512, quick 256); intermediate 2.7x")
@@ -338,9 +340,14 @@ def child_cfg(side: str, method: str, model: str, args: argparse.Namespace, step
     return {"side": side, "method": method, "model": model, "threads": args.threads, "steps": steps, "warmup": warmup,
             "batch": args.batch, "grad_accum": args.grad_accum, "max_length": args.max_length,
             "lr": 1e-4 if method == "full" else 1e-3,
-            "lr_warmup": 1, "seed": 0, "packing": packing_of(side, args), "lora_r": 16, "lora_alpha": 32,
+            "lr_warmup": 1, "seed": 0, "packing": packing_of(side, args), "logits_chunk": logits_chunk(args),
+            "lora_r": 16, "lora_alpha": 32,
             "trl_optim": args.trl_optim,
             "out": os.path.join(RESULTS, "out", f"train-{side}-{method}")}
+
+
+def logits_chunk(args: argparse.Namespace) -> int | str | None:
+    return None if args.logits_chunk == "null" else int(args.logits_chunk) if args.logits_chunk.isdigit() else "auto"
 
 
 def packing_of(side: str, args: argparse.Namespace):
@@ -424,9 +431,10 @@ def versions() -> dict:
 
 
 def layout_text(a: dict) -> str:
+    chunk = f", ours batch.logits_chunk={a.get('logits_chunk', 'auto')}"
     if not a.get("packing"):
-        return "padded"
-    return f"ours batch.packing={a.get('ours_packing') or 'padding_free'}, TRL padding_free=True"
+        return "padded" + chunk
+    return f"ours batch.packing={a.get('ours_packing') or 'padding_free'}, TRL padding_free=True" + chunk
 
 
 def markdown(results: dict) -> str:
