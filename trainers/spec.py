@@ -106,9 +106,16 @@ class Batch(Strict):
         "rows, position ids restarting per row, attention within each row); padding_free: all in one sequence; "
         "false: one padded row each. The loss is the same")
     logits_chunk: int | Literal["auto"] | None = Field(
-        AUTO, ge=1, description=f"positions whose logits the loss forms at once (recomputed in the backward pass), "
+        AUTO, description=f"positions whose logits the loss forms at once (recomputed in the backward pass), "
         f"only positions it scores; auto: {LOGITS_ENTRIES} // vocabulary size; null: the model's own head over "
         "every position")
+
+    @field_validator("logits_chunk")
+    @classmethod
+    def _positive_chunk(cls, v: int | str | None) -> int | str | None:
+        if isinstance(v, int) and v < 1:
+            raise ValueError("a chunk is at least 1 position; or write auto, or null for no chunking")
+        return v
 
 
 class RunSpec(Strict):

@@ -231,6 +231,9 @@ def test_packing_refused_where_rows_cannot_be_packed(workdir):
                             batch={"packing": "padding_free"}), "run.yaml")
     with pytest.raises(SpecError, match=r"batch.packing: Input should be False, True or 'padding_free'"):
         parse_run(spec_dict(batch={"packing": "yes"}), "run.yaml")
+    assert parse_run(spec_dict(batch={"logits_chunk": "auto"}), "run.yaml").spec.batch.logits_chunk == "auto"
+    with pytest.raises(SpecError, match=r"run.yaml: batch.logits_chunk: .*a chunk is at least 1 position.* \(got 0\)"):
+        parse_run(spec_dict(batch={"logits_chunk": 0}), "run.yaml")
 
 
 def test_prompt_tuning_cannot_pack_exit_2_nothing_written(workdir):
