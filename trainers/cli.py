@@ -1,4 +1,5 @@
-"""`surgery train RUN.yaml [--set field.path=value ...] [--resume FOLDER]` (also `python -m trainers`), and
+"""`surgery train RUN.yaml [--set field.path=value ...] [--resume FOLDER [--allow-data-change] | --force]` (also
+`python -m trainers`), and
 `surgery world FOLDER`, the small world's trained demo, and `surgery label LABEL.yaml` (RLAIF preference labels)."""
 
 from __future__ import annotations
@@ -18,9 +19,15 @@ from surgery.cli.common import handled, interrupt
 @click.option("--set", "overrides", multiple=True, metavar="FIELD=VALUE",
               help="Override a spec field before validation, e.g. --set optim.lr=3e-4 (repeatable).")
 @click.option("--resume", type=click.Path(file_okay=False), help="Continue from a checkpoint-N folder of this run.")
+@click.option("--allow-data-change", is_flag=True,
+              help="With --resume: continue although an input file (data, base, reference) changed since the "
+              "checkpoint; the lineage records which.")
+@click.option("--force", is_flag=True,
+              help="Replace the earlier run in OUT, once this run finishes (until then, and if it fails, OUT "
+              "keeps the earlier run).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @handled
-def train(run_spec, overrides, resume, quiet) -> None:
+def train(run_spec, overrides, resume, allow_data_change, force, quiet) -> None:
     """Train a model as RUN.yaml says (objective, method, data, schedule); writes OUT/checkpoint-N and OUT/final.
 
     Under torchrun (`torchrun --nproc-per-node 2 -m trainers RUN.yaml`) each process takes its share
@@ -39,10 +46,11 @@ def train(run_spec, overrides, resume, quiet) -> None:
         else:
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     try:
-        final = run_training(run, resume=resume, quiet=quiet)
+        final = run_training(run, resume=resume, quiet=quiet, force=force, allow_data_change=allow_data_change)
     except KeyboardInterrupt:
-        click.echo(f"interrupted: the checkpoints already in {run.spec.out} are complete; continue with "
-                   "--resume OUT/checkpoint-N", err=True)
+        done = f"{run.spec.out} holds the earlier run as it was (this --force run is discarded)" if force else \
+            f"the checkpoints already in {run.spec.out} are complete; continue with --resume OUT/checkpoint-N"
+        click.echo(f"interrupted: {done}", err=True)
         sys.exit(130)
     if os.environ.get("RANK", "0") == "0":  # under torchrun, one line for the whole run
         click.echo(f"wrote {final}")

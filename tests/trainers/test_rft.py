@@ -60,7 +60,7 @@ def test_rft_rounds_on_the_tiny_base(workdir):
     assert [r["round"] for r in log] == [0, 1, 2] and "eval_exact_match" in log[0]
     first = log[1]
     assert 0 < first["acceptance"] <= 1 and first["kept"] == round(first["acceptance"] * first["prompts"])
-    kept = [json.loads(line) for line in open("out/rft/round-1/data.jsonl")]
+    kept = [json.loads(line) for line in open("out/rft/round-1-data.jsonl")]
     assert len(kept) == first["kept"] and all(share_of_early_words("", r["completion"], {}) >= 0.5 for r in kept)
     assert len({r["prompt"] for r in kept}) == len(kept)  # keep: best -> one per prompt
     inner = json.load(open("out/rft/round-2/final/lineage.json"))
