@@ -68,9 +68,11 @@ def train(run_spec, overrides, resume, allow_data_change, force, quiet) -> None:
 def world(folder, specs, base_steps, expert_steps) -> None:
     """Train the small world's base and task experts in FOLDER/models (kept between runs), merge the
     experts with every spec in SPECS, and print each model's exact match on every task."""
+    from surgery.io.output import output_lock
     from trainers.world.demo import run_world_demo
 
-    run_world_demo(folder, specs, base_steps, expert_steps, echo=click.echo)
+    with output_lock(folder):  # a second `world` into FOLDER exits naming this one's pid
+        run_world_demo(folder, specs, base_steps, expert_steps, echo=click.echo)
 
 
 @click.command()
@@ -105,11 +107,15 @@ def label(label_spec, overrides) -> None:
 def moe_proof(zoo, out, prompts, gate_modes, per_token, experts, no_answers) -> None:
     """Build two-expert MoEs of the small world's add and reverse experts (ZOO: a `surgery world`
     models folder) and report their routing shares and exact match next to the base and experts."""
+    from surgery.io.output import output_lock
+    from trainers.run_output import check_folder_out
     from trainers.world.moe_proof import run_moe_proof
 
     chosen = dict(e.split("=", 1) for e in experts)
-    run_moe_proof(zoo, out, prompts, tuple(gate_modes.split(",")), tuple(int(k) for k in per_token.split(",")),
-                  chosen, not no_answers, echo=click.echo)
+    check_folder_out(out, {"ZOO": zoo, **{f"--expert {t}": path for t, path in chosen.items()}})
+    with output_lock(out):
+        run_moe_proof(zoo, out, prompts, tuple(gate_modes.split(",")), tuple(int(k) for k in per_token.split(",")),
+                      chosen, not no_answers, echo=click.echo)
 
 
 @click.command("transplant-proof")
@@ -129,9 +135,13 @@ def transplant_proof(zoo, out, model, donor, donor_steps, k, rows, no_exact) -> 
     approximation method and report held-out answer perplexity per byte and exact match."""
     import json
 
+    from surgery.io.output import output_lock
+    from trainers.run_output import check_folder_out
     from trainers.world.transplant import build_donor, run_transplant
 
-    donor = donor or build_donor(zoo, donor_steps)
-    result = run_transplant(model or os.path.join(zoo, "base"), donor, zoo, out, k, rows, not no_exact,
-                            echo=click.echo)
+    check_folder_out(out, {"ZOO": zoo, "--model": model, "--donor": donor})
+    with output_lock(out):
+        donor = donor or build_donor(zoo, donor_steps)
+        result = run_transplant(model or os.path.join(zoo, "base"), donor, zoo, out, k, rows, not no_exact,
+                                echo=click.echo)
     click.echo(json.dumps(result, indent=2))

@@ -65,6 +65,18 @@ def check_place(run: Run) -> None:
                          "choose another out")
 
 
+def check_folder_out(out: str, inputs: dict[str, str | None], flag: str = "OUT") -> None:
+    """A command's output folder (moe-proof's, transplant-proof's OUT) is not a file, and is not, holds
+    nor lies inside any of `inputs` (name -> path; None: not given)."""
+    if os.path.lexists(out) and not os.path.isdir(out):
+        raise OutputError(f"{flag} {out!r} is a file; the command writes a folder there: choose another {flag}")
+    for name, path in inputs.items():
+        relation = overlap(out, path) if path else None
+        if relation:
+            raise OutputError(f"{flag} {out!r} {relation} {name} {path!r}; choose another {flag} (inputs are never "
+                              "written)")
+
+
 def check_flags(resume: str | None, force: bool, allow_data_change: bool) -> None:
     if resume is not None and force:
         raise InputError("--resume continues a run and --force starts one afresh over it; give one of them")

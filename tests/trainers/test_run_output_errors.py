@@ -270,9 +270,9 @@ def test_label_out_apart_from_its_inputs(out, said, work, monkeypatch):
 
 @pytest.fixture
 def holder(work):
-    """Another process holding the lock of out/run and of out/pairs.jsonl (as a run writing them does)."""
+    """Another process holding the locks of out/run, out/pairs.jsonl and out/proof (as a run writing them does)."""
     code = ("import sys; from surgery.io.output import output_lock\n"
-            "with output_lock('out/run'), output_lock('out/pairs.jsonl'):\n"
+            "with output_lock('out/run'), output_lock('out/pairs.jsonl'), output_lock('out/proof'):\n"
             "    print('held', flush=True); sys.stdin.read()")
     process = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert process.stdout.readline().strip() == "held"
@@ -286,7 +286,8 @@ def refused_while_held(process, *args: str) -> str:
     before = digest(*INPUTS), sorted(os.listdir("out"))
     result = run_cli(*args)
     assert result.exit_code == 2 and "Traceback" not in result.output, result.output
-    assert (digest(*INPUTS), sorted(os.listdir("out"))) == before == (before[0], [".pairs.jsonl.lock", ".run.lock"])
+    assert (digest(*INPUTS), sorted(os.listdir("out"))) == before
+    assert before[1] == [".pairs.jsonl.lock", ".proof.lock", ".run.lock"]
     return result.output
 
 
@@ -316,3 +317,22 @@ def test_a_stale_lock_of_a_killed_run_is_reported_and_taken_over(work):
     output = succeeds("train", "run.yaml", "--quiet")
     assert f"warning: output {os.path.abspath('out/run')!r}: took over the stale lock of pid {dead.pid}" in output
     assert output.strip().endswith("wrote out/run/final") and os.listdir("out") == ["run"]
+
+
+def test_the_world_and_proof_commands_claim_their_folder(holder):
+    """`world`, `moe-proof` and `transplant-proof` hold their output folder for the whole command."""
+    for args in (("world", "out/proof", "--specs", "runs"), ("moe-proof", "own", "out/proof"),
+                 ("transplant-proof", "own", "out/proof", "--donor", "own")):
+        output = refused_while_held(holder, *args)
+        assert f"error: output {os.path.abspath('out/proof')!r} is being written by another process " \
+               f"(pid {holder.pid})" in output, (args, output)
+
+
+@pytest.mark.parametrize("args, said", [
+    (("moe-proof", "own", "own"), "OUT 'own' is ZOO 'own'"),
+    (("moe-proof", "own", "own/moe"), "OUT 'own/moe' lies inside ZOO 'own'"),
+    (("moe-proof", "data", "own", "--expert", "add=own"), "OUT 'own' is --expert add 'own'"),
+    (("transplant-proof", "data", "own", "--donor", "data", "--model", "own"), "OUT 'own' is --model 'own'")])
+def test_proof_outputs_apart_from_their_inputs(args, said, work):
+    error = refused(*args)
+    assert error.startswith(f"error: {said}"), error

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 
 from surgery.errors import OutputError
+from surgery.io.output import atomic_file
 from trainers.world.tasks import TASKS
 from trainers.world.zoo import build_base, build_expert
 
@@ -79,7 +80,7 @@ def run_world_demo(folder: str, specs: str, base_steps: int = 2000, expert_steps
     table = score_table({**zoo, **{n: os.path.join(folder, "out", n) for n, _, _ in merged}},
                         os.path.join(models, "data"), rows_per_task)
     echo(format_table(table, {n: m for n, m, _ in merged}))
-    with open(os.path.join(folder, "scores.json"), "w") as f:
+    with atomic_file(os.path.join(folder, "scores.json")) as tmp, open(tmp, "w") as f:
         json.dump(table, f, indent=2)
     return table
 
