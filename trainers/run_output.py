@@ -1,7 +1,7 @@
 """A run's out folder, claimed before anything loads:
 
 - where it may be (`check_place`): not an existing file, and not the base, the reference, the reward
-  model or a data source, nor inside one, nor holding one (paths resolved, links followed);
+  model or a data source (train or eval), nor inside one, nor holding one (paths resolved, links followed);
 - who writes it (`claimed`): the out folder's lock (surgery.io.output.output_lock: `.OUT.lock` beside
   it, holding the writer's pid) for the whole run, so a second run into it exits naming the holder;
 - what an earlier run left in it (`earlier_run`): a finished run (its `final`) or an unfinished one
@@ -55,14 +55,15 @@ def overlap(out: str, path: str) -> str | None:
 def check_place(run: Run) -> None:
     """Refuse an out that is a file or meets an input (case by case, located at the spec's `out`)."""
     out = run.spec.out
-    if os.path.lexists(out) and not os.path.isdir(out):
-        raise at_out(run, f"{out!r} is a file; a run writes a folder there (checkpoint-N/, final/, log.jsonl): "
-                     "choose another out")
-    for name, path in checkpoint.input_paths(run).items():
+    held = {f"data.eval.{i}": path for i, path in enumerate(run.spec.data.eval)}  # read, if not trained on
+    for name, path in {**checkpoint.input_paths(run), **held}.items():
         relation = overlap(out, path)
         if relation:
             raise at_out(run, f"{out!r} {relation} {name} {path!r}; a run never writes where its inputs are: "
                          "choose another out")
+    if os.path.lexists(out) and not os.path.isdir(out):
+        raise at_out(run, f"{out!r} is a file; a run writes a folder there (checkpoint-N/, final/, log.jsonl): "
+                     "choose another out")
 
 
 def check_folder_out(out: str, inputs: dict[str, str | None], flag: str = "OUT") -> None:
@@ -92,7 +93,8 @@ def claimed(run: Run, identity: RunIdentity, resume: str | None, force: bool, ma
     writes; the others get `out`."""
     out = run.spec.out
     check_place(run)
-    if not main:
+    if not main:  # refused alike on every process, so none waits on the others
+        check_earlier(run, identity, resume, force)
         yield out
         return
     with output_lock(out):
@@ -100,11 +102,14 @@ def claimed(run: Run, identity: RunIdentity, resume: str | None, force: bool, ma
             with atomic_folder(out) as staging:
                 yield staging
             return
-        if resume is None:
-            problem = earlier_run(run, identity)
-            if problem:
-                raise OutputError(problem)
+        check_earlier(run, identity, resume, force)
         yield out
+
+
+def check_earlier(run: Run, identity: RunIdentity, resume: str | None, force: bool) -> None:
+    problem = earlier_run(run, identity) if resume is None and not force else None
+    if problem:
+        raise OutputError(problem)
 
 
 def another_out(out: str) -> str:

@@ -88,7 +88,8 @@ def test_out_that_is_a_file_is_refused_before_anything_loads(work, monkeypatch):
 @pytest.mark.parametrize("out, relation, field", [
     ("own", "is", "base"), ("own/run", "lies inside", "base"), (".", "holds", "base"), ("linked", "is", "base"),
     ("linked/run", "lies inside", "base"), ("data", "is", "data.train.0"), ("data/run", "lies inside", "data.train.0"),
-    ("ref/x", "lies inside", "objective.reference"), ("rm", "is", "objective.reward_model")])
+    ("ref/x", "lies inside", "objective.reference"), ("rm", "is", "objective.reward_model"),
+    ("runs/data/eval.jsonl", "is", "data.eval.0")])
 def test_out_never_overlaps_an_input(out, relation, field, work, monkeypatch):
     """Resolved paths: `linked` is a link to the base folder."""
     os.symlink("own", "linked")
@@ -101,7 +102,8 @@ def test_out_never_overlaps_an_input(out, relation, field, work, monkeypatch):
     inputs = (*INPUTS, "ref", "rm")
     error = refused("train", "run.yaml", "--quiet", "--set", f"out={out}", *objective, inputs=inputs,
                     untouched=(*inputs, "out"))
-    path = {"base": "own", "data.train.0": "data", "objective.reference": "ref", "objective.reward_model": "rm"}[field]
+    path = {"base": "own", "data.train.0": "data", "objective.reference": "ref", "objective.reward_model": "rm",
+            "data.eval.0": "runs/data/eval.jsonl"}[field]
     assert error.startswith(f"error: run.yaml: out (line {line_of('out')}): '{out}' {relation} {field} '{path}'; "
                             "a run never writes where its inputs are"), error
 
