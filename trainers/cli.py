@@ -45,10 +45,11 @@ def train(run_spec, overrides, resume, allow_data_change, force, quiet) -> None:
             click.echo(f"warning: {w.message}", err=True)
         else:
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    replacing = force and os.path.isdir(run.spec.out) and bool(os.listdir(run.spec.out))
     try:
         final = run_training(run, resume=resume, quiet=quiet, force=force, allow_data_change=allow_data_change)
     except KeyboardInterrupt:
-        done = f"{run.spec.out} holds the earlier run as it was (this --force run is discarded)" if force else \
+        done = f"{run.spec.out} holds the earlier run as it was (this --force run is discarded)" if replacing else \
             f"the checkpoints already in {run.spec.out} are complete; continue with --resume OUT/checkpoint-N"
         click.echo(f"interrupted: {done}", err=True)
         sys.exit(130)

@@ -69,6 +69,10 @@ def test_rft_rounds_on_the_tiny_base(workdir):
     again = train(parse_run(spec, "rft.yaml"), quiet=True)
     assert os.path.realpath(again) == os.path.realpath(final)
     assert [r.get("skipped") for r in records("out/rft")[1:]] == ["finished by an earlier run"] * 2
+    # --force runs every round again, in a hidden sibling that replaces out/rft once they finish
+    forced = train(parse_run(spec, "rft.yaml"), quiet=True, force=True)
+    assert os.path.realpath(forced) == os.path.realpath("out/rft/round-2/final")
+    assert [r.get("skipped") for r in records("out/rft")] == [None] * 3 and os.listdir("out") == ["rft"]
 
 
 def test_rft_errors(workdir):
