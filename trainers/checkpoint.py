@@ -240,9 +240,10 @@ def intact_before(folder: str) -> str:
     """Advice after a damaged checkpoint: the latest intact one of the same run before it, or a fresh start."""
     out, name = os.path.split(os.path.normpath(folder))
     step = int(name.rpartition("-")[2]) if re.fullmatch(r"checkpoint-\d+", name) else None
-    earlier = [path for n, path in steps_of(out) if step is not None and n < step and intact(path)]
-    if earlier:
-        return f"the latest intact checkpoint before it is {earlier[-1]}: continue with --resume {earlier[-1]}"
+    earlier = [path for n, path in steps_of(out) if step is not None and n < step]
+    latest = next((path for path in reversed(earlier) if intact(path)), None)  # each read whole: the latest first
+    if latest:
+        return f"the latest intact checkpoint before it is {latest}: continue with --resume {latest}"
     return "no earlier checkpoint of this run is intact: start the run again (with --force to replace it)"
 
 

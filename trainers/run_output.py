@@ -140,10 +140,9 @@ def earlier_run(run: Run, identity: RunIdentity) -> str | None:
     if not steps:
         return None
     held = f"out {out!r} holds an unfinished run ({listed(steps)})"
-    good = [path for _, path in steps if checkpoint.intact(path)]
-    if not good:
+    latest = next((path for _, path in reversed(steps) if checkpoint.intact(path)), None)  # each read whole
+    if latest is None:
         return f"{held}, none of whose checkpoints is intact; {elsewhere}"
-    latest = good[-1]
     with open(os.path.join(latest, checkpoint.STATE, "state.json")) as f:
         state = json.load(f)
     if state["digest"] != identity.digest:
