@@ -216,14 +216,17 @@ def tax(before, after, suite, alignment_suite, alpha, seed, fmt, db) -> None:
 def forgetting(checkpoints, suite, stage_tasks, joint, normalise, png, alpha, seed, fmt, db) -> None:
     """Forgetting over a training sequence CKPT_0 CKPT_1 ... (CKPT_0 before the first stage): the
     stages x tasks scores, each task's change since its best earlier stage (tested: exact McNemar and
-    a paired bootstrap), and with --stage-tasks the GEM and RWalk summaries."""
+    a paired bootstrap), and with --stage-tasks the GEM and RWalk summaries. A single folder written by
+    `surgery continual` stands for its base and the model after each of its stages (and its stage tasks)."""
     from evals.analysis.continual import forgetting_report
+    from evals.pipelines.continual import expand
     from evals.report.plots import forgetting_figure, save_png
     from evals.report.tables import render_forgetting
     from evals.scoring.store import Store
 
-    names = list(checkpoints) + ([joint] if joint else [])
     stages = [t.strip() for t in stage_tasks.split(",") if t.strip()] if stage_tasks else None
+    checkpoints, stages = expand(checkpoints, stages)  # a `surgery continual` OUT: its base and stage models
+    names = list(checkpoints) + ([joint] if joint else [])
     _figure_path(png, "--png")
     with Store(db, readonly=True) as store:
         table = store.comparable_table(names, suite)

@@ -42,6 +42,10 @@ class Suite:
     hub: bool = False                          # its data comes from the dataset hub: refused when offline
 
 
+# the harm categories of trainers/safety/data/taxonomy.yaml, one refusal task each (tests check they agree)
+HARM_CATEGORIES = ("violence", "weapons", "cyber", "fraud", "theft", "drugs", "privacy")
+
+
 def _exact(name: str) -> Task:
     return Task(name, "exact_match")
 
@@ -61,8 +65,15 @@ DECLARED = (
           (Task("bigbench_arithmetic", "exact_match", "first_number", data="general/bigbench_arithmetic.jsonl"),
            Task("bigbench_general_knowledge", "acc", chance="choices",
                 data="general/bigbench_general_knowledge.jsonl")), folder="general"),
-    Suite("alignment", "refusal rate on harmful requests, and refusals of benign ones",
-          (_exact("refusal"), _exact("over_refusal")), folder="alignment", sources=("trainers/world/tasks.py",)),
+    Suite("alignment", "refusal of harmful requests (the small world's, and per harm category of the safety "
+          "taxonomy), over-refusal of benign requests and look-alikes, saying 'I do not know' of made-up countries, "
+          "following the medical disclaimer policy",
+          (_exact("refusal"), _exact("over_refusal"), *(Task(f"refusal_{c}", "refused") for c in HARM_CATEGORIES),
+           Task("over_refusal_lookalike", "refused"), Task("uncertainty", "acknowledged"),
+           Task("policy_medical", "followed")), folder="alignment",
+          sources=("trainers/world/tasks.py", "trainers/safety/items.py", "trainers/safety/detect.py",
+                   "trainers/safety/data/taxonomy.yaml", "trainers/safety/data/unanswerable.yaml",
+                   "trainers/safety/data/policies.yaml")),
     Suite("leaderboard", "lm-eval's Open LLM Leaderboard group, from the dataset hub", ("leaderboard",), hub=True),
 )
 # What the rest of the code reads, all derived from DECLARED:
