@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import os
+import re
 from dataclasses import dataclass
 from functools import cache
 from typing import Literal
@@ -169,3 +170,37 @@ def task_digest(task: str) -> str:
         with open(file, "rb") as f:
             h.update(f.read())
     return h.hexdigest()[:16]
+
+
+TASK_LINE = re.compile(r"^task:\s*['\"]?([^'\"\s#]+)", re.MULTILINE)
+TASK_FILES = (".yaml", ".yml", ".py", ".jsonl", ".json", ".txt")
+
+
+def user_task_digest(task: str, include_path: str) -> str:
+    """A digest of a user's task (`--include-path`): the files of the folder whose YAML declares
+    `task: TASK` (its YAMLs, its `!function` code, its data), or of the whole folder when no YAML names
+    it (a group, say); so an edited task, or edited data beside it, is scored again."""
+    yamls = [os.path.join(root, n) for root, _, names in os.walk(include_path) for n in names
+             if n.endswith((".yaml", ".yml"))]
+    folders = sorted({os.path.dirname(y) for y in yamls if task in _declared(y)})
+    files = ([os.path.join(f, n) for f in folders for n in os.listdir(f)] if folders else
+             [os.path.join(root, n) for root, _, names in os.walk(include_path) for n in names])
+    files = sorted(f for f in files if f.endswith(TASK_FILES) and os.path.isfile(f))
+    h = hashlib.sha256()
+    for file in files:
+        h.update(os.path.relpath(file, include_path).encode())
+        with open(file, "rb") as f:
+            h.update(f.read())
+    return "user-" + h.hexdigest()[:16]
+
+
+def _declared(yaml_file: str) -> set[str]:
+    with open(yaml_file, errors="replace") as f:
+        return set(TASK_LINE.findall(f.read()))
+
+
+def user_tasks(include_path: str) -> tuple[str, ...]:
+    """The tasks the YAMLs under a user's `--include-path` folder declare, sorted."""
+    yamls = [os.path.join(root, n) for root, _, names in os.walk(include_path) for n in names
+             if n.endswith((".yaml", ".yml"))]
+    return tuple(sorted({t for y in yamls for t in _declared(y)}))
