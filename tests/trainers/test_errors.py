@@ -137,6 +137,6 @@ def test_freeze_more_layers_than_the_model_has(workdir):
 
 def test_a_new_run_never_overwrites_checkpoints(workdir):
     train(parse_run(spec_dict(save_every=3), "run.yaml"), stop_after=3, quiet=True)
-    with pytest.raises(OutputError, match=r"out 'out/run' already holds checkpoint-3 of an earlier run; continue it "
-                                          r"with --resume out/run/checkpoint-3"):
+    with pytest.raises(OutputError, match=r"out 'out/run' holds an unfinished run \(checkpoint-3\); continue it "
+                                          r"with --resume out/run/checkpoint-3, or choose another out"):
         train(parse_run(spec_dict(), "run.yaml"), quiet=True)

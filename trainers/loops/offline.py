@@ -108,5 +108,6 @@ def evaluate(model, examples: list[list[dict]], run: Run, micro: int, pad: int, 
     return {"eval_loss": total / max(items, 1.0), **{f"eval_{k}": v / max(items, 1.0) for k, v in sums.items()}}
 
 
-def train(run: Run, resume: str | None = None, stop_after: int | None = None, quiet: bool = False) -> str:
-    return session.run_loop(run, Offline, resume, stop_after, quiet)
+def train(run: Run, resume: str | None = None, stop_after: int | None = None, quiet: bool = False,
+          force: bool = False, allow_data_change: bool = False) -> str:
+    return session.run_loop(run, Offline, resume, stop_after, quiet, force, allow_data_change)
