@@ -160,3 +160,27 @@ def self_instruct(spec_path, overrides, backend, force, restart, quiet) -> None:
     click.echo(f"wrote {spec.out}: {made['kept']} instructions kept of {made['proposed']} proposed in "
                f"{made['rounds']} rounds ({made['stopped']}); rejected: "
                + ", ".join(f"{k} {v}" for k, v in made["rejected"].items()))
+
+
+@click.command("cai")
+@click.argument("spec_path", metavar="SPEC.yaml", type=click.Path(dir_okay=False))
+@click.option("--set", "overrides", multiple=True, metavar="FIELD=VALUE",
+              help="Override a spec field before validation, e.g. --set stage=rl (repeatable).")
+@click.option("--force", is_flag=True, help="Replace an existing output folder.")
+@handled
+def cai(spec_path, overrides, force) -> None:
+    """Constitutional AI: the policy critiques and revises its answers to red-team prompts under the
+    constitution (stage sl: OUT/sft.jsonl and OUT/trace.jsonl), or a feedback model labels pairs of its
+    answers under it (stage rl: OUT/preferences.jsonl for reward, dpo or PPO)."""
+    from trainers.constitutional.run import feedback_judge, run
+    from trainers.constitutional.spec import load_spec
+    from trainers.synthetic import backend as backends
+    from trainers.synthetic import progress
+
+    spec, constitution, prompts = load_spec(spec_path, tuple(overrides))
+    progress.check_output(spec.out, force)
+    model = backends.load("hf", spec.model, spec.chat_template, spec_path, "model", spec.sampling.batch_size)
+    judge = feedback_judge(spec, model, spec_path)
+    made = run(spec, constitution, prompts, model, judge, spec_path)
+    click.echo(f"wrote {spec.out}: {made['rows']} rows ({spec.stage}) from {made['prompts']['rows']} prompts; "
+               f"principles drawn: {', '.join(made['principles_used'])}")
