@@ -110,7 +110,7 @@ def stop_ids(model, tokenizer) -> list[int]:
 def generate(prompts: list[list[int]], seeds: list[int], model, tokenizer, stops: list[int], max_new_tokens: int,
              temperature: float, top_p: float, stop: tuple[str, ...] = ()) -> list[list[int]]:
     """The generated tokens of each left-padded prompt (padding after a stop token included)."""
-    from transformers import GenerationConfig, LogitsProcessorList
+    from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
 
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
     width = max(map(len, prompts))
@@ -119,10 +119,11 @@ def generate(prompts: list[list[int]], seeds: list[int], model, tokenizer, stops
     attention_mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)  # (B, P)
     # do_sample=False: generate takes the argmax of what the processor leaves, the token it drew
     config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=stops, pad_token_id=pad,
-                              num_beams=1, stop_strings=list(stop) or None)
+                              num_beams=1)
     drawer = Draw(seeds, temperature, top_p)
+    stopping = StoppingCriteriaList([StopText(tokenizer, width, stop)] if stop else [])
     out = model.generate(input_ids=input_ids, attention_mask=attention_mask, generation_config=config,
-                         logits_processor=LogitsProcessorList([drawer]), tokenizer=tokenizer if stop else None)
+                         logits_processor=LogitsProcessorList([drawer]), stopping_criteria=stopping)
     return out[:, width:].tolist()
 
 
@@ -140,6 +141,19 @@ class Draw:
         out = torch.full_like(scores, float("-inf"))
         out[torch.arange(len(chosen)), chosen.to(scores.device)] = 0.0
         return out
+
+
+class StopText:
+    """A stopping criterion: a row is done once its decoded completion holds one of the `stop` strings.
+    Decoding the text (rather than transformers' `stop_strings`, which maps strings to token pieces and
+    fails on word-level vocabularies) works with any tokenizer; a completion is at most max_new_tokens."""
+
+    def __init__(self, tokenizer, width: int, stop: tuple[str, ...]):
+        self.tokenizer, self.width, self.stop = tokenizer, width, stop
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs) -> torch.Tensor:
+        texts = self.tokenizer.batch_decode(input_ids[:, self.width:], skip_special_tokens=True)  # (B,) strings
+        return torch.tensor([any(s in t for s in self.stop) for t in texts], device=input_ids.device)
 
 
 def draw_tokens(logits: torch.Tensor, uniforms: torch.Tensor, temperature: float, top_p: float) -> torch.Tensor:

@@ -246,3 +246,34 @@ def write_run(folder, out: str = "out/run") -> str:
     path = folder / f"{out.replace('/', '_')}.yaml"
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
     return str(path)
+
+
+def test_shipped_spec_validates():
+    spec, seeds = load_spec("runs/self-instruct-smollm2.yaml")
+    assert spec.target == 100 and len(seeds.rows) == 32 and sum(s["classification"] for s in seeds.rows) >= 4
+
+
+def test_transformers_backend_batches_seeds_and_stops(llama):
+    from trainers.generation import prompt_ids
+    from trainers.judges import continuation_logp
+    from trainers.synthetic import hf
+
+    prompts_ = ["the water", "we will", "the water", "people said"]
+    batched = hf.load(llama["base"], "none", "x.yaml", "model", 3)
+    single = hf.load(llama["base"], "none", "x.yaml", "model", 1)
+    kw = {"n": 2, "max_new_tokens": 12, "temperature": 1.0, "top_p": 1.0, "seed": 5}
+    free = batched.complete(prompts_, **kw)
+    assert free == single.complete(prompts_, **kw) and len(free) == 8
+    assert free[0] != free[4]  # a repeated prompt gets draws of its own
+    stop = next(w for c in free for w in c.text.split()[1:] if w in ("the", "we", "to", "of", "and"))
+    cut = batched.complete(prompts_, stop=(f" {stop}",), **kw)
+    for whole, part in zip(free, cut):
+        assert f" {stop}" not in part.text and whole.text.startswith(part.text)
+        assert part.finished == (f" {stop}" in whole.text or whole.finished)
+    ids = prompt_ids(batched.tokenizer, batched.template, "the water")
+    want = [continuation_logp(batched.model, ids, batched.tokenizer(o, add_special_tokens=False)["input_ids"])
+            for o in (" will", " people said")]
+    assert batched.logps("the water", [" will", " people said"]) == pytest.approx(want, abs=1e-5)
+    result = CliRunner().invoke(main, ["self-instruct", "runs/self-instruct-smollm2.yaml", "--set", "model=nowhere",
+                                       "--set", "out=/nonexistent/out"])
+    assert result.exit_code == 2 and "model 'nowhere': cannot load a causal LM and its tokenizer" in result.output
