@@ -263,7 +263,7 @@ def lineage(run: Run, train_sets: list, step: int, metrics: dict, parent: str | 
         "base": os.path.abspath(spec.base),
         "method": {"name": spec.method.name, **run.method_config.model_dump(mode="json")},
         "objective": {"name": spec.objective.name, **run.objective_config.model_dump(mode="json")},
-        "data": [{"path": s.path, "weight": w.weight, "rows": len(s.rows), "sha256": s.sha256}
+        "data": [{"path": s.path, "weight": w.weight, "rows": len(s.rows), "sha256": s.sha256, **generated(s)}
                  for s, w in zip(train_sets, spec.data.train)],
         "hyper_parameters": {k: spec.model_dump(mode="json")[k]
                              for k in ("optim", "schedule", "batch", "seed", "dtype")},
@@ -274,6 +274,15 @@ def lineage(run: Run, train_sets: list, step: int, metrics: dict, parent: str | 
         "spec": os.path.abspath(run.file),
         "allowed_changes": list(allowed_changes),  # inputs changed under a resume, with --allow-data-change
     }
+
+
+def generated(dataset) -> dict:
+    """{"generated_by": {file: lineage}} for the files of `dataset` that a synthetic-data pipeline wrote
+    (Self-Instruct, Constitutional AI: its card lists the file with this sha256), else {}."""
+    from trainers.synthetic.card import provenance
+
+    found = {f: p for f, digest in dataset.sha256.items() if (p := provenance(f, digest)) is not None}
+    return {"generated_by": found} if found else {}
 
 
 def rng_state(device: torch.device) -> dict:

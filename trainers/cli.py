@@ -181,3 +181,60 @@ def transplant_proof(zoo, out, model, donor, donor_steps, k, rows, no_exact) -> 
         result = run_transplant(model or os.path.join(zoo, "base"), donor, zoo, out, k, rows, not no_exact,
                                 echo=click.echo)
     click.echo(json.dumps(result, indent=2))
+
+
+@click.command("self-instruct")
+@click.argument("spec_path", metavar="SPEC.yaml", type=click.Path(dir_okay=False))
+@click.option("--set", "overrides", multiple=True, metavar="FIELD=VALUE",
+              help="Override a spec field before validation, e.g. --set target=50 (repeatable).")
+@click.option("--backend", default="hf", show_default=True,
+              help="What generates: hf (transformers) or vllm (needs vLLM and a GPU: pip install 'surgery[vllm]').")
+@click.option("--force", is_flag=True, help="Replace an existing output folder.")
+@click.option("--restart", is_flag=True, help="Discard the progress an interrupted run of another spec left.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@handled
+def self_instruct(spec_path, overrides, backend, force, restart, quiet) -> None:
+    """Self-Instruct: bootstrap an instruction dataset from seed tasks with the spec's model (proposals,
+    filters, classification, instances), into OUT/train.jsonl with a dataset card. Resumes after a kill."""
+    from trainers.self_instruct.run import run
+    from trainers.self_instruct.spec import load_spec
+    from trainers.synthetic import backend as backends
+    from trainers.synthetic import progress
+
+    signal.signal(signal.SIGTERM, interrupt)
+    spec, seeds = load_spec(spec_path, tuple(overrides))
+    progress.check_output(spec.out, force)
+    model = backends.load(backend, spec.model, "none", spec_path, "model", spec.sampling.batch_size)
+    try:
+        made = run(spec, seeds, model, spec_path, force=force, restart=restart, quiet=quiet, echo=click.echo)
+    except KeyboardInterrupt:
+        click.echo(f"interrupted: nothing was written at {spec.out}; the finished rounds are kept in "
+                   f"{progress.folder(spec.out)}: run the same command again to resume", err=True)
+        sys.exit(130)
+    click.echo(f"wrote {spec.out}: {made['kept']} instructions kept of {made['proposed']} proposed in "
+               f"{made['rounds']} rounds ({made['stopped']}); rejected: "
+               + ", ".join(f"{k} {v}" for k, v in made["rejected"].items()))
+
+
+@click.command("cai")
+@click.argument("spec_path", metavar="SPEC.yaml", type=click.Path(dir_okay=False))
+@click.option("--set", "overrides", multiple=True, metavar="FIELD=VALUE",
+              help="Override a spec field before validation, e.g. --set stage=rl (repeatable).")
+@click.option("--force", is_flag=True, help="Replace an existing output folder.")
+@handled
+def cai(spec_path, overrides, force) -> None:
+    """Constitutional AI: the policy critiques and revises its answers to red-team prompts under the
+    constitution (stage sl: OUT/sft.jsonl and OUT/trace.jsonl), or a feedback model labels pairs of its
+    answers under it (stage rl: OUT/preferences.jsonl for reward, dpo or PPO)."""
+    from trainers.constitutional.run import feedback_judge, run
+    from trainers.constitutional.spec import load_spec
+    from trainers.synthetic import backend as backends
+    from trainers.synthetic import progress
+
+    spec, constitution, prompts = load_spec(spec_path, tuple(overrides))
+    progress.check_output(spec.out, force)
+    model = backends.load("hf", spec.model, spec.chat_template, spec_path, "model", spec.sampling.batch_size)
+    judge = feedback_judge(spec, model, spec_path)
+    made = run(spec, constitution, prompts, model, judge, spec_path)
+    click.echo(f"wrote {spec.out}: {made['rows']} rows ({spec.stage}) from {made['prompts']['rows']} prompts; "
+               f"principles drawn: {', '.join(made['principles_used'])}")
