@@ -29,8 +29,9 @@ def histogram_and_zeros(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     cut-off rank that falls among them needs no second pass: the value there is 0."""
     bits = _bits(x)
     high = torch.bincount(bits >> 16, minlength=HI_BINS)
-    zeros = (bits == 0).sum() if int(high[0]) else torch.zeros((), dtype=torch.int64, device=high.device)
-    return high, zeros
+    if not int(high[0]):
+        return high, torch.zeros((), dtype=torch.int64, device=high.device)
+    return high, bits.numel() - torch.count_nonzero(bits)  # count_nonzero of int32: ~5x cheaper than a == 0 sum
 
 
 def blank_histogram(numel: int, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:

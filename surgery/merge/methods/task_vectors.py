@@ -180,11 +180,12 @@ def _top_k(block: Block, stats: Stats, i: int, delta: torch.Tensor) -> torch.Ten
     a = delta.abs()
     if quota is None:
         return a >= cut
-    tied = a == cut
-    before, here = int(stats.get(f"~ties{i}", 0)), int(tied.sum())
-    stats[f"~ties{i}"] = before + here
-    if before >= quota:
+    before = int(stats.get(f"~ties{i}", 0))
+    if before >= quota:  # the quota is full: later ties need no counting
         return a > cut
+    tied = a == cut
+    here = int(tied.sum())
+    stats[f"~ties{i}"] = before + here
     if before + here <= quota:
         return a >= cut
     order = tied.reshape(-1).cumsum(0).reshape(tied.shape) + before  # 1-based rank among ties
