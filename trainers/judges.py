@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from surgery import spec_file
 from surgery.errors import InputError
 from surgery.io.output import write_json
-from trainers import data, generation, rewards, templates
+from trainers import data, generation, models, rewards, templates
 from trainers.logprobs import next_token_logps
 
 QUESTION = ("Which answer to the question is better?\nQuestion: {prompt}\nAnswer A: {first}\nAnswer B: {second}\n"
@@ -152,6 +152,10 @@ def label(spec: LabelSpec, file: str = "<label spec>") -> dict:
     """Sample two answers per prompt from the policy, judge them, write the preference JSONL; returns counts."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    text = models.spec_text(file)
+    models.check_model_folder(spec.policy, file, "policy", text)  # whole and finite, before anything loads
+    if spec.judge.kind != "rule":
+        models.check_model_folder(spec.judge.model, file, "judge.model", text)
     dataset = data.read_dataset(spec.prompts, ("prompt_completion",), f"{file}: prompts")
     rows = [r.fields for r in dataset.rows]
     try:

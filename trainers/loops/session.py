@@ -4,7 +4,8 @@ and a loop is a `Steps` hook that does one optimizer step's work.
     final = session.run_loop(run, Offline, resume=None, stop_after=None, quiet=False)
 
 What the session does, in order:
-1. the loop's spec checks (`Steps.check`), the micro-batch split, and the output folder claimed
+1. the loop's spec checks (`Steps.check`), the micro-batch split, the model folders the spec names read
+   with the project's reader (trainers/models.py: present, whole, finite), and the output folder claimed
    (`open_output`: a new run never writes over another run's checkpoints);
 2. the seed, the base's tokenizer and chat template, the data read (files or folders of JSONL, rows
    checked against the objective's shapes) and their mixture, the run's identity, and the state of
@@ -118,6 +119,7 @@ class Session:
         spec = run.spec
         self.run, self.world, self.resume = run, world, resume
         self.micro = micro_batch_size(spec, world.size, run.file)  # rows per micro-batch
+        models.check_run_models(run)  # the base (and reference, reward model) whole and finite, before any load
         open_output(spec.out, resume)
         torch.manual_seed(spec.seed)  # the method's initial weights (LoRA's A, say) follow the seed
         self.tokenizer = models.load_tokenizer(spec)
