@@ -67,7 +67,10 @@ def first_non_finite(reader) -> tuple[str, str] | None:
         if not reader.tensors[name].dtype.is_floating_point:
             continue
         t = reader.read(name)
-        if torch.isfinite(t).all():
+        # one summing pass first (several times faster than isfinite on CPU; sum(dtype=...) is not): a NaN or
+        # Inf anywhere makes the sum non-finite; only then (or on an overflowing sum) the exact element-wise check
+        total = t.sum() if t.dtype in (torch.float32, torch.float64) else t.float().sum()  # 16-bit: no overflow
+        if torch.isfinite(total) or torch.isfinite(t).all():
             continue
         nan, inf = int(torch.isnan(t).sum()), int(torch.isinf(t).sum())
         counts = [f"{n} {what}" for n, what in ((nan, "NaN"), (inf, "infinite")) if n]
