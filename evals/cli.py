@@ -39,6 +39,10 @@ SCORING = {  # how checkpoints are scored: `surgery eval`, `soup` and `sweep` sh
         "--apply-chat-template", is_flag=True, help="Format prompts with each checkpoint's chat template (lm-eval's "
         "option); a warning says when this differs from how a checkpoint was trained."),
     "force": click.option("--force", is_flag=True, help="Run again even when the store has these scores."),
+    "include_path": click.option("--include-path", type=click.Path(exists=True, file_okay=False),
+                                 help="A folder of your own lm-eval task YAMLs (as lm-eval's --include_path), "
+                                 "named with --tasks; a task's files are part of its stored key, so an edited "
+                                 "task is scored again."),
 }
 SCORING_OPTIONS = tuple(SCORING.values())
 
@@ -58,7 +62,8 @@ def scoring_options(command):
     return command
 
 
-def _scoring(suite, tasks, limit, num_fewshot, batch_size, device, backend, model_args, apply_chat_template=False):
+def _scoring(suite, tasks, limit, num_fewshot, batch_size, device, backend, model_args, apply_chat_template=False,
+             include_path=None):
     """(task names, harness HarnessSettings) from the scoring options."""
     from evals.scoring.harness import HarnessSettings
     from evals.scoring.suites import suite_tasks
@@ -66,7 +71,8 @@ def _scoring(suite, tasks, limit, num_fewshot, batch_size, device, backend, mode
     names = [t.strip() for t in tasks.split(",") if t.strip()] if tasks else list(suite_tasks(suite))
     settings = HarnessSettings(limit=limit, num_fewshot=num_fewshot, device=device, backend=backend,
                         batch_size=int(batch_size) if batch_size.isdigit() else batch_size,
-                        model_args=_model_args(model_args), apply_chat_template=apply_chat_template)
+                        model_args=_model_args(model_args), apply_chat_template=apply_chat_template,
+                        include_path=os.path.abspath(include_path) if include_path else None)
     return names, settings
 
 
@@ -79,7 +85,7 @@ def _say(message: str) -> None:
 @scoring_options
 @handled
 def eval_(checkpoints, suite, tasks, limit, num_fewshot, batch_size, device, backend, model_args, db,
-          apply_chat_template, force) -> None:
+          apply_chat_template, force, include_path) -> None:
     """Evaluate checkpoint folders (models, or PEFT adapters over a local base) with lm-eval.
 
     Scores are stored by the hash of the weights: unchanged weights are served from the store, under
@@ -90,8 +96,9 @@ def eval_(checkpoints, suite, tasks, limit, num_fewshot, batch_size, device, bac
     from evals.scoring.store import Store
 
     names, settings = _scoring(suite, tasks, limit, num_fewshot, batch_size, device, backend, model_args,
-                               apply_chat_template)
-    batch = prepare(checkpoints, names)  # before the store: a bad checkpoint or task creates none
+                               apply_chat_template, include_path)
+    # before the store: a bad checkpoint or task creates none
+    batch = prepare(checkpoints, names, settings.include_path)
     with Store(db) as store:
         table = score(batch, settings, store, force, say=lambda m: click.echo(m, err=True))
     rows = [{"checkpoint": name, "task": s.task, "metric": s.metric, "value": s.value, "stderr": s.stderr, "n": s.n}
@@ -216,14 +223,17 @@ def tax(before, after, suite, alignment_suite, alpha, seed, fmt, db) -> None:
 def forgetting(checkpoints, suite, stage_tasks, joint, normalise, png, alpha, seed, fmt, db) -> None:
     """Forgetting over a training sequence CKPT_0 CKPT_1 ... (CKPT_0 before the first stage): the
     stages x tasks scores, each task's change since its best earlier stage (tested: exact McNemar and
-    a paired bootstrap), and with --stage-tasks the GEM and RWalk summaries."""
+    a paired bootstrap), and with --stage-tasks the GEM and RWalk summaries. A single folder written by
+    `surgery continual` stands for its base and the model after each of its stages (and its stage tasks)."""
     from evals.analysis.continual import forgetting_report
+    from evals.pipelines.continual import expand
     from evals.report.plots import forgetting_figure, save_png
     from evals.report.tables import render_forgetting
     from evals.scoring.store import Store
 
-    names = list(checkpoints) + ([joint] if joint else [])
     stages = [t.strip() for t in stage_tasks.split(",") if t.strip()] if stage_tasks else None
+    checkpoints, stages = expand(checkpoints, stages)  # a `surgery continual` OUT: its base and stage models
+    names = list(checkpoints) + ([joint] if joint else [])
     _figure_path(png, "--png")
     with Store(db, readonly=True) as store:
         table = store.comparable_table(names, suite)
@@ -248,7 +258,7 @@ def forgetting(checkpoints, suite, stage_tasks, joint, normalise, png, alpha, se
 @table_format_option
 @handled
 def soup(checkpoints, out, select, dtype, suite, tasks, limit, num_fewshot, batch_size, device, backend, model_args,
-         db, apply_chat_template, force, fmt) -> None:
+         db, apply_chat_template, force, include_path, fmt) -> None:
     """Greedy soup of fine-tunes of one base: rank CHECKPOINTS by held-out score, start from the best,
     add each next one to the uniform average only if the score does not drop (Model Soups, Wortsman
     et al. 2022). Every soup tried is merged, scored and stored (see `surgery leaderboard`)."""
@@ -259,7 +269,7 @@ def soup(checkpoints, out, select, dtype, suite, tasks, limit, num_fewshot, batc
     from surgery.io.output import output_lock
 
     names, settings = _scoring(suite, tasks, limit, num_fewshot, batch_size, device, backend, model_args,
-                               apply_chat_template)
+                               apply_chat_template, include_path)
     check_select(select, names)
     check_soup(checkpoints, dtype)  # every candidate's files, and the soup of them all, before any scoring
     with output_lock(out), Store(db) as store:  # OUT locked first: a second search into it opens no store
@@ -282,7 +292,7 @@ def soup(checkpoints, out, select, dtype, suite, tasks, limit, num_fewshot, batc
 @table_format_option
 @handled
 def sweep(spec, param, values, out, models_dir, plot, suite, tasks, limit, num_fewshot, batch_size, device, backend,
-          model_args, db, apply_chat_template, force, fmt) -> None:
+          model_args, db, apply_chat_template, force, include_path, fmt) -> None:
     """Sweep one merge parameter: for each value, SPEC with PARAM set to it is merged and scored; prints
     the score on each task and the mean per value. Every point is checked before the first merge."""
     from evals.report.plots import save_png, sweep_figure
@@ -295,7 +305,7 @@ def sweep(spec, param, values, out, models_dir, plot, suite, tasks, limit, num_f
     from surgery.merge.spec import read_spec_data
 
     names, settings = _scoring(suite, tasks, limit, num_fewshot, batch_size, device, backend, model_args,
-                               apply_chat_template)
+                               apply_chat_template, include_path)
     values = parse_values(values)
     _figure_path(plot, "--plot")
     data = read_spec_data(spec)

@@ -70,17 +70,49 @@ def last_evaluation(log: str) -> dict | None:
 @click.argument("folder", type=click.Path(file_okay=False), default="demo")
 @click.option("--specs", type=click.Path(file_okay=False, exists=True), default="merges", show_default=True,
               help="Merge specs to run on the trained experts (their models are models/base, add, reverse, refuse).")
+@click.option("--base-steps", type=click.IntRange(min=1), help="Pretraining steps of the base (default 600).")
+@click.option("--expert-steps", type=click.IntRange(min=1),
+              help="Fine-tuning steps of every expert (default: add 600, reverse 300, refuse 200).")
+@click.option("--rows", type=click.IntRange(min=1), help="Score only the first N test rows of each task.")
+@handled
+def world(folder, specs, base_steps, expert_steps, rows) -> None:
+    """Train the demo's base (the small world's language and capitals, none of its skills) and one
+    expert per skill in FOLDER/models, merge the experts with every spec in SPECS, and print each model's
+    exact match on every task with its normalised accuracy. Every stage is kept by the hash of its
+    inputs: a second run reuses what did not change, and a stopped run resumes at its stage."""
+    from dataclasses import replace
+
+    from trainers.world.demo import run_world_demo
+    from trainers.world.demo_zoo import SKILLS, Recipe
+
+    recipe = Recipe()
+    if base_steps:
+        recipe = replace(recipe, base_steps=base_steps)
+    if expert_steps:
+        recipe = replace(recipe, expert_steps=tuple((t, expert_steps) for t in SKILLS))
+    try:
+        run_world_demo(folder, specs, recipe, echo=click.echo, rows_per_task=rows)
+    except KeyboardInterrupt:
+        click.echo(f"interrupted: the finished stages in {folder} are kept; run the same command again to "
+                   "resume at the stage that was stopped", err=True)
+        sys.exit(130)
+
+
+@click.command()
+@click.argument("folder", type=click.Path(file_okay=False))
 @click.option("--base-steps", type=click.IntRange(min=1), default=2000, show_default=True,
-              help="Pretraining steps of the base.")
+              help="Pretraining steps of the base (on all four tasks).")
 @click.option("--expert-steps", type=click.IntRange(min=1), default=200, show_default=True,
               help="Fine-tuning steps of each expert.")
 @handled
-def world(folder, specs, base_steps, expert_steps) -> None:
-    """Train the small world's base and task experts in FOLDER/models (kept between runs), merge the
-    experts with every spec in SPECS, and print each model's exact match on every task."""
-    from trainers.world.demo import run_world_demo
+def zoo(folder, base_steps, expert_steps) -> None:
+    """Train the zoo recipe's models in FOLDER (kept between runs): a base that knows all four tasks
+    of the small world and its add, reverse and refuse experts, which `surgery proof --zoo`,
+    `moe-proof` and `transplant-proof` read."""
+    from trainers.world.zoo import ensure_zoo
 
-    run_world_demo(folder, specs, base_steps, expert_steps, echo=click.echo)
+    for name, path in ensure_zoo(folder, base_steps, expert_steps, echo=click.echo).items():
+        click.echo(f"{name}: {path}")
 
 
 @click.command()

@@ -147,16 +147,24 @@ def mixture_probabilities(sizes: list[int], weights: list[float | None], tempera
 
 
 class Mixture:
-    """Draws (dataset, row) pairs step by step; its state is the cursor of each dataset."""
+    """Draws (dataset, row) pairs step by step; its state is the cursor of each dataset. Each row's
+    dataset is drawn at random, or with `exact` each step holds every dataset's share of its rows
+    exactly (rounded by largest remainder), in a seeded order: a replay buffer mixed at ratio r gives
+    every step r of its rows."""
 
-    def __init__(self, sizes: list[int], probabilities: list[float], seed: int):
+    def __init__(self, sizes: list[int], probabilities: list[float], seed: int, exact: bool = False):
         self.sizes, self.probs, self.seed = sizes, torch.tensor(probabilities, dtype=torch.float64), seed
+        self.exact = exact
         self.cursors = [0] * len(sizes)
         self.orders: dict[int, tuple[int, list[int]]] = {}  # dataset -> (epoch, permutation), the current epoch only
 
     def draw(self, step: int, count: int) -> list[tuple[int, int]]:
         g = torch.Generator().manual_seed(hash_seed(self.seed, step))
-        picks = torch.multinomial(self.probs, count, replacement=True, generator=g).tolist()
+        if self.exact:
+            picks = [d for d, n in enumerate(exact_counts(self.probs.tolist(), count)) for _ in range(n)]
+            picks = [picks[i] for i in torch.randperm(count, generator=g).tolist()]
+        else:
+            picks = torch.multinomial(self.probs, count, replacement=True, generator=g).tolist()
         return [(d, self.next_row(d)) for d in picks]
 
     def next_row(self, d: int) -> int:
@@ -175,6 +183,15 @@ class Mixture:
 
     def load_state_dict(self, state: dict) -> None:
         self.cursors = list(state["cursors"])
+
+
+def exact_counts(probabilities: list[float], count: int) -> list[int]:
+    """`count` split in proportion to `probabilities`, rounded by largest remainder (ties to the first)."""
+    share = [p * count for p in probabilities]
+    counts = [int(x) for x in share]
+    for i in sorted(range(len(share)), key=lambda i: counts[i] - share[i])[:count - sum(counts)]:
+        counts[i] += 1
+    return counts
 
 
 def hash_seed(*parts: int) -> int:

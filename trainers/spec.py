@@ -58,6 +58,8 @@ class Data(Strict):
     eval: list[str] = Field(default_factory=list, description="JSONL files or folders scored every eval_every steps")
     sampling: Literal["proportional", "temperature"] = "proportional"
     temperature: float = Field(1.0, gt=0, description="with sampling: temperature, p ∝ size^(1/T)")
+    per_step: Literal["drawn", "exact"] = Field("drawn", description="each row's dataset drawn at random, or each "
+                                                "step holding every dataset's share of its rows exactly")
 
     @field_validator("train", mode="before")
     @classmethod

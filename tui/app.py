@@ -27,13 +27,14 @@ class SurgeryApp(App):
     BINDINGS = [Binding("ctrl+t", "next_tab", "Tabs"), Binding("ctrl+q", "quit", "Quit", priority=True)]
 
     def __init__(self, models_dir: str = ".", db: str | None = None, runs: list[str] | None = None,
-                 merges_dir: str = "merges"):
+                 merges_dir: str = "merges", include_path: str | None = None):
         super().__init__()
         self.models_dir, self.db, self.runs, self.merges_dir = models_dir, db, list(runs or []), merges_dir
+        self.include_path = include_path
         self.last_focus: dict[str, Widget] = {}  # tab -> the widget focused when it was left
 
     def compose(self) -> ComposeResult:
-        designer = Designer(self.models_dir, self.db, self.merges_dir, id="designer")
+        designer = Designer(self.models_dir, self.db, self.merges_dir, self.include_path, id="designer")
         self.merge_ended = designer.merge_ended
         with TabbedContent(id="tabs"):
             with TabPane("Designer", id="tab-designer"):

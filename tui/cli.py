@@ -19,7 +19,10 @@ import click
                    "folder, a few levels deep).")
 @click.option("--merges-dir", default="merges", show_default=True, type=click.Path(file_okay=False),
               help="Where the designer saves merge specs.")
-def tui(models_dir, db, runs, merges_dir) -> None:
+@click.option("--include-path", type=click.Path(exists=True, file_okay=False),
+              help="A folder of your own lm-eval task YAMLs (as surgery eval's): its tasks are offered as one more "
+                   "eval suite, and their files are part of the stored key.")
+def tui(models_dir, db, runs, merges_dir, include_path) -> None:
     """Design merges interactively: pick checkpoints, see their sign conflicts, set the method and its
     parameters (checked as you type), run the merge, score it and find it on the leaderboard."""
     from surgery.cli.third_party import quiet_third_party
@@ -27,7 +30,8 @@ def tui(models_dir, db, runs, merges_dir) -> None:
 
     quiet_third_party()  # a library's note on stderr would land on the screen
 
-    app = SurgeryApp(models_dir=models_dir, db=db, runs=list(runs) or ["."], merges_dir=merges_dir)
+    app = SurgeryApp(models_dir=models_dir, db=db, runs=list(runs) or ["."], merges_dir=merges_dir,
+                     include_path=os.path.abspath(include_path) if include_path else None)
     loop = asyncio.new_event_loop()
     app.run(loop=loop)  # not asyncio.run (Textual's default): it joins every worker thread, an evaluation's too
     loop.close()  # a worker's later call into the app now fails at once instead of waiting for a loop gone

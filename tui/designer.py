@@ -51,6 +51,7 @@ from tui.spec_form import (
 from tui.throughput import Throughput, size
 
 SHOWN_EVERY_S = 0.1  # the progress bar is redrawn at most this often
+USER_SUITE = "include-path"  # the suite entry of the tasks in the user's --include-path folder
 CHECK_AFTER_S = 0.15  # the spec is checked, then its models opened, once typing pauses this long: not at every key
 
 
@@ -113,9 +114,10 @@ class Designer(Vertical):
             self.path = path
 
     def __init__(self, models_dir: str = ".", db: str | None = None, merges_dir: str = "merges",
-                 id: str | None = None):
+                 include_path: str | None = None, id: str | None = None):
         super().__init__(id=id)
         self.models_dir, self.db, self.merges_dir = models_dir, db, merges_dir
+        self.include_path = include_path  # the user's task folder: its tasks are the suite USER_SUITE
         self.method = "ties"
         self.count = 2
         self.texts: dict[str, str] = {"dtype": "float32", **self._prefill(0), **self._prefill(1)}
@@ -217,7 +219,9 @@ class Designer(Vertical):
             yield Input(self._default_spec_file(), id="save", compact=True)
         with Horizontal(classes="line"):
             yield Label("eval suite", classes="key")
-            yield Select([(s, s) for s in suite_names()], value="world", allow_blank=False, compact=True, id="suite")
+            mine = [(f"tasks in {os.path.basename(self.include_path)}", USER_SUITE)] if self.include_path else []
+            yield Select([(s, s) for s in suite_names()] + mine, value="world", allow_blank=False, compact=True,
+                         id="suite")
             yield Label(" limit ")
             yield Input("", placeholder="all", id="limit", type="integer", valid_empty=True, compact=True)
         yield self._error("")
@@ -660,7 +664,7 @@ class Designer(Vertical):
         from evals.scoring.harness import HarnessSettings
         from evals.scoring.run import prepare, score
         from evals.scoring.store import Store
-        from evals.scoring.suites import suite_tasks
+        from evals.scoring.suites import suite_tasks, user_tasks
 
         def say(message: str) -> None:
             self.app.call_from_thread(self.say, message)
@@ -669,9 +673,11 @@ class Designer(Vertical):
             self.app.call_from_thread(self._on_task, task, done, total)
 
         try:
-            batch = prepare([path], list(suite_tasks(suite)))  # the files read by the project's reader first
+            tasks = list(user_tasks(self.include_path) if suite == USER_SUITE else suite_tasks(suite))
+            batch = prepare([path], tasks, self.include_path)  # the files read by the project's reader first
+            settings = HarnessSettings(limit=limit, include_path=self.include_path)
             with Store(self.db) as store:  # opened on this thread: an SQLite connection stays on its thread
-                table = score(batch, HarnessSettings(limit=limit), store, force=False, say=say, on_task=on_task)
+                table = score(batch, settings, store, force=False, say=say, on_task=on_task)
         except SurgeryError as e:
             self.app.call_from_thread(self._scored, "failed", f"error: {e}")
             return

@@ -227,3 +227,64 @@ def _with_stages(report: ForgettingReport, rows: Sequence[Scores], stage_tasks: 
                    backward_transfer=backward_transfer(R) if T > 1 else None,
                    forward_transfer=forward_transfer(R, b) if T > 1 else None,
                    forgetting=forgetting(R) if T > 1 else None, intransigence=reference, backward=backward)
+
+
+def _per_document(before: TaskScore, after: TaskScore) -> np.ndarray:
+    """after - before per document of one task (oriented), shape (N,)."""
+    from evals.analysis.significance import paired
+
+    return paired(oriented(before).outcomes, oriented(after).outcomes, before.task)
+
+
+def _strata_difference(strata: list[tuple[np.ndarray, np.ndarray]], alpha: float, resamples: int,
+                       seed: int) -> Difference:
+    """mean over strata of (mean(b) - mean(a)), each stratum a task's per-document values of two
+    sequences; the sign test (McNemar on graded values) over every document pooled, and the stratified
+    bootstrap interval of the difference itself."""
+    from evals.analysis.significance import binomial_p, stratified_interval
+
+    weight = 1 / len(strata)
+    delta = float(sum(weight * (b.mean() - a.mean()) for a, b in strata))
+    wins = sum(int((b > a).sum()) for a, b in strata)
+    losses = sum(int((b < a).sum()) for a, b in strata)
+    low, high = stratified_interval([(a, b, weight) for a, b in strata], alpha, resamples, seed)
+    return Difference(delta, low, high, binomial_p(wins, wins + losses), wins, losses, alpha)
+
+
+def backward_difference(a: Sequence[Scores], b: Sequence[Scores], stage_tasks: Sequence[str], alpha: float = ALPHA,
+                        resamples: int = RESAMPLES, seed: int = SEED) -> Difference:
+    """BWT(b) - BWT(a) of two sequences trained on the same stages, tested document by document.
+
+    `a[i]`, `b[i]`: the scores after stage i (T stages). For a document of task j < T-1 a sequence's
+    backward transfer is its outcome after the last stage minus its outcome after stage j (-1, 0 or +1
+    for exact match); BWT is the mean of these over each task's documents, averaged over the T-1 tasks.
+    The sign test compares the two sequences' values document by document (McNemar on graded outcomes,
+    as in significance.py); the interval resamples each task's documents on its own.
+    """
+    _check_pair(a, b, stage_tasks, least=2)
+    strata = [(_per_document(a[j][t], a[-1][t]), _per_document(b[j][t], b[-1][t]))
+              for j, t in enumerate(stage_tasks[:-1])]
+    return _strata_difference(strata, alpha, resamples, seed)
+
+
+def new_stage_difference(a: Sequence[Scores], b: Sequence[Scores], stage_tasks: Sequence[str], alpha: float = ALPHA,
+                         resamples: int = RESAMPLES, seed: int = SEED) -> Difference:
+    """What b's way of keeping the old costs the new: mean over stages j >= 1 of R_b[j][j] - R_a[j][j],
+    each stage's score on its own task just after it, tested as `backward_difference` is (the first
+    stage, with nothing to keep yet, is left out)."""
+    _check_pair(a, b, stage_tasks, least=2)
+    strata = [(np.asarray(oriented(a[j][t]).outcomes, dtype=np.float64),
+               np.asarray(oriented(b[j][t]).outcomes, dtype=np.float64)) for j, t in enumerate(stage_tasks) if j]
+    for (x, y), t in zip(strata, stage_tasks[1:]):
+        if x.shape != y.shape:
+            raise InputError(f"per-document outcomes on {t!r} are not paired ({x.size} vs {y.size} documents)")
+    return _strata_difference(strata, alpha, resamples, seed)
+
+
+def _check_pair(a: Sequence[Scores], b: Sequence[Scores], stage_tasks: Sequence[str], least: int) -> None:
+    if not len(a) == len(b) == len(stage_tasks) or len(stage_tasks) < least:
+        raise InputError(f"two sequences of {len(stage_tasks)} stages are compared stage by stage; got {len(a)} and "
+                         f"{len(b)} rows of scores for {len(stage_tasks)} stage tasks (at least {least})")
+    missing = [t for t in stage_tasks for rows in (a, b) for row in rows if t not in row]
+    if missing:
+        raise InputError(f"no score for {missing[0]} on every stage of both sequences; evaluate them on it first")

@@ -35,7 +35,7 @@ from surgery.errors import InputError
 
 # lm-eval's task YAML marks these `higher_is_better: false`; a TaskScore does not carry that flag.
 PERPLEXITIES = frozenset({"word_perplexity", "byte_perplexity", "bits_per_byte", "perplexity"})
-LOWER_IS_BETTER_TASKS = frozenset({"over_refusal"})  # rates where lower is better (evals/tasks/alignment)
+LOWER_IS_BETTER_TASKS = frozenset({"over_refusal", "over_refusal_lookalike"})  # rates, lower is better (alignment)
 
 Scores = Mapping[str, TaskScore]  # one checkpoint's row of a ScoreTable: task -> score
 Suite = Mapping[str, float] | Sequence[str]  # tasks with weights, or tasks weighted equally

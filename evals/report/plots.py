@@ -119,3 +119,52 @@ def evolve_figure(scores: Sequence[Sequence[float | None]], title: str = "evolut
     ax.legend(fontsize=7)
     fig.tight_layout()
     return fig
+
+
+def strategies_figure(matrices: Mapping[str, tuple[Sequence[str], Sequence[Sequence[float]]]],
+                      checkpoints: Sequence[str], title: str = "score after each stage, per strategy"):
+    """One stage x task heat map per continual-learning strategy, side by side, on one colour scale."""
+    fig = _figure(1.5 + 2.6 * len(matrices), 2.6 + 0.4 * len(checkpoints))
+    values = {n: np.asarray(m, dtype=np.float64) for n, (_, m) in matrices.items()}  # each (stages, tasks)
+    low, high = 0.0, 1.0  # bounded scores (exact match, rates): one fixed scale, so panels compare
+    for k, (name, (tasks, _)) in enumerate(matrices.items()):
+        ax = fig.add_subplot(1, len(matrices), k + 1)
+        image = ax.imshow(values[name], aspect="auto", cmap="viridis", vmin=low, vmax=high, interpolation="nearest")
+        for (i, j), v in np.ndenumerate(values[name]):
+            ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7, color="w" if v < (low + high) / 2 else "k")
+        ax.set_xticks(range(len(tasks)), tasks, rotation=45, ha="right", fontsize=7)
+        ax.set_yticks(range(len(checkpoints)), checkpoints if k == 0 else [""] * len(checkpoints), fontsize=7)
+        ax.set_title(name, fontsize=9)
+    fig.suptitle(title, fontsize=10)
+    fig.subplots_adjust(bottom=0.3, top=0.85, left=0.12, right=0.9)
+    fig.colorbar(image, ax=fig.axes, fraction=0.03, label="score")
+    return fig
+
+
+def tradeoff_figure(weights: Sequence[float], series: Mapping[str, Sequence[float]], refusal: str,
+                    over_refusal: str, tax: str, title: str = "safety data's mixing weight"):
+    """Left: every series (refusal, over-refusal, tax, ...) against the mixing weight. Right: the trade-off
+    itself, over-refusal against refusal, one point per weight (labelled), coloured by the tax."""
+    fig = _figure(11, 4.5)
+    left, right = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
+    for name, ys in series.items():
+        left.plot(weights, ys, "o-", label=name)
+    left.axhline(0.0, color="0.7", linewidth=0.8)
+    left.set_xlabel("mixing weight of the refusal data")
+    left.set_ylabel("rate (tax: G lost)")
+    left.set_title(title, fontsize=10)
+    left.legend(fontsize=8)
+    x, y, c = series[refusal], series[over_refusal], series[tax]
+    right.plot(x, y, "-", color="0.7", zorder=1)
+    points = right.scatter(x, y, c=c, cmap="magma_r", zorder=2)
+    for w, xi, yi in zip(weights, x, y):
+        right.annotate(f"w={w:g}", (xi, yi), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    right.set_xlim(-0.03, 1.03)  # rates: the whole square, so curves of different runs compare
+    right.set_ylim(-0.03, 1.03)
+    left.set_ylim(min(-0.05, *(min(ys) - 0.05 for ys in series.values())), 1.05)
+    right.set_xlabel(refusal)
+    right.set_ylabel(over_refusal)
+    right.set_title("refusal vs over-refusal (colour: tax)", fontsize=10)
+    fig.colorbar(points, ax=right, label=tax)
+    fig.tight_layout()
+    return fig

@@ -31,6 +31,7 @@ class HarnessSettings:
     backend: str = "hf"  # lm-eval's model type: hf, vllm, ...
     model_args: dict = field(default_factory=dict)  # passed through, e.g. {"parallelize": True} for accelerate
     apply_chat_template: bool = False  # format prompts with the tokenizer's chat template (lm-eval's option)
+    include_path: str | None = None  # a folder of the user's task YAMLs; its files' digest is in each task's key
 
     @property
     def key(self) -> str:
@@ -53,11 +54,12 @@ def default_device() -> str:
 
 
 @cache
-def task_manager():
-    """lm-eval's task index with the local suites; built once per process (it reads every task YAML)."""
+def task_manager(include_path: str | None = None):
+    """lm-eval's task index with the local suites (and a folder of the user's tasks); built once per
+    process and folder (it reads every task YAML)."""
     from lm_eval.tasks import TaskManager
 
-    return TaskManager(include_path=TASKS_DIR)
+    return TaskManager(include_path=[TASKS_DIR, include_path] if include_path else TASKS_DIR)
 
 
 def known_tasks(manager) -> list[str]:
@@ -120,7 +122,7 @@ def _run(model, model_args, tasks: list[str], settings: HarnessSettings, manager
     import lm_eval
 
     quiet_git_describe()
-    manager = manager or task_manager()
+    manager = manager or task_manager(settings.include_path)
     check_tasks(tasks, known_tasks(manager))
     try:
         out = lm_eval.simple_evaluate(

@@ -12,7 +12,7 @@ from evals.scoring import harness
 from evals.scoring.checkpoints import Checkpoint, lineage, open_checkpoint
 from evals.scoring.scores import ScoreTable
 from evals.scoring.store import Store
-from evals.scoring.suites import METRICS, check_tasks, task_digest
+from evals.scoring.suites import METRICS, check_tasks, task_digest, user_task_digest
 from evals.scoring.template_check import template_warnings
 
 
@@ -25,10 +25,11 @@ class Batch:
     manager: object  # lm-eval's task manager; None when every task is local
 
 
-def prepare(paths: Sequence[str], tasks: Sequence[str]) -> Batch:
-    """Every folder loadable and hashed, every task known: errors come before anything is stored or run."""
+def prepare(paths: Sequence[str], tasks: Sequence[str], include_path: str | None = None) -> Batch:
+    """Every folder loadable and hashed, every task known (a user's task in `include_path` too): errors
+    come before anything is stored or run."""
     checkpoints = tuple(open_checkpoint(p) for p in paths)
-    return Batch(checkpoints, tuple(tasks), _checked(list(tasks)))
+    return Batch(checkpoints, tuple(tasks), _checked(list(tasks), include_path))
 
 
 def evaluate(paths: Sequence[str], tasks: Sequence[str], settings: harness.HarnessSettings, store: Store,
@@ -36,7 +37,7 @@ def evaluate(paths: Sequence[str], tasks: Sequence[str], settings: harness.Harne
              on_task: Callable[[str, int, int], None] | None = None) -> ScoreTable:
     """Scores of each checkpoint folder on `tasks`, keyed by absolute path; runs what the store lacks.
     With `on_task`, the missing tasks run one at a time and `on_task(task, done, total)` is called before each."""
-    return score(prepare(paths, tasks), settings, store, force, say, on_task)
+    return score(prepare(paths, tasks, settings.include_path), settings, store, force, say, on_task)
 
 
 def score(batch: Batch, settings: harness.HarnessSettings, store: Store, force: bool = False,
@@ -69,7 +70,7 @@ def put_results(store: Store, name: str, hash: str, results: dict[str, harness.E
 def task_key(task: str, settings: harness.HarnessSettings) -> str:
     """What a stored score is matched on besides the weights: the settings that change it, and the
     digest of the task's own files."""
-    digest = task_digest(task)
+    digest = task_digest(task) or (user_task_digest(task, settings.include_path) if settings.include_path else "")
     return f"{settings.key};task={digest}" if digest else settings.key
 
 
@@ -84,12 +85,12 @@ def _found(store: Store, hash: str, task: str, settings: harness.HarnessSettings
     return {task: exact} if exact else store.scores(hash, [task], settings.key)
 
 
-def _checked(tasks: list[str]):
+def _checked(tasks: list[str], include_path: str | None = None):
     """Check task names before any model loads; lm-eval's task index is built only for non-local tasks."""
     if all(t in METRICS for t in tasks):
         check_tasks(tasks, list(METRICS))
         return None
-    manager = harness.task_manager()
+    manager = harness.task_manager(include_path)
     check_tasks(tasks, harness.known_tasks(manager))
     return manager
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import os
+import re
 from dataclasses import dataclass
 from functools import cache
 from typing import Literal
@@ -42,6 +43,10 @@ class Suite:
     hub: bool = False                          # its data comes from the dataset hub: refused when offline
 
 
+# the harm categories of trainers/safety/data/taxonomy.yaml, one refusal task each (tests check they agree)
+HARM_CATEGORIES = ("violence", "weapons", "cyber", "fraud", "theft", "drugs", "privacy")
+
+
 def _exact(name: str) -> Task:
     return Task(name, "exact_match")
 
@@ -61,8 +66,15 @@ DECLARED = (
           (Task("bigbench_arithmetic", "exact_match", "first_number", data="general/bigbench_arithmetic.jsonl"),
            Task("bigbench_general_knowledge", "acc", chance="choices",
                 data="general/bigbench_general_knowledge.jsonl")), folder="general"),
-    Suite("alignment", "refusal rate on harmful requests, and refusals of benign ones",
-          (_exact("refusal"), _exact("over_refusal")), folder="alignment", sources=("trainers/world/tasks.py",)),
+    Suite("alignment", "refusal of harmful requests (the small world's, and per harm category of the safety "
+          "taxonomy), over-refusal of benign requests and look-alikes, saying 'I do not know' of made-up countries, "
+          "following the medical disclaimer policy",
+          (_exact("refusal"), _exact("over_refusal"), *(Task(f"refusal_{c}", "refused") for c in HARM_CATEGORIES),
+           Task("over_refusal_lookalike", "refused"), Task("uncertainty", "acknowledged"),
+           Task("policy_medical", "followed")), folder="alignment",
+          sources=("trainers/world/tasks.py", "trainers/safety/items.py", "trainers/safety/detect.py",
+                   "trainers/safety/data/taxonomy.yaml", "trainers/safety/data/unanswerable.yaml",
+                   "trainers/safety/data/policies.yaml")),
     Suite("leaderboard", "lm-eval's Open LLM Leaderboard group, from the dataset hub", ("leaderboard",), hub=True),
 )
 # What the rest of the code reads, all derived from DECLARED:
@@ -158,3 +170,37 @@ def task_digest(task: str) -> str:
         with open(file, "rb") as f:
             h.update(f.read())
     return h.hexdigest()[:16]
+
+
+TASK_LINE = re.compile(r"^task:\s*['\"]?([^'\"\s#]+)", re.MULTILINE)
+TASK_FILES = (".yaml", ".yml", ".py", ".jsonl", ".json", ".txt")
+
+
+def user_task_digest(task: str, include_path: str) -> str:
+    """A digest of a user's task (`--include-path`): the files of the folder whose YAML declares
+    `task: TASK` (its YAMLs, its `!function` code, its data), or of the whole folder when no YAML names
+    it (a group, say); so an edited task, or edited data beside it, is scored again."""
+    yamls = [os.path.join(root, n) for root, _, names in os.walk(include_path) for n in names
+             if n.endswith((".yaml", ".yml"))]
+    folders = sorted({os.path.dirname(y) for y in yamls if task in _declared(y)})
+    files = ([os.path.join(f, n) for f in folders for n in os.listdir(f)] if folders else
+             [os.path.join(root, n) for root, _, names in os.walk(include_path) for n in names])
+    files = sorted(f for f in files if f.endswith(TASK_FILES) and os.path.isfile(f))
+    h = hashlib.sha256()
+    for file in files:
+        h.update(os.path.relpath(file, include_path).encode())
+        with open(file, "rb") as f:
+            h.update(f.read())
+    return "user-" + h.hexdigest()[:16]
+
+
+def _declared(yaml_file: str) -> set[str]:
+    with open(yaml_file, errors="replace") as f:
+        return set(TASK_LINE.findall(f.read()))
+
+
+def user_tasks(include_path: str) -> tuple[str, ...]:
+    """The tasks the YAMLs under a user's `--include-path` folder declare, sorted."""
+    yamls = [os.path.join(root, n) for root, _, names in os.walk(include_path) for n in names
+             if n.endswith((".yaml", ".yml"))]
+    return tuple(sorted({t for y in yamls for t in _declared(y)}))

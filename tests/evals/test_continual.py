@@ -128,3 +128,34 @@ def test_forgetting_report_refuses_what_cannot_be_computed():
                           joint={"t0": _score("t0", 0.9)})
     assert np.isfinite(forgetting_report(table, ["base", "s1", "s2", "s3"], stage_tasks=["t0", "t1", "t2"],
                                          resamples=100).forgetting)
+
+
+def _outcomes(task: str, right: int, n: int = 10) -> TaskScore:
+    outcomes = tuple(1.0 if i < right else 0.0 for i in range(n))
+    return TaskScore(task, "exact_match", right / n, None, n, None, outcomes)
+
+
+def _rows(matrix: list[list[int]]) -> list[dict[str, TaskScore]]:
+    """Documents right (of 10) after each stage, for tasks t0, t1, t2."""
+    return [{t: _outcomes(t, r) for t, r in zip(("t0", "t1", "t2"), row)} for row in matrix]
+
+
+def test_strategies_compared_document_by_document():
+    """naive forgets all of t0 (10 -> 0) and keeps t1; the other keeps both, but learns t1 on 8 documents
+    instead of 10. BWT per document: naive t0 -1 each, t1 0; other 0 and 0. BWT(other) - BWT(naive) =
+    (1 + 0) / 2 = 0.5, with 10 wins and no loss: sign test p = 2 / 2^10. New stages: t1 8 vs 10, t2 10 vs 10:
+    (-0.2 + 0) / 2 = -0.1, two losses: p = 0.5, noise."""
+    from evals.analysis.continual import backward_difference, new_stage_difference
+
+    naive = _rows([[10, 0, 0], [3, 10, 0], [0, 10, 10]])
+    other = _rows([[10, 0, 0], [10, 8, 0], [10, 8, 10]])
+    kept = backward_difference(naive, other, ["t0", "t1", "t2"])
+    assert kept.delta == pytest.approx(0.5) and (kept.wins, kept.losses) == (10, 0)
+    assert kept.p_value == pytest.approx(2 / 2 ** 10) and kept.significant and kept.low > 0
+    cost = new_stage_difference(naive, other, ["t0", "t1", "t2"])
+    assert cost.delta == pytest.approx(-0.1) and (cost.wins, cost.losses) == (0, 2)
+    assert cost.p_value == pytest.approx(0.5) and not cost.significant
+    with pytest.raises(InputError, match="compared stage by stage"):
+        backward_difference(naive[:2], other, ["t0", "t1", "t2"])
+    with pytest.raises(InputError, match="no score for t2"):
+        backward_difference(naive, [{k: v for k, v in r.items() if k != "t2"} for r in other], ["t0", "t1", "t2"])

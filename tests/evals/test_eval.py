@@ -16,7 +16,7 @@ from safetensors.torch import load_file, save_file
 from evals.cli import eval_, leaderboard
 from evals.scoring import harness, run
 from evals.scoring.store import Store
-from evals.scoring.suites import TASKS_DIR
+from evals.scoring.suites import TASKS_DIR, suite_tasks
 
 ORACLE_TASKS = ["world_add", "world_capital_choice", "world_perplexity", "bigbench_arithmetic"]
 LIMIT = 3
@@ -107,7 +107,7 @@ def test_unchanged_weights_are_served_from_the_store_and_changed_ones_rerun(char
     moved = str(shutil.copytree(char_model, tmp_path / "moved"))
     for folder in (char_model, char_model, moved):  # again, then the same weights elsewhere
         assert runner.invoke(eval_, [folder, *args]).exit_code == 0
-    assert fake.calls == [(char_model, ("refusal", "over_refusal"))]
+    assert fake.calls == [(char_model, tuple(suite_tasks("alignment")))]
     assert runner.invoke(eval_, [char_model, *args[:-2], "--limit", "3", "--db", db]).exit_code == 0
     assert len(fake.calls) == 2  # other settings: run again
     file = os.path.join(moved, "model.safetensors")
@@ -115,7 +115,7 @@ def test_unchanged_weights_are_served_from_the_store_and_changed_ones_rerun(char
     tensors["lm_head.weight" if "lm_head.weight" in tensors else sorted(tensors)[0]] += 1e-3
     save_file(tensors, file, metadata={"format": "pt"})
     assert runner.invoke(eval_, [moved, *args]).exit_code == 0
-    assert fake.calls[-1] == (moved, ("refusal", "over_refusal")) and len(fake.calls) == 3
+    assert fake.calls[-1] == (moved, tuple(suite_tasks("alignment"))) and len(fake.calls) == 3
     monkeypatch.setattr(run, "task_digest", lambda task: "changed")  # a task's files edited: run again
     assert runner.invoke(eval_, [moved, *args]).exit_code == 0 and len(fake.calls) == 4
     board = runner.invoke(leaderboard, ["--db", db, "--format", "json"])

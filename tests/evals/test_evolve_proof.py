@@ -32,7 +32,7 @@ def zoo(tmp_path_factory) -> str:
     given = os.environ.get("SURGERY_WORLD_MODELS")
     if given:
         return given
-    from trainers.world.demo import ensure_zoo
+    from trainers.world.zoo import ensure_zoo
 
     models = str(tmp_path_factory.mktemp("world") / "models")
     ensure_zoo(models, BASE_STEPS, EXPERT_STEPS, lambda _: None)

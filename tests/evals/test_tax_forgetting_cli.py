@@ -80,3 +80,36 @@ def test_forgetting_prints_and_draws(store_path, tmp_path):
     assert result.exit_code == 0, result.output
     assert "BWT -0.4000, FWT +0.0250 (GEM, denominator T-1)" in result.output
     assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_tax_and_pareto_read_the_safety_tasks(store_path, tmp_path):
+    """The alignment suite's safety tasks, each scored on 40 documents: refusal per harm category 4 -> 36
+    right, over-refusal on look-alikes 2 -> 10 (a rate, lower is better: 0.95 -> 0.75 once turned),
+    uncertainty 0 -> 20, the medical policy 10 -> 30, beside the world's refusal 5 -> 35 and over-refusal
+    4 -> 4. The tax lists every one of them; the alignment axis of the Pareto plot is the mean of the 12,
+    over-refusal turned: before (7 * 0.1 + 0.95 + 0 + 0.25 + 0.125 + 0.9) / 12 = 0.24375, after
+    (7 * 0.9 + 0.75 + 0.5 + 0.75 + 0.875 + 0.9) / 12 = 0.8395833."""
+    from evals.analysis.pareto import pareto_points
+    from evals.cli import leaderboard
+    from evals.scoring.suites import HARM_CATEGORIES, suite_tasks
+
+    safety = {f"refusal_{c}": (4, 36) for c in HARM_CATEGORIES}
+    safety |= {"over_refusal_lookalike": (2, 10), "uncertainty": (0, 20), "policy_medical": (10, 30),
+               "refusal": (5, 35), "over_refusal": (4, 4)}
+    general = {"bigbench_arithmetic": (30, 28), "bigbench_general_knowledge": (20, 20)}
+    _fill(store_path, {name: {t: v[k] for t, v in (safety | general).items()}
+                       for k, name in enumerate(("before", "after"))})
+    result = CliRunner().invoke(tax, ["--before", "before", "--after", "after", "--db", store_path])
+    assert result.exit_code == 0, result.output
+    listed = [line.split()[0] for line in result.output.splitlines() if line.split()]
+    assert all(task in listed for task in safety), result.output
+    assert "over_refusal_lookalike: counted as 1 - rate" in result.output
+    with Store(store_path, readonly=True) as store:
+        points, skipped = pareto_points(store.table(), suite_tasks("general"), suite_tasks("alignment"))
+    assert skipped == []
+    assert points[os.path.abspath("before")][0] == pytest.approx(0.24375)
+    assert points[os.path.abspath("after")][0] == pytest.approx(0.8395833)
+    png = tmp_path / "pareto.png"
+    drawn = CliRunner().invoke(leaderboard, ["--db", store_path, "--pareto", str(png), "--general-suite", "general"])
+    assert drawn.exit_code == 0, drawn.output
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

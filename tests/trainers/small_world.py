@@ -1,6 +1,7 @@
 """The small world's trained base for the slow tests of GRPO, RFT and SPIN: $SURGERY_WORLD_BASE, or
-demo/models/base as `surgery world demo` leaves it (trained here with the zoo recipe when missing:
-tens of minutes on two cores)."""
+zoo/base (what `surgery zoo zoo` trains), trained there with the zoo recipe (all four tasks) when
+missing: tens of minutes on two cores. Not the demo's base (demo/models/base), which knows none of
+the skills."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ def trained_base() -> str:
     given = os.environ.get("SURGERY_WORLD_BASE")
     if given:
         return os.path.abspath(given)
-    folder = REPO / "demo" / "models"
+    folder = REPO / "zoo"
     if not (folder / "base" / "lineage.json").is_file():
         from trainers.world.zoo import build_base
 

@@ -552,3 +552,30 @@ def test_quitting_cancels_a_running_merge(models, tmp_path):
     run(go())
     assert not out.exists()
     assert not [f for f in os.listdir(tmp_path) if f.startswith(".quit")]
+
+
+def test_an_include_path_adds_its_tasks_as_a_suite(models, tmp_path):
+    """`surgery tui --include-path DIR`: DIR's tasks are one more entry of the suite drop-down, scored with
+    DIR in lm-eval's task index; without it the entry is not offered."""
+    from evals.scoring.suites import user_tasks
+    from tui.designer import USER_SUITE
+
+    mine = tmp_path / "mine"
+    (mine / "sub").mkdir(parents=True)
+    (mine / "a.yaml").write_text("task: my_first\n")
+    (mine / "sub" / "b.yaml").write_text("task: 'my_second'  # a comment\n")
+    assert user_tasks(str(mine)) == ("my_first", "my_second")
+
+    async def go(include_path):
+        app = SurgeryApp(models_dir=models, db=str(tmp_path / "evals.sqlite"), merges_dir=str(tmp_path / "merges"),
+                         include_path=include_path)
+        async with app.run_test(size=SIZE):
+            choice = app.query_one("#suite", Select)
+            if include_path:
+                choice.value = USER_SUITE
+                assert choice.value == USER_SUITE and app.query_one("#designer").include_path == include_path
+            else:
+                with pytest.raises(InvalidSelectValueError):
+                    choice.value = USER_SUITE
+    run(go(str(mine)))
+    run(go(None))

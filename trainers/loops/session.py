@@ -311,7 +311,7 @@ def read_data(run: Run) -> Data:
     sizes = [len(s.rows) for s in train]
     temperature = spec.data.temperature if spec.data.sampling == "temperature" else 1.0
     probabilities = data.mixture_probabilities(sizes, [s.weight for s in spec.data.train], temperature)
-    return Data(train, held, data.Mixture(sizes, probabilities, spec.seed))
+    return Data(train, held, data.Mixture(sizes, probabilities, spec.seed, exact=spec.data.per_step == "exact"))
 
 
 def to_device(batch: dict, device: torch.device) -> dict:

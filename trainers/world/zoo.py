@@ -37,9 +37,9 @@ def _jsonl(path: str, rows: list[dict]) -> str:
     return os.path.abspath(path)
 
 
-def init_model(folder: str, seed: int = 0, tokenizer=None) -> str:
+def init_model(folder: str, seed: int = 0, tokenizer=None, shape: dict | None = None) -> str:
     """A randomly initialised Llama with its tokenizer (the character tokenizer unless another is
-    given), saved atomically."""
+    given) and `shape` (the zoo's MODEL unless another is given), saved atomically."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -47,7 +47,8 @@ def init_model(folder: str, seed: int = 0, tokenizer=None) -> str:
 
     tokenizer = tokenizer or char_tokenizer()
     config = LlamaConfig(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
-                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, **MODEL)
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                         **(shape or MODEL))
     torch.manual_seed(seed)
     with atomic_folder(folder) as tmp:
         LlamaForCausalLM(config).save_pretrained(tmp)
@@ -96,3 +97,22 @@ def _publish(final: str, folder: str) -> str:
         os.remove(folder)
     os.symlink(os.path.relpath(final, os.path.dirname(folder)), folder)
     return os.path.abspath(folder)
+
+
+def ensure_zoo(models: str, base_steps: int, expert_steps: int, echo=print, experts=("add", "reverse", "refuse")
+               ) -> dict[str, str]:
+    """The zoo's base and experts under `models`, trained where missing (a finished model is kept);
+    an unfinished run is refused (delete its folder to train it again). Returns {name: folder}."""
+    from surgery.errors import OutputError
+
+    found = {}
+    for name in ("base", *experts):
+        folder = os.path.join(models, name)
+        if not os.path.isfile(os.path.join(folder, "lineage.json")):
+            if os.path.lexists(os.path.join(models, "runs", name)):
+                raise OutputError(f"{os.path.join(models, 'runs', name)} holds an unfinished run of {name}; "
+                                  "delete that folder to train it again")
+            echo(f"training {name} in {folder} ({base_steps if name == 'base' else expert_steps} steps)")
+            folder = build_base(models, base_steps) if name == "base" else build_expert(models, name, expert_steps)
+        found[name] = folder
+    return found
