@@ -43,9 +43,9 @@ def test_train_and_eval_print_no_third_party_noise(tmp_path):
                        "--device", "cpu", "--db", str(tmp_path / "db.sqlite")], tmp_path)
     assert scored.returncode == 0, scored.stderr
     assert scored.stdout.count("world_add") == 2  # the table: both models scored
-    for text in NOISE:
-        assert text not in trained.stderr, trained.stderr
-        assert text not in scored.stderr, scored.stderr
+    for text in NOISE:  # lm-eval wraps its notes over lines: compare with whitespace runs as one space
+        assert text not in " ".join(trained.stderr.split()), trained.stderr
+        assert text not in " ".join(scored.stderr.split()), scored.stderr
 
 
 def test_the_filters_drop_only_their_messages(caplog):
@@ -57,6 +57,6 @@ def test_the_filters_drop_only_their_messages(caplog):
     assert [str(w.message) for w in caught] == ["`other_property` is deprecated"]
     with caplog.at_level(logging.WARNING):
         for name, texts in DROPPED.items():
-            logging.getLogger(name).warning(f"task_x{texts[0]} and more")
+            logging.getLogger(name).warning(f"task_x{texts[0]} and more".replace(" ", "\n    ", 2))
             logging.getLogger(name).error(f"{name}: a real failure")
     assert [r.getMessage() for r in caplog.records] == [f"{name}: a real failure" for name in DROPPED]
