@@ -53,8 +53,26 @@ def train(run_spec, overrides, resume, allow_data_change, force, quiet) -> None:
             f"the checkpoints already in {run.spec.out} are complete; continue with --resume OUT/checkpoint-N"
         click.echo(f"interrupted: {done}", err=True)
         sys.exit(130)
-    if os.environ.get("RANK", "0") == "0":  # under torchrun, one line for the whole run
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, one report for the whole run
+        log = os.path.join(run.spec.out, "log.jsonl")
+        scores = last_evaluation(log)
+        if scores:
+            shown = ", ".join(f"{k} {v:.4g}" for k, v in scores.items() if k != "step")
+            click.echo(f"held-out (data.eval) at step {scores['step']}: {shown}; every step's values are in {log}")
         click.echo(f"wrote {final}")
+
+
+def last_evaluation(log: str) -> dict | None:
+    """The last record of OUT/log.jsonl with held-out scores (`eval_*`), or None (no data.eval)."""
+    import json
+
+    found = None
+    with open(log) as f:
+        for line in f:
+            record = json.loads(line)
+            if "event" not in record and any(k.startswith("eval_") for k in record):
+                found = {k: v for k, v in record.items() if k == "step" or k.startswith("eval_")}
+    return found
 
 
 @click.command()

@@ -32,7 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from surgery import spec_file
 from surgery.errors import InputError, SpecError
 from surgery.io.output import atomic_file, output_lock, write_json
-from trainers import data, generation, rewards, run_output, templates
+from trainers import data, generation, models, rewards, run_output, templates
 from trainers.logprobs import next_token_logps
 
 QUESTION = ("Which answer to the question is better?\nQuestion: {prompt}\nAnswer A: {first}\nAnswer B: {second}\n"
@@ -154,7 +154,7 @@ def build_judge(spec: LabelSpec, policy_template: templates.Template, file: str)
 
 def check_out(spec: LabelSpec, file: str) -> None:
     """The out file is not a folder, and is not (nor inside, nor holding) the policy, the prompts or the judge."""
-    text = run_output.spec_text(file)
+    text = models.spec_text(file)
 
     def refused(problem: str) -> SpecError:
         return spec_file.located(file, "out", problem, text)
@@ -180,6 +180,10 @@ def label(spec: LabelSpec, file: str = "<label spec>") -> dict:
 def labelled(spec: LabelSpec, file: str) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    text = models.spec_text(file)
+    models.check_model_folder(spec.policy, file, "policy", text)  # whole and finite, before anything loads
+    if spec.judge.kind != "rule":
+        models.check_model_folder(spec.judge.model, file, "judge.model", text)
     dataset = data.read_dataset(spec.prompts, ("prompt_completion",), f"{file}: prompts")
     rows = [r.fields for r in dataset.rows]
     try:

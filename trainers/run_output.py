@@ -22,17 +22,10 @@ from surgery.io.output import atomic_folder, output_lock
 from surgery.spec_file import yaml_line
 from trainers import checkpoint
 from trainers.checkpoint import RunIdentity
+from trainers.models import spec_text
 from trainers.spec import Run
 
 LISTED = 3  # checkpoints named one by one in a message; more are shown as first, ..., last
-
-
-def spec_text(file: str) -> str | None:
-    """The spec's YAML text, for line numbers (None for a run built in code)."""
-    if not os.path.isfile(file):
-        return None
-    with open(file) as f:
-        return f.read()
 
 
 def at_out(run: Run, problem: str) -> SpecError:

@@ -4,7 +4,8 @@ and a loop is a `Steps` hook that does one optimizer step's work.
     final = session.run_loop(run, Offline, resume=None, stop_after=None, quiet=False)
 
 What the session does, in order:
-1. the loop's spec checks (`Steps.check`), the run's identity (the spec's fields, and the sha256 of
+1. the loop's spec checks (`Steps.check`), the model folders the spec names read with the project's reader
+   (trainers/models.py: present, whole, finite), the run's identity (the spec's fields, and the sha256 of
    every input file: base, data, reference, reward model), and the out folder claimed and locked for
    the whole run (trainers/run_output.py: never an input or a file, never another run's checkpoints,
    never two runs at once); the micro-batch split; the checkpoint to resume checked whole (a damaged
@@ -107,6 +108,7 @@ def run_loop(run: Run, loop: type[Steps], resume: str | None = None, stop_after:
     world = parallel.start()
     try:
         loop.check(run, world)
+        models.check_run_models(run)  # the base (and reference, reward model) whole and finite, before any load
         identity = RunIdentity.of(run, checkpoint.input_hashes(run))
         with run_output.claimed(run, identity, resume, force, world.main) as folder:
             session = Session(run, world, resume, identity, folder, allow_data_change)
@@ -130,7 +132,7 @@ class Session:
         self.forced = self.out != spec.out
         self.micro = micro_batch_size(spec, world.size, run.file)  # rows per micro-batch
         self.state = checkpoint.read_state(resume, self.identity, spec.schedule.total_steps, run.file,
-                                           allow_data_change, run_output.spec_text(run.file)) if resume else None
+                                           allow_data_change, models.spec_text(run.file)) if resume else None
         torch.manual_seed(spec.seed)  # the method's initial weights (LoRA's A, say) follow the seed
         self.tokenizer = models.load_tokenizer(spec)
         self.template = templates.resolve(spec.chat_template, self.tokenizer, run.file)
