@@ -173,17 +173,17 @@ def check_out(spec: LabelSpec, file: str) -> None:
 def label(spec: LabelSpec, file: str = "<label spec>") -> dict:
     """Sample two answers per prompt from the policy, judge them, write the preference JSONL; returns counts."""
     check_out(spec, file)
-    with output_lock(spec.out):
+    text = models.spec_text(file)
+    models.check_model_folder(spec.policy, file, "policy", text)  # whole and finite, before anything loads
+    if spec.judge.kind != "rule":
+        models.check_model_folder(spec.judge.model, file, "judge.model", text)
+    with output_lock(spec.out):  # after the checks, so a refused label leaves no lock or folder behind
         return labelled(spec, file)
 
 
 def labelled(spec: LabelSpec, file: str) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    text = models.spec_text(file)
-    models.check_model_folder(spec.policy, file, "policy", text)  # whole and finite, before anything loads
-    if spec.judge.kind != "rule":
-        models.check_model_folder(spec.judge.model, file, "judge.model", text)
     dataset = data.read_dataset(spec.prompts, ("prompt_completion",), f"{file}: prompts")
     rows = [r.fields for r in dataset.rows]
     try:
