@@ -20,6 +20,7 @@ from surgery.io.reader import ModelFolder
 from surgery.merge.plan import plan_merge
 from surgery.merge.spec import load_spec, parse_spec
 from tests.conftest import models_folder
+from tests.surgery.test_output_lock import held_elsewhere
 from tests.tui.burst import burst, typed
 from tui.app import SurgeryApp
 from tui.designer import CHECK_AFTER_S, Designer, default_output, inside
@@ -309,6 +310,28 @@ def test_runs_a_merge_to_completion(models, tmp_path):
     assert os.path.isfile(out / "config.json")
     assert [f for f in os.listdir(out) if f.endswith(".safetensors")]
     assert len(ModelFolder(str(out)).tensors) == 21
+
+
+def test_a_merge_into_an_output_another_process_is_writing_is_refused(models, tmp_path):
+    """The designer's merge takes the same output lock as `surgery merge`: with another process holding
+    it, the merge fails naming that process, and writes nothing."""
+    out = tmp_path / "taken"
+
+    async def go(pid: int):
+        app = designer_app(models, tmp_path)
+        async with app.run_test(size=SIZE) as pilot:
+            designer = await fill_ties(pilot)
+            app.query_one("#out").value = str(out)
+            await pilot.press("f6")
+            await settle(app)
+            assert designer.state == "failed", app.query_one("#status").render()
+            status = str(app.query_one("#status").render())
+            assert "being written by another process" in status and f"pid {pid}" in status, status
+
+    with held_elsewhere(out) as pid:
+        run(go(pid))
+        assert not out.exists()
+        assert not [f for f in os.listdir(tmp_path) if f.startswith(".taken.partial")]
 
 
 def test_cancel_midway_leaves_no_output(models, tmp_path):
