@@ -35,18 +35,43 @@ def read(path: str, kind: str, shape: str, overrides: tuple[str, ...] = ()) -> S
     missing file, a YAML syntax error or a non-mapping (`shape` says what a spec holds) is a SpecError."""
     if not os.path.isfile(path):
         raise SpecError(path, "", f"no such {kind} file")
-    with open(path) as f:
-        text = f.read()
+    text = read_text(path)
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        raise SpecError(path, "", f"not valid YAML ({getattr(e, 'problem', e)})",
-                        line=mark.line + 1 if mark else None) from None
+        problem = " ".join(str(getattr(e, "problem", None) or e).split())  # a reader error spans two lines
+        raise SpecError(path, "", f"not valid YAML ({problem})", line=error_line(e, text)) from None
+    except RecursionError:  # the parser recurses once per level of nesting
+        opened = text.count("[") + text.count("{")
+        raise SpecError(path, "", f"not valid YAML (nested too deeply for the parser: {opened} open brackets); "
+                        f"a {kind} is a few levels deep") from None
     data = mapping(data, path, f"a {kind} is a YAML mapping {shape}")
     for item in overrides:
         apply_override(data, item, path)
     return SpecFile(path, text, data)
+
+
+def read_text(path: str) -> str:
+    """The spec's text; a file that is not UTF-8 (a binary, or another encoding) is located at its line."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except OSError as e:
+        raise SpecError(path, "", f"cannot read it ({e.strerror})") from None
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise SpecError(path, "", f"not UTF-8 text (byte {raw[e.start]:#04x} at offset {e.start}); a spec is YAML "
+                        "text: save it as UTF-8", line=raw[:e.start].count(b"\n") + 1) from None
+
+
+def error_line(e: yaml.YAMLError, text: str) -> int | None:
+    """The 1-based line where the parser stopped: its mark, or (a character YAML refuses) its position."""
+    mark = getattr(e, "problem_mark", None)
+    if mark is not None:
+        return mark.line + 1
+    position = getattr(e, "position", None)  # yaml.reader.ReaderError: an index into the text
+    return text[:position].count("\n") + 1 if isinstance(position, int) else None
 
 
 def mapping(data: Any, file: str, problem: str) -> dict:

@@ -45,10 +45,12 @@ class Sample:
 
 
 def sample(model, tokenizer, prompts: list[str], *, template: Template, n: int = 1, max_new_tokens: int = 64,
-           temperature: float = 1.0, top_p: float = 1.0, seed: int = 0, batch_size: int = 64) -> list[Sample]:
+           temperature: float = 1.0, top_p: float = 1.0, seed: int = 0, batch_size: int = 64,
+           stop: tuple[str, ...] = ()) -> list[Sample]:
     """`n` completions of every prompt, prompt-major: samples[i * n + j] is prompt i's j-th (a GRPO group
     is `n` consecutive samples). The prompt is rendered as a user turn under `template` (as SFT renders
-    it), or used as is with the template `none`. The model is left in the mode it was given in."""
+    it), or used as is with the template `none`. The model is left in the mode it was given in. A row
+    also ends once its text reaches one of the `stop` strings (which its `text` then still holds)."""
     check_options(n, max_new_tokens, temperature, top_p, batch_size)
     encoded = [prompt_ids(tokenizer, template, p) for p in prompts]
     seen: dict[str, int] = {}
@@ -64,7 +66,7 @@ def sample(model, tokenizer, prompts: list[str], *, template: Template, n: int =
         for start in range(0, len(jobs), batch_size):
             chunk = jobs[start:start + batch_size]
             generated = generate([encoded[i] for i, _ in chunk], [s for _, s in chunk], model, tokenizer, stops,
-                                 max_new_tokens, temperature, top_p)
+                                 max_new_tokens, temperature, top_p, stop)
             out += [finish(prompts[i], i, encoded[i], ids, stops, tokenizer) for (i, _), ids in zip(chunk, generated)]
         return out
     finally:
@@ -106,9 +108,9 @@ def stop_ids(model, tokenizer) -> list[int]:
 
 @torch.no_grad()
 def generate(prompts: list[list[int]], seeds: list[int], model, tokenizer, stops: list[int], max_new_tokens: int,
-             temperature: float, top_p: float) -> list[list[int]]:
+             temperature: float, top_p: float, stop: tuple[str, ...] = ()) -> list[list[int]]:
     """The generated tokens of each left-padded prompt (padding after a stop token included)."""
-    from transformers import GenerationConfig, LogitsProcessorList
+    from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
 
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
     width = max(map(len, prompts))
@@ -119,8 +121,9 @@ def generate(prompts: list[list[int]], seeds: list[int], model, tokenizer, stops
     config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=stops, pad_token_id=pad,
                               num_beams=1)
     drawer = Draw(seeds, temperature, top_p)
+    stopping = StoppingCriteriaList([StopText(tokenizer, width, stop)] if stop else [])
     out = model.generate(input_ids=input_ids, attention_mask=attention_mask, generation_config=config,
-                         logits_processor=LogitsProcessorList([drawer]))
+                         logits_processor=LogitsProcessorList([drawer]), stopping_criteria=stopping)
     return out[:, width:].tolist()
 
 
@@ -138,6 +141,19 @@ class Draw:
         out = torch.full_like(scores, float("-inf"))
         out[torch.arange(len(chosen)), chosen.to(scores.device)] = 0.0
         return out
+
+
+class StopText:
+    """A stopping criterion: a row is done once its decoded completion holds one of the `stop` strings.
+    Decoding the text (rather than transformers' `stop_strings`, which maps strings to token pieces and
+    fails on word-level vocabularies) works with any tokenizer; a completion is at most max_new_tokens."""
+
+    def __init__(self, tokenizer, width: int, stop: tuple[str, ...]):
+        self.tokenizer, self.width, self.stop = tokenizer, width, stop
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs) -> torch.Tensor:
+        texts = self.tokenizer.batch_decode(input_ids[:, self.width:], skip_special_tokens=True)  # (B,) strings
+        return torch.tensor([any(s in t for s in self.stop) for t in texts], device=input_ids.device)
 
 
 def draw_tokens(logits: torch.Tensor, uniforms: torch.Tensor, temperature: float, top_p: float) -> torch.Tensor:

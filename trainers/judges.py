@@ -13,6 +13,10 @@ A judge gives a margin for answer `a` over answer `b`: positive, `a` wins; zero,
   answers themselves (a base model that was never taught to answer a judging question).
 
     surgery label runs/rlaif-lm.yaml     # policy, prompts, judge, sampling, out (LabelSpec below)
+
+The out file is checked before anything loads (not a folder, not an input nor inside one) and locked
+while the run works (surgery.io.output.output_lock: a second `label` into it exits naming the holder's
+pid); it and its `.meta.json` appear whole or not at all.
 """
 
 from __future__ import annotations
@@ -26,9 +30,9 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from surgery import spec_file
-from surgery.errors import InputError
-from surgery.io.output import write_json
-from trainers import data, generation, rewards, templates
+from surgery.errors import InputError, SpecError
+from surgery.io.output import atomic_file, output_lock, write_json
+from trainers import data, generation, models, rewards, run_output, templates
 from trainers.logprobs import next_token_logps
 
 QUESTION = ("Which answer to the question is better?\nQuestion: {prompt}\nAnswer A: {first}\nAnswer B: {second}\n"
@@ -148,8 +152,36 @@ def build_judge(spec: LabelSpec, policy_template: templates.Template, file: str)
     return LMJudge(model, tokenizer, templates.resolve(j.chat_template, tokenizer, file), j.question, j.verdicts)
 
 
+def check_out(spec: LabelSpec, file: str) -> None:
+    """The out file is not a folder, and is not (nor inside, nor holding) the policy, the prompts or the judge."""
+    text = models.spec_text(file)
+
+    def refused(problem: str) -> SpecError:
+        return spec_file.located(file, "out", problem, text)
+
+    if os.path.isdir(spec.out):
+        raise refused(f"{spec.out!r} is a folder; give the path of the JSONL file to write, e.g. "
+                      f"{os.path.join(spec.out, 'pairs.jsonl')}")
+    inputs = {"policy": spec.policy, "prompts": spec.prompts, "judge.model": spec.judge.model}
+    for name, path in inputs.items():
+        relation = run_output.overlap(spec.out, path) if path else None
+        if relation:
+            raise refused(f"{spec.out!r} {relation} {name} {path!r}; labelling never writes where its inputs are: "
+                          "choose another out")
+
+
 def label(spec: LabelSpec, file: str = "<label spec>") -> dict:
     """Sample two answers per prompt from the policy, judge them, write the preference JSONL; returns counts."""
+    check_out(spec, file)
+    text = models.spec_text(file)
+    models.check_model_folder(spec.policy, file, "policy", text)  # whole and finite, before anything loads
+    if spec.judge.kind != "rule":
+        models.check_model_folder(spec.judge.model, file, "judge.model", text)
+    with output_lock(spec.out):  # after the checks, so a refused label leaves no lock or folder behind
+        return labelled(spec, file)
+
+
+def labelled(spec: LabelSpec, file: str) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     dataset = data.read_dataset(spec.prompts, ("prompt_completion",), f"{file}: prompts")
@@ -165,9 +197,9 @@ def label(spec: LabelSpec, file: str = "<label spec>") -> dict:
                                 max_new_tokens=spec.max_new_tokens, temperature=spec.temperature, top_p=spec.top_p,
                                 seed=spec.seed)
     pairs, skipped = pair_rows(samples, rows, judge, spec.judge.kind)
-    os.makedirs(os.path.dirname(os.path.abspath(spec.out)), exist_ok=True)
-    with open(spec.out, "w") as f:
-        f.writelines(json.dumps(p) + "\n" for p in pairs)
     counts = {"prompts": len(rows), "pairs": len(pairs), "skipped": skipped}
-    write_json(spec.out + ".meta.json", {**counts, "spec": spec.model_dump(mode="json")})
+    with atomic_file(spec.out) as tmp, atomic_file(spec.out + ".meta.json") as meta:
+        with open(tmp, "w") as f:
+            f.writelines(json.dumps(p) + "\n" for p in pairs)
+        write_json(meta, {**counts, "spec": spec.model_dump(mode="json")})
     return counts

@@ -1,19 +1,89 @@
-"""The models of a run: the base's tokenizer, weights loaded as the objective and the method say, the
-method attached (with a resumed run's trainable tensors put back), and how two tokenizers differ."""
+"""The models of a run: the model folders its spec names checked with the project's reader before any
+loads, the base's tokenizer, weights loaded as the objective and the method say, the method attached
+(with a resumed run's trainable tensors put back), and how two tokenizers differ."""
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING
 
 import torch
 
-from surgery.errors import InputError, SpecError
+from surgery import spec_file
+from surgery.errors import IncompatibleInput, InputError, SpecError
 
 if TYPE_CHECKING:
     from trainers.checkpoint import Resumed
     from trainers.spec import Run
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+FOLDER_FIELDS = ("reference", "reward_model")  # objective fields that name a model folder the run loads
+
+
+def check_run_models(run: Run) -> None:
+    """Every model folder the run's spec names (base, objective.reference, objective.reward_model), checked
+    before anything is loaded or written."""
+    text = spec_text(run.file)
+    fields = {"base": run.spec.base}
+    fields |= {f"objective.{name}": getattr(run.objective_config, name, None) for name in FOLDER_FIELDS}
+    for field, path in fields.items():
+        if path is not None:
+            check_model_folder(path, run.file, field, text)
+
+
+def check_model_folder(path: str, file: str, field: str, text: str | None) -> None:
+    """The model folder that spec field `field` names, read with the project's reader (surgery.io): it
+    exists, is a model, every weight file is whole (headers, offsets and sizes, as `inspect` checks them),
+    and every weight is finite; a problem is located at the field (`run.yaml: base (line 1): ...`)."""
+    from surgery.io.opener import open_model
+
+    line = spec_file.yaml_line(text, field.split(".")) if text else None
+    if not os.path.exists(path):
+        raise SpecError(file, field, f"model folder {path!r} does not exist; give the folder of a Hugging Face "
+                        "model (config.json, tokenizer and safetensors weights)", line=line)
+    if os.path.isdir(path) and not os.path.isfile(os.path.join(path, "config.json")):
+        raise SpecError(file, field, f"{path!r} has no config.json, so it is not a model folder; give the folder "
+                        "save_pretrained wrote", line=line)
+    try:
+        reader = open_model(path)
+        try:
+            found = first_non_finite(reader)
+        finally:
+            reader.close()
+    except InputError as e:
+        raise IncompatibleInput(file, field, str(e), line=line) from None
+    if found is not None:
+        name, problem = found
+        raise IncompatibleInput(file, field, f"{path!r} already holds {problem} in tensor {name!r}: the model "
+                                "is damaged before anything runs (its outputs and losses would be NaN); use an intact "
+                                "copy of it", line=line)
+
+
+def first_non_finite(reader) -> tuple[str, str] | None:
+    """The first tensor (in name order) of a model reader that holds NaN or infinite values, and how many."""
+    for name in sorted(reader.tensors):
+        if not reader.tensors[name].dtype.is_floating_point:
+            continue
+        t = reader.read(name)
+        # one summing pass first (several times faster than isfinite on CPU; sum(dtype=...) is not): a NaN or
+        # Inf anywhere makes the sum non-finite; only then (or on an overflowing sum) the exact element-wise check
+        total = t.sum() if t.dtype in (torch.float32, torch.float64) else t.float().sum()  # 16-bit: no overflow
+        if torch.isfinite(total) or torch.isfinite(t).all():
+            continue
+        nan, inf = int(torch.isnan(t).sum()), int(torch.isinf(t).sum())
+        counts = [f"{n} {what}" for n, what in ((nan, "NaN"), (inf, "infinite")) if n]
+        return name, f"{' and '.join(counts)} of {t.numel()} values"
+    return None
+
+
+def spec_text(file: str) -> str | None:
+    """The spec file's text, for the line of a field (None for a spec built in code)."""
+    try:
+        return spec_file.read_text(file) if os.path.isfile(file) else None
+    except SpecError:
+        return None
 
 
 def load_tokenizer(spec):

@@ -12,7 +12,7 @@
     chat_template: chatml             # a registry name, `tokenizer` (its own) or `none`
     optim: {lr: 1e-4, weight_decay: 0.0, betas: [0.9, 0.999]}
     schedule: {warmup_steps: 10, cosine: true, total_steps: 200}
-    batch: {size: 16, grad_accum: 2, max_length: 512, on_overflow: truncate}
+    batch: {size: 16, grad_accum: 2, max_length: 512, on_overflow: truncate, packing: false}
     eval_every: 50
     save_every: 100
     seed: 0
@@ -33,6 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from surgery import spec_file
 from surgery.spec_file import first_error, located
 from trainers import methods, objectives, templates
+from trainers.logprobs import AUTO, LOGITS_ENTRIES
 from trainers.methods.method import TrainingMethod
 from trainers.objectives.objective import Objective
 
@@ -102,6 +103,21 @@ class Batch(Strict):
     max_length: int = Field(1024, ge=2, description="longest sequence in tokens")
     on_overflow: Literal["truncate", "error"] = Field("truncate",
                                                       description="a longer row is cut (and counted) or refused")
+    packing: Literal[False, True, "padding_free"] = Field(
+        False, description="true: a micro-batch's rows laid end to end in sequences of max_length tokens (whole "
+        "rows, position ids restarting per row, attention within each row); padding_free: all in one sequence; "
+        "false: one padded row each. The loss is the same")
+    logits_chunk: int | Literal["auto"] | None = Field(
+        AUTO, description=f"positions whose logits the loss forms at once (recomputed in the backward pass), "
+        f"only positions it scores; auto: {LOGITS_ENTRIES} // vocabulary size; null: the model's own head over "
+        "every position")
+
+    @field_validator("logits_chunk")
+    @classmethod
+    def _positive_chunk(cls, v: int | str | None) -> int | str | None:
+        if isinstance(v, int) and v < 1:
+            raise ValueError("a chunk is at least 1 position; or write auto, or null for no chunking")
+        return v
 
 
 class RunSpec(Strict):
@@ -151,10 +167,22 @@ def parse_run(data: dict, file: str = "<run>", text: str | None = None) -> Run:
     spec = spec_file.validate(RunSpec, data, file, text)
     objective, objective_config = component(spec.objective, objectives.REGISTRY, "objective", file, text)
     method, method_config = component(spec.method, methods.REGISTRY, "method", file, text)
+    if spec.batch.packing and not packs(objective):
+        raise located(file, "batch.packing", f"objective '{spec.objective.name}' does not pack its rows (only SFT, "
+                      "pretraining and the offline preference objectives do, and RFT and SPIN through them); set "
+                      "batch.packing: false", text)
     if spec.data.sampling == "proportional" and spec.data.temperature != 1.0:
         raise located(file, "data.temperature", "a temperature needs sampling: temperature (proportional sampling "
                       "follows the datasets' sizes)", text)
     return Run(spec, file, objective, objective_config, method, method_config)
+
+
+def packs(objective: Objective) -> bool:
+    """Whether rows of the objective can be packed: its own batches, or (RFT, SPIN) the SFT or DPO runs of
+    its rounds."""
+    if objective.batches is not None:
+        return objective.batches.packs
+    return objective.loop in ("rejection_sampling", "self_play")
 
 
 def component(named: Named, registry: dict[str, Objective] | dict[str, TrainingMethod], kind: str, file: str,

@@ -25,7 +25,10 @@ import click
 def tui(models_dir, db, runs, merges_dir, include_path) -> None:
     """Design merges interactively: pick checkpoints, see their sign conflicts, set the method and its
     parameters (checked as you type), run the merge, score it and find it on the leaderboard."""
+    from surgery.cli.third_party import quiet_third_party
     from tui.app import SurgeryApp
+
+    quiet_third_party()  # a library's note on stderr would land on the screen
 
     app = SurgeryApp(models_dir=models_dir, db=db, runs=list(runs) or ["."], merges_dir=merges_dir,
                      include_path=os.path.abspath(include_path) if include_path else None)

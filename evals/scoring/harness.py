@@ -8,6 +8,7 @@ would be served the first one's answers. Results are cached by weight hash in ev
 from __future__ import annotations
 
 import math
+import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cache
@@ -99,9 +100,28 @@ def evaluate_model(model, tokenizer, tasks: list[str], settings: HarnessSettings
     return _run(lm, None, tasks, settings, manager)
 
 
+@cache
+def quiet_git_describe() -> None:
+    """lm-eval records `git describe` of the current folder with git's stderr on the terminal, so outside a
+    checkout every run prints `fatal: not a git repository`. Its lookup is replaced by the same command with
+    stderr captured, giving what lm-eval's own fallback gives outside a checkout (None)."""
+    import lm_eval.evaluator
+
+    lm_eval.evaluator.get_git_commit_hash = git_describe
+
+
+def git_describe() -> str | None:
+    try:
+        done = subprocess.run(["git", "describe", "--always"], capture_output=True, text=True)
+    except OSError:  # no git
+        return None
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
 def _run(model, model_args, tasks: list[str], settings: HarnessSettings, manager) -> dict[str, Evaluated]:
     import lm_eval
 
+    quiet_git_describe()
     manager = manager or task_manager(settings.include_path)
     check_tasks(tasks, known_tasks(manager))
     try:

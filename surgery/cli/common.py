@@ -10,6 +10,7 @@ from functools import wraps
 
 import click
 
+from surgery.cli.third_party import quiet_third_party
 from surgery.errors import SurgeryError, SurgeryWarning
 
 SIZE_UNITS = {"K": 1024, "M": 1024**2, "G": 1024**3, "B": 1024**3}
@@ -37,6 +38,7 @@ def handled(fn):
     def run(*args, debug: bool = False, **kwargs):
         try:
             with warnings.catch_warnings():
+                quiet_third_party()  # messages of libraries a user cannot act on
                 warnings.simplefilter("always", SurgeryWarning)
                 warnings.showwarning = _show
                 return fn(*args, **kwargs)

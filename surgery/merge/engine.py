@@ -128,12 +128,16 @@ def merge_tensor(plan: MergePlan, job: TensorJob, options: Options, load=None) -
     spans = spans_of(job, options, method.work)
     cached = load(job, spans[0]) if len(spans) == 1 else None
     stats: Stats = {}
-    for stage in method.stages_for(job.shared, job.per_model):
+    for stage in method.passes_for(job.shared, job.per_model):
+        if stage.needed is not None and not stage.needed(job.shared, job.per_model, job.shape, stats):
+            for span in spans if cached is None else ():
+                getattr(load, "skip", lambda j, s: None)(job, span)  # the prefetcher drops this pass's reads
+            continue
         partial: Stats = {}
         running = dict(stats)  # one per pass: blocks come in row order, running counts live here
         for span in spans:
             block = cached or load(job, span)
-            for key, value in stage(block, running).items():
+            for key, value in stage.run(block, running).items():
                 partial[key] = partial[key] + value if key in partial else value
         stats.update(partial)
     if method.fallback is not None and method.fallback.taken(job.shared, stats):
@@ -165,6 +169,14 @@ class Prefetcher:
         return self.pool.submit(_load, self.plan, job, span, self.options.device, final)
 
     def __call__(self, job: TensorJob, span: tuple[int, int]) -> Block:
+        return self._next(job, span).result()
+
+    def skip(self, job: TensorJob, span: tuple[int, int]) -> None:
+        """Drop the next request (a statistics pass the engine found it does not need): a read not yet
+        started is cancelled, one under way is left to finish unused."""
+        self._next(job, span).cancel()
+
+    def _next(self, job: TensorJob, span: tuple[int, int]):
         want = self.requests[self.i]
         if want[0] is not job or want[1] != span:
             raise RuntimeError(f"prefetch order broken: expected {want[0].name} {want[1]}, got {job.name} {span}")
@@ -172,7 +184,7 @@ class Prefetcher:
         following = self._submit(self.i + self.DEPTH - 1)
         if following is not None:
             self.ahead.append(following)
-        return future.result()
+        return future
 
     def close(self) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)

@@ -60,7 +60,7 @@ def is_multi(path: str) -> bool:
     try:
         with open(path) as f:
             return sum(1 for _ in yaml.compose_all(f)) > 1
-    except (OSError, yaml.YAMLError):
+    except (OSError, ValueError, RecursionError, yaml.YAMLError):  # ValueError: not UTF-8
         return False  # load_spec reports the file's problem with its location
 
 

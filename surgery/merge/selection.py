@@ -23,6 +23,24 @@ def high_histogram(x: torch.Tensor) -> torch.Tensor:
     return torch.bincount(_bits(x) >> 16, minlength=HI_BINS)
 
 
+def histogram_and_zeros(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """`high_histogram(x)` and the number of exact zeros in x (a 0-dim int64): bin 0 holds them beside
+    the few |x| under 2**-133, so they are counted only when that bin is not empty. Knowing the zeros, a
+    cut-off rank that falls among them needs no second pass: the value there is 0."""
+    bits = _bits(x)
+    high = torch.bincount(bits >> 16, minlength=HI_BINS)
+    if not int(high[0]):
+        return high, torch.zeros((), dtype=torch.int64, device=high.device)
+    return high, bits.numel() - torch.count_nonzero(bits)  # count_nonzero of int32: ~5x cheaper than a == 0 sum
+
+
+def blank_histogram(numel: int, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """`histogram_and_zeros` of `numel` zeros, without looking at them."""
+    high = torch.zeros(HI_BINS, dtype=torch.int64, device=device)
+    high[0] = numel
+    return high, torch.tensor(numel, dtype=torch.int64, device=device)
+
+
 def bin_of_rank(high: torch.Tensor, rank: int) -> int:
     """The top-16-bit bin holding the element of ascending `rank` (0-based)."""
     cum = torch.cumsum(high, 0)

@@ -418,3 +418,16 @@ def test_engine_handles_empty_scalar_and_3d_tensors(name, odd_family, tmp_path):
         assert torch.equal(written[job.name], expected), job.name
     small, _ = merge(spec, str(tmp_path / "small"), block_bytes=1)
     assert file_bytes(small) == file_bytes(out)
+
+
+def test_multislerp_zero_task_vector_with_a_tiny_eps():
+    """A model equal to the base has a zero task vector, whose unit vector is 0 / eps = 0 (mergekit's
+    arithmetic); a coefficient of w / eps instead overflowed float32 for eps = 3e-141 (found by the
+    property above)."""
+    method = REGISTRY["multislerp"]
+    shared = method.shared(normalize_weights=False, eps=2.891336104219331e-141)
+    per_model = [method.per_model(weight=1.0), method.per_model(weight=1.0)]
+    base, tuned = torch.tensor(0.6614), torch.tensor(0.7177)
+    out = run(method, base, [base.clone(), tuned], shared, per_model)
+    # unit vectors (0, 1), weighted mean of norms |tuned - base|: the output is the tuned model itself
+    torch.testing.assert_close(out, tuned)

@@ -121,12 +121,14 @@ def sequence(base: str, tmp_path, strategy: dict, out: str, **changes) -> dict:
 
 def test_replay_mixes_its_buffer_into_every_step(base, tmp_path):
     from trainers.loops.session import read_data
+    from trainers.run_output import check_place
 
     plan = parse_plan(sequence(base, tmp_path, {"name": "replay", "size": 8, "mix": 0.25}, "replay"), "seq.yaml")
     os.makedirs(plan.out)
     stage = Stage(plan, plan.stages[1], (plan.stages[0].final,))
     run = plan.strategy.prepare(plan.stages[1].run, stage, plan.config)
-    buffer = [json.loads(line) for line in open(os.path.join(plan.stages[1].folder, "replay.jsonl"))]
+    buffer = [json.loads(line) for line in open(plan.stages[1].folder + "-replay.jsonl")]
+    check_place(run)  # the buffer is beside the stage's out folder, not inside: the run may read it
     first = [json.loads(line) for line in open(plan.stages[0].run.spec.data.train[0].path)]
     assert len(buffer) == 8 and all(r in first for r in buffer)  # a sample of the earlier stage's rows
     mixture = read_data(run).mixture

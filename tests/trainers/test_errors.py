@@ -137,6 +137,69 @@ def test_freeze_more_layers_than_the_model_has(workdir):
 
 def test_a_new_run_never_overwrites_checkpoints(workdir):
     train(parse_run(spec_dict(save_every=3), "run.yaml"), stop_after=3, quiet=True)
-    with pytest.raises(OutputError, match=r"out 'out/run' already holds checkpoint-3 of an earlier run; continue it "
-                                          r"with --resume out/run/checkpoint-3"):
+    with pytest.raises(OutputError, match=r"out 'out/run' holds an unfinished run \(checkpoint-3\); continue it "
+                                          r"with --resume out/run/checkpoint-3, or choose another out"):
         train(parse_run(spec_dict(), "run.yaml"), quiet=True)
+
+
+# ---- the model folders a spec names, read with the project's reader before anything loads -------------------
+
+def _damaged(base: str, folder, damage: str) -> str:
+    """A copy of the tiny base with its weights cut short, or with one NaN, or a path with nothing there."""
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    if damage == "missing":
+        return str(folder)
+    shutil.copytree(base, folder)
+    weights = folder / "model.safetensors"
+    if damage == "truncated":
+        with open(weights, "r+b") as f:
+            f.truncate(weights.stat().st_size - 100)
+    else:
+        tensors = load_file(weights)
+        tensors["model.layers.1.mlp.up_proj.weight"][3, 5] = torch.nan
+        save_file(tensors, weights, metadata={"format": "pt"})
+    return str(folder)
+
+
+DAMAGE = {"truncated": ["model.safetensors: truncated: tensor 'model.norm.weight' ends at byte ", " but the file has "],
+          "missing": ["model folder '{path}' does not exist; give the folder of a Hugging Face model"],
+          "NaN": ["'{path}' already holds 1 NaN of 2048 values in tensor 'model.layers.1.mlp.up_proj.weight': the "
+                  "model is damaged before anything runs"]}
+LABEL = {"policy": "models/base", "prompts": "runs/data/eval.jsonl", "chat_template": "chatml", "max_new_tokens": 4,
+         "judge": {"kind": "lm", "model": "models/base", "verdicts": [" one", " two"]}, "out": "out/pairs.jsonl"}
+
+
+@pytest.mark.parametrize("damage", sorted(DAMAGE))
+@pytest.mark.parametrize("command, field, line", [("train", "base", 1), ("train", "objective.reference", 4),
+                                                  ("label", "policy", 1), ("label", "judge.model", 7)])
+def test_a_damaged_or_missing_model_folder_is_located_before_anything_loads(workdir, base, command, field, line,
+                                                                           damage):
+    """Train and label read the folders their spec names with the project's reader first. Before: a truncated
+    file was SafetensorError (exit 1); a missing folder went to the model hub ('Repo id must be ...', retried);
+    a NaN base stopped at step 1 with advice about save_every, and a NaN policy wrote pairs with exit 0."""
+    import hashlib
+
+    from click.testing import CliRunner
+
+    from surgery.cli import main
+
+    path = _damaged(base, workdir / "damaged", damage)
+    spec = spec_dict(objective={"name": "dpo"}, data={"train": "runs/data/prefs.jsonl"}) if command == "train" \
+        else json.loads(json.dumps(LABEL))
+    parent, _, leaf = field.rpartition(".")
+    (spec[parent] if parent else spec)[leaf] = path
+    file = workdir / f"{command}.yaml"
+    write_spec(file, spec)
+    assert file.read_text().splitlines()[line - 1].lstrip().startswith(f"{leaf}: ")
+    before = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in workdir.rglob("*") if p.is_file()}
+    result = CliRunner().invoke(main, [command, str(file)])
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    assert result.output.startswith(f"error: {file}: {field} (line {line}): ")
+    for text in DAMAGE[damage]:
+        assert text.format(path=path) in result.output, result.output
+    assert not (workdir / "out").exists()
+    assert before == {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in workdir.rglob("*") if p.is_file()}

@@ -72,3 +72,20 @@ def test_surgery_train_command(workdir):
     bad = runner.invoke(main, ["train", "runs/sft-freeze.yaml", "--set", "optim.lr=-1"])
     assert bad.exit_code == 2 and "Traceback" not in bad.output
     assert "error: runs/sft-freeze.yaml: optim.lr (line 9): Input should be greater than 0 (got -1)" in bad.output
+
+
+def test_surgery_train_prints_the_held_out_scores(workdir):
+    """The last evaluation on data.eval is printed with where every step's values are (OUT/log.jsonl); a run
+    without data.eval prints only where it wrote."""
+    done = CliRunner().invoke(main, ["train", "runs/sft-freeze.yaml", "--quiet", "--set", "schedule.total_steps=2"])
+    assert done.exit_code == 0, done.output
+    with open("out/sft-freeze/log.jsonl") as f:
+        last = [r for r in map(json.loads, f) if "eval_loss" in r][-1]
+    assert last["step"] == 2
+    assert done.output.strip().splitlines() == [
+        f"held-out (data.eval) at step 2: eval_loss {last['eval_loss']:.4g}, eval_accuracy "
+        f"{last['eval_accuracy']:.4g}; every step's values are in out/sft-freeze/log.jsonl",
+        "wrote out/sft-freeze/final"]
+    plain = CliRunner().invoke(main, ["train", "runs/sft-freeze.yaml", "--quiet", "--set", "schedule.total_steps=2",
+                                      "--set", "data.eval=[]", "--set", "out=out/plain"])
+    assert plain.exit_code == 0 and plain.output.strip().splitlines() == ["wrote out/plain/final"], plain.output

@@ -60,7 +60,7 @@ def test_rft_rounds_on_the_tiny_base(workdir):
     assert [r["round"] for r in log] == [0, 1, 2] and "eval_exact_match" in log[0]
     first = log[1]
     assert 0 < first["acceptance"] <= 1 and first["kept"] == round(first["acceptance"] * first["prompts"])
-    kept = [json.loads(line) for line in open("out/rft/round-1/data.jsonl")]
+    kept = [json.loads(line) for line in open("out/rft/round-1-data.jsonl")]
     assert len(kept) == first["kept"] and all(share_of_early_words("", r["completion"], {}) >= 0.5 for r in kept)
     assert len({r["prompt"] for r in kept}) == len(kept)  # keep: best -> one per prompt
     inner = json.load(open("out/rft/round-2/final/lineage.json"))
@@ -69,6 +69,10 @@ def test_rft_rounds_on_the_tiny_base(workdir):
     again = train(parse_run(spec, "rft.yaml"), quiet=True)
     assert os.path.realpath(again) == os.path.realpath(final)
     assert [r.get("skipped") for r in records("out/rft")[1:]] == ["finished by an earlier run"] * 2
+    # --force runs every round again, in a hidden sibling that replaces out/rft once they finish
+    forced = train(parse_run(spec, "rft.yaml"), quiet=True, force=True)
+    assert os.path.realpath(forced) == os.path.realpath("out/rft/round-2/final")
+    assert [r.get("skipped") for r in records("out/rft")] == [None] * 3 and os.listdir("out") == ["rft"]
 
 
 def test_rft_errors(workdir):

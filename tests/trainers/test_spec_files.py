@@ -4,6 +4,8 @@ on stderr with exit code 2, the YAML line included, and nothing is written."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 from click.testing import CliRunner
 
@@ -69,3 +71,28 @@ def test_override_that_is_not_yaml(tmp_path):
     spec.write_text("base: b\n")
     with pytest.raises(SpecError, match=r"run.yaml: --set optim.betas: '\[0.9' is not a YAML value"):
         load_run(str(spec), ("optim.betas=[0.9",))
+
+
+MALFORMED = {  # bytes of a spec the YAML parser cannot take, and the located message
+    "latin-1": (b"policy: models/base\nprompts: caf\xe9.jsonl\n", "line 2: not UTF-8 text (byte 0xe9 at offset 32)"),
+    "NUL": (b"policy: models/base\n\x00\n", "line 2: not valid YAML (unacceptable character #x0000"),
+    "nested": (b"a: " + b"[" * 3000, "not valid YAML (nested too deeply for the parser: 3000 open brackets)"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MALFORMED))
+@pytest.mark.parametrize("kind", sorted(COMMANDS))
+def test_a_spec_the_parser_cannot_take_is_located(kind, case, tmp_path):
+    """A spec in another encoding, with a character YAML refuses, or nested past the parser's recursion
+    was an internal error (UnicodeDecodeError, RecursionError: exit 1) or a message without its line."""
+    import hashlib
+
+    raw, message = MALFORMED[case]
+    spec, out = tmp_path / "spec.yaml", tmp_path / "out"
+    spec.write_bytes(raw)
+    result = CliRunner().invoke(main, [a.format(spec=spec, out=out) for a in COMMANDS[kind]])
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    assert result.output.strip().splitlines() == [result.output.strip()]  # one line
+    assert f"error: {spec}: {message}" in result.output
+    assert not out.exists() and os.listdir(tmp_path) == ["spec.yaml"]
+    assert hashlib.sha256(spec.read_bytes()).digest() == hashlib.sha256(raw).digest()

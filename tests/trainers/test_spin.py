@@ -46,7 +46,7 @@ def test_spin_rounds_on_the_tiny_base(workdir):
     with open("out/spin/log.jsonl") as f:
         log = [json.loads(line) for line in f]
     assert [r["round"] for r in log] == [0, 1, 2] and all("eval_exact_match" in r for r in log)
-    pairs = [json.loads(line) for line in open("out/spin/round-1/data.jsonl")]
+    pairs = [json.loads(line) for line in open("out/spin/round-1-data.jsonl")]
     data = {json.loads(line)["prompt"]: json.loads(line)["completion"] for line in open("runs/data/instruct.jsonl")}
     assert len(pairs) == log[1]["pairs"] > 0
     assert all(p["chosen"] == data[p["prompt"]] != p["rejected"] for p in pairs)

@@ -3,7 +3,8 @@ of them by reservoir sampling (trainers/continual/reservoir.py, streamed stage a
 seeded generator), is mixed into every step of each later stage: `mix` of each step's rows come from
 the buffer and the rest from the stage's own data, exactly (the mixture's `per_step: exact`), as in
 Chaudhry et al. 2019 ("On Tiny Episodic Memories in Continual Learning"), where every batch joins
-new rows and rows from memory. The buffer a stage trains with is written into its folder (`replay.jsonl`).
+new rows and rows from memory. The buffer a stage trains with is written beside its folder
+(`stage-K-NAME-replay.jsonl`; not inside, since a run's out never holds one of its inputs).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from trainers.continual.strategy import Config as StrategyConfig
 from trainers.continual.strategy import Plan, Stage, Strategy
 from trainers.spec import Run, parse_run
 
-BUFFER = "replay.jsonl"
+BUFFER = "-replay.jsonl"  # after the stage folder's name
 
 
 class Config(StrategyConfig):
@@ -60,8 +61,8 @@ def prepare(run: Run, stage: Stage, config: Config) -> Run:
     """The stage's run with the buffer as one more source, `mix` of every step."""
     if not stage.earlier:
         return run
-    os.makedirs(stage.current.folder, exist_ok=True)
-    path = os.path.join(stage.current.folder, BUFFER)
+    os.makedirs(os.path.dirname(os.path.abspath(stage.current.folder)), exist_ok=True)
+    path = stage.current.folder.rstrip(os.sep) + BUFFER
     with atomic_file(path) as tmp, open(tmp, "w") as f:
         f.writelines(json.dumps(r) + "\n" for r in buffer(stage, config))
     sources = run.spec.data.train

@@ -5,7 +5,7 @@ the objective's loop) in its own folder, after its strategy has prepared it; the
                                            folder and model (what `surgery forgetting OUT` reads)
     OUT/stage-K-NAME/{checkpoint-N,final,log.jsonl}   stage K's run
     OUT/stage-K-NAME/fisher.safetensors    ewc: the stage's Fisher, once a later stage needed it
-    OUT/stage-K-NAME/replay.jsonl          replay: the buffer this stage mixed in
+    OUT/stage-K-NAME-replay.jsonl          replay: the buffer this stage mixed in (an input of its run)
     OUT/stage-K-NAME/routed/routing.json   adapters: the model after the stage, as a routing
     OUT/merged                             adapters with `merge`: the adapters merged
 

@@ -1,6 +1,7 @@
 """The training loops, and `train`, which runs a run with its objective's loop.
 
-    final = train(load_run("runs/dpo.yaml"), resume=None, stop_after=None, quiet=False)
+    final = train(load_run("runs/dpo.yaml"), resume=None, stop_after=None, quiet=False, force=False,
+                  allow_data_change=False)
 
 Every loop is a session (session.py: the output folder, tokenizer, data, model and method, reference,
 optimizer and schedule, resume, logs, eval and save cadence, NaN stop, atomic checkpoints) with a
@@ -26,7 +27,7 @@ from collections.abc import Callable
 from trainers.loops import grpo_rollouts, offline, ppo_rollouts, rejection_sampling, self_play
 from trainers.spec import Run
 
-Train = Callable[..., str]  # (run, resume=None, stop_after=None, quiet=False) -> the final folder
+Train = Callable[..., str]  # (run, resume, stop_after, quiet, force, allow_data_change) -> the final folder
 
 REGISTRY: dict[str, Train] = {
     "offline": offline.train,
@@ -37,6 +38,10 @@ REGISTRY: dict[str, Train] = {
 }
 
 
-def train(run: Run, resume: str | None = None, stop_after: int | None = None, quiet: bool = False) -> str:
-    """Train as `run` says; returns the final folder (or, with `stop_after`, that step's checkpoint)."""
-    return REGISTRY[run.objective.loop](run, resume=resume, stop_after=stop_after, quiet=quiet)
+def train(run: Run, resume: str | None = None, stop_after: int | None = None, quiet: bool = False,
+          force: bool = False, allow_data_change: bool = False) -> str:
+    """Train as `run` says; returns the final folder (or, with `stop_after`, that step's checkpoint). `force`
+    replaces an earlier run in out once this one finishes; `allow_data_change` lets a resume continue on
+    inputs changed since its checkpoint (recorded in the lineage)."""
+    return REGISTRY[run.objective.loop](run, resume=resume, stop_after=stop_after, quiet=quiet, force=force,
+                                        allow_data_change=allow_data_change)

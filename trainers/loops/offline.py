@@ -8,6 +8,9 @@ each micro-batch's mean loss by its share of the step's items (tokens for SFT), 
 that of the whole step's mean whatever the split across processes and micro-batches. The objective's
 reference numbers (`annotate`) are added to each micro-batch first. Evaluation is the objective's
 loss and metrics over every data.eval row (`eval_loss`, `eval_*`).
+
+With `batch.packing`, each micro-batch holds the same rows, laid out packed (trainers/packing.py); the
+model is first checked to keep packed rows apart (its attention must read restarting position ids).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from surgery.errors import InputError, SpecError
 from trainers import data, parallel
 from trainers.loops import session
 from trainers.objectives.sft import pad_token_id
+from trainers.packing import PADDED, PADDED_LAYOUT, Layout, keeps_rows_apart
 from trainers.spec import Run
 
 
@@ -33,29 +37,39 @@ class Offline(session.Steps):
         self.train, self.cut = encode_all(s.data.train, s.tokenizer, s.template, s.run)
         self.eval, self.eval_cut = encode_all(s.data.eval, s.tokenizer, s.template, s.run)
         self.pad = pad_token_id(s.tokenizer)
+        self.layout = Layout.of(s.run.spec.batch)
         if self.cut and s.world.main:
             session.note(f"truncated {self.cut} of {sum(map(len, self.train))} training rows to "
                          f"batch.max_length={s.run.spec.batch.max_length} tokens")
+
+    def start(self) -> list[dict]:
+        s = self.session
+        if self.layout.mode != PADDED and not keeps_rows_apart(s.policy):
+            raise SpecError(s.run.file, "batch.packing", f"the model ({type(s.policy).__name__} with method "
+                            f"'{s.run.spec.method.name}') lets packed rows attend to each other: its attention does "
+                            "not restart at reset position ids (prompt-learning methods, and models whose attention "
+                            "ignores position ids, cannot pack); set batch.packing: false")
+        return []
 
     def notes(self) -> dict:
         return {"truncated": self.cut, "eval_truncated": self.eval_cut}
 
     def step(self, k: int) -> dict[str, float]:
         s = self.session
-        metrics = s.accumulate(step_batches(self.train, s.draw(k), s.run, s.micro, self.pad))
+        metrics = s.accumulate(step_batches(self.train, s.draw(k), s.run, s.micro, self.pad, self.layout))
         metrics["grad_norm"] = s.apply({"loss": metrics["loss"]})
         return metrics
 
     def evaluate(self) -> dict[str, float]:
         s = self.session
-        return evaluate(s.model, self.eval, s.run, s.micro, self.pad, s.world.device, s.reference)
+        return evaluate(s.model, self.eval, s.run, s.micro, self.pad, s.world.device, s.reference, self.layout)
 
 
-def step_batches(train: list[list[dict]], picks: list[tuple[int, int]], run: Run, micro: int,
-                 pad: int) -> list[dict]:
+def step_batches(train: list[list[dict]], picks: list[tuple[int, int]], run: Run, micro: int, pad: int,
+                 layout: Layout = PADDED_LAYOUT) -> list[dict]:
     """This process's micro-batches of a step, from its (dataset, row) picks."""
     rows = [train[d][r] for d, r in picks]
-    return [run.objective.batches.collate(rows[i:i + micro], pad) for i in range(0, len(rows), micro)]
+    return [run.objective.batches.collate(rows[i:i + micro], pad, layout) for i in range(0, len(rows), micro)]
 
 
 def encode_all(sets: list[data.Dataset], tokenizer, template, run: Run) -> tuple[list[list[dict]], int]:
@@ -76,14 +90,14 @@ def encode_all(sets: list[data.Dataset], tokenizer, template, run: Run) -> tuple
 
 
 @torch.no_grad()
-def evaluate(model, examples: list[list[dict]], run: Run, micro: int, pad: int, device,
-             reference=None) -> dict[str, float]:
+def evaluate(model, examples: list[list[dict]], run: Run, micro: int, pad: int, device, reference=None,
+             layout: Layout = PADDED_LAYOUT) -> dict[str, float]:
     """The objective's loss over every eval row (each process scores all of them: eval sets are small)."""
     objective, config = run.objective, run.objective_config
     model.eval()
     total, items, sums, rows = 0.0, 0.0, {}, [e for dataset in examples for e in dataset]
     for i in range(0, len(rows), micro):
-        batch = session.to_device(objective.batches.collate(rows[i:i + micro], pad), device)
+        batch = session.to_device(objective.batches.collate(rows[i:i + micro], pad, layout), device)
         if reference is not None and objective.annotate is not None:
             batch = objective.annotate(reference, batch, config)
         loss, metrics = objective.loss(model, batch, config)
@@ -94,5 +108,6 @@ def evaluate(model, examples: list[list[dict]], run: Run, micro: int, pad: int, 
     return {"eval_loss": total / max(items, 1.0), **{f"eval_{k}": v / max(items, 1.0) for k, v in sums.items()}}
 
 
-def train(run: Run, resume: str | None = None, stop_after: int | None = None, quiet: bool = False) -> str:
-    return session.run_loop(run, Offline, resume, stop_after, quiet)
+def train(run: Run, resume: str | None = None, stop_after: int | None = None, quiet: bool = False,
+          force: bool = False, allow_data_change: bool = False) -> str:
+    return session.run_loop(run, Offline, resume, stop_after, quiet, force, allow_data_change)

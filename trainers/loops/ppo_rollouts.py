@@ -169,5 +169,6 @@ def evaluate(policy, tokenizer, template, reward, rows: list[dict], run: Run, pa
     return {"eval_reward": float(scores.mean())}
 
 
-def train(run: Run, resume: str | None = None, stop_after: int | None = None, quiet: bool = False) -> str:
-    return session.run_loop(run, PPORollouts, resume, stop_after, quiet)
+def train(run: Run, resume: str | None = None, stop_after: int | None = None, quiet: bool = False,
+          force: bool = False, allow_data_change: bool = False) -> str:
+    return session.run_loop(run, PPORollouts, resume, stop_after, quiet, force, allow_data_change)

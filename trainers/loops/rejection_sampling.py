@@ -10,8 +10,9 @@ from trainers.objectives import rft
 from trainers.spec import Run
 
 
-def train(run: Run, resume: str | None = None, stop_after: int | None = None, quiet: bool = False) -> str:
-    if resume is not None or stop_after is not None:
+def train(run: Run, resume: str | None = None, stop_after: int | None = None, quiet: bool = False,
+          force: bool = False, allow_data_change: bool = False) -> str:
+    if resume is not None or stop_after is not None or allow_data_change:
         raise InputError("an RFT run continues by running it again (finished rounds are kept); it takes no --resume")
     cfg = run.objective_config
     rewards.imported(cfg.reward_functions, f"{run.file}: objective")  # before any model loads, not after a round
@@ -33,4 +34,4 @@ def train(run: Run, resume: str | None = None, stop_after: int | None = None, qu
                  "mean_reward": float(scores.mean()), "acceptance": sum(bool(g) for g in kept) / len(kept)}
         return new_rows, stats
 
-    return rounds.train_rounds(run, make, {"name": "sft"}, quiet)
+    return rounds.train_rounds(run, make, {"name": "sft"}, quiet, force)

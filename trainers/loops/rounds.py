@@ -4,11 +4,14 @@ ordinary run, a session of its own, of another objective, SFT or DPO, whose base
 the round's result is the next round's model.
 
     OUT/log.jsonl                        one record per round: what was sampled, kept, scored
-    OUT/round-K/data.jsonl               the round's dataset
+    OUT/round-K-data.jsonl               the round's dataset (beside the round's run: it is its input)
     OUT/round-K/{checkpoint-N,final}     the round's run, as the offline loop writes it
     OUT/final -> round-R/final           the last round's model
 
-A run that stopped is continued by running it again: rounds whose final folder is complete are kept.
+OUT is claimed as a run's out folder is (trainers/run_output.py: never an input, locked while the
+rounds run); with `force`, the rounds run in a hidden sibling that replaces OUT once they finish.
+A run that stopped is continued by running it again: rounds whose final folder is complete are kept,
+and a round that stopped part-way is run again from its start.
 Before the first round and after each, the model's greedy completions of the data.eval prompts are
 scored by exact match with their `completion` (`eval_exact_match`).
 """
@@ -23,7 +26,8 @@ from collections.abc import Callable
 import torch
 
 from surgery.errors import SpecError
-from trainers import data, generation, models, templates
+from surgery.io.output import atomic_folder, output_lock
+from trainers import data, generation, models, run_output, templates
 from trainers.loops import offline, session
 from trainers.spec import Run, parse_run
 
@@ -41,18 +45,31 @@ def check(run: Run) -> None:
                         f"method '{run.spec.method.name}' saves an adapter: use method full or freeze, or rounds: 1")
 
 
-def train_rounds(run: Run, make: MakeData, objective: dict, quiet: bool = False) -> str:
+def train_rounds(run: Run, make: MakeData, objective: dict, quiet: bool = False, force: bool = False) -> str:
     """Run every round; returns OUT/final."""
     check(run)
+    run_output.check_place(run)
+    out = run.spec.out
+    with output_lock(out):
+        if force and os.path.isdir(out) and os.listdir(out):
+            with atomic_folder(out) as staging:
+                run_rounds(run, make, objective, quiet, staging)
+        else:
+            run_rounds(run, make, objective, quiet, out)
+    return os.path.join(out, "final")
+
+
+def run_rounds(run: Run, make: MakeData, objective: dict, quiet: bool, out: str) -> str:
+    """The rounds, written into `out` (the run's out, or its --force sibling)."""
     spec, cfg = run.spec, run.objective_config
     rows = prompt_rows(run)
     evals = [r for i, p in enumerate(spec.data.eval)
              for r in data.read_dataset(p, ("prompt_completion",), f"{run.file}: data.eval.{i}").rows]
-    os.makedirs(spec.out, exist_ok=True)
-    log = session.Log(os.path.join(spec.out, "log.jsonl"), True, keep_until=0)
+    os.makedirs(out, exist_ok=True)
+    log = session.Log(os.path.join(out, "log.jsonl"), True, keep_until=0)
     current = spec.base
     for k in range(1, cfg.rounds + 1):
-        folder = os.path.join(spec.out, f"round-{k}")
+        folder = os.path.join(out, f"round-{k}")
         model, tokenizer, template = load_policy(run, current)
         if k == 1 and evals:
             log.write({"round": 0, "eval_exact_match": exact_match(model, tokenizer, template, evals, cfg)})
@@ -63,16 +80,16 @@ def train_rounds(run: Run, make: MakeData, objective: dict, quiet: bool = False)
             continue
         new_rows, stats = make(model, tokenizer, template, rows, k)
         del model
-        os.makedirs(folder, exist_ok=True)
-        path = write_jsonl(os.path.join(folder, "data.jsonl"), new_rows)
+        path = write_jsonl(os.path.join(out, f"round-{k}-data.jsonl"), new_rows)
         inner = round_run(run, current, objective, path, folder)
-        current = offline.train(inner, quiet=quiet)
+        # a round an earlier invocation left part-way is replaced: its data were drawn again above
+        current = offline.train(inner, quiet=quiet, force=True)
         record = {"round": k, **stats, "out": current}
         if evals:
             model, tokenizer, template = load_policy(run, current)
             record["eval_exact_match"] = exact_match(model, tokenizer, template, evals, cfg)
         log.write(record)
-    return publish(current, os.path.join(spec.out, "final"))
+    return publish(current, os.path.join(out, "final"))
 
 
 def prompt_rows(run: Run) -> list[data.Row]:

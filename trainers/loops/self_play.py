@@ -11,8 +11,9 @@ from trainers.objectives import spin
 from trainers.spec import Run
 
 
-def train(run: Run, resume: str | None = None, stop_after: int | None = None, quiet: bool = False) -> str:
-    if resume is not None or stop_after is not None:
+def train(run: Run, resume: str | None = None, stop_after: int | None = None, quiet: bool = False,
+          force: bool = False, allow_data_change: bool = False) -> str:
+    if resume is not None or stop_after is not None or allow_data_change:
         raise InputError("a SPIN run continues by running it again (finished rounds are kept); it takes no --resume")
     cfg = run.objective_config
 
@@ -24,4 +25,4 @@ def train(run: Run, resume: str | None = None, stop_after: int | None = None, qu
                              "as the data; there is nothing left to learn from self-play")
         return new_rows, {"rows": len(rows), "pairs": len(new_rows), "matched": 1 - len(new_rows) / len(rows)}
 
-    return rounds.train_rounds(run, make, {"name": "dpo", "beta": cfg.beta}, quiet)
+    return rounds.train_rounds(run, make, {"name": "dpo", "beta": cfg.beta}, quiet, force)

@@ -4,11 +4,15 @@ and a loop is a `Steps` hook that does one optimizer step's work.
     final = session.run_loop(run, Offline, resume=None, stop_after=None, quiet=False)
 
 What the session does, in order:
-1. the loop's spec checks (`Steps.check`), the micro-batch split, and the output folder claimed
-   (`open_output`: a new run never writes over another run's checkpoints);
+1. the loop's spec checks (`Steps.check`), the model folders the spec names read with the project's reader
+   (trainers/models.py: present, whole, finite), the run's identity (the spec's fields, and the sha256 of
+   every input file: base, data, reference, reward model), and the out folder claimed and locked for
+   the whole run (trainers/run_output.py: never an input or a file, never another run's checkpoints,
+   never two runs at once); the micro-batch split; the checkpoint to resume checked whole (a damaged
+   one is refused naming the file and the latest intact one) and refused when another run wrote it or
+   an input changed since (unless --allow-data-change, which the lineage records);
 2. the seed, the base's tokenizer and chat template, the data read (files or folders of JSONL, rows
-   checked against the objective's shapes) and their mixture, the run's identity, and the state of
-   the checkpoint to resume (refused when another run wrote it);
+   checked against the objective's shapes) and their mixture;
 3. the loop's own preparation (`Steps(session)`: encoding rows, loading rewards), before any model loads;
 4. the model (the base, or a whole-model checkpoint) with the method attached and a resumed run's
    trainable tensors put back, the frozen reference when the objective uses one (trainers/reference.py),
@@ -38,9 +42,9 @@ from dataclasses import dataclass
 import torch
 from tqdm import tqdm
 
-from surgery.errors import NumericsError, OutputError, SpecError
+from surgery.errors import NumericsError, SpecError
 from surgery.io.output import atomic_folder, write_json
-from trainers import checkpoint, data, models, optim, parallel, templates
+from trainers import checkpoint, data, models, optim, parallel, run_output, templates
 from trainers import reference as references
 from trainers.checkpoint import RunIdentity
 from trainers.spec import Run
@@ -96,16 +100,21 @@ class Data:
 
 
 def run_loop(run: Run, loop: type[Steps], resume: str | None = None, stop_after: int | None = None,
-             quiet: bool = False) -> str:
+             quiet: bool = False, force: bool = False, allow_data_change: bool = False) -> str:
     """Train as `run` says with `loop`'s steps; returns the final folder (or, with `stop_after`, that
-    step's checkpoint)."""
+    step's checkpoint). `force` replaces an earlier run in out once this one finishes; `allow_data_change`
+    lets a resume continue on inputs that changed since its checkpoint."""
+    run_output.check_flags(resume, force, allow_data_change)
     world = parallel.start()
     try:
         loop.check(run, world)
-        session = Session(run, world, resume)
-        steps = loop(session)
-        session.build(steps)
-        return session.train(steps, stop_after, quiet)
+        models.check_run_models(run)  # the base (and reference, reward model) whole and finite, before any load
+        identity = RunIdentity.of(run, checkpoint.input_hashes(run))
+        with run_output.claimed(run, identity, resume, force, world.main) as folder:
+            session = Session(run, world, resume, identity, folder, allow_data_change)
+            steps = loop(session)
+            session.build(steps)
+            return session.train(steps, stop_after, quiet)
     finally:
         parallel.stop(world)
 
@@ -114,18 +123,20 @@ class Session:
     """One run as it trains: what `run_loop` builds (tokenizer, template, data, model, reference,
     optimizer, schedule, log) and what a loop's steps call (`draw`, `accumulate`, `apply`, `check_finite`)."""
 
-    def __init__(self, run: Run, world: parallel.World, resume: str | None):
+    def __init__(self, run: Run, world: parallel.World, resume: str | None, identity: RunIdentity | None = None,
+                 folder: str | None = None, allow_data_change: bool = False):
         spec = run.spec
         self.run, self.world, self.resume = run, world, resume
+        self.identity = identity or RunIdentity.of(run, checkpoint.input_hashes(run))
+        self.out = folder or spec.out  # where it writes: out, or under --force the sibling that replaces it
+        self.forced = self.out != spec.out
         self.micro = micro_batch_size(spec, world.size, run.file)  # rows per micro-batch
-        open_output(spec.out, resume)
+        self.state = checkpoint.read_state(resume, self.identity, spec.schedule.total_steps, run.file,
+                                           allow_data_change, models.spec_text(run.file)) if resume else None
         torch.manual_seed(spec.seed)  # the method's initial weights (LoRA's A, say) follow the seed
         self.tokenizer = models.load_tokenizer(spec)
         self.template = templates.resolve(spec.chat_template, self.tokenizer, run.file)
         self.data = read_data(run)
-        self.identity = RunIdentity.of(run)
-        self.state = checkpoint.read_state(resume, self.identity, spec.schedule.total_steps, run.file) \
-            if resume else None
         self.step, self.metrics, self.last_good = 0, {}, resume
 
     def build(self, steps: Steps) -> None:
@@ -145,7 +156,7 @@ class Session:
             optim.load_optimizer(self.optimizer, self.model, state.optimizer)
             self.scheduler.load_state_dict(state.scheduler)
             checkpoint.set_rng_state(state.rng[world.rank % len(state.rng)], world.device)
-        self.log = Log(os.path.join(run.spec.out, "log.jsonl"), world.main, keep_until=self.step)
+        self.log = Log(os.path.join(self.out, "log.jsonl"), world.main, keep_until=self.step)
         self.log.write({"event": "start", "step": self.step, "total_steps": run.spec.schedule.total_steps,
                         "rows": [len(s.rows) for s in self.data.train], **steps.notes(), "processes": world.size,
                         "resumed_from": self.resume})
@@ -178,12 +189,12 @@ class Session:
                 metrics.update(scores)
                 self.log.write({"step": self.step, **scores})
             if self.step < total and (self.step == last or (spec.save_every and self.step % spec.save_every == 0)):
-                self.save(checkpoint.step_folder(spec.out, self.step), steps, resumable=True)
+                self.save(checkpoint.step_folder(self.out, self.step), steps, resumable=True)
         bar.close()
-        if self.step < total:
+        if self.step < total:  # the published names: under --force the folder is renamed to out at the end
             return checkpoint.step_folder(spec.out, self.step)
+        self.save(os.path.join(self.out, "final"), steps, resumable=False)
         final = os.path.join(spec.out, "final")
-        self.save(final, steps, resumable=False)
         self.log.write({"event": "end", "step": self.step, "out": final})
         return final
 
@@ -238,6 +249,9 @@ class Session:
         self.log.write({"event": "stopped", "step": step, "reason": reason, **shown, "last_good": last})
         keep = f"the last good checkpoint is {last} (continue with --resume {last} and {self.advice})" if last \
             else f"no checkpoint was written before it (set save_every to keep some); try {self.advice}"
+        if self.forced:  # its checkpoints go with it: out keeps the earlier run
+            keep = f"this --force run is discarded and {self.run.spec.out} holds the earlier run as it was; try " \
+                   f"{self.advice}"
         problems = " and ".join(f"the {SHOWN.get(k, k)} is {described(values[k])}" for k in bad)
         raise NumericsError(f"{self.run.objective.title} step {step}: {problems}; training stopped before this "
                             f"step's update; {keep}")
@@ -258,12 +272,13 @@ class Session:
                     run.method.save(self.policy, tmp, run.method_config)
                 self.tokenizer.chat_template = self.template.jinja or self.tokenizer.chat_template
                 self.tokenizer.save_pretrained(tmp)
+                allowed = self.state.allowed_changes if self.state else ()
                 write_json(os.path.join(tmp, "lineage.json"), checkpoint.lineage(
-                    run, self.data.train, self.step, self.metrics, self.resume, self.template))
+                    run, self.data.train, self.step, self.metrics, self.resume, self.template, allowed))
                 if resumable:
                     state = checkpoint.write_state(tmp, self.step, self.identity, self.data.mixture.state_dict(),
                                                    optimizer, self.scheduler.state_dict(), rngs, trainable,
-                                                   self.metrics)
+                                                   self.metrics, allowed)
                     steps.save_state(state)
         parallel.barrier(world)
         if resumable:
@@ -287,17 +302,6 @@ def micro_batch_size(spec, processes: int, file: str) -> int:
         raise SpecError(file, "batch.size", f"{spec.batch.size} rows do not split into {processes} process(es) x "
                         f"{spec.batch.grad_accum} micro-batches; make it a multiple of {per_step}")
     return spec.batch.size // per_step
-
-
-def open_output(out: str, resume: str | None) -> None:
-    """Claim the run's output folder before anything loads: a new run never overwrites another run's
-    checkpoints. (Whatever a run must know of its output folder before it starts is checked here.)"""
-    if resume is not None or not os.path.isdir(out):
-        return
-    done = sorted(n for n in os.listdir(out) if n.startswith("checkpoint-") or n == "final")
-    if done:
-        raise OutputError(f"out {out!r} already holds {', '.join(done[:3])} of an earlier run; continue it with "
-                          f"--resume {os.path.join(out, done[0])}, or choose another out (or remove the folder)")
 
 
 def read_data(run: Run) -> Data:

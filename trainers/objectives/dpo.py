@@ -47,5 +47,5 @@ def loss(model, batch: dict[str, torch.Tensor], config: Config) -> tuple[torch.T
     return losses.mean(), pairs.reward_metrics(reward_w, reward_l)
 
 
-OBJECTIVE = objective.Objective("dpo", "DPO", Config, SHAPES, "offline", objective.Batches(encode, collate), loss,
-                                annotate=annotate, uses_reference=objective.always)
+OBJECTIVE = objective.Objective("dpo", "DPO", Config, SHAPES, "offline", objective.Batches(encode, collate, packs=True),
+                                loss, annotate=annotate, uses_reference=objective.always)

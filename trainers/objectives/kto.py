@@ -18,10 +18,10 @@ from __future__ import annotations
 import torch
 from pydantic import Field
 
+from trainers import packing
 from trainers.data import Row
 from trainers.logprobs import IGNORE
 from trainers.objectives import objective, pairs, sft
-from trainers.objectives.sft import right_pad
 from trainers.templates import Template
 
 SHAPES = ("unpaired_preference",)
@@ -38,16 +38,17 @@ def encode(row: Row, tokenizer, template: Template, config: Config | None = None
     return {**one, "label": bool(row.fields["label"])}
 
 
-def collate(examples: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
-    """(B, T) input_ids, attention_mask, labels; `desirable` (B,); and the mismatched KL sequences
-    `kl_input_ids`, `kl_attention_mask`, `kl_labels` (B, T'): row i's prompt with row i-1's completion,
-    cut to the batch's longest row."""
+def collate(examples: list[dict], pad_id: int,
+            layout: packing.Layout = packing.PADDED_LAYOUT) -> dict[str, torch.Tensor]:
+    """(B, T) input_ids, attention_mask, labels (or the rows packed as `layout` says); `desirable` (B,);
+    and the mismatched KL sequences laid out alike under `kl_` names: row i's prompt with row i-1's
+    completion, cut to the batch's longest row."""
     mismatched = [splice(examples[i], examples[i - 1]) for i in range(len(examples))]
     longest = max(len(e["input_ids"]) for e in examples)
     mismatched = [{k: v[:longest] for k, v in m.items()} for m in mismatched]
-    out = {**pad(examples, pad_id), "desirable": torch.tensor([e["label"] for e in examples]),
+    out = {**laid_out(examples, pad_id, layout), "desirable": torch.tensor([e["label"] for e in examples]),
            "num_items": torch.tensor(len(examples))}
-    return {**out, **{f"kl_{k}": v for k, v in pad(mismatched, pad_id).items()}}
+    return {**out, **{f"kl_{k}": v for k, v in laid_out(mismatched, pad_id, layout).items()}}
 
 
 def splice(prompt_of: dict, completion_of: dict) -> dict[str, list[int]]:
@@ -62,11 +63,8 @@ def start(labels: list[int]) -> int:
     return next((i for i, t in enumerate(labels) if t != IGNORE), len(labels))
 
 
-def pad(examples: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
-    width = max(len(e["input_ids"]) for e in examples)
-    return {"input_ids": torch.tensor([right_pad(e["input_ids"], pad_id, width) for e in examples]),  # (B, T)
-            "attention_mask": torch.tensor([right_pad([1] * len(e["input_ids"]), 0, width) for e in examples]),
-            "labels": torch.tensor([right_pad(e["labels"], IGNORE, width) for e in examples])}
+def laid_out(examples: list[dict], pad_id: int, layout: packing.Layout) -> dict[str, torch.Tensor]:
+    return packing.collate([e["input_ids"] for e in examples], [e["labels"] for e in examples], pad_id, layout)
 
 
 def build_batch(rows: list[Row], tokenizer, template: Template,
@@ -114,5 +112,5 @@ def kto_metrics(rewards: torch.Tensor, desirable: torch.Tensor) -> dict[str, flo
     return {"rewards/chosen": good, "rewards/rejected": bad, "margin": good - bad, "accuracy": accuracy}
 
 
-OBJECTIVE = objective.Objective("kto", "KTO", Config, SHAPES, "offline", objective.Batches(encode, collate), loss,
-                                annotate=annotate, uses_reference=objective.always)
+OBJECTIVE = objective.Objective("kto", "KTO", Config, SHAPES, "offline", objective.Batches(encode, collate, packs=True),
+                                loss, annotate=annotate, uses_reference=objective.always)

@@ -27,10 +27,12 @@ same token ids in, the same loss out).
 
 The batch is the objective's business: the loops never look inside it except for `num_items`, the
 count of items (tokens, pairs, completions) its loss is a mean over, by which micro-batches and
-processes are weighted so that accumulation equals one big batch. A packed layout (rows concatenated,
-position ids restarting per row) is therefore another `collate` (and `loss` reading the position ids);
-the session is unaffected, and only the offline loop's `step_batches`, which splits a step's rows into
-micro-batches by count, would split them by tokens instead.
+processes are weighted so that accumulation equals one big batch. The offline loop gives `collate` the
+run's `Layout` (trainers/packing.py: padded, or packed rows with position ids restarting per sequence,
+and how many positions' logits the loss may form at once); an objective whose `collate` lays its
+sequences out by it, and whose `loss` scores them through trainers/logprobs.py `scores`, says so with
+`Batches(..., packs=True)`, and then accepts `batch.packing`. Packing changes how a micro-batch's rows
+are laid out, never which rows it holds, so the loss and the step are the same as unpacked.
 """
 
 from __future__ import annotations
@@ -53,8 +55,8 @@ Loss = Callable[[torch.nn.Module, dict[str, torch.Tensor], BaseModel], tuple[tor
 Annotate = Callable[[Callable[..., Any], dict[str, torch.Tensor], BaseModel], dict[str, torch.Tensor]]
 # (row, tokenizer, template, config) -> token lists, each one sequence (cut to batch.max_length by the loop)
 Encode = Callable[[Row, Any, Template, BaseModel], dict]
-# (encoded rows, pad id) -> padded tensors, `num_items` included
-Collate = Callable[[list[dict], int], dict[str, torch.Tensor]]
+# (encoded rows, pad id, layout) -> the batch's tensors, `num_items` included (the layout defaults to padded)
+Collate = Callable[..., dict[str, torch.Tensor]]
 # (folder, dtype, trust_remote_code) -> the model to attach the method to
 LoadModel = Callable[[str, torch.dtype, bool], torch.nn.Module]
 
@@ -129,10 +131,12 @@ def always(config: BaseModel) -> bool:
 
 @dataclass(frozen=True)
 class Batches:
-    """How an offline objective turns rows into a batch: `encode` once per row, `collate` per micro-batch."""
+    """How an offline objective turns rows into a batch: `encode` once per row, `collate` per micro-batch
+    (with the run's layout: `packs` when it can lay its rows out packed)."""
 
     encode: Encode
     collate: Collate
+    packs: bool = False
 
 
 @dataclass(frozen=True)

@@ -19,10 +19,10 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from trainers.logprobs import IGNORE
+from trainers.logprobs import IGNORE, Scores, real_tokens, scores, sequence_index, sequence_sums
 from trainers.objectives import objective, pairs
 from trainers.objectives.pairs import build_batch, collate, encode  # noqa: F401  (called as orpo.build_batch)
-from trainers.objectives.sft import token_loss
+from trainers.objectives.sft import mean_nll
 
 SHAPES = pairs.SHAPES
 
@@ -46,16 +46,29 @@ def odds_ratio_loss(chosen_mean: torch.Tensor, rejected_mean: torch.Tensor,
 
 
 def loss(model, batch: dict[str, torch.Tensor], config: Config) -> tuple[torch.Tensor, dict[str, float]]:
-    logits, logps, tokens = pairs.forward_logps(model, batch)
+    pairs_count = int(batch["num_items"])
+    completion = batch["labels"]
+    scored = completion if config.nll_on == "completion" else whole_chosen(batch, pairs_count)
+    s = scores(model, batch, scored)
+    in_completion = completion[:, 1:][s.where] != IGNORE  # (N,) the odds ratio's tokens, of both sides
+    logps, tokens = sequence_sums(s, 2 * pairs_count, in_completion)
     means = logps / tokens.clamp(min=1)  # (2B,)
     penalty, log_or = odds_ratio_loss(*pairs.halves(means), config.lam)
-    labels = batch["labels"] if config.nll_on == "completion" else batch["input_ids"].masked_fill(
-        batch["attention_mask"] == 0, IGNORE)
-    nll, _ = token_loss(pairs.halves(logits)[0], pairs.halves(labels)[0])
+    nll, _ = mean_nll(Scores(*(x[s.sequence < pairs_count] for x in (s.logps, s.correct, s.sequence)), s.where))
     metrics = pairs.reward_metrics(*pairs.halves(config.lam * means))
     return nll + penalty.mean(), {**metrics, "nll": float(nll.detach()),
                                   "log_odds_ratio": float(log_or.detach().mean())}
 
 
-OBJECTIVE = objective.Objective("orpo", "ORPO", Config, SHAPES, "offline", objective.Batches(encode, collate),
-                                loss)
+def whole_chosen(batch: dict[str, torch.Tensor], pairs_count: int) -> torch.Tensor:
+    """(R, W) labels of every token of the chosen sequences (but a packed sequence's first, which nothing
+    before it predicts) and of the rejected ones' completions."""
+    seq = sequence_index(batch)
+    chosen = real_tokens(batch) & (seq >= 0) & (seq < pairs_count)
+    if "position_ids" in batch:
+        chosen &= batch["position_ids"] != 0
+    return torch.where(chosen, batch["input_ids"], batch["labels"])
+
+
+OBJECTIVE = objective.Objective("orpo", "ORPO", Config, SHAPES, "offline",
+                                objective.Batches(encode, collate, packs=True), loss)

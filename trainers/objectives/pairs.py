@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import torch
 
+from trainers import packing
 from trainers.data import Row
-from trainers.logprobs import IGNORE, sequence_logps
+from trainers.logprobs import Scores, scores, sequence_count, sequence_logps, sequence_sums  # noqa: F401
 from trainers.objectives import sft
-from trainers.objectives.sft import right_pad
 from trainers.templates import Template
 
 SHAPES = ("preference",)
@@ -31,27 +31,25 @@ def encode(row: Row, tokenizer, template: Template, config=None) -> dict[str, li
     return sides
 
 
-def collate(examples: list[dict[str, list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
-    """(2B, T) input_ids, attention_mask and labels: the B chosen sequences, then the B rejected ones.
-    `num_items` is the number of pairs."""
+def collate(examples: list[dict[str, list[int]]], pad_id: int,
+            layout: packing.Layout = packing.PADDED_LAYOUT) -> dict[str, torch.Tensor]:
+    """The 2B sequences, the B chosen then the B rejected: padded (2B, T) input_ids, attention_mask and
+    labels, or packed as `layout` says (sequence i of `sequence` is the i-th of that order). `num_items`
+    is the number of pairs."""
     ids = [e["chosen_ids"] for e in examples] + [e["rejected_ids"] for e in examples]
     labels = [e["chosen_labels"] for e in examples] + [e["rejected_labels"] for e in examples]
-    width = max(map(len, ids))
-    return {"input_ids": torch.tensor([right_pad(s, pad_id, width) for s in ids]),  # (2B, T)
-            "attention_mask": torch.tensor([right_pad([1] * len(s), 0, width) for s in ids]),  # (2B, T)
-            "labels": torch.tensor([right_pad(s, IGNORE, width) for s in labels]),  # (2B, T)
-            "num_items": torch.tensor(len(examples))}
+    return {**packing.collate(ids, labels, pad_id, layout), "num_items": torch.tensor(len(examples))}
 
 
 def build_batch(rows: list[Row], tokenizer, template: Template, config=None) -> dict[str, torch.Tensor]:
     return collate([encode(r, tokenizer, template, config) for r in rows], sft.pad_token_id(tokenizer))
 
 
-def forward_logps(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The model's logits on the batch, the summed completion log-probs (2B,) and completion lengths (2B,)."""
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
-    logits = logits[:, -batch["labels"].shape[1]:]  # prompt-learning adapters prepend virtual tokens
-    return (logits, *sequence_logps(logits, batch["labels"]))
+def forward_logps(model, batch: dict[str, torch.Tensor]) -> tuple[Scores, torch.Tensor, torch.Tensor]:
+    """The model's scores of the completion tokens, their summed log-probs per sequence (2B,) and the
+    completion lengths (2B,)."""
+    s = scores(model, batch)
+    return (s, *sequence_sums(s, sequence_count(batch)))
 
 
 def annotate(reference, batch: dict[str, torch.Tensor], config=None) -> dict[str, torch.Tensor]:

@@ -7,8 +7,9 @@ import torch
 from pydantic import Field
 
 from trainers.data import Row
+from trainers.logprobs import scores
 from trainers.objectives import objective
-from trainers.objectives.sft import collate, pad_token_id, token_loss
+from trainers.objectives.sft import collate, mean_nll, pad_token_id
 from trainers.templates import Template
 
 SHAPES = ("text",)
@@ -30,9 +31,8 @@ def build_batch(rows: list[Row], tokenizer, template: Template, config: Config) 
 
 
 def loss(model, batch: dict[str, torch.Tensor], config: Config) -> tuple[torch.Tensor, dict[str, float]]:
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
-    return token_loss(logits, batch["labels"])
+    return mean_nll(scores(model, batch))
 
 
 OBJECTIVE = objective.Objective("pretrain", "pretraining", Config, SHAPES, "offline",
-                                objective.Batches(encode, collate), loss)
+                                objective.Batches(encode, collate, packs=True), loss)

@@ -59,7 +59,8 @@ def encode(row: Row, tokenizer, template: Template, config: Config | None = None
     return {**out, "margin": float(margin)}
 
 
-def collate(examples: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
+def collate(examples: list[dict], pad_id: int, layout=None) -> dict[str, torch.Tensor]:
+    """Always padded (the scalar head reads each row's last token); `layout` is the loop's, unused."""
     return {**pairs.collate(examples, pad_id), "margin": torch.tensor([e["margin"] for e in examples])}
 
 

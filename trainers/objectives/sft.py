@@ -7,7 +7,8 @@ prompt as plain text, ended by the end-of-sequence token.
 
 Instruction tuning is SFT on instruction data; multi-task fine-tuning is SFT on a mixture of datasets
 (see trainers/data.py). The loss is the mean over the batch's trained tokens,
--(1/N) Σ log p(x_t | x_<t), as in TRL's SFTTrainer with completion-only loss.
+-(1/N) Σ log p(x_t | x_<t), as in TRL's SFTTrainer with completion-only loss. Rows may be packed
+(`batch.packing`, trainers/packing.py): the same tokens are scored, so the loss is the same.
 """
 
 from __future__ import annotations
@@ -18,8 +19,9 @@ import torch
 from pydantic import Field
 
 from surgery.errors import InputError
+from trainers import packing
 from trainers.data import Row
-from trainers.logprobs import IGNORE, token_logps
+from trainers.logprobs import IGNORE, Scores, scores, token_logps
 from trainers.objectives import objective
 from trainers.templates import NONE, Template, assistant_spans
 
@@ -57,18 +59,13 @@ def rendered(row: Row, tokenizer, template: Template) -> tuple[str, list[tuple[i
     return assistant_spans(tokenizer, template, messages, row.where)
 
 
-def collate(examples: list[dict[str, list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-padded (B, T) input_ids, attention_mask and labels (IGNORE on padding)."""
-    width = max(len(e["input_ids"]) for e in examples)
-    input_ids = torch.tensor([right_pad(e["input_ids"], pad_id, width) for e in examples])  # (B, T)
-    labels = torch.tensor([right_pad(e["labels"], IGNORE, width) for e in examples])  # (B, T)
-    attention_mask = torch.tensor([right_pad([1] * len(e["input_ids"]), 0, width) for e in examples])  # (B, T)
-    num_items = (labels[:, 1:] != IGNORE).sum()  # a token's label is predicted from the one before it
-    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels, "num_items": num_items}
-
-
-def right_pad(seq: list[int], value: int, width: int) -> list[int]:
-    return seq + [value] * (width - len(seq))
+def collate(examples: list[dict[str, list[int]]], pad_id: int,
+            layout: packing.Layout = packing.PADDED_LAYOUT) -> dict[str, torch.Tensor]:
+    """Right-padded (B, T) input_ids, attention_mask and labels (IGNORE on padding), or the rows packed as
+    `layout` says (trainers/packing.py); `num_items`, the trained tokens."""
+    batch = packing.collate([e["input_ids"] for e in examples], [e["labels"] for e in examples], pad_id, layout)
+    num_items = (batch["labels"][:, 1:] != IGNORE).sum()  # a token's label is predicted from the one before it
+    return {**batch, "num_items": num_items}
 
 
 def build_batch(rows: list[Row], tokenizer, template: Template, config: Config) -> dict[str, torch.Tensor]:
@@ -90,9 +87,15 @@ def token_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor
     return loss, {"accuracy": float(correct) / max(float(count), 1.0)}
 
 
+def mean_nll(s: Scores) -> tuple[torch.Tensor, dict[str, float]]:
+    """`token_loss` from the scored tokens' log-probabilities (trainers/logprobs.py `scores`)."""
+    count = max(s.logps.numel(), 1)  # a batch with no trained token gives 0, not NaN
+    return -s.logps.sum() / count, {"accuracy": float(s.correct.sum()) / count}
+
+
 def loss(model, batch: dict[str, torch.Tensor], config: Config) -> tuple[torch.Tensor, dict[str, float]]:
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
-    return token_loss(logits, batch["labels"])
+    return mean_nll(scores(model, batch))
 
 
-OBJECTIVE = objective.Objective("sft", "SFT", Config, SHAPES, "offline", objective.Batches(encode, collate), loss)
+OBJECTIVE = objective.Objective("sft", "SFT", Config, SHAPES, "offline", objective.Batches(encode, collate, packs=True),
+                                loss)

@@ -40,5 +40,5 @@ def loss(model, batch: dict[str, torch.Tensor], config: Config) -> tuple[torch.T
     return losses.mean(), pairs.reward_metrics(reward_w, reward_l)
 
 
-OBJECTIVE = objective.Objective("simpo", "SimPO", Config, SHAPES, "offline", objective.Batches(encode, collate),
-                                loss)
+OBJECTIVE = objective.Objective("simpo", "SimPO", Config, SHAPES, "offline",
+                                objective.Batches(encode, collate, packs=True), loss)

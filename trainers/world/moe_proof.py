@@ -14,6 +14,7 @@ import json
 import os
 from collections.abc import Callable
 
+from surgery.io.output import atomic_file
 from trainers.world.tasks import TASKS
 
 EXPERTS = ("add", "reverse")
@@ -84,7 +85,7 @@ def run_moe_proof(zoo: str, out: str, prompts: int = 32,
     scores = score_table(models, os.path.join(zoo, "data"))
     result = {"prompts_per_expert": prompts, "answers_in_prompts": answers, "experts": experts, "scores": scores,
               "routing": routing}
-    with open(os.path.join(out, "moe_proof.json"), "w") as f:
+    with atomic_file(os.path.join(out, "moe_proof.json")) as tmp, open(tmp, "w") as f:
         json.dump(result, f, indent=2)
     echo(format_proof(result))
     return result

@@ -15,6 +15,7 @@ import math
 import os
 from collections.abc import Callable
 
+from surgery.io.output import atomic_file
 from trainers.world.tasks import TASKS
 
 METHODS = ("omp", "subword", "mean")
@@ -106,6 +107,6 @@ def run_transplant(model: str, donor: str, zoo: str, out: str, k: int = 64, rows
         result[method] = {**evaluate(folder, rows, exact), "shared": len(plan.shared), "approximated": len(plan.new)}
         echo(f"{method}: {result[method]}")
     os.makedirs(out, exist_ok=True)
-    with open(os.path.join(out, "transplant.json"), "w") as f:
+    with atomic_file(os.path.join(out, "transplant.json")) as tmp, open(tmp, "w") as f:
         json.dump(result, f, indent=2)
     return result

@@ -100,13 +100,20 @@ def always(shared: BaseModel, per_model: tuple[BaseModel, ...]) -> bool:
     return True
 
 
+Needed = Callable[[BaseModel, tuple[BaseModel, ...], tuple[int, ...], Stats], bool]
+# (global params, per-model params, tensor shape, totals of the passes before) -> whether a pass has work
+
+
 @dataclass(frozen=True)
 class Stage:
     """One pass over a tensor: `run` maps a block to partial statistics (summed over the blocks);
-    `when` says whether a tensor with these parameters needs it."""
+    `when` says whether a tensor with these parameters needs it; `needed`, when given, whether it still
+    has work once the earlier passes' totals are known (a cut-off the first pass already pinned down,
+    e.g. at 0 in a sparse task vector): if not, the engine skips the pass and reads nothing for it."""
 
     run: Callable[[Block, Stats], Stats]
     when: Condition = always
+    needed: Needed | None = None
 
 
 BasePolicy = Literal["required", "optional", "unused", "merged"]
@@ -155,7 +162,11 @@ class Method:
 
     def stages_for(self, shared: BaseModel, per_model: tuple[BaseModel, ...]) -> tuple[Callable, ...]:
         """The statistics passes a tensor with these parameters needs, in order."""
-        return tuple(s.run for s in self.stages if s.when(shared, per_model))
+        return tuple(s.run for s in self.passes_for(shared, per_model))
+
+    def passes_for(self, shared: BaseModel, per_model: tuple[BaseModel, ...]) -> tuple[Stage, ...]:
+        """The same passes as `Stage`s: the engine asks each one's `needed` before reading for it."""
+        return tuple(s for s in self.stages if s.when(shared, per_model))
 
     def merge_tensors(self, base: torch.Tensor | None, models: list[torch.Tensor], per_model: list[BaseModel],
                       shared: BaseModel, seed: int = 0, name: str = "tensor") -> torch.Tensor:
@@ -170,6 +181,7 @@ class Method:
         stats: Stats = {}
         if self.prepare is not None:
             self.prepare(block, True)
-        for stage in self.stages_for(shared, tuple(per_model)):
-            stats.update(stage(block, dict(stats)))
+        for stage in self.passes_for(shared, tuple(per_model)):
+            if stage.needed is None or stage.needed(shared, tuple(per_model), shape, stats):
+                stats.update(stage.run(block, dict(stats)))
         return self.merge(block, dict(stats))

@@ -49,7 +49,9 @@ def coefficients(block: Block, stats: Stats) -> list[float] | None:
     n, w, eps = len(block.models), weights(block), block.shared.eps
     g = [[float(stats[f"g{min(i, j)}.{max(i, j)}"]) for j in range(n)] for i in range(n)]
     norms = [g[i][i] ** 0.5 for i in range(n)]
-    unit = [w[i] / (norms[i] + eps) for i in range(n)]  # the weighted mean of unit vectors is sum unit_i v_i
+    # the weighted mean of unit vectors is sum unit_i v_i; a zero vector's unit vector is zero (0 / eps), and its
+    # coefficient is kept at 0 rather than w / eps, which overflows float32 for a tiny eps
+    unit = [w[i] / (norms[i] + eps) if norms[i] > 0 else 0.0 for i in range(n)]
     mean_norm = max(0.0, sum(unit[i] * unit[j] * g[i][j] for i in range(n) for j in range(n))) ** 0.5
     scale = sum(nm * wi for nm, wi in zip(norms, w))  # weighted mean of the norms
     if mean_norm >= eps:

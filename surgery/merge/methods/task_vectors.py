@@ -8,6 +8,12 @@ sparsified and whether signs are elected; each method file picks its variant her
 
 Blocked execution: magnitude cut-offs are exact order statistics found with two histogram stages
 (`surgery.merge.selection`), the optional L1 rescale is one more stage, and everything else is elementwise.
+
+Sparse task vectors (frozen layers, folded adapters of a few modules, DARE-sparsified inputs) cost no
+more per entry than dense ones: an entry of 0 adds nothing to a sign election, a sum or a divisor, so
+a cut-off that falls among the zeros (known from the first stage's count of them) needs no second
+stage and no ranking of the entries tied at it, and an input whose block is all zeros (an unchanged
+tensor, or a run of unchanged rows) is left out of the block's arithmetic, its masks never drawn.
 """
 
 from __future__ import annotations
@@ -19,8 +25,9 @@ import torch
 from pydantic import Field
 
 from surgery.io.format import row_numel
+from surgery.merge import selection
 from surgery.merge.methods.method import Block, Method, Params, Stage, Stats, compat
-from surgery.merge.selection import bin_of_rank, counts_at, high_histogram, low_histogram, value_of_rank
+from surgery.merge.selection import bin_of_rank, counts_at, low_histogram, value_of_rank
 
 Sparsify = Literal["none", "magnitude", "random", "outliers", "magprune"]
 EPS = 1e-7
@@ -59,6 +66,19 @@ def _deltas(block: Block) -> list[torch.Tensor]:
     return block.cached("deltas", lambda: [m - block.base for m in block.models])  # each (r, ...); read-only
 
 
+SAMPLE = 997  # a changed block is told from an unchanged one by every SAMPLE-th entry, almost always
+
+
+def _blank(block: Block, i: int) -> bool:
+    """Whether input i's task vector is +0 everywhere in this block (its rows equal the base's, as an
+    unchanged tensor's do). Strided entries are looked at first, so a changed block costs next to nothing."""
+    def look() -> bool:
+        bits = _deltas(block)[i].reshape(-1).view(torch.int32)  # +0.0 is the only float whose bits are 0
+        return not bool(bits[::SAMPLE].any()) and not bool(bits.any())
+
+    return block.cached(f"blank{i}", look)
+
+
 def _ranks(kind: Sparsify, p: Params, numel: int) -> list[int]:
     """Ascending ranks of |delta| whose values bound the kept set."""
     if p.density >= 1:
@@ -74,19 +94,34 @@ def selection_stages(kind: Sparsify):
     """Two stages that find, per input, the exact |delta| values at the cut-off ranks."""
 
     def high(block: Block, stats: Stats) -> Stats:
-        return {f"hi{i}": high_histogram(d) for i, (d, p) in enumerate(zip(_deltas(block), block.per_model))
-                if _ranks(kind, p, block.numel)}
+        out: Stats = {}
+        for i, (d, p) in enumerate(zip(_deltas(block), block.per_model)):
+            if _ranks(kind, p, block.numel):
+                blank = _blank(block, i)
+                hist = selection.blank_histogram(d.numel(), d.device) if blank else selection.histogram_and_zeros(d)
+                out[f"hi{i}"], out[f"zeros{i}"] = hist
+        return out
 
     def low(block: Block, stats: Stats) -> Stats:
         out: Stats = {}
         for i, (d, p) in enumerate(zip(_deltas(block), block.per_model)):
-            for r in _ranks(kind, p, block.numel):
-                b = bin_of_rank(stats[f"hi{i}"], r)
+            for b in _low_bins(kind, p, block.numel, stats, i):
                 if f"lo{i}.{b}" not in out:
-                    out[f"lo{i}.{b}"] = low_histogram(d, b)
+                    blank = _blank(block, i)  # its 0s lie in no bin but 0
+                    none = torch.zeros(selection.LO_BINS, dtype=torch.int64, device=d.device)
+                    out[f"lo{i}.{b}"] = none if blank else low_histogram(d, b)
         return out
 
-    return (high, low)
+    def low_needed(shared: Params, per_model: tuple[Params, ...], shape: tuple[int, ...], stats: Stats) -> bool:
+        return any(_low_bins(kind, p, math.prod(shape), stats, i) for i, p in enumerate(per_model))
+
+    return (Stage(high, _sparse(kind)), Stage(low, _sparse(kind), low_needed))
+
+
+def _low_bins(kind: Sparsify, p: Params, numel: int, stats: Stats, i: int) -> list[int]:
+    """The high bins whose low histogram input i's cut-offs need: none for a rank that falls among the
+    task vector's zeros (the smallest magnitudes), where the value is 0."""
+    return [bin_of_rank(stats[f"hi{i}"], r) for r in _ranks(kind, p, numel) if r >= int(stats[f"zeros{i}"])]
 
 
 def _tie_quota(shape: tuple[int, ...], p: Params, stats: Stats, i: int) -> int | None:
@@ -104,6 +139,9 @@ def _tie_quota(shape: tuple[int, ...], p: Params, stats: Stats, i: int) -> int |
 def _cutoffs(kind: Sparsify, block: Block, stats: Stats, i: int) -> list[float]:
     values = []
     for r in _ranks(kind, block.per_model[i], block.numel):
+        if r < int(stats[f"zeros{i}"]):  # among the zeros
+            values.append(0.0)
+            continue
         b = bin_of_rank(stats[f"hi{i}"], r)
         values.append(value_of_rank(stats[f"hi{i}"], stats[f"lo{i}.{b}"], b, r))
     return values
@@ -128,22 +166,26 @@ def keep_mask(kind: Sparsify, block: Block, stats: Stats, i: int, delta: torch.T
     return block.uniform(i) < _magprune_probs(delta, p.density, p.epsilon)
 
 
-def _top_k(block: Block, stats: Stats, i: int, delta: torch.Tensor) -> torch.Tensor:
+def _top_k(block: Block, stats: Stats, i: int, delta: torch.Tensor) -> torch.Tensor | None:
     """Exactly k entries, as a sort would keep: all above the cut-off magnitude, then the first
     `quota` of those equal to it in row-major order. Blocks of one pass arrive in row order, so a
-    running count in the pass's statistics ranks each tie across blocks, whatever the blocking."""
+    running count in the pass's statistics ranks each tie across blocks, whatever the blocking.
+    A cut-off of 0 keeps every entry (None): the zeros among them change nothing, so nothing is ranked."""
     if f"~cut{i}" not in stats:  # once per pass, not per block
-        stats[f"~cut{i}"] = (_cutoffs("magnitude", block, stats, i)[0],
-                             _tie_quota(block.shape, block.per_model[i], stats, i))
+        cut = _cutoffs("magnitude", block, stats, i)[0]
+        stats[f"~cut{i}"] = (cut, None if cut == 0 else _tie_quota(block.shape, block.per_model[i], stats, i))
     cut, quota = stats[f"~cut{i}"]
+    if cut == 0:
+        return None
     a = delta.abs()
     if quota is None:
         return a >= cut
-    tied = a == cut
-    before, here = int(stats.get(f"~ties{i}", 0)), int(tied.sum())
-    stats[f"~ties{i}"] = before + here
-    if before >= quota:
+    before = int(stats.get(f"~ties{i}", 0))
+    if before >= quota:  # the quota is full: later ties need no counting
         return a > cut
+    tied = a == cut
+    here = int(tied.sum())
+    stats[f"~ties{i}"] = before + here
     if before + here <= quota:
         return a >= cut
     order = tied.reshape(-1).cumsum(0).reshape(tied.shape) + before  # 1-based rank among ties
@@ -163,6 +205,9 @@ def l1_stage(kind: Sparsify):
     def l1(block: Block, stats: Stats) -> Stats:
         out: Stats = {}
         for i, d in enumerate(_deltas(block)):
+            if _blank(block, i):  # nothing to sum, no mask to draw
+                out[f"l1_{i}"] = out[f"l1m_{i}"] = torch.zeros((), dtype=torch.float64, device=d.device)
+                continue
             m = keep_mask(kind, block, stats, i, d)
             a = d.abs()
             out[f"l1_{i}"] = total(a, block.shape)
@@ -195,11 +240,13 @@ def _float(m: torch.Tensor) -> torch.Tensor:
     return m if m.dtype == torch.float32 else m.to(torch.float32)
 
 
-def sparsified(kind: Sparsify, block: Block, stats: Stats, i: int, delta: torch.Tensor, w: float = 1.0) -> torch.Tensor:
-    """w * the sparsified (and, with rescale, L1-restored) task vector: a new tensor, never the cached delta."""
+def sparsified(kind: Sparsify, block: Block, stats: Stats, i: int, delta: torch.Tensor, w: float = 1.0,
+               fresh: bool = True) -> torch.Tensor:
+    """w * the sparsified (and, with rescale, L1-restored) task vector: a new tensor, or with `fresh` off
+    the cached delta itself where it is unchanged (read-only then)."""
     m = keep_mask(kind, block, stats, i, delta)
     if m is None:
-        return delta * w
+        return delta * w if fresh or w != 1 else delta
     out = delta * _float(m)
     scale = w
     if block.shared.rescale:
@@ -213,15 +260,37 @@ def sparsified(kind: Sparsify, block: Block, stats: Stats, i: int, delta: torch.
 
 def combine(kind: Sparsify, elect: bool, block: Block, stats: Stats) -> torch.Tensor:
     """base + lambda * (sum of agreeing weighted task vectors) / (sum of their weights), accumulated
-    one input at a time (no (n, ...) stack; the same summation order as a sum over a stacked axis)."""
+    one input at a time (no (n, ...) stack; the same summation order as a sum over a stacked axis).
+
+    Inputs whose task vector is +0 throughout the block are left out, with the same bits as a result:
+    adding a zero changes no sum, sign or divisor; only the sign of a zero sum could differ (a sum is -0
+    only where every term is), which the plain sum restores below."""
     weights = [p.weight for p in block.per_model]
-    tvs = [sparsified(kind, block, stats, i, d, w)  # each (r, ...)
-           for i, (w, d) in enumerate(zip(weights, _deltas(block)))]
+    live = [i for i in range(len(weights)) if not _blank(block, i)]
+    tvs = [sparsified(kind, block, stats, i, _deltas(block)[i], weights[i], fresh=not elect) for i in live]  # (r, ...)
     shared = block.shared
-    mixed, divisor = _agreeing(weights, tvs, shared.consensus, shared.normalize) if elect else _summed(weights, tvs)
+    if elect:
+        if not tvs:  # the elected sum is +0 everywhere, its divisor 1
+            return _plus_base(block, 0.0)
+        mixed, divisor = _agreeing([weights[i] for i in live], tvs, shared.consensus, shared.normalize)
+    else:
+        zeros = [math.copysign(0.0, weights[i]) for i in range(len(weights)) if i not in live]  # their +0 * w
+        divisor = _weight_sum(weights)
+        if not tvs:
+            zero = -0.0 if all(math.copysign(1, z) < 0 for z in zeros) else 0.0
+            return _plus_base(block, zero / divisor if shared.normalize else zero)
+        mixed = _summed(tvs)
+        if any(math.copysign(1, z) > 0 for z in zeros):
+            mixed.add_(0.0)  # a +0 term left out: no entry of the sum is -0 (x + 0.0 changes only -0)
     if shared.normalize:
         mixed /= divisor
     return mixed.mul_(shared.lambda_).add_(block.base) if shared.lambda_ != 1 else mixed.add_(block.base)
+
+
+def _plus_base(block: Block, zero: float) -> torch.Tensor:
+    """base + lambda * (a combined task vector that is the signed zero `zero` throughout)."""
+    lam = block.shared.lambda_
+    return block.base + (zero * lam if lam != 1 else zero)
 
 
 def _agreeing(weights: list[float], tvs: list[torch.Tensor], consensus: str, normalize: bool):
@@ -240,13 +309,18 @@ def _agreeing(weights: list[float], tvs: list[torch.Tensor], consensus: str, nor
     return mixed, divisor
 
 
-def _summed(weights: list[float], tvs: list[torch.Tensor]) -> tuple[torch.Tensor, float]:
-    """The plain sum of the task vectors, and the sum of the weights (1 where it is about 0)."""
-    mixed = tvs[0]  # a fresh tensor (`sparsified` never returns the cached delta): summed into in place
+def _summed(tvs: list[torch.Tensor]) -> torch.Tensor:
+    """The plain sum of the task vectors (fresh tensors: summed into the first in place)."""
+    mixed = tvs[0]
     for tv in tvs[1:]:
         mixed.add_(tv)
+    return mixed
+
+
+def _weight_sum(weights: list[float]) -> float:
+    """The sum of the weights (1 where it is about 0)."""
     total = torch.tensor(weights, dtype=torch.float32).sum()  # in float32, as a stacked sum would be
-    return mixed, float(total) if abs(float(total)) >= 1e-8 else 1.0
+    return float(total) if abs(float(total)) >= 1e-8 else 1.0
 
 
 def _elect(tvs: list[torch.Tensor], how: str) -> torch.Tensor:
@@ -269,7 +343,7 @@ def task_vector_method(name: str, kind: Sparsify, elect: bool, shared: type[Para
         deltas = _deltas(block)
         if kind == "random" and final:
             for i, p in enumerate(block.per_model):
-                if p.density < 1 and deltas[i].numel():
+                if p.density < 1 and deltas[i].numel() and not _blank(block, i):
                     block.keep(i, p.density)
 
     return Method(
@@ -279,15 +353,19 @@ def task_vector_method(name: str, kind: Sparsify, elect: bool, shared: type[Para
     )
 
 
-def _stages(kind: Sparsify) -> tuple[Stage, ...]:
-    """The exact cut-off ranks (magnitude and outlier trims) when a model is sparsified, and the L1 norms
-    before and after when the survivors are rescaled."""
+def _sparse(kind: Sparsify):
     def sparse(shared: Params, models: tuple[Params, ...]) -> bool:
         return kind != "none" and any(p.density < 1 for p in models)
 
+    return sparse
+
+
+def _stages(kind: Sparsify) -> tuple[Stage, ...]:
+    """The exact cut-off ranks (magnitude and outlier trims) when a model is sparsified, and the L1 norms
+    before and after when the survivors are rescaled."""
     def rescaled(shared: Params, models: tuple[Params, ...]) -> bool:
-        return sparse(shared, models) and shared.rescale
+        return _sparse(kind)(shared, models) and shared.rescale
 
     select = selection_stages(kind) if kind in ("magnitude", "outliers") else ()
-    l1 = (l1_stage(kind),) if kind != "none" else ()
-    return tuple(Stage(run, sparse) for run in select) + tuple(Stage(run, rescaled) for run in l1)
+    l1 = (Stage(l1_stage(kind), rescaled),) if kind != "none" else ()
+    return select + l1
