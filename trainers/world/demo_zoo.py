@@ -31,8 +31,11 @@ class Recipe:
 
     base_steps: int = 600
     base_lr: float = 3e-3
-    expert_steps: tuple[tuple[str, int], ...] = (("add", 600), ("reverse", 300), ("refuse", 200))
-    expert_lr: float = 2e-3
+    # With 30% replay an expert sees 22 of its task's rows per step: `reverse` from a 300-step base scores 0.04
+    # after 300 steps at 2e-3 (as a plain PyTorch loop does, 0.02), 0.98 after 1000 at 3e-3; `add` 0.77 after
+    # 1000 steps at 3e-3, 1.0 after 2000
+    expert_steps: tuple[tuple[str, int], ...] = (("add", 2000), ("reverse", 1000), ("refuse", 200))
+    expert_lr: float = 3e-3
     batch: int = 32
     replay: float = REPLAY
     train_rows: int = TRAIN_ROWS
