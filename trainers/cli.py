@@ -1,6 +1,6 @@
 """`surgery train RUN.yaml [--set field.path=value ...] [--resume FOLDER [--allow-data-change] | --force]` (also
-`python -m trainers`), and
-`surgery world FOLDER`, the small world's trained demo, and `surgery label LABEL.yaml` (RLAIF preference labels)."""
+`python -m trainers`), `surgery zoo FOLDER` and `surgery label LABEL.yaml` (RLAIF preference labels).
+`surgery world FOLDER`, the small world's trained demo, is evals' (evals/pipelines/cli.py): its loop ends in evals."""
 
 from __future__ import annotations
 
@@ -73,41 +73,6 @@ def last_evaluation(log: str) -> dict | None:
             if "event" not in record and any(k.startswith("eval_") for k in record):
                 found = {k: v for k, v in record.items() if k == "step" or k.startswith("eval_")}
     return found
-
-
-@click.command()
-@click.argument("folder", type=click.Path(file_okay=False), default="demo")
-@click.option("--specs", type=click.Path(file_okay=False, exists=True), default="merges", show_default=True,
-              help="Merge specs to run on the trained experts (their models are models/base, add, reverse, refuse).")
-@click.option("--base-steps", type=click.IntRange(min=1), help="Pretraining steps of the base (default 600).")
-@click.option("--expert-steps", type=click.IntRange(min=1),
-              help="Fine-tuning steps of every expert (default: add 600, reverse 300, refuse 200).")
-@click.option("--rows", type=click.IntRange(min=1), help="Score only the first N test rows of each task.")
-@handled
-def world(folder, specs, base_steps, expert_steps, rows) -> None:
-    """Train the demo's base (the small world's language and capitals, none of its skills) and one
-    expert per skill in FOLDER/models, merge the experts with every spec in SPECS, and print each model's
-    exact match on every task with its normalised accuracy. Every stage is kept by the hash of its
-    inputs: a second run reuses what did not change, and a stopped run resumes at its stage."""
-    from dataclasses import replace
-
-    from trainers.world.demo import run_world_demo
-    from trainers.world.demo_zoo import SKILLS, Recipe
-
-    recipe = Recipe()
-    if base_steps:
-        recipe = replace(recipe, base_steps=base_steps)
-    if expert_steps:
-        recipe = replace(recipe, expert_steps=tuple((t, expert_steps) for t in SKILLS))
-    from surgery.io.output import output_lock
-
-    try:
-        with output_lock(folder):  # a second `world` into FOLDER exits naming this one's pid
-            run_world_demo(folder, specs, recipe, echo=click.echo, rows_per_task=rows)
-    except KeyboardInterrupt:
-        click.echo(f"interrupted: the finished stages in {folder} are kept; run the same command again to "
-                   "resume at the stage that was stopped", err=True)
-        sys.exit(130)
 
 
 @click.command()

@@ -7,10 +7,10 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from evals.analysis.metrics import Scores, oriented
+from evals.analysis.metrics import oriented
 from evals.analysis.origin import Origin, origin
 from evals.analysis.parent_metrics import COLUMNS as PARENT_COLUMNS
-from evals.analysis.parent_metrics import parent_metrics
+from evals.analysis.parent_metrics import measured
 from evals.report.leaderboard import rows
 from evals.scoring.store import Store, default_path
 
@@ -57,11 +57,11 @@ def load_board(db_path: str | None = None, suite: str | None = None) -> Board:
         origins = {n: origin(store.lineage(hashes[n])) for n in names}
         limits = {n: _limits(store.provenance(hashes[n])) for n in names}
     tasks = tuple(dict.fromkeys(t for s in scores.values() for t in sorted(s)))
-    measured = {n: _measured(scores, n, origins[n]) for n in names}
-    shown = tuple(c for c in PARENT_COLUMNS if any(m[c] is not None for m in measured.values()))
+    metrics = {n: measured(scores, n, origins[n]) for n in names}
+    shown = tuple(c for c in PARENT_COLUMNS if any(m[c] is not None for m in metrics.values()))
     mixed = len(set(limits.values())) > 1  # rows scored on different numbers of documents: say which is which
     columns = FIXED + (("limit",) if mixed else ()) + shown + tasks
-    entries = tuple(Entry(n, hashes[n], {c: (r | measured[n] | {"limit": limits[n]}).get(c) for c in columns},
+    entries = tuple(Entry(n, hashes[n], {c: (r | metrics[n] | {"limit": limits[n]}).get(c) for c in columns},
                           origins[n]) for n, r in zip(names, table))
     note = "" if entries else f"no scores in {path} yet; run `surgery eval CHECKPOINT` first"
     lower = {t for s in scores.values() for t, score in s.items() if oriented(score).metric != score.metric}
@@ -77,10 +77,3 @@ def _limits(provenance: dict[str, dict]) -> str:
         fields = dict(part.split("=", 1) for part in entry["settings"].split(";") if "=" in part)
         found.append("all" if fields.get("limit", "None") == "None" else fields["limit"])
     return "/".join(sorted(set(found), key=lambda x: (x == "all", x.zfill(12))))
-
-
-def _measured(scores: dict[str, Scores], name: str, source: Origin) -> dict:
-    """The parent metrics, against the parents that were evaluated too."""
-    parent = scores.get(source.base) if source.base else None
-    experts = [scores[p] for p in source.inputs if p in scores]
-    return parent_metrics(scores[name], parent, experts if len(experts) == len(source.inputs) else [])

@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 
 from evals.analysis.continual import drop_from_best, stage_matrix
 from evals.analysis.metrics import PERPLEXITIES, Scores, general_capability, normalised_accuracy, oriented
+from evals.analysis.origin import Origin
 from evals.scoring.suites import SUITES
 from surgery.errors import InputError
 
@@ -28,6 +29,14 @@ def parent_metrics(scores: Scores, parent: Scores | None, experts: Sequence[Scor
     return {"tax": alignment_tax(parent, scores) if parent else None,
             "forget": worst_drop(parent, scores) if parent else None,
             "merge_q": merge_quality(scores, experts) if experts else None}
+
+
+def measured(scores: Mapping[str, Scores], name: str, source: Origin) -> dict[str, float | None]:
+    """`parent_metrics` of checkpoint `name` ({checkpoint: scores} of every evaluated one) against the
+    parents `source` names that were evaluated too; merge_q only when every merge input was."""
+    parent = scores.get(source.base) if source.base else None
+    experts = [scores[p] for p in source.inputs if p in scores]
+    return parent_metrics(scores[name], parent, experts if len(experts) == len(source.inputs) else [])
 
 
 def alignment_tax(parent: Scores, child: Scores) -> float | None:

@@ -1,6 +1,6 @@
 """`surgery continual SEQ.yaml` (a training sequence, every stage scored into the results store), its
-small-world proof `surgery continual-proof OUT`, and `surgery safety-curve OUT` (refusal, over-refusal and
-alignment tax along the safety data's mixing weight)."""
+small-world proof `surgery continual-proof OUT`, `surgery safety-curve OUT` (refusal, over-refusal and
+alignment tax along the safety data's mixing weight) and `surgery world DIR` (`make demo`: the whole loop)."""
 
 from __future__ import annotations
 
@@ -131,3 +131,41 @@ def safety_curve(out, zoo, weights, steps, limit, device, db, seed, fmt) -> None
         points = run_curve(zoo, out, scorer, values, steps, seed, _say)
     click.echo(render(curve_rows(points), fmt).rstrip("\n"))
     click.echo(f"wrote {' and '.join(save(points, out))}", err=True)
+
+
+@click.command()
+@click.argument("folder", type=click.Path(file_okay=False), default="demo")
+@click.option("--specs", type=click.Path(file_okay=False, exists=True), default="merges", show_default=True,
+              help="Merge specs to run on the trained experts (their models are models/base, add, reverse, refuse).")
+@click.option("--base-steps", type=click.IntRange(min=1), help="Pretraining steps of the base (default 600).")
+@click.option("--expert-steps", type=click.IntRange(min=1),
+              help="Fine-tuning steps of every expert and of the sequence's second stage (default: add 2000, "
+                   "reverse 1000, refuse 200; add-then-reverse 300).")
+@click.option("--rows", type=click.IntRange(min=1), help="Score only the first N documents of each task (lm-eval's "
+              "--limit).")
+@handled
+def world(folder, specs, base_steps, expert_steps, rows) -> None:
+    """Train the demo's base (the small world's language and capitals, none of its skills) and one
+    expert per skill in FOLDER/models, merge the experts with every spec in SPECS, score every model
+    through lm-eval into FOLDER/evals.sqlite, and print the scores, the leaderboard, the refusal expert's
+    alignment tax and the forgetting of a two-stage sequence; writes the PNGs in FOLDER. Every stage is
+    kept by the hash of its inputs: a second run reuses what did not change, a stopped run resumes at
+    its stage."""
+    from dataclasses import replace
+
+    from evals.pipelines.demo import run_world_demo
+    from surgery.io.output import output_lock
+    from trainers.world.demo_zoo import SKILLS, Recipe
+
+    recipe = Recipe()
+    if base_steps:
+        recipe = replace(recipe, base_steps=base_steps)
+    if expert_steps:
+        recipe = replace(recipe, expert_steps=tuple((t, expert_steps) for t in SKILLS), sequence_steps=expert_steps)
+    try:
+        with output_lock(folder):  # a second `world` into FOLDER exits naming this one's pid
+            run_world_demo(folder, specs, recipe, echo=click.echo, rows_per_task=rows)
+    except KeyboardInterrupt:
+        click.echo(f"interrupted: the finished stages in {folder} are kept; run the same command again to "
+                   "resume at the stage that was stopped", err=True)
+        sys.exit(130)

@@ -115,6 +115,28 @@ def render_tax(tax: AlignmentTax, before: str, after: str, fmt: str = "table") -
     return _with_table(head, rows, fmt)
 
 
+def tax_line(tax: AlignmentTax, before: str, after: str) -> str:
+    """`render_tax`'s headline in one line: G before and after with the tested tax, and the tested gain."""
+    return (f"alignment tax of {after} over its parent {before}: G {tax.general_before:.3f} -> "
+            f"{tax.general_after:.3f}, tax {tax.tax:+.3f} ({_evidence(tax.tax_test)}); alignment "
+            f"{tax.alignment_before:.3f} -> {tax.alignment_after:.3f}, gain {tax.gain:+.3f} "
+            f"({_evidence(tax.gain_test)})")
+
+
+def forgetting_line(report: ForgettingReport) -> str:
+    """A sequence's forgetting in one line: each earlier stage task's score after its own stage and after
+    the last (the tested backward difference), GEM's BWT and RWalk's forgetting. Needs the stage tasks."""
+    if report.stage_tasks is None or report.backward is None:
+        raise InputError("a forgetting line needs the task of each stage (stage_tasks)")
+    after = " -> ".join(report.checkpoints)
+    tasks = [f"{t} {report.matrix[1 + j][report.tasks.index(t)]:.3f} after its stage, "
+             f"{report.matrix[-1][report.tasks.index(t)]:.3f} after the last ({_evidence(d)})"
+             for j, (t, d) in enumerate(report.backward.items())]
+    bwt = "n/a" if report.backward_transfer is None else f"{report.backward_transfer:+.3f}"
+    rwalk = "n/a" if report.forgetting is None else f"{report.forgetting:+.3f}"
+    return f"forgetting along {after}: {'; '.join(tasks)}; BWT {bwt} (GEM), forgetting {rwalk} (RWalk)"
+
+
 def render_forgetting(report: ForgettingReport, fmt: str = "table") -> str:
     """The stage-by-task matrix, each task's change since its best earlier stage, and the GEM and RWalk
     summaries when the stage tasks are known."""

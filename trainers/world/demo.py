@@ -1,7 +1,7 @@
-"""The main demo (`make demo`): train the demo zoo's base and its three skill experts on this machine
-(trainers/world/demo_zoo.py), merge the experts with every spec of `merges/`, score every model on
-every task by exact match, and print the table: each task's score, the normalised accuracy (each
-skill's score over its expert's, as `surgery merge-quality` computes it) and the mean.
+"""The models of the main demo (`make demo`, whose whole loop is evals/pipelines/demo.py): the demo zoo's
+base and its three skill experts trained on this machine (trainers/world/demo_zoo.py), the experts
+merged with every spec of `merges/`, a two-stage sequence (the `add` expert then fine-tuned on
+`reverse`) for the forgetting measures, and the experts' sign-conflict map, each as a stage.
 
 Every step is a stage kept by the content hash of its inputs (trainers/world/stages.py): a second run
 reuses what did not change, a run stopped with Ctrl-C resumes at the stage it was in, and a damaged
@@ -10,7 +10,6 @@ output (a truncated weights file) is built again with one line saying so.
 
 from __future__ import annotations
 
-import glob
 import json
 import os
 from collections.abc import Callable
@@ -20,6 +19,8 @@ from trainers.world.stages import Stage, file_digest, run_stage
 from trainers.world.tasks import TASKS
 
 EXPERTS = SKILLS  # the names merges/*.yaml use
+SEQUENCE = ("add", "reverse")  # the two-stage sequence: the `add` expert, then it fine-tuned on `reverse`
+SEQUENCE_NAME = "add-then-reverse"
 WORLD_SOURCES = ("tasks.py", "countries.py", "demo_zoo.py")  # what the data and the recipes are made by
 
 
@@ -94,6 +95,23 @@ def expert_stage(models: str, recipe: Recipe, task: str, keys: dict[str, str]) -
     return Stage(task, inputs, link, build, check_model, scratch=(run,))
 
 
+def sequence_stage(models: str, recipe: Recipe, keys: dict[str, str]) -> Stage:
+    """The second stage of the sequence base -> add -> add-then-reverse: the `add` expert fine-tuned on
+    `reverse` as the experts are (the base's data replayed, none of `add`'s), for the forgetting measures."""
+    from trainers.world.demo_zoo import train_expert
+
+    first, then = SEQUENCE
+    run, link = os.path.join(models, "runs", SEQUENCE_NAME), os.path.join(models, SEQUENCE_NAME)
+
+    def build() -> None:
+        _publish(train_expert(os.path.join(models, "data"), os.path.join(models, first), then, run, recipe,
+                              steps=recipe.sequence_steps), link)
+
+    inputs = {"data": keys["data"], "start": keys[first], "task": then, "steps": recipe.sequence_steps,
+              "lr": recipe.expert_lr, "replay": recipe.replay, "batch": recipe.batch, "seed": recipe.seed}
+    return Stage(SEQUENCE_NAME, inputs, link, build, check_model, scratch=(run,))
+
+
 def merge_stage(folder: str, spec_file: str, keys: dict[str, str]) -> Stage:
     from surgery.merge.engine import Options, run_merge
     from surgery.merge.plan import plan_merge
@@ -107,27 +125,6 @@ def merge_stage(folder: str, spec_file: str, keys: dict[str, str]) -> Stage:
 
     inputs = {"spec": file_digest(spec_file), "models": {n: keys[n] for n in ("base", *EXPERTS)}}
     return Stage(f"merge-{name}", inputs, out, build, check_model)
-
-
-def score_stage(folder: str, name: str, model: str, keys: dict[str, str], rows_per_task: int | None) -> Stage:
-    from surgery.io.output import atomic_file
-
-    out = os.path.join(folder, "scores", f"{name}.json")
-
-    def build() -> None:
-        scores = score_table({name: model}, os.path.join(folder, "models", "data"), rows_per_task)[name]
-        os.makedirs(os.path.dirname(out), exist_ok=True)
-        with atomic_file(out) as tmp, open(tmp, "w") as f:
-            json.dump(scores, f)
-
-    def check(path: str) -> None:
-        with open(path) as f:
-            scores = json.load(f)
-        if set(scores) != set(TASKS):
-            raise ValueError(f"{path} does not score every task")
-
-    inputs = {"model": keys[name], "data": keys["data"], "rows": rows_per_task}
-    return Stage(f"score-{name}", inputs, out, build, check)
 
 
 def conflicts_stage(folder: str, keys: dict[str, str]) -> Stage:
@@ -144,12 +141,17 @@ def conflicts_stage(folder: str, keys: dict[str, str]) -> Stage:
         result = diff_models([os.path.join(models, t) for t in EXPERTS], os.path.join(models, "base"))
         save_heatmap(png, *grids(result), colour_ranges(result.columns()))
 
-    def check(path: str) -> None:
-        with open(path, "rb") as f:
-            if f.read(8) != b"\x89PNG\r\n\x1a\n" or os.path.getsize(path) < 1000:
-                raise ValueError(f"{path} is not a whole PNG")
+    return Stage("sign-conflicts", {"models": {n: keys[n] for n in ("base", *EXPERTS)}}, png, build, check_png)
 
-    return Stage("sign-conflicts", {"models": {n: keys[n] for n in ("base", *EXPERTS)}}, png, build, check)
+
+def check_png(path: str) -> None:
+    """A figure written whole: the PNG signature first and its closing IEND chunk last."""
+    with open(path, "rb") as f:
+        head = f.read(8)
+        f.seek(max(0, os.path.getsize(path) - 12))
+        tail = f.read()
+    if head != b"\x89PNG\r\n\x1a\n" or tail[4:8] != b"IEND":
+        raise ValueError(f"{path} is not a whole PNG (its signature or its closing IEND chunk is missing)")
 
 
 def score_table(models: dict[str, str], data: str, rows_per_task: int | None = None) -> dict[str, dict[str, float]]:
@@ -178,68 +180,3 @@ def build_models(folder: str, recipe: Recipe, echo: Callable[[str], None]) -> di
     for task in EXPERTS:
         keys[task] = run_stage(folder, expert_stage(models, recipe, task, keys), echo)
     return keys
-
-
-def run_world_demo(folder: str, specs: str, recipe: Recipe | None = None, echo: Callable[[str], None] = print,
-                   rows_per_task: int | None = None) -> dict[str, dict[str, float]]:
-    from transformers.utils import logging
-
-    logging.disable_progress_bar()
-    folder, recipe = os.path.abspath(folder), recipe or Recipe()
-    keys = build_models(folder, recipe, echo)
-    models = {n: os.path.join(folder, "models", n) for n in ("base", *EXPERTS)}
-    methods = {}
-    for spec_file in sorted(glob.glob(os.path.join(specs, "*.yaml"))):
-        name = os.path.basename(spec_file).removesuffix(".yaml")
-        keys[name] = run_stage(folder, merge_stage(folder, spec_file, keys), echo)
-        models[name], methods[name] = os.path.join(folder, "out", name), _method(spec_file)
-    table = {}
-    for name, path in models.items():
-        run_stage(folder, score_stage(folder, name, path, keys, rows_per_task), echo)
-        with open(os.path.join(folder, "scores", f"{name}.json")) as f:
-            table[name] = json.load(f)
-    png = os.path.join(folder, "sign-conflicts.png")
-    run_stage(folder, conflicts_stage(folder, keys), echo)
-    echo(format_table(table, methods))
-    with open(os.path.join(folder, "scores.json"), "w") as f:
-        json.dump(table, f, indent=2)
-    echo(closing(folder, specs, [png]))
-    return table
-
-
-def closing(folder: str, specs: str, pngs: list[str]) -> str:
-    """The three lines a newcomer goes on from: the TUI on these models, a spec of their own, the figures."""
-    here = os.path.relpath(folder)
-    return "\n".join([
-        f"open the TUI on these models: surgery tui --models-dir {here}/models --merges-dir {os.path.relpath(specs)}",
-        f"write and run your own spec: copy {os.path.relpath(specs)}/ties-example.yaml to my.yaml, edit it, then "
-        f"surgery merge my.yaml {here}/out/my --models-dir {here}",
-        f"the PNGs: {', '.join(os.path.relpath(p) for p in pngs)} (the experts' sign conflicts, as surgery diff "
-        "--base draws them)"])
-
-
-def _method(spec_file: str) -> str:
-    import yaml
-
-    with open(spec_file) as f:
-        return str((yaml.safe_load(f) or {}).get("merge_method", "-"))
-
-
-def normalised(scores: dict[str, float], experts: dict[str, float]) -> dict[str, float | None]:
-    """{skill: score / that skill's expert's score} (Ilharco et al. 2023's normalised accuracy, as
-    evals' merge_ratios computes it); None where the expert scores 0 (no ratio exists)."""
-    return {t: scores[t] / e if e > 0 else None for t, e in experts.items()}
-
-
-def format_table(table: dict[str, dict[str, float]], methods: dict[str, str]) -> str:
-    experts = {t: table[t][t] for t in EXPERTS if t in table}
-    tasks = list(TASKS)
-    lines = [f"{'model':<26} {'method':<14} " + " ".join(f"{t:>8}" for t in tasks) + f" {'norm acc':>8} {'mean':>6}"]
-    for name, scores in table.items():
-        ratios = [r for r in normalised(scores, experts).values() if r is not None]
-        norm = f"{sum(ratios) / len(ratios):>8.2f}" if ratios else f"{'n/a':>8}"
-        mean = sum(scores[t] for t in tasks) / len(tasks)
-        lines.append(f"{name:<26} {methods.get(name, '-'):<14} " + " ".join(f"{scores[t]:>8.2f}" for t in tasks)
-                     + f" {norm} {mean:>6.2f}")
-    return "\n".join(lines) + ("\n(exact match on each task's held-out test split; norm acc: the mean over "
-                               f"{', '.join(EXPERTS)} of the score over that task's expert's)")

@@ -36,6 +36,7 @@ class Recipe:
     # 1000 steps at 3e-3, 1.0 after 2000
     expert_steps: tuple[tuple[str, int], ...] = (("add", 2000), ("reverse", 1000), ("refuse", 200))
     expert_lr: float = 3e-3
+    sequence_steps: int = 300  # the `add` expert's second stage, on `reverse`: enough to forget `add`
     batch: int = 32
     replay: float = REPLAY
     train_rows: int = TRAIN_ROWS
