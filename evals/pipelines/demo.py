@@ -16,6 +16,7 @@ import glob
 import io
 import json
 import os
+import shutil
 import sys
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, redirect_stderr
@@ -68,6 +69,20 @@ def run_world_demo(folder: str, specs: str, recipe: Recipe | None = None, echo: 
 
     logging.disable_progress_bar()
     folder, recipe = os.path.abspath(folder), recipe or Recipe()
+    keys, models, methods = build_all_models(folder, specs, recipe, echo)
+    pngs = score_and_draw(folder, models, methods, keys, HarnessSettings(limit=rows_per_task), echo)
+    with open(os.path.join(folder, REPORT)) as f:
+        report = json.load(f)
+    for part in ("table", "leaderboard", "tax", "forgetting"):
+        echo(report[part])
+    echo(closing(folder, specs, pngs, rows_per_task))
+    return report
+
+
+def build_all_models(folder: str, specs: str, recipe: Recipe,
+                     echo: Echo) -> tuple[dict[str, str], dict[str, str], dict[str, str]]:
+    """The zoo, each spec's merge, the sequence and the sign-conflict map, each a stage; returns ({stage:
+    key}, {model name: folder}, {merge name: method})."""
     keys = build_models(folder, recipe, echo)
     models, methods = {n: os.path.join(folder, "models", n) for n in ("base", *EXPERTS)}, {}
     for spec_file in sorted(glob.glob(os.path.join(specs, "*.yaml"))):
@@ -77,36 +92,39 @@ def run_world_demo(folder: str, specs: str, recipe: Recipe | None = None, echo: 
     keys[SEQUENCE_NAME] = run_stage(folder, sequence_stage(os.path.join(folder, "models"), recipe, keys), echo)
     models[SEQUENCE_NAME] = os.path.join(folder, "models", SEQUENCE_NAME)
     run_stage(folder, conflicts_stage(folder, keys), echo)
-    settings = HarnessSettings(limit=rows_per_task)
+    return keys, models, methods
+
+
+def score_and_draw(folder: str, models: dict[str, str], methods: dict[str, str], keys: dict[str, str],
+                   settings: HarnessSettings, echo: Echo) -> list[str]:
+    """Every model scored into the store, the report and the PNGs made from it, each a stage; returns the PNGs."""
     with open_store(os.path.join(folder, STORE), echo) as store:
-        for name, path in models.items():
-            keys[f"eval-{name}"] = run_stage(folder, eval_stage(folder, name, path, keys, settings, store), echo)
-        scored = {n: keys[f"eval-{n}"] for n in models}
+        scored = {n: run_stage(folder, eval_stage(folder, n, path, keys, settings, store), echo)
+                  for n, path in models.items()}
         run_stage(folder, report_stage(folder, models, methods, scored, settings, store), echo)
         pngs = [os.path.join(folder, "sign-conflicts.png")]
         for stage in (merge_quality_stage(folder, models, scored, settings, store),
                       pareto_stage(folder, models, scored, settings, store)):
             run_stage(folder, stage, echo)
             pngs.append(stage.output)
-    with open(os.path.join(folder, REPORT)) as f:
-        report = json.load(f)
-    for part in ("table", "leaderboard", "tax", "forgetting"):
-        echo(report[part])
-    echo(closing(folder, specs, pngs, rows_per_task))
-    return report
+    return pngs
 
 
 def open_store(path: str, echo: Echo) -> Store:
-    """The demo's results store; a damaged one is moved aside with one line and a new one made (its
-    scores are the demo's own, so they are made again)."""
+    """The demo's results store; one SQLite cannot read is moved aside with one line, and the eval stages
+    that it held are forgotten, so every model is scored again into a new store."""
     try:
         return Store(path)
     except InputError as e:
         if not os.path.isfile(path):
             raise
-        aside = path + ".damaged"
+        aside, folder = path + ".damaged", os.path.dirname(path)
         os.replace(path, aside)
-        echo(f"rebuilding {os.path.basename(path)}: {str(e).splitlines()[0][:200]}; moved it to {aside}")
+        echo(f"rebuilding {os.path.basename(path)}: {str(e).splitlines()[0][:200]}; moved it to {aside} and "
+             "scoring every model again")
+        shutil.rmtree(os.path.join(folder, SCORED), ignore_errors=True)
+        for record in glob.glob(os.path.join(folder, "stages", "eval-*.json")):
+            os.remove(record)
         return Store(path)
 
 
@@ -220,7 +238,7 @@ def leaderboard(store: Store, folder: str, models: Mapping[str, str], settings: 
     here = short_path(folder) + os.sep
     rows = [{k: v.replace(here, "") if isinstance(v, str) else v for k, v in r.items()} for r in rows]
     rows.sort(key=lambda r: (r["mean"] is None, -(r["mean"] or 0)))
-    return (f"leaderboard ({os.path.join(short_path(folder), STORE)}; forget: the largest drop from the parent, "
+    return (f"leaderboard (from {STORE}; forget: the largest drop from the parent, "
             "merge_q: normalised accuracy against the best merge input on each task)\n" + render(rows))
 
 

@@ -137,6 +137,21 @@ def test_a_damaged_output_is_rebuilt_with_one_line(demo, tmp_path):
 
 
 @pytest.mark.integration
+def test_a_damaged_store_is_moved_aside_with_one_line_and_every_model_scored_again(demo, tmp_path):
+    folder = tmp_path / "demo"
+    shutil.copytree(demo.folder, folder, symlinks=True)
+    with open(folder / STORE, "r+b") as f:
+        f.write(b"not a database" * 8)
+    lines: list[str] = []
+    run_world_demo(str(folder), demo.specs, TINY, echo=lines.append, rows_per_task=ROWS)
+    rebuilt = [line for line in lines if line.startswith("rebuilding ")]
+    assert len(rebuilt) == 1 and rebuilt[0].startswith(f"rebuilding {STORE}: results store")
+    assert (folder / f"{STORE}.damaged").is_file()
+    assert [line for line in lines if line.startswith("building ")] == [f"building eval-{m}" for m in MODELS]
+    assert lines[-5:-1] == demo.first[-5:-1]  # the same report, read from the new store
+
+
+@pytest.mark.integration
 def test_a_stopped_stage_is_resumed(demo, tmp_path, monkeypatch):
     from trainers.world import demo_zoo
 
