@@ -57,7 +57,7 @@ COLUMNS = {"add": "world_add", "reverse": "world_reverse", "capital": "world_cap
 STORE = "evals.sqlite"
 SCORED = "evals"  # DIR/evals/NAME.json: what each eval stage scored (the weights' hash, the scores)
 THREADS = 1  # torch threads while scoring: a 0.17M model gains nothing from more, and more threads than free
-#              cores slowed a loaded 2-core machine 20-90 times (the reverse expert: 136 s at 2 threads, 1.4 s at 1)
+#              cores slowed a loaded 2-core machine 15-100 times (the reverse expert: 136 s at 2 threads, 1.4 s at 1)
 REPORT = "report.json"
 
 
@@ -281,8 +281,7 @@ def merge_quality_stage(folder: str, models: Mapping[str, str], scored: Mapping[
         experts = {t: s for t, s in skill_experts(table).items() if oriented(s).value > 0}
         ratios = {n: merge_ratios(table[n], experts) for n in merges} if experts else {}
         best = max(ratios, key=lambda n: sum(ratios[n].values()) / len(ratios[n])) if ratios else None
-        title = (f"merge quality of {best} (the best of the merges)" if best else
-                 "merge quality: no expert scores above 0 on its task, so no ratio exists")
+        title = f"merge quality of {best} (best)" if best else "no expert scores above 0: no ratio"
         save_png(merge_quality_figure(ratios.get(best, {}), title), png)
 
     return Stage("merge-quality", {"scores": dict(scored), "merges": merges}, png, build, check_png)
