@@ -32,7 +32,7 @@ from evals.analysis.continual import (
     task_forgetting,
     task_intransigence,
 )
-from evals.report.tables import render_forgetting
+from evals.report.tables import forgetting_line, render_forgetting
 from evals.scoring.scores import TaskScore
 from surgery.errors import InputError
 
@@ -106,6 +106,18 @@ def test_forgetting_report_from_a_table():
     text = render_forgetting(report)
     assert "BWT -0.2500, FWT +0.1250 (GEM, denominator T-1)" in text
     assert "forgetting +0.2750 (RWalk, denominator T-1)" in text
+
+
+def test_forgetting_line_by_hand():
+    """R's diagonal (0.80, 0.90) against its last row (0.50, 0.70): t0 and t1 after their own stage and
+    after the last; BWT (-0.3 - 0.2) / 2 = -0.25, forgetting (0.35 + 0.2) / 2 = 0.275 (RWalk: from the best)."""
+    report = forgetting_report(_table(), ["base", "s1", "s2", "s3"], stage_tasks=["t0", "t1", "t2"], resamples=200)
+    line = forgetting_line(report)
+    assert line.startswith("forgetting along base -> s1 -> s2 -> s3: t0 0.800 after its stage, 0.500 after the last")
+    assert "t1 0.900 after its stage, 0.700 after the last" in line
+    assert line.endswith("BWT -0.250 (GEM), forgetting +0.275 (RWalk)") and "\n" not in line
+    with pytest.raises(InputError, match="stage_tasks"):
+        forgetting_line(forgetting_report(_table(), ["base", "s3"], resamples=200))
 
 
 def test_forgetting_report_without_stage_tasks():

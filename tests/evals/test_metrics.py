@@ -17,7 +17,7 @@ from evals.analysis.metrics import (
     suite_difference,
     task_difference,
 )
-from evals.report.tables import render, render_tax
+from evals.report.tables import render, render_tax, tax_line
 from evals.scoring.scores import TaskScore
 from surgery.errors import InputError
 
@@ -167,6 +167,15 @@ def test_tax_table_calls_noise_noise():
     assert "worst task: arc (-0.1000, noise)" in text
     line = next(l for l in text.splitlines() if l.startswith("harmless  alignment"))
     assert line.endswith("significant")
+
+
+def test_tax_line_is_the_headline_in_one_line():
+    """The numbers of test_alignment_tax_by_hand: G 1.1/3 -> 1.03/3, tax 0.0233 (noise), gain 0.6 (significant)."""
+    line = tax_line(alignment_tax(BEFORE, AFTER, GENERAL, ALIGNMENT, resamples=300), "base", "aligned")
+    assert line.startswith("alignment tax of aligned over its parent base: G 0.367 -> 0.343, tax +0.023 (")
+    assert "gain +0.600 (" in line and line.endswith(": significant)") and "\n" not in line
+    tax_part, gain_part = line.split("; alignment ")
+    assert tax_part.endswith(": noise)") and gain_part.startswith("0.200 -> 0.800")
 
 
 def test_lower_is_better_scores_are_turned_around():
