@@ -158,12 +158,12 @@ def eval_stage(folder: str, name: str, model: str, keys: dict[str, str], setting
 @contextmanager
 def quiet_stderr() -> Iterator[None]:
     """lm-eval's progress bars and notes (about twenty lines per model scored) kept off the terminal, where
-    they would bury the stage lines; shown after all when the scoring fails."""
+    they would bury the stage lines; shown after all when the scoring fails (not when it is stopped)."""
     caught = io.StringIO()
     try:
         with redirect_stderr(caught):
             yield
-    except BaseException:
+    except Exception:
         sys.stderr.write(caught.getvalue()[-4000:])
         raise
 
