@@ -15,13 +15,13 @@ The draw of step s depends only on the seed, s and each dataset's cursor, so res
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from dataclasses import dataclass, field
 
 import torch
 
 from surgery.errors import InputError
+from trainers.jsonl import read_json_lines
 
 # Row shapes and their fields, the most specific first. `preference` is for pairwise objectives (DPO).
 SHAPES = {
@@ -69,28 +69,15 @@ def read_dataset(path: str, shapes: tuple[str, ...], spec_field: str) -> Dataset
     files = jsonl_files(path, spec_field)
     rows, digests = [], {}
     for file in files:
-        with open(file, "rb") as f:
-            raw = f.read()
-        digests[file] = hashlib.sha256(raw).hexdigest()
-        rows += read_rows(file, raw.decode("utf-8", errors="replace"), shapes)
+        found = read_json_lines(file)
+        digests[file] = found.sha256
+        for number, obj in found.objects():
+            row = Row(obj, file, number)
+            check_row(row, shapes)
+            rows.append(row)
     if not rows:
         raise InputError(f"{spec_field}: {path!r} holds no rows")
     return Dataset(path, tuple(files), digests, tuple(rows))
-
-
-def read_rows(file: str, text: str, shapes: tuple[str, ...]) -> list[Row]:
-    rows = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise InputError(f"{file}: line {number}: not valid JSON ({e.msg} at column {e.colno})") from None
-        row = Row(obj, file, number)
-        check_row(row, shapes)
-        rows.append(row)
-    return rows
 
 
 def check_row(row: Row, shapes: tuple[str, ...]) -> str:

@@ -19,7 +19,6 @@ A constitution file: `name`, and `principles`, each with `id`, `critique` (a cri
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from dataclasses import dataclass
 from typing import Literal
@@ -29,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from surgery import spec_file
 from surgery.errors import InputError
 from trainers import templates
+from trainers.jsonl import read_json_lines
 
 HERE = os.path.dirname(__file__)
 SHIPPED_CONSTITUTION = os.path.join(HERE, "constitution.yaml")
@@ -121,19 +121,12 @@ def read_constitution(path: str) -> Constitution:
 def read_prompts(path: str, where: str) -> Prompts:
     if not os.path.isfile(path):
         raise InputError(f"{where}: no such file {path!r}")
-    with open(path, "rb") as f:
-        raw = f.read()
+    found = read_json_lines(path)
     rows = []
-    for number, line in enumerate(raw.decode("utf-8", errors="replace").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise InputError(f"{path}: line {number}: not valid JSON ({e.msg} at column {e.colno})") from None
+    for number, obj in found.objects():
         if not isinstance(obj, dict) or not isinstance(obj.get("prompt"), str) or not obj["prompt"].strip():
             raise InputError(f"{path}: line {number}: a row is a JSON object with a non-empty string 'prompt'")
         rows.append(obj["prompt"].strip())
     if not rows:
         raise InputError(f"{where}: {path} holds no prompt; write one JSON object a line: {{\"prompt\": ...}}")
-    return Prompts(os.path.abspath(path), hashlib.sha256(raw).hexdigest(), tuple(rows))
+    return Prompts(os.path.abspath(path), found.sha256, tuple(rows))

@@ -17,7 +17,6 @@ false: whether the task's answer is one label of a fixed set).
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 
@@ -25,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from surgery import spec_file
 from surgery.errors import InputError
+from trainers.jsonl import read_json_lines
 from trainers.self_instruct.filters import BLOCKLIST
 
 SHIPPED_SEEDS = os.path.join(os.path.dirname(__file__), "seed_tasks.jsonl")
@@ -99,26 +99,18 @@ def load_spec(path: str, overrides: tuple[str, ...] = ()) -> tuple[SelfInstructS
 
 
 def read_seeds(path: str, where: str) -> Seeds:
-    import hashlib
-
     if not os.path.isfile(path):
         raise InputError(f"{where}: no such file {path!r}")
-    with open(path, "rb") as f:
-        raw = f.read()
-    rows = [seed_row(line, path, n) for n, line in enumerate(raw.decode("utf-8", errors="replace").splitlines(), 1)
-            if line.strip()]
+    found = read_json_lines(path)
+    rows = [seed_row(obj, path, number) for number, obj in found.objects()]
     if not rows:
         raise InputError(f"{where}: {path} holds no task; write one JSON object a line with instruction and output "
                          "(and optionally input and classification)")
-    return Seeds(path, hashlib.sha256(raw).hexdigest(), tuple(rows))
+    return Seeds(path, found.sha256, tuple(rows))
 
 
-def seed_row(line: str, path: str, number: int) -> dict:
+def seed_row(obj: object, path: str, number: int) -> dict:
     where = f"{path}: line {number}"
-    try:
-        obj = json.loads(line)
-    except json.JSONDecodeError as e:
-        raise InputError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
     if not isinstance(obj, dict):
         raise InputError(f"{where}: a seed task is a JSON object with instruction and output")
     for key in ("instruction", "output"):
