@@ -11,13 +11,12 @@ import warnings
 
 import click
 
-from surgery.cli.common import handled, interrupt
+from surgery.cli.common import handled, interrupt, overrides_option
 
 
 @click.command()
 @click.argument("run_spec", metavar="RUN.yaml", type=click.Path(dir_okay=False))
-@click.option("--set", "overrides", multiple=True, metavar="FIELD=VALUE",
-              help="Override a spec field before validation, e.g. --set optim.lr=3e-4 (repeatable).")
+@overrides_option("optim.lr=3e-4")
 @click.option("--resume", type=click.Path(file_okay=False), help="Continue from a checkpoint-N folder of this run.")
 @click.option("--allow-data-change", is_flag=True,
               help="With --resume: continue although an input file (data, base, reference) changed since the "
@@ -96,8 +95,7 @@ def zoo(folder, base_steps, expert_steps) -> None:
 
 @click.command()
 @click.argument("label_spec", metavar="LABEL.yaml", type=click.Path(dir_okay=False))
-@click.option("--set", "overrides", multiple=True, metavar="FIELD=VALUE",
-              help="Override a spec field before validation, e.g. --set policy=demo/models/base (repeatable).")
+@overrides_option("policy=demo/models/base")
 @handled
 def label(label_spec, overrides) -> None:
     """RLAIF labels: sample two answers per prompt from the policy, let the judge of LABEL.yaml (reward
@@ -168,8 +166,7 @@ def transplant_proof(zoo, out, model, donor, donor_steps, k, rows, no_exact) -> 
 
 @click.command("self-instruct")
 @click.argument("spec_path", metavar="SPEC.yaml", type=click.Path(dir_okay=False))
-@click.option("--set", "overrides", multiple=True, metavar="FIELD=VALUE",
-              help="Override a spec field before validation, e.g. --set target=50 (repeatable).")
+@overrides_option("target=50")
 @click.option("--backend", default="hf", show_default=True,
               help="What generates: hf (transformers) or vllm (needs vLLM and a GPU: pip install 'surgery[vllm]').")
 @click.option("--force", is_flag=True, help="Replace an existing output folder.")
@@ -201,8 +198,7 @@ def self_instruct(spec_path, overrides, backend, force, restart, quiet) -> None:
 
 @click.command("cai")
 @click.argument("spec_path", metavar="SPEC.yaml", type=click.Path(dir_okay=False))
-@click.option("--set", "overrides", multiple=True, metavar="FIELD=VALUE",
-              help="Override a spec field before validation, e.g. --set stage=rl (repeatable).")
+@overrides_option("stage=rl")
 @click.option("--force", is_flag=True, help="Replace an existing output folder.")
 @handled
 def cai(spec_path, overrides, force) -> None:

@@ -10,7 +10,7 @@ import sys
 import click
 
 from evals.cli import SCORING, db_option, table_format_option
-from surgery.cli.common import handled, interrupt
+from surgery.cli.common import handled, interrupt, overrides_option
 
 
 def _say(message: str) -> None:
@@ -19,8 +19,7 @@ def _say(message: str) -> None:
 
 @click.command()
 @click.argument("spec", metavar="SEQ.yaml", type=click.Path(dir_okay=False))
-@click.option("--set", "overrides", multiple=True, metavar="FIELD=VALUE",
-              help="Override a spec field before validation, e.g. --set strategy.lam=100 (repeatable).")
+@overrides_option("strategy.lam=100")
 @SCORING["limit"]
 @SCORING["batch_size"]
 @SCORING["device"]

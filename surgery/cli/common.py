@@ -31,6 +31,13 @@ def size_option(ctx, param, value):
         raise click.BadParameter(f"{value!r} is not a size; write e.g. 5G, 500M or 1048576") from None
 
 
+def overrides_option(example: str):
+    """`--set FIELD=VALUE` (repeatable), given to the command as `overrides`: a spec field replaced before
+    validation; `example` is one such override for the help text."""
+    return click.option("--set", "overrides", multiple=True, metavar="FIELD=VALUE",
+                        help=f"Override a spec field before validation, e.g. --set {example} (repeatable).")
+
+
 def handled(fn):
     """Print SurgeryErrors plainly (exit 2); other exceptions are bugs (exit 1, traceback with --debug).
     SurgeryWarnings are printed as `warning: ...` lines, each time they occur."""

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import click
 
-from surgery.cli.common import handled
+from surgery.cli.common import handled, overrides_option
 
 
 @click.command("safety-data")
 @click.argument("spec", metavar="SPEC.yaml", type=click.Path(dir_okay=False))
-@click.option("--set", "overrides", multiple=True, metavar="FIELD=VALUE",
-              help="Override a spec field before validation, e.g. --set mix.refusal=0.5 (repeatable).")
+@overrides_option("mix.refusal=0.5")
 @click.option("--force", is_flag=True, help="Replace OUT if it exists.")
 @handled
 def safety_data(spec, overrides, force) -> None:
