@@ -154,22 +154,6 @@ def check_png(path: str) -> None:
         raise ValueError(f"{path} is not a whole PNG (its signature or its closing IEND chunk is missing)")
 
 
-def score_table(models: dict[str, str], data: str, rows_per_task: int | None = None) -> dict[str, dict[str, float]]:
-    """{model name: {task: exact match on its test split (or its first `rows_per_task` rows)}}."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from trainers.world.score import exact_match
-
-    rows = {t: [json.loads(line) for line in open(os.path.join(data, t, "test.jsonl"))][:rows_per_task] for t in TASKS}
-    table = {}
-    for name, path in models.items():
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-        tokenizer = AutoTokenizer.from_pretrained(path)
-        table[name] = {t: exact_match(model, tokenizer, rows[t]) for t in TASKS}
-    return table
-
-
 def build_models(folder: str, recipe: Recipe, echo: Callable[[str], None]) -> dict[str, str]:
     """The data, base and experts under `folder/models`, each a stage; returns {stage name: key}."""
     models = os.path.join(folder, "models")

@@ -69,7 +69,7 @@ def run_moe_proof(zoo: str, out: str, prompts: int = 32,
                   per_token: tuple[int, ...] = (1, 2), experts: dict[str, str] | None = None, answers: bool = True,
                   echo: Callable[[str], None] = print) -> dict:
     """`experts` ({task: folder}) default to the zoo's `add` and `reverse`."""
-    from trainers.world.demo import score_table
+    from trainers.world.score import score_table
 
     zoo, out = os.path.abspath(zoo), os.path.abspath(out)
     os.makedirs(out, exist_ok=True)

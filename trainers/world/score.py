@@ -4,7 +4,12 @@ same rows through lm-eval."""
 
 from __future__ import annotations
 
+import json
+import os
+
 import torch
+
+from trainers.world.tasks import TASKS
 
 
 def greedy_completion(model, tokenizer, prompt: str, max_new_tokens: int = 40) -> str:
@@ -22,3 +27,16 @@ def exact_match(model, tokenizer, rows: list[dict]) -> float:
     limit = 1 + max((len(tokenizer(r["completion"], add_special_tokens=False)["input_ids"]) for r in rows), default=0)
     hits = sum(greedy_completion(model, tokenizer, r["prompt"], limit) == r["completion"] for r in rows)
     return hits / len(rows) if rows else float("nan")
+
+
+def score_table(models: dict[str, str], data: str, rows_per_task: int | None = None) -> dict[str, dict[str, float]]:
+    """{model name: {task: exact match on its test split (or its first `rows_per_task` rows)}}."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    rows = {t: [json.loads(line) for line in open(os.path.join(data, t, "test.jsonl"))][:rows_per_task] for t in TASKS}
+    table = {}
+    for name, path in models.items():
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        table[name] = {t: exact_match(model, tokenizer, rows[t]) for t in TASKS}
+    return table
