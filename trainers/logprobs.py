@@ -164,8 +164,11 @@ def head_logps(head, hidden: torch.Tensor, targets: torch.Tensor) -> tuple[torch
 
 def chunked_logps(head, hidden: torch.Tensor, targets: torch.Tensor, chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
     """`head_logps` `chunk` positions at a time: hidden (N, H) -> (N,), (N,). With gradients, each chunk's
-    (chunk, V) logits are dropped after its forward and recomputed in its backward (activation
-    checkpointing), so at most one chunk's exist at a time."""
+    (chunk, V) logits are dropped after its forward and recomputed in its backward, so at most one chunk's
+    exist at a time: for a plain `nn.Linear` head by `LinearHeadLogps` (one buffer for the weight's
+    gradient), for any other head (an adapter's wrapper, say) by activation checkpointing."""
+    if type(head) is torch.nn.Linear and hidden.shape[0]:
+        return LinearHeadLogps.apply(hidden, head.weight, head.bias, targets, chunk)
     parts = []
     for i in range(0, hidden.shape[0], chunk):
         h, t = hidden[i:i + chunk], targets[i:i + chunk]
@@ -176,3 +179,48 @@ def chunked_logps(head, hidden: torch.Tensor, targets: torch.Tensor, chunk: int)
     if not parts:
         return hidden.sum(-1) * 0, torch.zeros(0, dtype=torch.bool, device=hidden.device)  # (0,), keeps the graph
     return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+
+
+class LinearHeadLogps(torch.autograd.Function):
+    """log softmax(hidden W^T + b) at `targets`, and whether each target is the top token, `chunk`
+    positions at a time: hidden (N, H), W (V, H), b (V,) or None, targets (N,) -> (N,) float32, (N,) bool.
+    No logits are kept: the backward recomputes each chunk's, turns them into their gradient in place
+    (d log p_t / d logits = onehot(t) - softmax) and adds that chunk's share of W's gradient into one
+    (V, H) buffer, where checkpointing each chunk separately makes a (V, H) gradient per chunk and
+    adds it to the last; with a 150k-token vocabulary that is 78 MB at hidden 128, 0.9 GB at 1536."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, targets, chunk):
+        logps = torch.empty(hidden.shape[0], dtype=torch.float32, device=hidden.device)
+        correct = torch.empty(hidden.shape[0], dtype=torch.bool, device=hidden.device)
+        for i in range(0, hidden.shape[0], chunk):
+            logits = F.linear(hidden[i:i + chunk], weight, bias).float()  # (C, V)
+            t = targets[i:i + chunk]
+            logps[i:i + chunk] = logits.gather(-1, t.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+            correct[i:i + chunk] = logits.argmax(-1) == t
+        ctx.save_for_backward(hidden, weight, bias, targets)
+        ctx.chunk = chunk
+        ctx.mark_non_differentiable(correct)
+        return logps, correct
+
+    @staticmethod
+    def backward(ctx, grad_logps, grad_correct):
+        hidden, weight, bias, targets = ctx.saved_tensors
+        want_h, want_w, want_b = ctx.needs_input_grad[:3]
+        grad_h = torch.empty_like(hidden) if want_h else None
+        grad_w = torch.zeros_like(weight) if want_w else None
+        grad_b = torch.zeros_like(bias) if want_b else None
+        for i in range(0, hidden.shape[0], ctx.chunk):
+            h, t, g_out = hidden[i:i + ctx.chunk], targets[i:i + ctx.chunk], grad_logps[i:i + ctx.chunk].float()
+            g = F.linear(h, weight, bias).float()  # (C, V) logits, then in place their gradient
+            g.sub_(torch.logsumexp(g, -1, keepdim=True)).exp_()  # softmax, in place
+            g.mul_(-g_out.unsqueeze(-1))
+            g[torch.arange(len(t), device=g.device), t] += g_out
+            g = g.to(weight.dtype)
+            if want_h:
+                grad_h[i:i + ctx.chunk] = g @ weight
+            if want_w:
+                grad_w.addmm_(g.t(), h)
+            if want_b:
+                grad_b += g.sum(0)
+        return grad_h, grad_w, grad_b, None, None

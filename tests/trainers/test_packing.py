@@ -19,7 +19,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from surgery.errors import SpecError
 from tests.trainers.conftest import spec_dict
 from trainers.data import Row
-from trainers.logprobs import IGNORE, LOGITS_ENTRIES, auto_chunk, scores
+from trainers.logprobs import IGNORE, LOGITS_ENTRIES, LinearHeadLogps, auto_chunk, chunked_logps, head_logps, scores
 from trainers.loops import train
 from trainers.objectives import dpo, kto, orpo, sft
 from trainers.packing import PACKED, PADDED, PADDING_FREE, Layout, best_fit_decreasing, collate
@@ -196,6 +196,37 @@ def test_auto_chunk_follows_the_vocabulary():
     assert auto_chunk(torch.nn.Linear(8, 32000, device="meta")) == 524
     assert auto_chunk(torch.nn.Linear(8, 151936, bias=False, device="meta")) == 110
     assert auto_chunk(torch.nn.Linear(8, 2**25, device="meta")) == 1
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_linear_head_chunks_equal_the_whole_head_and_checkpointing(bias):
+    """A plain Linear head's chunked log-probabilities (one weight-gradient buffer) give the values, the
+    top-token flags and the gradients of hidden states, weight and bias that the unchunked head gives
+    (float64, so that only a real difference shows) and that checkpointing each chunk through the head
+    as a module gives; 37 positions in chunks of 5, the last one short."""
+    torch.manual_seed(0)
+    head = torch.nn.Linear(16, 50, bias=bias, dtype=torch.float64)
+    hidden = torch.randn(37, 16, dtype=torch.float64)
+    targets, upstream = torch.randint(0, 50, (37,)), torch.randn(37)
+    with torch.no_grad():
+        targets[::3] = head(hidden[::3]).argmax(-1)  # a third of the targets are the top token
+
+    def run(fn):
+        h = hidden.clone().requires_grad_(True)
+        head.zero_grad(set_to_none=True)
+        logps, correct = fn(h)
+        (logps * upstream).sum().backward()
+        return [logps.double(), correct, h.grad, head.weight.grad] + ([head.bias.grad] if bias else [])
+
+    ours = run(lambda h: LinearHeadLogps.apply(h, head.weight, head.bias, targets, 5))
+    whole = run(lambda h: head_logps(head, h, targets))
+    wrapped = torch.nn.Sequential(head)  # not a plain Linear: chunked_logps checkpoints each chunk instead
+    checkpointed = run(lambda h: chunked_logps(wrapped, h, targets, 5))
+    assert run(lambda h: chunked_logps(head, h, targets, 5))[0].equal(ours[0])  # chunked_logps takes this path
+    for a, b, c in zip(ours, whole, checkpointed):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-6)
+        torch.testing.assert_close(a, c, atol=1e-6, rtol=1e-6)
+    assert ours[1][::3].all() and not ours[1].all()  # the flags are compared on both values
 
 
 def run_weights(spec: dict) -> dict[str, torch.Tensor]:
