@@ -59,10 +59,13 @@ def continual(spec, overrides, limit, batch_size, device, db, quiet, fmt) -> Non
 
 @click.command("continual-proof")
 @click.argument("out", type=click.Path(file_okay=False))
-@click.option("--zoo", required=True, type=click.Path(file_okay=False),
-              help="A small-world models folder (DIR/models of `surgery world DIR`): its base and data splits.")
-@click.option("--steps", type=click.IntRange(1), default=150, show_default=True, help="Training steps of each stage.")
-@click.option("--lam", type=click.FloatRange(0), default=1000.0, show_default=True, help="EWC's lambda.")
+@click.option("--zoo", type=click.Path(file_okay=False),
+              help="A small-world models folder with base/ and data/ (DIR/models of `surgery world DIR`). "
+                   "Default: the demo's base, which knows none of the three skills, built under OUT/zoo.")
+@click.option("--steps", type=click.IntRange(1), default=1000, show_default=True, help="Training steps of each stage.")
+@click.option("--lr", type=click.FloatRange(0, min_open=True), default=3e-3, show_default=True,
+              help="Learning rate of the whole-model strategies (LoRA's adapters: 2e-3).")
+@click.option("--lam", type=click.FloatRange(0), default=100.0, show_default=True, help="EWC's lambda.")
 @click.option("--buffer", type=click.IntRange(1), default=256, show_default=True, help="Replay's buffer size.")
 @click.option("--mix", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.25, show_default=True,
               help="Replay's share of each step.")
@@ -71,19 +74,21 @@ def continual(spec, overrides, limit, batch_size, device, db, quiet, fmt) -> Non
 @db_option
 @table_format_option
 @handled
-def continual_proof(out, zoo, steps, lam, buffer, mix, limit, device, db, fmt) -> None:
+def continual_proof(out, zoo, steps, lr, lam, buffer, mix, limit, device, db, fmt) -> None:
     """The small world's continual-learning proof: add, then reverse, then capital, by naive, ewc, replay
     and adapters (merged afterwards); every strategy's backward transfer and new-stage score tested against
     naive. Writes OUT/specs/*.yaml, OUT/proof.json and OUT/proof.png; every model lands in the store."""
-    from evals.pipelines.continual_proof import Settings, check_zoo, rows_for_table, run_proof, save, summary
+    from evals.pipelines.continual_proof import Settings, build_zoo, check_zoo, rows_for_table, run_proof, save, summary
     from evals.report.tables import render
     from evals.scoring.harness import HarnessSettings
     from evals.scoring.store import Store
     from surgery.io.output import output_lock
 
-    check_zoo(zoo)
-    settings = Settings(steps=steps, lam=lam, buffer=buffer, mix=mix)
+    if zoo is not None:
+        check_zoo(zoo)
+    settings = Settings(steps=steps, lr=lr, lam=lam, buffer=buffer, mix=mix)
     with output_lock(out), Store(db) as store:
+        zoo = zoo or build_zoo(out, _say)
         runs = run_proof(zoo, out, HarnessSettings(limit=limit, device=device), store, settings, _say)
     result = summary(runs)
     click.echo(render(rows_for_table(result), fmt).rstrip("\n"))

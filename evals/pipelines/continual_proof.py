@@ -1,6 +1,12 @@
-"""The small world's proof of continual learning: the zoo's base trained on add, then reverse, then
-capital (`surgery world DIR` writes the base and the data splits under DIR/models), once per strategy,
-each sequence with every stage's model scored into the results store (evals/pipelines/continual.py).
+"""The small world's proof of continual learning: a base that knows none of the three skills trained on
+add, then reverse, then capital, once per strategy, each sequence with every stage's model scored into
+the results store (evals/pipelines/continual.py).
+
+The base is the demo's (trainers/world/demo_zoo.py: the world's language and answer format, none of
+its sums or reversals, and the capitals, which the add stage already makes it forget), built under
+OUT/zoo as stages kept by content hash, or any models folder with `base/` and `data/<task>/` given as
+the zoo. Each stage then learns its task from nothing and the next can take it away: naive sequential
+fine-tuning forgets nearly all of it, which is what a strategy is there to keep.
 
 Written under OUT: `specs/STRATEGY.yaml` (the sequence specs, which `surgery continual` runs as they
 are), `STRATEGY/` (each sequence), `proof.json` (the numbers) and `proof.png` (each strategy's stage x
@@ -34,16 +40,19 @@ from trainers.continual.spec import parse_plan
 
 STAGES = (("add", "world_add"), ("reverse", "world_reverse"), ("capital", "world_capital"))
 BASELINE = "naive"
-LR = 5e-4  # the zoo experts' learning rate (full fine-tuning)
+LR = 3e-3  # the demo experts' learning rate (full fine-tuning; trainers/world/demo_zoo.py)
 LORA_LR = 2e-3  # LoRA's adapters start at zero and train few weights: a higher rate, as is usual
+ZOO = "zoo"  # OUT/zoo: the demo zoo's data and base, built when no zoo is given
 
 
 @dataclass(frozen=True)
 class Settings:
     """The proof's knobs: steps per stage, EWC's λ, replay's buffer and mix, the LoRA rank."""
 
-    steps: int = 150
-    lam: float = 1000.0
+    steps: int = 1000
+    lr: float = LR
+    lora_lr: float = LORA_LR
+    lam: float = 100.0
     fisher_rows: int = 512
     buffer: int = 256
     mix: float = 0.25
@@ -61,8 +70,19 @@ def check_zoo(zoo: str) -> None:
     missing = [p for p in ["base/config.json", *(f"data/{s}/train.jsonl" for s, _ in STAGES)]
                if not os.path.isfile(os.path.join(zoo, p))]
     if missing:
-        raise InputError(f"zoo {os.path.abspath(zoo)}: {missing[0]} is missing; give the models folder that "
-                         "`surgery world DIR` made (DIR/models)")
+        raise InputError(f"zoo {os.path.abspath(zoo)}: {missing[0]} is missing; give a models folder with a base "
+                         "and the world's data splits (DIR/models of `surgery world DIR`)")
+
+
+def build_zoo(out: str, say: Callable[[str], None] = print) -> str:
+    """The demo zoo's data and base (no experts) under OUT/zoo, each a stage reused while its inputs are
+    unchanged; returns the models folder (OUT/zoo/models)."""
+    from trainers.world.demo import build_base
+    from trainers.world.demo_zoo import Recipe
+
+    folder = os.path.join(os.path.abspath(out), ZOO)
+    build_base(folder, Recipe(), say)
+    return os.path.join(folder, "models")
 
 
 def sequence_spec(zoo: str, out: str, name: str, strategy: dict, s: Settings) -> dict:
@@ -75,7 +95,7 @@ def sequence_spec(zoo: str, out: str, name: str, strategy: dict, s: Settings) ->
                    for stage, task in STAGES],
         "strategy": strategy,
         "method": {"name": "lora", "r": s.rank, "alpha": 2 * s.rank} if lora else {"name": "full"},
-        "chat_template": "none", "optim": {"lr": LORA_LR if lora else LR, "weight_decay": 0.0},
+        "chat_template": "none", "optim": {"lr": s.lora_lr if lora else s.lr, "weight_decay": 0.0},
         "schedule": {"total_steps": s.steps, "warmup_steps": max(1, s.steps // 40), "cosine": True,
                      "min_lr_ratio": 0.1},
         "batch": {"size": 32, "max_length": 96}, "save_every": max(1, s.steps // 2), "seed": s.seed,

@@ -41,3 +41,14 @@ def test_tradeoff_figure(tmp_path):
     assert labels == ["w=0", "w=0.1", "w=0.4"]  # one labelled point per weight on the trade-off panel
     path = save_png(figure, str(tmp_path / "curve.png"))
     assert open(path, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_proof_commands_defaults_are_the_proofs_settings():
+    """`surgery continual-proof` with no option runs the proof the slow test checks (Settings())."""
+    from evals.pipelines.continual_proof import Settings
+
+    given = {p.name: p.default for p in continual_proof.params}
+    s = Settings()
+    assert (given["steps"], given["lr"], given["lam"], given["buffer"], given["mix"]) == \
+        (s.steps, s.lr, s.lam, s.buffer, s.mix)
+    assert not next(p for p in continual_proof.params if p.name == "zoo").required  # the demo's base by default

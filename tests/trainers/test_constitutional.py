@@ -20,6 +20,7 @@ from trainers import templates
 from trainers.constitutional import rl, run, sl
 from trainers.constitutional.spec import SHIPPED_CONSTITUTION, load_spec, read_constitution
 from trainers.judges import LMJudge
+from trainers.synthetic.backend import transcript
 
 WORDS = ["you", "we", "they", "people", "water", "time", "work", "one"]  # words the tiny judge's tokenizer knows
 PROMPTS = ["How do I build a bomb?", "How do I bake bread?", "Tell me how to steal a car.", "Say hello."]
@@ -30,11 +31,12 @@ def last_turn(text: str) -> str:
 
 
 def write(prompt: str, seed: int) -> str:
-    """A first answer that complies, a critique naming the principle's first word, a revision that refuses
-    (a harmless prompt keeps its answer); 'Say hello.' always gets the same answer (for equal pairs)."""
+    """After whatever worked examples come first: a first answer that complies, a critique naming the
+    principle's first word, a revision that refuses (a harmless prompt keeps its answer); 'Say hello.'
+    always gets the same answer (for equal pairs)."""
     asked = last_turn(prompt)
     if asked.startswith("Rewrite"):
-        first = prompt.split("Human: ", 2)[1].split("\n\n")[0]
+        first = prompt.split("Human: ")[-3].split("\n\n")[0]  # the prompt: before the critique and revision requests
         return " I cannot help with that." if "bread" not in first else " Mix flour, water and yeast."
     if prompt.count("Human: ") > 1:
         return f" The answer fails the request that starts with '{asked.split()[0]}'."
@@ -86,6 +88,28 @@ def test_sl_stage_critiques_revises_and_traces(tmp_path):
     lineage = json.load(open(tmp_path / "out" / "card.json"))["lineage"]
     assert lineage["constitution_sha256"] == constitution.sha256
     assert lineage["principles"] == sorted({p for r in sft for p in r["principles"]}) == sorted(made["principles_used"])
+
+
+def test_the_constitutions_examples_come_before_every_critique_and_revision(tmp_path):
+    """The shipped constitution's worked exchanges are the first turns, whole and in order, of every
+    critique and revision conversation, and of none of the first answers; a constitution without
+    examples puts the prompt first."""
+    spec, constitution, prompts = load_spec(spec_file(tmp_path))
+    assert len(constitution.examples) == 2
+    seen: list[str] = []
+    run.run(spec, constitution, prompts, ScriptedBackend(lambda p, s: seen.append(p) or write(p, s), lambda c, o: 0.0),
+            None, "cai.yaml")
+    shots = transcript(constitution.shots()).removesuffix("\n\nAssistant:")
+    assert shots.startswith("Human: " + constitution.examples[0].prompt) and constitution.examples[1].revision in shots
+    first, later = seen[:4], seen[4:]
+    assert [t.startswith("Human: " + p) for t, p in zip(first, PROMPTS)] == [True] * 4
+    assert len(later) == 16 and all(t.startswith(shots + "\n\nHuman: ") for t in later)
+    assert [t[len(shots) + 9:].split("\n\n")[0] for t in later[:4]] == PROMPTS
+    bare = replace(constitution, examples=())
+    seen.clear()
+    run.run(spec.model_copy(update={"out": str(tmp_path / "bare")}), bare, prompts,
+            ScriptedBackend(lambda p, s: seen.append(p) or write(p, s), lambda c, o: 0.0), None, "cai.yaml")
+    assert all(t.startswith("Human: " + PROMPTS[i % 4]) for i, t in enumerate(seen))
 
 
 def test_rl_stage_labels_by_the_judge_in_both_orders(tmp_path, llama):

@@ -222,3 +222,19 @@ def test_a_plan_checks_a_stage_has_tasks_and_names():
                                             {"name": "c", "train": "x", "tasks": ["t"]}],
                     "strategy": {"name": "naive"}, "optim": {"lr": 1e-3}, "schedule": {"total_steps": 1},
                     "out": "o"}, "seq.yaml")
+
+
+def test_the_example_sequence_runs(base, tmp_path):
+    """runs/continual-replay.yaml validates and runs, its base and stage data pointed at the tests' (two
+    steps a stage): three stages, each of the later two with its replay buffer beside its folder."""
+    from trainers.continual.spec import load_plan
+
+    first, second = _split(tmp_path)
+    given = (f"base={base}", f"stages.0.train={first}", f"stages.1.train={second}", f"stages.2.train={first}",
+             "schedule.total_steps=2", "schedule.warmup_steps=1", "save_every=null", "batch.size=4",
+             "strategy.size=8", f"out={tmp_path / 'out'}")
+    plan = load_plan(os.path.join(os.path.dirname(__file__), "..", "..", "runs", "continual-replay.yaml"), given)
+    assert [s.name for s in plan.stages] == ["add", "reverse", "capital"] and plan.strategy.name == "replay"
+    done = run_sequence(plan, quiet=True)
+    assert len(done.finals) == 3 and all(os.path.isfile(os.path.join(f, "lineage.json")) for f in done.finals)
+    assert [os.path.isfile(s.folder + "-replay.jsonl") for s in plan.stages] == [False, True, True]

@@ -3,9 +3,10 @@ each of `rounds` rounds draw a principle (seeded per prompt and round), ask the 
 latest response under the principle's critique request, then to rewrite it under the revision request.
 The last revision is the SFT completion; every step goes into the trace.
 
-Each round's conversation is the prompt, the latest response, the critique request and (for the
-revision) the critique: the earlier rounds are left out so a small model's context stays short.
-Every generation step is one batched call over all prompts."""
+Each round's conversation is the constitution's worked examples (as earlier turns; none when it has
+none), then the prompt, the latest response, the critique request and (for the revision) the critique:
+the earlier rounds are left out so a small model's context stays short. The first answer is sampled
+from the prompt alone. Every generation step is one batched call over all prompts."""
 
 from __future__ import annotations
 
@@ -35,7 +36,7 @@ def run(spec: CAISpec, constitution: Constitution, prompts: Prompts, backend: Ba
     trace = [{"prompt": p, "initial": r, "rounds": []} for p, r in zip(prompts.rows, latest)]
     for k in range(1, spec.rounds + 1):
         chosen = [pick(spec, constitution, i, k) for i in range(len(asks))]
-        shown = [a + [{"role": "assistant", "content": r}] for a, r in zip(asks, latest)]
+        shown = [constitution.shots() + a + [{"role": "assistant", "content": r}] for a, r in zip(asks, latest)]
         critiqued = [s + [{"role": "user", "content": p.critique}] for s, p in zip(shown, chosen)]
         critiques = generate(backend, spec, critiqued, hash_seed(spec.seed, k, 1))
         revising = [c + [{"role": "assistant", "content": t}, {"role": "user", "content": p.revision}]

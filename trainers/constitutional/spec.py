@@ -13,7 +13,10 @@
     seed: 0
 
 A constitution file: `name`, and `principles`, each with `id`, `critique` (a critique request) and
-`revision` (a revision request); ids are unique.
+`revision` (a revision request); ids are unique. Optional `examples`: worked critique-and-revision
+exchanges (`prompt`, `response`, `critique_request`, `critique`, `revision_request`, `revision`), shown
+before every critique and revision as earlier turns of the conversation, as Bai et al. 2022 prepend
+few-shot examples to their critique and revision prompts (section 3.1).
 """
 
 from __future__ import annotations
@@ -45,9 +48,29 @@ class Principle(Strict):
     revision: str = Field(min_length=1, description="the revision request")
 
 
+class Example(Strict):
+    """One worked critique-and-revision exchange, shown to the policy before its own."""
+
+    prompt: str = Field(min_length=1)
+    response: str = Field(min_length=1, description="the first answer, critiqued")
+    critique_request: str = Field(min_length=1)
+    critique: str = Field(min_length=1)
+    revision_request: str = Field(min_length=1)
+    revision: str = Field(min_length=1, description="the answer rewritten under the revision request")
+
+    def turns(self) -> list[dict]:
+        """The exchange as conversation turns: prompt, response, critique request, critique, revision request,
+        revision."""
+        said = [("user", self.prompt), ("assistant", self.response), ("user", self.critique_request),
+                ("assistant", self.critique), ("user", self.revision_request), ("assistant", self.revision)]
+        return [{"role": r, "content": c} for r, c in said]
+
+
 class ConstitutionFile(Strict):
     name: str = Field(min_length=1)
     principles: list[Principle] = Field(min_length=1)
+    examples: list[Example] = Field(default_factory=list, description="few-shot exchanges before each critique "
+                                    "and revision")
 
     @field_validator("principles")
     @classmethod
@@ -92,6 +115,11 @@ class Constitution:
     sha256: str
     name: str
     principles: tuple[Principle, ...]
+    examples: tuple[Example, ...] = ()
+
+    def shots(self) -> list[dict]:
+        """Every example's turns, in order: what precedes each critique and revision conversation."""
+        return [turn for e in self.examples for turn in e.turns()]
 
 
 @dataclass(frozen=True)
@@ -115,7 +143,7 @@ def read_constitution(path: str) -> Constitution:
     file = spec_file.read(path, "constitution", "with name and principles (id, critique, revision)")
     found = spec_file.validate(ConstitutionFile, file.data, path, file.text)
     digest = hashlib.sha256(file.text.encode()).hexdigest()
-    return Constitution(os.path.abspath(path), digest, found.name, tuple(found.principles))
+    return Constitution(os.path.abspath(path), digest, found.name, tuple(found.principles), tuple(found.examples))
 
 
 def read_prompts(path: str, where: str) -> Prompts:

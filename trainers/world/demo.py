@@ -154,13 +154,22 @@ def check_png(path: str) -> None:
         raise ValueError(f"{path} is not a whole PNG (its signature or its closing IEND chunk is missing)")
 
 
-def build_models(folder: str, recipe: Recipe, echo: Callable[[str], None]) -> dict[str, str]:
-    """The data, base and experts under `folder/models`, each a stage; returns {stage name: key}."""
+def build_base(folder: str, recipe: Recipe, echo: Callable[[str], None]) -> dict[str, str]:
+    """The data and the base under `folder/models` (`base/`, `data/<task>/{train,test}.jsonl`), each a
+    stage; returns {stage name: key}. The base knows none of the skills: what a continual-learning
+    sequence of them starts from (evals/pipelines/continual_proof.py)."""
     models = os.path.join(folder, "models")
     os.makedirs(models, exist_ok=True)
     keys = {"data": run_stage(folder, data_stage(models, recipe), echo),
             "init": run_stage(folder, init_stage(models, recipe), echo)}
     keys["base"] = run_stage(folder, base_stage(models, recipe, keys), echo)
+    return keys
+
+
+def build_models(folder: str, recipe: Recipe, echo: Callable[[str], None]) -> dict[str, str]:
+    """The data, base and experts under `folder/models`, each a stage; returns {stage name: key}."""
+    models = os.path.join(folder, "models")
+    keys = build_base(folder, recipe, echo)
     for task in EXPERTS:
         keys[task] = run_stage(folder, expert_stage(models, recipe, task, keys), echo)
     return keys
