@@ -200,20 +200,27 @@ def self_instruct(spec_path, overrides, backend, force, restart, quiet) -> None:
 @click.argument("spec_path", metavar="SPEC.yaml", type=click.Path(dir_okay=False))
 @overrides_option("stage=rl")
 @click.option("--force", is_flag=True, help="Replace an existing output folder.")
+@click.option("--restart", is_flag=True, help="Discard the progress an interrupted run of another spec left.")
 @handled
-def cai(spec_path, overrides, force) -> None:
+def cai(spec_path, overrides, force, restart) -> None:
     """Constitutional AI: the policy critiques and revises its answers to red-team prompts under the
     constitution (stage sl: OUT/sft.jsonl and OUT/trace.jsonl), or a feedback model labels pairs of its
-    answers under it (stage rl: OUT/preferences.jsonl for reward, dpo or PPO)."""
+    answers under it (stage rl: OUT/preferences.jsonl for reward, dpo or PPO). Resumes after a kill."""
     from trainers.constitutional.run import feedback_judge, run
     from trainers.constitutional.spec import load_spec
     from trainers.synthetic import backend as backends
     from trainers.synthetic import progress
 
+    signal.signal(signal.SIGTERM, interrupt)
     spec, constitution, prompts = load_spec(spec_path, tuple(overrides))
     progress.check_output(spec.out, force)
     model = backends.load("hf", spec.model, spec.chat_template, spec_path, "model", spec.sampling.batch_size)
     judge = feedback_judge(spec, model, spec_path)
-    made = run(spec, constitution, prompts, model, judge, spec_path)
+    try:
+        made = run(spec, constitution, prompts, model, judge, spec_path, restart=restart, echo=click.echo)
+    except KeyboardInterrupt:
+        click.echo(f"interrupted: nothing was written at {spec.out}; the finished generation steps are kept in "
+                   f"{progress.folder(spec.out)}: run the same command again to resume", err=True)
+        sys.exit(130)
     click.echo(f"wrote {spec.out}: {made['rows']} rows ({spec.stage}) from {made['prompts']['rows']} prompts; "
                f"principles drawn: {', '.join(made['principles_used'])}")

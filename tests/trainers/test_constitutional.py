@@ -7,7 +7,7 @@ import hashlib
 import json
 import os
 import shutil
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import pytest
 import yaml
@@ -110,6 +110,63 @@ def test_the_constitutions_examples_come_before_every_critique_and_revision(tmp_
     run.run(spec.model_copy(update={"out": str(tmp_path / "bare")}), bare, prompts,
             ScriptedBackend(lambda p, s: seen.append(p) or write(p, s), lambda c, o: 0.0), None, "cai.yaml")
     assert all(t.startswith("Human: " + PROMPTS[i % 4]) for i, t in enumerate(seen))
+
+
+@dataclass(frozen=True)
+class LengthJudge:
+    """A judge preferring the longer answer; with `kill`, its first margin raises KeyboardInterrupt, as a
+    kill while the feedback model reads would."""
+
+    kill: bool = False
+    verdicts: tuple[str, str] = (" A", " B")
+    question: str = ""
+
+    def margin(self, prompt: str, a: str, b: str, metadata: dict) -> float:
+        if self.kill:
+            raise KeyboardInterrupt
+        return float(len(a) - len(b))
+
+
+@pytest.mark.parametrize("stage, kill_at, kept", [("sl", 4, ["answers", "round-1-critiques", "round-1-revisions"]),
+                                                   ("rl", None, ["samples"])])
+def test_a_kill_leaves_nothing_and_the_rerun_resumes_to_the_same_bytes(tmp_path, stage, kill_at, kept):
+    """Killed at round 2's critiques (sl) or while judging (rl): nothing at OUT, the finished steps kept
+    beside it; the same command resumes after them, generates only the rest and writes the same bytes as
+    an uninterrupted run; another spec's progress is refused, and --restart discards it."""
+    from surgery.errors import OutputError
+
+    def judge(kill: bool = False):
+        return LengthJudge(kill=kill) if stage == "rl" else None
+
+    (tmp_path / "whole").mkdir()
+    whole, constitution, prompts = load_spec(spec_file(tmp_path / "whole", stage=stage))
+    straight = ScriptedBackend(write, lambda c, o: 0.0)
+    run.run(whole, constitution, prompts, straight, judge(), "cai.yaml")
+    spec = load_spec(spec_file(tmp_path, stage=stage))[0]
+    with pytest.raises(KeyboardInterrupt):
+        run.run(spec, constitution, prompts, ScriptedBackend(write, lambda c, o: 0.0, fail_on_call=kill_at),
+                judge(kill=True), "cai.yaml")
+    assert not os.path.exists(tmp_path / "out")
+    state = json.load(open(tmp_path / ".out.progress" / "state.json"))
+    assert list(state["steps"]) == kept
+    other = spec.model_copy(update={"seed": 1})
+    with pytest.raises(OutputError, match=r"holds an interrupted run of another spec \(spec.seed: 0 there, 1 here"):
+        run.run(other, constitution, prompts, ScriptedBackend(write, lambda c, o: 0.0), None, "cai.yaml")
+    resumed, said = ScriptedBackend(write, lambda c, o: 0.0), []
+    run.run(spec, constitution, prompts, resumed, judge(), "cai.yaml", echo=said.append)
+    assert said == [f"resuming after {len(kept)} finished generation step(s): {', '.join(kept)}"]
+    assert [c for c in resumed.calls if c[0] == "complete"] == \
+        [c for c in straight.calls if c[0] == "complete"][len(kept):]  # the finished steps are not generated again
+    for name in run.FILES[stage]:
+        assert (tmp_path / "out" / name).read_bytes() == (tmp_path / "whole" / "out" / name).read_bytes()
+    assert not os.path.exists(tmp_path / ".out.progress")
+    with pytest.raises(KeyboardInterrupt):
+        run.run(other.model_copy(update={"out": str(tmp_path / "again")}), constitution, prompts,
+                ScriptedBackend(write, lambda c, o: 0.0, fail_on_call=1), None, "cai.yaml")
+    run.run(spec.model_copy(update={"out": str(tmp_path / "again")}), constitution, prompts,
+            ScriptedBackend(write, lambda c, o: 0.0), judge(), "cai.yaml", restart=True)
+    assert (tmp_path / "again" / run.FILES[stage][0]).read_bytes() == \
+        (tmp_path / "whole" / "out" / run.FILES[stage][0]).read_bytes()
 
 
 def test_rl_stage_labels_by_the_judge_in_both_orders(tmp_path, llama):

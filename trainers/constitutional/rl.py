@@ -13,6 +13,7 @@ from trainers.constitutional.spec import CAISpec, Constitution, Principle, Promp
 from trainers.data import hash_seed
 from trainers.judges import LMJudge
 from trainers.synthetic.backend import Backend
+from trainers.synthetic.progress import unsaved
 
 # {prompt}, {first} and {second} are filled in by the judge; the principle is put in first
 QUESTION = ("Consider this conversation between a human and an assistant.\nHuman: {{prompt}}\n\n"
@@ -29,18 +30,32 @@ def question(principle: Principle, verdicts: tuple[str, str] = (" A", " B")) -> 
                            b=escaped(verdicts[1].strip()))
 
 
-def run(spec: CAISpec, constitution: Constitution, prompts: Prompts, backend: Backend, judge: LMJudge) -> dict:
-    """{"preferences": rows {prompt, chosen, rejected, principle, margin}, "skipped": count}."""
+def sampled(backend: Backend, spec: CAISpec, asks: list[str]) -> list[str]:
+    """Two samples of each rendered prompt, stripped, prompt-major."""
     s = spec.sampling
+    return [c.text.strip() for c in backend.complete(asks, n=2, max_new_tokens=s.max_new_tokens,
+                                                     temperature=s.temperature, top_p=s.top_p,
+                                                     seed=hash_seed(spec.seed, 0, 0))]
+
+
+def judged(judge: LMJudge, prompts: tuple[str, ...], pairs: list[tuple[str, str]],
+           principles: list[Principle]) -> list[float]:
+    """The judge's margin for the first answer of each pair under its principle (0 for equal answers)."""
+    return [0.0 if a == b else replace(judge, question=question(p, judge.verdicts)).margin(prompt, a, b, {})
+            for prompt, (a, b), p in zip(prompts, pairs, principles)]
+
+
+def run(spec: CAISpec, constitution: Constitution, prompts: Prompts, backend: Backend, judge: LMJudge,
+        steps=unsaved) -> dict:
+    """{"preferences": rows {prompt, chosen, rejected, principle, margin}, "skipped": count}. The samples
+    and the judge's margins each go through `steps` (kept for a resume)."""
     asks = [backend.render([{"role": "user", "content": p}]) for p in prompts.rows]
-    samples = backend.complete(asks, n=2, max_new_tokens=s.max_new_tokens, temperature=s.temperature,
-                               top_p=s.top_p, seed=hash_seed(spec.seed, 0, 0))
+    samples = steps("samples", sampled, backend, spec, asks)
+    pairs = [(samples[2 * i], samples[2 * i + 1]) for i in range(len(prompts.rows))]
+    principles = [pick(spec, constitution, i, 1) for i in range(len(prompts.rows))]
     rows, skipped = [], 0
-    for i, prompt in enumerate(prompts.rows):
-        a, b = samples[2 * i].text.strip(), samples[2 * i + 1].text.strip()
-        principle = pick(spec, constitution, i, 1)
-        asking = replace(judge, question=question(principle, judge.verdicts))
-        margin = 0.0 if a == b else asking.margin(prompt, a, b, {})
+    margins = steps("margins", judged, judge, prompts.rows, pairs, principles)
+    for prompt, (a, b), principle, margin in zip(prompts.rows, pairs, principles, margins):
         if margin == 0:
             skipped += 1
             continue

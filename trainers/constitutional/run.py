@@ -5,6 +5,10 @@
 
 The card's `lineage` (the constitution's sha256, the ids of the principles drawn, the model) goes into
 the lineage.json of every checkpoint trained on these files (trainers/checkpoint.py `generated`).
+
+Each generation step's result (sl: the answers, then each round's critiques and revisions; rl: the
+samples, then the judge's margins) is kept in a hidden `.OUT.progress/` as it is made: a killed run
+leaves nothing at OUT, and the same command resumes after the last finished step, to the same bytes.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from surgery.errors import InputError
 from surgery.io.output import atomic_folder, output_lock
 from trainers.constitutional import rl, sl
 from trainers.constitutional.spec import CAISpec, Constitution, Prompts
-from trainers.synthetic import card
+from trainers.synthetic import card, progress
 
 FILES = {"sl": ("sft.jsonl", "trace.jsonl"), "rl": ("preferences.jsonl",)}
 
@@ -70,11 +74,22 @@ def feedback_judge(spec: CAISpec, backend, file: str):
                    verdicts=spec.feedback.verdicts)
 
 
-def run(spec: CAISpec, constitution: Constitution, prompts: Prompts, backend, judge, file: str) -> dict:
-    """Generate the stage's rows and write OUT; returns the card."""
+def identity(spec: CAISpec, constitution: Constitution, prompts: Prompts, backend) -> dict:
+    """What a resumed run must share with the run that saved the progress."""
+    return {"spec": spec.model_dump(mode="json"), "constitution_sha256": constitution.sha256,
+            "prompts_sha256": prompts.sha256, "backend": backend.name}
+
+
+def run(spec: CAISpec, constitution: Constitution, prompts: Prompts, backend, judge, file: str,
+        restart: bool = False, echo=print) -> dict:
+    """Generate the stage's rows (or resume them) and write OUT; returns the card."""
     with output_lock(spec.out):
-        made = sl.run(spec, constitution, prompts, backend) if spec.stage == "sl" else \
-            rl.run(spec, constitution, prompts, backend, judge)
+        ident = identity(spec, constitution, prompts, backend)
+        steps = progress.Steps(spec.out, progress.resume(spec.out, ident, restart) or {"identity": ident})
+        if steps.kept:
+            echo(f"resuming after {steps.kept} finished generation step(s): {', '.join(steps.done)}")
+        made = sl.run(spec, constitution, prompts, backend, steps) if spec.stage == "sl" else \
+            rl.run(spec, constitution, prompts, backend, judge, steps)
         rows = made["sft"] if spec.stage == "sl" else made["preferences"]
         used = Counter(p for r in rows for p in (r["principles"] if spec.stage == "sl" else [r["principle"]]))
         found = card_of(spec, constitution, prompts, backend, file, rows, used, made.get("skipped", 0))
@@ -83,6 +98,7 @@ def run(spec: CAISpec, constitution: Constitution, prompts: Prompts, backend, ju
                 with open(os.path.join(tmp, name), "w") as f:
                     f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in made[kind])
             card.write(tmp, found, markdown(found))
+        progress.done(spec.out)
     return found
 
 

@@ -15,6 +15,7 @@ import random
 from trainers.constitutional.spec import CAISpec, Constitution, Principle, Prompts
 from trainers.data import hash_seed
 from trainers.synthetic.backend import Backend
+from trainers.synthetic.progress import unsaved
 
 
 def pick(spec: CAISpec, constitution: Constitution, index: int, k: int) -> Principle:
@@ -29,19 +30,20 @@ def generate(backend: Backend, spec: CAISpec, conversations: list[list[dict]], s
     return [c.text.strip() for c in done]
 
 
-def run(spec: CAISpec, constitution: Constitution, prompts: Prompts, backend: Backend) -> dict:
-    """{"sft": rows {prompt, completion, principles}, "trace": one row per prompt with every step}."""
+def run(spec: CAISpec, constitution: Constitution, prompts: Prompts, backend: Backend, steps=unsaved) -> dict:
+    """{"sft": rows {prompt, completion, principles}, "trace": one row per prompt with every step}. Each
+    generation step goes through `steps` (trainers/synthetic/progress.py `Steps`: kept for a resume)."""
     asks = [[{"role": "user", "content": p}] for p in prompts.rows]
-    latest = generate(backend, spec, asks, hash_seed(spec.seed, 0, 0))
+    latest = steps("answers", generate, backend, spec, asks, hash_seed(spec.seed, 0, 0))
     trace = [{"prompt": p, "initial": r, "rounds": []} for p, r in zip(prompts.rows, latest)]
     for k in range(1, spec.rounds + 1):
         chosen = [pick(spec, constitution, i, k) for i in range(len(asks))]
         shown = [constitution.shots() + a + [{"role": "assistant", "content": r}] for a, r in zip(asks, latest)]
         critiqued = [s + [{"role": "user", "content": p.critique}] for s, p in zip(shown, chosen)]
-        critiques = generate(backend, spec, critiqued, hash_seed(spec.seed, k, 1))
+        critiques = steps(f"round-{k}-critiques", generate, backend, spec, critiqued, hash_seed(spec.seed, k, 1))
         revising = [c + [{"role": "assistant", "content": t}, {"role": "user", "content": p.revision}]
                     for c, t, p in zip(critiqued, critiques, chosen)]
-        latest = generate(backend, spec, revising, hash_seed(spec.seed, k, 2))
+        latest = steps(f"round-{k}-revisions", generate, backend, spec, revising, hash_seed(spec.seed, k, 2))
         for row, p, c, r in zip(trace, chosen, critiques, latest):
             row["rounds"].append({"principle": p.id, "critique_request": p.critique, "critique": c,
                                   "revision_request": p.revision, "revision": r})

@@ -7,6 +7,10 @@ appears atomically at OUT, and then the progress folder goes. Running the same s
 kill resumes from the last state written; a state written by another spec (its `identity`: the spec's
 fields and the sha256 of its input files) is refused, naming the fields that differ, unless the run
 is told to restart.
+
+A pipeline made of a few long generation steps (Constitutional AI's answers, critiques and revisions)
+keeps each step's result by name instead (`Steps`): a resumed run reads back the steps it finished and
+makes the rest, which are seeded per step, so the output is the same bytes as an uninterrupted run's.
 """
 
 from __future__ import annotations
@@ -14,6 +18,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Callable
+from typing import TypeVar
 
 from surgery.errors import OutputError
 from surgery.io.output import atomic_file
@@ -60,3 +66,27 @@ def save(out: str, state: dict) -> None:
 
 def done(out: str) -> None:
     shutil.rmtree(folder(out), ignore_errors=True)
+
+
+T = TypeVar("T")
+
+
+class Steps:
+    """`steps(name, make, *args)`: the result of step `name` saved by an interrupted run, or `make(*args)`
+    (JSON data) saved into the state before it is returned."""
+
+    def __init__(self, out: str, state: dict):
+        self.out, self.state = out, state
+        self.done = state.setdefault("steps", {})
+        self.kept = len(self.done)  # steps read back from an interrupted run
+
+    def __call__(self, name: str, make: Callable[..., T], *args) -> T:
+        if name not in self.done:
+            self.done[name] = make(*args)
+            save(self.out, self.state)
+        return self.done[name]
+
+
+def unsaved(name: str, make: Callable[..., T], *args) -> T:
+    """The `Steps` call of a run that keeps no progress: every step made."""
+    return make(*args)
