@@ -57,3 +57,18 @@ def test_the_real_model_trains(tmp_path, monkeypatch):
     with open(tmp_path / "run" / "log.jsonl") as f:
         losses = [r["loss"] for r in map(json.loads, f) if "loss" in r]
     assert len(losses) == 3 and losses[-1] < losses[0]
+
+
+@pytest.mark.parametrize("spec, data", [("sft-self-instruct", "out/self-instruct-smollm2/train.jsonl"),
+                                        ("sft-cai", "out/cai-sl-smollm2/sft.jsonl")])
+def test_the_synthetic_data_specs_run(standins, spec, data):
+    """The LoRA specs on Self-Instruct's and CAI's output run as they are, on a few rows at the paths
+    those commands write (the real data is made on the real model; README, "Synthetic data")."""
+    os.makedirs(os.path.dirname(data))
+    with open(data, "w") as f:
+        f.writelines(json.dumps({"prompt": f"Say {w}.", "completion": w}) + "\n" for w in ("one", "two", "three"))
+    run = load_run(f"runs/smollm2/{spec}.yaml", ("schedule.total_steps=2", "schedule.warmup_steps=1",
+                                                 "save_every=null", "batch.size=2"))
+    assert run.spec.base == MODEL and run.spec.method.name == "lora"
+    final = train(run, quiet=True)
+    assert os.path.isfile(os.path.join(final, "adapter_model.safetensors"))
