@@ -194,10 +194,8 @@ class LinearHeadLogps(torch.autograd.Function):
         logps = torch.empty(hidden.shape[0], dtype=torch.float32, device=hidden.device)
         correct = torch.empty(hidden.shape[0], dtype=torch.bool, device=hidden.device)
         for i in range(0, hidden.shape[0], chunk):
-            logits = F.linear(hidden[i:i + chunk], weight, bias).float()  # (C, V)
-            t = targets[i:i + chunk]
-            logps[i:i + chunk] = logits.gather(-1, t.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
-            correct[i:i + chunk] = logits.argmax(-1) == t
+            logps[i:i + chunk], correct[i:i + chunk] = head_logps(lambda h: F.linear(h, weight, bias),
+                                                                  hidden[i:i + chunk], targets[i:i + chunk])
         ctx.save_for_backward(hidden, weight, bias, targets)
         ctx.chunk = chunk
         ctx.mark_non_differentiable(correct)

@@ -36,9 +36,10 @@ def run(spec: CAISpec, constitution: Constitution, prompts: Prompts, backend: Ba
     asks = [[{"role": "user", "content": p}] for p in prompts.rows]
     latest = steps("answers", generate, backend, spec, asks, hash_seed(spec.seed, 0, 0))
     trace = [{"prompt": p, "initial": r, "rounds": []} for p, r in zip(prompts.rows, latest)]
+    shots = constitution.shots()
     for k in range(1, spec.rounds + 1):
         chosen = [pick(spec, constitution, i, k) for i in range(len(asks))]
-        shown = [constitution.shots() + a + [{"role": "assistant", "content": r}] for a, r in zip(asks, latest)]
+        shown = [shots + a + [{"role": "assistant", "content": r}] for a, r in zip(asks, latest)]
         critiqued = [s + [{"role": "user", "content": p.critique}] for s, p in zip(shown, chosen)]
         critiques = steps(f"round-{k}-critiques", generate, backend, spec, critiqued, hash_seed(spec.seed, k, 1))
         revising = [c + [{"role": "assistant", "content": t}, {"role": "user", "content": p.revision}]

@@ -4,11 +4,11 @@ same rows through lm-eval."""
 
 from __future__ import annotations
 
-import json
 import os
 
 import torch
 
+from trainers.jsonl import read_json_lines
 from trainers.world.tasks import TASKS
 
 
@@ -33,7 +33,8 @@ def score_table(models: dict[str, str], data: str, rows_per_task: int | None = N
     """{model name: {task: exact match on its test split (or its first `rows_per_task` rows)}}."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    rows = {t: [json.loads(line) for line in open(os.path.join(data, t, "test.jsonl"))][:rows_per_task] for t in TASKS}
+    rows = {t: [row for _, row in read_json_lines(os.path.join(data, t, "test.jsonl")).objects()][:rows_per_task]
+            for t in TASKS}
     table = {}
     for name, path in models.items():
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
