@@ -139,9 +139,15 @@ class ModelFolder:
             done += got
 
     def _fd(self, file: str) -> int:
-        if file not in self._fds:
-            self._fds[file] = os.open(file, os.O_RDONLY)
-        return self._fds[file]
+        """The file's descriptor, opened on first use; threads that race to open it share one."""
+        fd = self._fds.get(file)
+        if fd is None:
+            fd = os.open(file, os.O_RDONLY)
+            kept = self._fds.setdefault(file, fd)
+            if kept != fd:
+                os.close(fd)
+            fd = kept
+        return fd
 
     def close(self) -> None:
         for fd in self._fds.values():

@@ -2,6 +2,11 @@
 method's statistics stages then its merge, check the result is finite, cast, and stream it to the
 writer (`surgery.merge.outputs`: a model folder or a GGUF file). Working memory is a few blocks per
 input whatever the model's size; the output appears only when everything has been written.
+
+Blocks are read a couple ahead in a thread, and written in another. For a method whose statistics
+passes weigh as much as its merge (TIES's exact cut-offs), the passes run in a thread of their own, with
+their own reader, a few tensors ahead of the merge pass (`Statistics`). The bytes do not depend on it:
+each pass still sees its blocks in row order.
 """
 
 from __future__ import annotations
@@ -65,14 +70,17 @@ def run_merge(plan: MergePlan, out: str, options: Options = Options(), progress:
     output = OUTPUTS[options.format](options)
     inputs = [p for f in plan.folders.values() for p in getattr(f, "inputs", [f.path])]  # a FoldedModel's adapters too
     out = output.check(out, inputs, options.force)
-    requests = [(job, span, final) for job in plan.jobs for span, final in reads_of(plan, job, options)]
     plan.fell_back.clear()
     card = (card or spec_card(plan.spec, out)) if options.card else None
     with output.open(plan, out, options.force, card) as writer:
-        prefetch = Prefetcher(plan, options, requests)
+        ahead = plan.method.statistics_ahead and options.device == "cpu"
+        merging = Prefetcher(plan, options, [(job, span, final) for job in plan.jobs
+                                             for span, final in ([] if ahead else reads_of(plan, job, options))
+                                             + [(span, True) for span in merge_reads(plan, job, options)]])
+        statistics = Statistics(plan, options) if ahead else Inline(plan, options, merging)
         try:
-            for job in plan.jobs:
-                for block in merge_tensor(plan, job, options, prefetch):
+            for k, job in enumerate(plan.jobs):
+                for block in merge_tensor(plan, job, options, merging, statistics(k)):
                     if cancel is not None and cancel.is_set():
                         raise Cancelled(f"merge into {out!r} cancelled; nothing was written there")
                     writer.write(job.name, block)
@@ -80,7 +88,8 @@ def run_merge(plan: MergePlan, out: str, options: Options = Options(), progress:
                         progress(job.name, block.numel() * block.element_size())
             writer.finish()
         finally:
-            prefetch.close()
+            statistics.close()
+            merging.close()
             for folder in plan.folders.values():
                 folder.close()  # no input file stays open after the merge (reads reopen on demand)
     fallback = plan.method.fallback
@@ -103,32 +112,40 @@ def spans_of(job: TensorJob, options: Options, work: int) -> list[tuple[int, int
 
 
 def reads_of(plan: MergePlan, job: TensorJob, options: Options) -> list[tuple[tuple[int, int], bool]]:
-    """The blocks `merge_tensor` loads, in order, each with whether the merge pass reads it (False:
-    only a statistics stage): each stage and the merge pass over every block, except that a tensor
-    of one block is loaded once."""
-    if job.copy:
+    """The blocks `statistics` loads for a tensor's statistics passes, in order, each with whether the
+    merge pass uses it too (True only for a tensor of one block, which is loaded once)."""
+    if job.copy or not plan.method.passes_for(job.shared, job.per_model):
         return []
     spans = spans_of(job, options, plan.method.work)
     if len(spans) == 1:
         return [(spans[0], True)]
-    stages = len(plan.method.stages_for(job.shared, job.per_model))
-    return [(span, False) for span in spans] * stages + [(span, True) for span in spans]
+    return [(span, False) for span in spans] * len(plan.method.passes_for(job.shared, job.per_model))
 
 
-def merge_tensor(plan: MergePlan, job: TensorJob, options: Options, load=None) -> Iterator[torch.Tensor]:
-    """The output tensor `job.name`, block by block, in the output dtype.
+def merge_reads(plan: MergePlan, job: TensorJob, options: Options) -> list[tuple[int, int]]:
+    """The blocks the merge pass loads, in order: none where the statistics passes already hold the
+    tensor's one block."""
+    if job.copy or any(final for _, final in reads_of(plan, job, options)):
+        return []
+    return spans_of(job, options, plan.method.work)
 
-    `load(job, span)` supplies blocks in the order `reads_of` lists (the engine prefetches them)."""
+
+Computed = tuple[Stats, Block | None]  # a tensor's statistics, and its one block when it has only one
+
+
+def statistics(plan: MergePlan, job: TensorJob, options: Options, load=None) -> Computed:
+    """The totals of the method's statistics passes over tensor `job.name`, each pass over every block
+    in row order (running counts live in a per-pass copy of the statistics so far); a pass whose
+    `needed` says no is skipped and its reads dropped. `load(job, span)` supplies blocks in the order
+    `reads_of` lists."""
     load = load or (lambda j, span: _load(plan, j, span, options.device))
-    if job.copy:
-        rows = num_rows(job.shape)
-        yield _read(plan, job.base or job.models[0], (0, rows), None)
-        return
-    method = plan.method
-    spans = spans_of(job, options, method.work)
-    cached = load(job, spans[0]) if len(spans) == 1 else None
     stats: Stats = {}
-    for stage in method.passes_for(job.shared, job.per_model):
+    reads = reads_of(plan, job, options)
+    if not reads:
+        return stats, None
+    spans = spans_of(job, options, plan.method.work)
+    cached = load(job, spans[0]) if len(spans) == 1 else None
+    for stage in plan.method.passes_for(job.shared, job.per_model):
         if stage.needed is not None and not stage.needed(job.shared, job.per_model, job.shape, stats):
             for span in spans if cached is None else ():
                 getattr(load, "skip", lambda j, s: None)(job, span)  # the prefetcher drops this pass's reads
@@ -140,14 +157,76 @@ def merge_tensor(plan: MergePlan, job: TensorJob, options: Options, load=None) -
             for key, value in stage.run(block, running).items():
                 partial[key] = partial[key] + value if key in partial else value
         stats.update(partial)
+    return stats, cached
+
+
+def merge_tensor(plan: MergePlan, job: TensorJob, options: Options, load=None,
+                 computed: Computed | None = None) -> Iterator[torch.Tensor]:
+    """The output tensor `job.name`, block by block, in the output dtype.
+
+    `computed` is the tensor's `statistics` (computed here, with `load`, when not given); `load(job, span)`
+    supplies the merge pass's blocks in the order `merge_reads` lists (the engine prefetches them)."""
+    load = load or (lambda j, span: _load(plan, j, span, options.device))
+    if job.copy:
+        rows = num_rows(job.shape)
+        yield _read(plan, job.base or job.models[0], (0, rows), None)
+        return
+    method = plan.method
+    stats, cached = computed if computed is not None else statistics(plan, job, options, load)
     if method.fallback is not None and method.fallback.taken(job.shared, stats):
         plan.fell_back.append(job.name)
     running = dict(stats)
-    for span in spans:
+    for span in spans_of(job, options, method.work):
         block = cached or load(job, span)
         out = method.merge(block, running)
         _check_finite(plan, job, block, out, span)
         yield out.to(device="cpu", dtype=job.dtype)
+
+
+class Inline:
+    """Each tensor's statistics passes, run when the merge pass asks for them, reading through the merge
+    pass's own prefetcher (its requests list the passes' reads before the merge pass's)."""
+
+    def __init__(self, plan: MergePlan, options: Options, load: Prefetcher):
+        self.plan, self.options, self.load = plan, options, load
+
+    def __call__(self, k: int) -> Computed:
+        return statistics(self.plan, self.plan.jobs[k], self.options, self.load)
+
+    def close(self) -> None:
+        pass
+
+
+class Statistics:
+    """Runs each tensor's statistics passes in a thread of its own (reading through a prefetcher of its
+    own), AHEAD tensors before the merge pass asks for them, for methods whose passes weigh as much as
+    their merge (`Method.statistics_ahead`: TIES's exact selection). The passes and the merge then each
+    get about one CPU: dense TIES on 1.6 GB models went from 22-23 s to 16-17 s on 2 CPUs. Where the
+    passes are light (DARE's L1 norms) the extra threads cost more in contention for Python's lock than
+    they overlap, so those methods keep them inline (bench/README.md). Tensors must be asked for in plan
+    order; at most AHEAD + 1 results (each holding at most one block) wait at a time."""
+
+    AHEAD = 2
+
+    def __init__(self, plan: MergePlan, options: Options):
+        self.plan, self.options, self.next = plan, options, 0
+        self.reads = Prefetcher(plan, options, [(job, span, final) for job in plan.jobs
+                                                for span, final in reads_of(plan, job, options)])
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="surgery-stats")
+        self.pending: deque = deque()
+
+    def __call__(self, k: int) -> Computed:
+        while self.next <= min(k + self.AHEAD, len(self.plan.jobs) - 1):
+            self.pending.append(self.pool.submit(statistics, self.plan, self.plan.jobs[self.next], self.options,
+                                                 self.reads))
+            self.next += 1
+        return self.pending.popleft().result()
+
+    def close(self) -> None:
+        """Stop: queued tensors are dropped, the running one ends at its next read (its reads are cancelled)."""
+        self.pool.shutdown(wait=False, cancel_futures=True)
+        self.reads.close()
+        self.pool.shutdown(wait=True)
 
 
 class Prefetcher:

@@ -12,6 +12,7 @@ import torch
 
 HI_BINS = 1 << 15  # sign bit is clear for |x|
 LO_BINS = 1 << 16
+ZEROS_WORTH = 8  # count a block's zeros where they may be an eighth of it or more
 
 
 def _bits(x: torch.Tensor) -> torch.Tensor:
@@ -20,18 +21,19 @@ def _bits(x: torch.Tensor) -> torch.Tensor:
 
 def high_histogram(x: torch.Tensor) -> torch.Tensor:
     """(32768,) int64 counts of |x| by the top 16 bits."""
-    return torch.bincount(_bits(x) >> 16, minlength=HI_BINS)
+    return torch.bincount(_bits(x).bitwise_right_shift_(16), minlength=HI_BINS)  # the bits are a fresh tensor
 
 
 def histogram_and_zeros(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """`high_histogram(x)` and the number of exact zeros in x (a 0-dim int64): bin 0 holds them beside
-    the few |x| under 2**-133, so they are counted only when that bin is not empty. Knowing the zeros, a
-    cut-off rank that falls among them needs no second pass: the value there is 0."""
-    bits = _bits(x)
-    high = torch.bincount(bits >> 16, minlength=HI_BINS)
-    if not int(high[0]):
+    """`high_histogram(x)` and a lower bound on the number of exact zeros in x (a 0-dim int64). Knowing
+    the zeros, a cut-off rank that falls among them needs no second pass: the value there is 0. Bin 0
+    holds them beside the few |x| under 2**-133, so they are counted only where that bin holds at least
+    ZEROS_WORTH of the block; elsewhere 0 is reported, which is safe (a rank above the bound takes the
+    second pass, which finds the exact value) and spares dense blocks a pass that cannot pay."""
+    high = high_histogram(x)
+    if int(high[0]) * ZEROS_WORTH < x.numel():
         return high, torch.zeros((), dtype=torch.int64, device=high.device)
-    return high, bits.numel() - torch.count_nonzero(bits)  # count_nonzero of int32: ~5x cheaper than a == 0 sum
+    return high, x.numel() - torch.count_nonzero(x)  # -0 is a zero too
 
 
 def blank_histogram(numel: int, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
@@ -48,10 +50,14 @@ def bin_of_rank(high: torch.Tensor, rank: int) -> int:
 
 
 def low_histogram(x: torch.Tensor, hi_bin: int) -> torch.Tensor:
-    """(65536,) int64 counts of the low 16 bits of those |x| whose top bits equal `hi_bin`."""
-    bits = _bits(x)
-    members = bits[(bits >> 16) == hi_bin]
-    return torch.bincount(members & 0xFFFF, minlength=LO_BINS)
+    """(65536,) int64 counts of the low 16 bits of those |x| whose top bits equal `hi_bin`.
+
+    The bin's members are not gathered (a boolean index costs more than the count): every |x| is
+    counted by its bits less the bin's first bits (no int32 overflow: both are non-negative), clamped to
+    [-1, 65536] and shifted by one, so that the entries below the bin fall in the first slot and those
+    above it in the last, both dropped."""
+    keys = _bits(x).sub_(hi_bin << 16).clamp_(-1, LO_BINS).add_(1)
+    return torch.bincount(keys, minlength=LO_BINS + 2)[1:LO_BINS + 1]
 
 
 def value_of_rank(high: torch.Tensor, low: torch.Tensor, hi_bin: int, rank: int) -> float:

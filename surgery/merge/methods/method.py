@@ -151,6 +151,8 @@ class Method:
     # alone; the engine calls it in its reading thread, so the next block's share overlaps this block's
     # work. The flag says whether the merge pass reads the block (False: only a statistics stage does)
     fallback: Fallback | None = None  # taken by every tensor whose inputs are the same bytes
+    statistics_ahead: bool = False  # run the statistics passes in a thread of their own, a few tensors ahead
+    # of the merge pass: for passes as heavy as the merge (an exact selection), not light ones (norms)
     check: Callable[[BaseModel, tuple[BaseModel, ...]], str | None] | None = None  # a problem the merge would
     # meet with a tensor's resolved (global, per-model) parameters, e.g. a division by a zero sum: the planner
     # raises it, so it stops a merge (and every point of a sweep) before anything is read

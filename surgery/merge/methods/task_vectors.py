@@ -147,9 +147,9 @@ def _cutoffs(kind: Sparsify, block: Block, stats: Stats, i: int) -> list[float]:
     return values
 
 
-def keep_mask(kind: Sparsify, block: Block, stats: Stats, i: int, delta: torch.Tensor) -> torch.Tensor | None:
-    """Mask of the entries of input i's task vector that survive (bool, or float32 0/1 for DARE's
-    draws); None keeps all."""
+def kept(kind: Sparsify, block: Block, stats: Stats, i: int, delta: torch.Tensor) -> torch.Tensor | None:
+    """Input i's task vector with the entries that do not survive set to 0 (a new tensor, unscaled),
+    or None where every entry survives."""
     p = block.per_model[i]
     if kind == "none" or p.density >= 1:
         return None
@@ -158,38 +158,49 @@ def keep_mask(kind: Sparsify, block: Block, stats: Stats, i: int, delta: torch.T
     if kind == "outliers":
         cuts = _cutoffs(kind, block, stats, i)
         if not cuts:
-            return torch.zeros_like(delta, dtype=torch.bool)
+            return delta * 0.0
         a = delta.abs()
-        return (a >= cuts[0]) & (a <= cuts[1])
+        return delta * ((a >= cuts[0]) & (a <= cuts[1])).to(torch.float32)
     if kind == "random":
-        return block.keep(i, p.density)
-    return block.uniform(i) < _magprune_probs(delta, p.density, p.epsilon)
+        return delta * block.keep(i, p.density)
+    return delta * (block.uniform(i) < _magprune_probs(delta, p.density, p.epsilon)).to(torch.float32)
 
 
 def _top_k(block: Block, stats: Stats, i: int, delta: torch.Tensor) -> torch.Tensor | None:
-    """Exactly k entries, as a sort would keep: all above the cut-off magnitude, then the first
+    """Exactly k entries kept, as a sort would keep: all above the cut-off magnitude, then the first
     `quota` of those equal to it in row-major order. Blocks of one pass arrive in row order, so a
     running count in the pass's statistics ranks each tie across blocks, whatever the blocking.
-    A cut-off of 0 keeps every entry (None): the zeros among them change nothing, so nothing is ranked."""
+    A cut-off of 0 keeps every entry (None): the zeros among them change nothing, so nothing is ranked.
+
+    Where a block keeps every entry at or above the cut (or, the quota full, every entry above it),
+    `hardshrink` (x where |x| > t, else +0) does it in one pass over the block, at a threshold of the
+    cut or of the float32 just below it: a comparison into a bool mask and a product cost ten times
+    more. A dropped entry is then +0 where the product gave -0 for a negative one; the election, the
+    sums and the divisor are the same for either zero."""
     if f"~cut{i}" not in stats:  # once per pass, not per block
         cut = _cutoffs("magnitude", block, stats, i)[0]
         stats[f"~cut{i}"] = (cut, None if cut == 0 else _tie_quota(block.shape, block.per_model[i], stats, i))
     cut, quota = stats[f"~cut{i}"]
     if cut == 0:
         return None
-    a = delta.abs()
     if quota is None:
-        return a >= cut
+        return torch.nn.functional.hardshrink(delta, _below(cut))
     before = int(stats.get(f"~ties{i}", 0))
     if before >= quota:  # the quota is full: later ties need no counting
-        return a > cut
-    tied = a == cut
-    here = int(tied.sum())
+        return torch.nn.functional.hardshrink(delta, cut)
+    a = delta.abs()
+    here = int(torch.count_nonzero(a.eq_(cut)))  # a is 1.0 where tied, else 0.0
     stats[f"~ties{i}"] = before + here
     if before + here <= quota:
-        return a >= cut
-    order = tied.reshape(-1).cumsum(0).reshape(tied.shape) + before  # 1-based rank among ties
-    return (a > cut) | (tied & (order <= quota))
+        return torch.nn.functional.hardshrink(delta, _below(cut))
+    order = a.reshape(-1).cumsum(0, dtype=torch.int64).reshape(a.shape) + before  # 1-based rank among ties
+    keep = (delta.abs() > cut) | ((a > 0) & (order <= quota))
+    return delta * keep.to(torch.float32)
+
+
+def _below(cut: float) -> float:
+    """The largest float32 under `cut` (> 0): |x| > that is |x| >= cut for every float32 x."""
+    return float(torch.nextafter(torch.tensor(cut, dtype=torch.float32), torch.tensor(0.0)))
 
 
 def _magprune_probs(delta: torch.Tensor, density: float, epsilon: float) -> torch.Tensor:
@@ -208,10 +219,9 @@ def l1_stage(kind: Sparsify):
             if _blank(block, i):  # nothing to sum, no mask to draw
                 out[f"l1_{i}"] = out[f"l1m_{i}"] = torch.zeros((), dtype=torch.float64, device=d.device)
                 continue
-            m = keep_mask(kind, block, stats, i, d)
-            a = d.abs()
-            out[f"l1_{i}"] = total(a, block.shape)
-            out[f"l1m_{i}"] = out[f"l1_{i}"] if m is None else total(a.mul_(_float(m)), block.shape)
+            out[f"l1_{i}"] = total(d.abs(), block.shape)
+            k = kept(kind, block, stats, i, d)
+            out[f"l1m_{i}"] = out[f"l1_{i}"] if k is None else total(k.abs_(), block.shape)
         return out
 
     return l1
@@ -235,19 +245,13 @@ def total(x: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
     return out
 
 
-def _float(m: torch.Tensor) -> torch.Tensor:
-    """A mask as float32 0/1: a float product is several times faster than one with a bool tensor."""
-    return m if m.dtype == torch.float32 else m.to(torch.float32)
-
-
 def sparsified(kind: Sparsify, block: Block, stats: Stats, i: int, delta: torch.Tensor, w: float = 1.0,
                fresh: bool = True) -> torch.Tensor:
     """w * the sparsified (and, with rescale, L1-restored) task vector: a new tensor, or with `fresh` off
     the cached delta itself where it is unchanged (read-only then)."""
-    m = keep_mask(kind, block, stats, i, delta)
-    if m is None:
+    out = kept(kind, block, stats, i, delta)
+    if out is None:
         return delta * w if fresh or w != 1 else delta
-    out = delta * _float(m)
     scale = w
     if block.shared.rescale:
         before, after = float(stats[f"l1_{i}"]), float(stats[f"l1m_{i}"])
@@ -295,17 +299,20 @@ def _plus_base(block: Block, zero: float) -> torch.Tensor:
 
 def _agreeing(weights: list[float], tvs: list[torch.Tensor], consensus: str, normalize: bool):
     """TIES: the sum of the entries whose sign is the elected one, and (to normalise) the sum of the
-    weights of the models agreeing at each entry (1 where none do)."""
+    weights of the models agreeing at each entry (1 where none do). One scratch buffer serves every
+    input (the task vectors may be read-only), and masks are float 0/1 made in place: a comparison into
+    a new bool tensor costs several times more."""
     elected = _elect(tvs, consensus)
     mixed, divisor = torch.zeros_like(tvs[0]), torch.zeros_like(tvs[0]) if normalize else None
+    along = torch.empty_like(tvs[0])
     for w, tv in zip(weights, tvs):
-        along = (tv * elected).clamp_(min=0)  # |tv| where its sign is the elected one, else 0
+        torch.mul(tv, elected, out=along).clamp_(min=0)  # |tv| where its sign is the elected one, else 0
         mixed.add_(along)
         if divisor is not None:
             divisor.add_(along.sign_(), alpha=w)  # zeros never agree
     mixed.mul_(elected)  # the sum of the agreeing entries, bit for bit: elected is +-1
     if divisor is not None:
-        divisor.add_((divisor == 0).to(divisor.dtype))  # 0 -> 1, others unchanged (a masked store is slower)
+        divisor.add_(along.copy_(divisor).eq_(0))  # 0 -> 1, others unchanged (a masked store is slower)
     return mixed, divisor
 
 
@@ -328,7 +335,7 @@ def _elect(tvs: list[torch.Tensor], how: str) -> torch.Tensor:
     total = torch.zeros_like(tvs[0])  # +0: adding -0 or x and -x to it gives +0, so no entry is -0
     for tv in tvs:
         total.add_(tv if how == "sum" else tv.sign())
-    return torch.copysign(torch.ones((), device=total.device), total)  # +1 where total >= 0, else -1
+    return total.ge_(0).mul_(2).sub_(1)  # +1 where total >= 0 (never -0: the sum starts at +0), else -1
 
 
 def task_vector_method(name: str, kind: Sparsify, elect: bool, shared: type[Params], per_model: type[Params],
@@ -349,7 +356,7 @@ def task_vector_method(name: str, kind: Sparsify, elect: bool, shared: type[Para
     return Method(
         name=name, merge=merge, summary=summary, reference=reference, shared=shared, per_model=per_model,
         stages=_stages(kind), random=kind in ("random", "magprune"), required=("weight",),
-        work=6 if kind == "magprune" else 4, prepare=prepare,
+        work=6 if kind == "magprune" else 4, prepare=prepare, statistics_ahead=kind in ("magnitude", "outliers"),
     )
 
 
