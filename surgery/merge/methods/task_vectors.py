@@ -105,11 +105,12 @@ def selection_stages(kind: Sparsify):
     def low(block: Block, stats: Stats) -> Stats:
         out: Stats = {}
         for i, (d, p) in enumerate(zip(_deltas(block), block.per_model)):
-            for b in _low_bins(kind, p, block.numel, stats, i):
-                if f"lo{i}.{b}" not in out:
-                    blank = _blank(block, i)  # its 0s lie in no bin but 0
-                    none = torch.zeros(selection.LO_BINS, dtype=torch.int64, device=d.device)
-                    out[f"lo{i}.{b}"] = none if blank else low_histogram(d, b)
+            if f"~bins{i}" not in stats:  # once per pass (`stats` is the pass's own copy), not per block
+                stats[f"~bins{i}"] = _low_bins(kind, p, block.numel, stats, i)
+            for b in stats[f"~bins{i}"]:
+                if f"lo{i}.{b}" not in out:  # a blank input's 0s lie in no bin but 0
+                    out[f"lo{i}.{b}"] = torch.zeros(selection.LO_BINS, dtype=torch.int64, device=d.device) \
+                        if _blank(block, i) else low_histogram(d, b)
         return out
 
     def low_needed(shared: Params, per_model: tuple[Params, ...], shape: tuple[int, ...], stats: Stats) -> bool:
