@@ -151,20 +151,27 @@ def _cutoffs(kind: Sparsify, block: Block, stats: Stats, i: int) -> list[float]:
 def kept(kind: Sparsify, block: Block, stats: Stats, i: int, delta: torch.Tensor) -> torch.Tensor | None:
     """Input i's task vector with the entries that do not survive set to 0 (a new tensor, unscaled),
     or None where every entry survives."""
+    if kind == "magnitude" and block.per_model[i].density < 1:
+        return _top_k(block, stats, i, delta)
+    m = _mask(kind, block, stats, i, delta)
+    return None if m is None else delta * m
+
+
+def _mask(kind: Sparsify, block: Block, stats: Stats, i: int, delta: torch.Tensor) -> torch.Tensor | None:
+    """Float32 0/1 mask of the entries of input i's task vector that survive an outlier trim, DARE's
+    draws or DELLA's, where a product with it is the cheapest way to apply them; None keeps all."""
     p = block.per_model[i]
     if kind == "none" or p.density >= 1:
         return None
-    if kind == "magnitude":
-        return _top_k(block, stats, i, delta)
     if kind == "outliers":
         cuts = _cutoffs(kind, block, stats, i)
         if not cuts:
-            return delta * 0.0
+            return torch.zeros_like(delta)
         a = delta.abs()
-        return delta * ((a >= cuts[0]) & (a <= cuts[1])).to(torch.float32)
+        return ((a >= cuts[0]) & (a <= cuts[1])).to(torch.float32)
     if kind == "random":
-        return delta * block.keep(i, p.density)
-    return delta * (block.uniform(i) < _magprune_probs(delta, p.density, p.epsilon)).to(torch.float32)
+        return block.keep(i, p.density)
+    return (block.uniform(i) < _magprune_probs(delta, p.density, p.epsilon)).to(torch.float32)
 
 
 def _top_k(block: Block, stats: Stats, i: int, delta: torch.Tensor) -> torch.Tensor | None:
@@ -220,9 +227,14 @@ def l1_stage(kind: Sparsify):
             if _blank(block, i):  # nothing to sum, no mask to draw
                 out[f"l1_{i}"] = out[f"l1m_{i}"] = torch.zeros((), dtype=torch.float64, device=d.device)
                 continue
-            out[f"l1_{i}"] = total(d.abs(), block.shape)
-            k = kept(kind, block, stats, i, d)
-            out[f"l1m_{i}"] = out[f"l1_{i}"] if k is None else total(k.abs_(), block.shape)
+            a = d.abs()
+            out[f"l1_{i}"] = total(a, block.shape)
+            if kind == "magnitude":  # survivors chosen by |delta|: hardshrink of |delta| is |kept|
+                k = _top_k(block, stats, i, a) if block.per_model[i].density < 1 else None
+                out[f"l1m_{i}"] = out[f"l1_{i}"] if k is None else total(k, block.shape)
+            else:
+                m = _mask(kind, block, stats, i, d)
+                out[f"l1m_{i}"] = out[f"l1_{i}"] if m is None else total(a.mul_(m), block.shape)
         return out
 
     return l1
