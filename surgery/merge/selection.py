@@ -33,7 +33,7 @@ def histogram_and_zeros(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     high = high_histogram(x)
     if int(high[0]) * ZEROS_WORTH < x.numel():
         return high, torch.zeros((), dtype=torch.int64, device=high.device)
-    return high, x.numel() - torch.count_nonzero(x)  # -0 is a zero too
+    return high, x.numel() - torch.count_nonzero(_bits(x))  # -0 is a zero too; int32 counts are the cheaper
 
 
 def blank_histogram(numel: int, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
