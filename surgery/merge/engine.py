@@ -114,12 +114,13 @@ def spans_of(job: TensorJob, options: Options, work: int) -> list[tuple[int, int
 def reads_of(plan: MergePlan, job: TensorJob, options: Options) -> list[tuple[tuple[int, int], bool]]:
     """The blocks `statistics` loads for a tensor's statistics passes, in order, each with whether the
     merge pass uses it too (True only for a tensor of one block, which is loaded once)."""
-    if job.copy or not plan.method.passes_for(job.shared, job.per_model):
+    passes = () if job.copy else plan.method.passes_for(job.shared, job.per_model)
+    if not passes:
         return []
     spans = spans_of(job, options, plan.method.work)
     if len(spans) == 1:
         return [(spans[0], True)]
-    return [(span, False) for span in spans] * len(plan.method.passes_for(job.shared, job.per_model))
+    return [(span, False) for span in spans] * len(passes)
 
 
 def merge_reads(plan: MergePlan, job: TensorJob, options: Options) -> list[tuple[int, int]]:

@@ -27,7 +27,7 @@ from pydantic import Field
 from surgery.io.format import row_numel
 from surgery.merge import selection
 from surgery.merge.methods.method import Block, Method, Params, Stage, Stats, compat
-from surgery.merge.selection import bin_of_rank, counts_at, low_histogram, value_of_rank
+from surgery.merge.selection import bin_of_rank, counts_at, low_histogram, top_k_mask, value_of_rank
 
 Sparsify = Literal["none", "magnitude", "random", "outliers", "magprune"]
 EPS = 1e-7
@@ -201,8 +201,7 @@ def _top_k(block: Block, stats: Stats, i: int, delta: torch.Tensor) -> torch.Ten
     stats[f"~ties{i}"] = before + here
     if before + here <= quota:
         return torch.nn.functional.hardshrink(delta, _below(cut))
-    order = a.reshape(-1).cumsum(0, dtype=torch.int64).reshape(a.shape) + before  # 1-based rank among ties
-    keep = (delta.abs() > cut) | ((a > 0) & (order <= quota))
+    keep, _ = top_k_mask(delta, cut, quota, before)  # the one block where the quota fills: rank its ties
     return delta * keep.to(torch.float32)
 
 
@@ -230,7 +229,7 @@ def l1_stage(kind: Sparsify):
             a = d.abs()
             out[f"l1_{i}"] = total(a, block.shape)
             if kind == "magnitude":  # survivors chosen by |delta|: hardshrink of |delta| is |kept|
-                k = _top_k(block, stats, i, a) if block.per_model[i].density < 1 else None
+                k = kept(kind, block, stats, i, a)
                 out[f"l1m_{i}"] = out[f"l1_{i}"] if k is None else total(k, block.shape)
             else:
                 m = _mask(kind, block, stats, i, d)
