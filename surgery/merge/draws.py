@@ -8,11 +8,16 @@ DELLA compares float32 uniforms (torch's generator) with per-entry probabilities
 Bernoulli mask with one probability, which it takes from integer draws instead: 16-bit integers cut
 from PCG64's 64-bit outputs (numpy), compared with round(density * 2**16). That is about 5x cheaper
 per entry than a float32 uniform and a comparison, and random masks are most of DARE's time.
+
+A tensor of several blocks is read twice by DARE with its L1 rescale: once for the masked norms, once
+for the merge. `Kept` holds the first read's masks, a bit per entry, for the second (up to a budget of
+bytes), so each mask is drawn once: the draws cost about 15 times more than packing and unpacking them.
 """
 
 from __future__ import annotations
 
 import hashlib
+import threading
 
 import numpy as np
 import torch
@@ -28,9 +33,32 @@ def chunk_seed(seed: int, name: str, model: int, chunk: int) -> int:
     return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") & ((1 << 63) - 1)
 
 
+class Kept:
+    """Packed keep masks of blocks that will be read again (a statistics pass's, for the merge pass),
+    each taken once, at most `budget` bytes at a time: a mask that would pass it is drawn again instead."""
+
+    def __init__(self, budget: int):
+        self.budget, self.used, self.masks, self.lock = budget, 0, {}, threading.Lock()
+
+    def put(self, key: tuple, bits: np.ndarray) -> None:
+        with self.lock:
+            if key not in self.masks and self.used + bits.nbytes <= self.budget:
+                self.masks[key], self.used = bits, self.used + bits.nbytes
+
+    def take(self, key: tuple) -> np.ndarray | None:
+        with self.lock:
+            bits = self.masks.pop(key, None)
+            self.used -= 0 if bits is None else bits.nbytes
+            return bits
+
+
 class Draws:
-    def __init__(self, seed: int, name: str, shape: tuple[int, ...], models: int):
+    def __init__(self, seed: int, name: str, shape: tuple[int, ...], models: int, kept: Kept | None = None,
+                 again: bool = False):
+        """`kept`: where masks wait between two reads of a block; `again`: this block will be read again,
+        so its masks are kept there for that read."""
         self.seed, self.name, self.shape, self.models = seed, name, shape, models
+        self.kept, self.again = kept, again
         self.row = row_numel(shape)
         self._bits: np.random.PCG64 | None = None  # reseeded per chunk; a Draws serves one thread
 
@@ -46,16 +74,27 @@ class Draws:
         return out
 
     def keep(self, model: int, rows: tuple[int, int], density: float) -> torch.Tensor:
-        """Flat float32 0/1 mask for elements [r0 * row, r1 * row) of input `model`: 1 with probability
+        """Flat uint8 0/1 mask for elements [r0 * row, r1 * row) of input `model`: 1 with probability
         `density`, rounded to a multiple of 2**-16 (2**-32 below FINE_BELOW)."""
+        n, key = self._count(rows), (self.seed, self.name, model, rows, density)
+        packed = self.kept.take(key) if self.kept is not None else None
+        if packed is not None:
+            mask = np.unpackbits(packed, count=n, bitorder="little")  # (n,) uint8 0/1
+        else:
+            mask = self._keep(model, rows, density).view(np.uint8)
+            if self.again and self.kept is not None:
+                self.kept.put(key, np.packbits(mask, bitorder="little"))
+        return torch.from_numpy(mask)  # uint8: a product with it costs less than a float32 copy of it
+
+    def _keep(self, model: int, rows: tuple[int, int], density: float) -> np.ndarray:
         bits = 16 if density >= FINE_BELOW else 32
         threshold = round(density * 2**bits)
-        out = np.empty(self._count(rows), np.float32)
+        out = np.empty(self._count(rows), np.bool_)
         for c, (lo, hi), (a, b) in self._pieces(rows):
             raw = self._pcg64(model, c).random_raw(CHUNK * bits // 64)
             draws = raw.astype("<u8", copy=False).view(f"<u{bits // 8}")[lo:hi]  # (hi - lo,) little-endian
-            np.less(draws, threshold, out=out[a:b], casting="unsafe")
-        return torch.from_numpy(out)
+            np.less(draws, threshold, out=out[a:b])
+        return out
 
     def _count(self, rows: tuple[int, int]) -> int:
         return max(rows[1] - rows[0], 0) * self.row

@@ -24,13 +24,14 @@ import torch
 from surgery.errors import NumericsError, OutputError, SurgeryError, SurgeryWarning
 from surgery.io.format import num_rows, row_numel
 from surgery.merge.card import Card, spec_card
-from surgery.merge.draws import Draws
+from surgery.merge.draws import Draws, Kept
 from surgery.merge.methods.method import Block, Stats
 from surgery.merge.outputs import OUTPUTS, provenance, write_side_files  # noqa: F401 - provenance re-exported
 from surgery.merge.plan import MergePlan, TensorJob
 
 DEFAULT_SHARD = 5 * 1024**3
 DEFAULT_BLOCK = 16 * 1024**2  # small blocks stay in cache and reuse freed pages: faster, see bench/
+KEPT_BLOCKS = 4  # random masks kept between a tensor's two reads: at most this many blocks' bytes
 
 
 def arithmetic_threads(requested: int | None = None) -> int:
@@ -237,8 +238,11 @@ class Prefetcher:
 
     DEPTH = 2
 
-    def __init__(self, plan: MergePlan, options: Options, requests: list[tuple[TensorJob, tuple[int, int]]]):
+    def __init__(self, plan: MergePlan, options: Options, requests: list[tuple[TensorJob, tuple[int, int], bool]]):
         self.plan, self.options, self.requests, self.i = plan, options, requests, 0
+        finals = {final for _, _, final in requests}
+        rereads = plan.method.random and finals == {True, False}  # blocks read by a statistics pass, then again
+        self.kept = Kept(KEPT_BLOCKS * options.block_bytes) if rereads else None
         self.pool = ThreadPoolExecutor(1, thread_name_prefix="surgery-read")
         self.ahead = deque(f for f in (self._submit(k) for k in range(self.DEPTH)) if f is not None)
 
@@ -246,7 +250,8 @@ class Prefetcher:
         if i >= len(self.requests):
             return None
         job, span, final = self.requests[i]
-        return self.pool.submit(_load, self.plan, job, span, self.options.device, final)
+        return self.pool.submit(_load, self.plan, job, span, self.options.device, final, self.kept,
+                                lambda: self.i <= i)  # the consumer has not asked for this block yet
 
     def __call__(self, job: TensorJob, span: tuple[int, int]) -> Block:
         return self._next(job, span).result()
@@ -270,13 +275,17 @@ class Prefetcher:
         self.pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _load(plan: MergePlan, job: TensorJob, span: tuple[int, int], device: str, final: bool = True) -> Block:
+def _load(plan: MergePlan, job: TensorJob, span: tuple[int, int], device: str, final: bool = True,
+          kept: Kept | None = None, ahead: Callable[[], bool] = lambda: True) -> Block:
+    """Rows `span` of every input of `job` as a Block; `final`: the merge pass reads it (not only a
+    statistics pass, after which the merge pass reads it again and may take its masks from `kept`);
+    `ahead()`: whether the block's consumer is still busy with an earlier one (see `Method.prepare`)."""
     base = _read(plan, job.base, span, device) if job.base else None
     models = tuple(_read(plan, s, span, device) for s in job.models)
-    draws = Draws(plan.spec.seed, job.name, job.shape, len(job.models)) if plan.method.random else None
+    draws = Draws(plan.spec.seed, job.name, job.shape, len(job.models), kept, not final) if plan.method.random else None
     block = Block(job.name, job.shape, span, base, models, job.per_model, job.shared, draws)
     if plan.method.prepare is not None:
-        plan.method.prepare(block, final)  # e.g. task vectors and DARE's masks, here in the reading thread
+        plan.method.prepare(block, ahead)  # e.g. task vectors and DARE's masks, here in the reading thread
     return block
 
 

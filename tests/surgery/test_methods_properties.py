@@ -270,8 +270,8 @@ def test_draws_do_not_depend_on_the_blocking(rows, cols, cuts):
 def test_keep_masks_do_not_depend_on_the_blocking(rows, cols, cuts, density):
     """DARE's 0/1 masks, like the uniforms: any row spans concatenate to the whole tensor's mask."""
     whole = Draws(3, "w", (rows, cols), 2).keep(1, (0, rows), density)
-    assert whole.shape == (rows * cols,) and whole.dtype == torch.float32
-    assert set(whole.unique().tolist()) <= {0.0, 1.0}
+    assert whole.shape == (rows * cols,) and whole.dtype == torch.uint8
+    assert set(whole.unique().tolist()) <= {0, 1}
     bounds = sorted({0, rows, *(int(c * rows) for c in cuts)})
     parts = [Draws(3, "w", (rows, cols), 2).keep(1, (a, b), density) for a, b in zip(bounds, bounds[1:])]
     assert torch.equal(torch.cat(parts), whole)

@@ -19,6 +19,7 @@ tensor, or a run of unchanged rows) is left out of the block's arithmetic, its m
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Literal
 
 import torch
@@ -158,8 +159,8 @@ def kept(kind: Sparsify, block: Block, stats: Stats, i: int, delta: torch.Tensor
 
 
 def _mask(kind: Sparsify, block: Block, stats: Stats, i: int, delta: torch.Tensor) -> torch.Tensor | None:
-    """Float32 0/1 mask of the entries of input i's task vector that survive an outlier trim, DARE's
-    draws or DELLA's, where a product with it is the cheapest way to apply them; None keeps all."""
+    """0/1 mask (float32, or uint8 for DARE's draws) of the entries of input i's task vector that survive
+    an outlier trim, DARE's draws or DELLA's, where a product with it is the cheapest way to apply them; None keeps all."""
     p = block.per_model[i]
     if kind == "none" or p.density >= 1:
         return None
@@ -356,13 +357,14 @@ def task_vector_method(name: str, kind: Sparsify, elect: bool, shared: type[Para
     def merge(block: Block, stats: Stats) -> torch.Tensor:
         return combine(kind, elect, block, stats)
 
-    def prepare(block: Block, final: bool) -> None:
-        """Task vectors always; DARE's masks only for the merge pass, whose own work is the heavier:
-        a statistics pass draws them in the merging thread, which has little else to do then."""
+    def prepare(block: Block, ahead: Callable[[], bool]) -> None:
+        """Task vectors always; DARE's masks while the reading thread is ahead of the merging one (which
+        otherwise draws them itself when it needs them): the draws are the one share of the work that
+        either thread may take, so they balance the two."""
         deltas = _deltas(block)
-        if kind == "random" and final:
+        if kind == "random":
             for i, p in enumerate(block.per_model):
-                if p.density < 1 and deltas[i].numel() and not _blank(block, i):
+                if p.density < 1 and deltas[i].numel() and not _blank(block, i) and ahead():
                     block.keep(i, p.density)
 
     return Method(
