@@ -285,7 +285,7 @@ def _load(plan: MergePlan, job: TensorJob, span: tuple[int, int], device: str, f
     draws = Draws(plan.spec.seed, job.name, job.shape, len(job.models), kept, not final) if plan.method.random else None
     block = Block(job.name, job.shape, span, base, models, job.per_model, job.shared, draws)
     if plan.method.prepare is not None:
-        plan.method.prepare(block, ahead)  # e.g. task vectors and DARE's masks, here in the reading thread
+        plan.method.prepare(block, final, ahead)  # e.g. task vectors and DARE's masks, here in the reading thread
     return block
 
 

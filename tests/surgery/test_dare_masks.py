@@ -1,7 +1,8 @@
 """DARE's masks in the engine: a tensor of several blocks is read twice (the L1 norms, then the merge),
 and each mask is drawn once, in the first read, and kept packed for the second (`draws.Kept`, within a
 budget of bytes). Masks are drawn by the reading thread while it is ahead of the merging one, else by the
-merging thread: who draws them, and whether they were kept, changes no byte of the output."""
+merging thread, and so are the L1 sums: who makes them, and whether masks were kept, changes no byte of
+the output."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import torch
 from surgery.merge import engine
 from surgery.merge.draws import CHUNK, Draws, Kept
 from surgery.merge.engine import Options, run_merge
+from surgery.merge.methods import task_vectors as tv
 from surgery.merge.plan import plan_merge
 from surgery.merge.spec import parse_spec
 from tests.surgery.test_mergekit_parity import load_all
@@ -55,7 +57,8 @@ def spec(f: dict[str, str]) -> dict:
                        for n, d in (("math", 0.5), ("code", 0.3), ("chat", 0.8))]}
 
 
-def merged(f: dict[str, str], out: str, draws: collections.Counter, monkeypatch) -> dict[str, torch.Tensor]:
+def merged(f: dict[str, str], out: str, draws: collections.Counter, monkeypatch,
+           block_bytes: int | None = BLOCK) -> dict[str, torch.Tensor]:
     """The merge's tensors; `draws` counts each (tensor, input, rows) mask drawn, by thread kind."""
     def counted(self, model, rows, density):
         draws[(self.name, model, rows, threading.current_thread().name.split("_")[0])] += 1
@@ -64,7 +67,8 @@ def merged(f: dict[str, str], out: str, draws: collections.Counter, monkeypatch)
     monkeypatch.setattr(Draws, "_keep", counted)
     plan = plan_merge(parse_spec(spec(f)), "spec")
     assert plan.method.random and plan.jobs[0].shared.rescale  # the L1 pass: a second read of each tensor
-    return load_all(run_merge(plan, out, Options(block_bytes=BLOCK)))
+    options = Options() if block_bytes is None else Options(block_bytes=block_bytes)
+    return load_all(run_merge(plan, out, options))
 
 
 def per_mask(draws: collections.Counter) -> collections.Counter:
@@ -89,15 +93,21 @@ def test_each_mask_is_drawn_once_and_kept_masks_change_no_byte(llama, tmp_path, 
     assert set(per_mask(once).values()) == {1} and per_mask(once).keys() == per_mask(twice).keys()
 
 
-def test_masks_are_drawn_by_whichever_thread_is_free(llama, tmp_path, monkeypatch):
-    """While the reading thread is ahead it draws the masks; when it is not, the merging thread does."""
-    real_load = engine._load
+@pytest.mark.parametrize("block_bytes", [BLOCK, None])  # None: one block per tensor, read once
+def test_masks_and_l1_sums_are_made_by_whichever_thread_is_free(block_bytes, llama, tmp_path, monkeypatch):
+    """While the reading thread is ahead it draws the masks and sums the L1 norms; when it is not, the
+    merging thread does: the same bytes either way."""
+    real_load, real_sums = engine._load, tv._l1_sums
     runs = {}
     for ahead in (True, False):
         monkeypatch.setattr(engine, "_load", lambda *a, ahead=ahead: real_load(*a[:6], lambda: ahead))
+        summed = collections.Counter()
+        monkeypatch.setattr(tv, "_l1_sums", lambda kind, block, stats, i: summed.update(
+            [(block.name, block.rows, i, threading.current_thread().name.split("_")[0])]) or real_sums(kind, block, stats, i))
         draws = collections.Counter()
-        runs[ahead] = merged(llama, str(tmp_path / str(ahead)), draws, monkeypatch)
-        threads = {thread for (*_, thread) in draws}
-        assert threads == ({"surgery-read"} if ahead else {threading.main_thread().name})
-        assert set(per_mask(draws).values()) == {1}
+        runs[ahead] = merged(llama, str(tmp_path / str(ahead)), draws, monkeypatch, block_bytes)
+        where = {"surgery-read"} if ahead else {threading.main_thread().name}
+        assert {thread for (*_, thread) in draws} == where and set(per_mask(draws).values()) == {1}
+        assert {thread for (*_, thread) in summed} == where and set(summed.values()) == {1}  # once per block
+        assert len(summed) >= len(draws)  # every block's sums, even where an input keeps all (no mask)
     assert same_bytes(runs[True], runs[False])

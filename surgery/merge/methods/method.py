@@ -147,10 +147,11 @@ class Method:
     work: int = 4                          # block-sized float32 temporaries `merge` needs per input
     random: bool = False
     required: tuple[str, ...] = field(default=())  # per-model parameters without a default
-    prepare: Callable[[Block, Callable[[], bool]], None] | None = None  # fills the block's cache with what
-    # depends on it alone; the engine calls it in its reading thread, so the next block's share overlaps this
-    # block's work. The callable says whether that thread is ahead (the block's consumer is still busy with
-    # an earlier one): work that is only worth moving then (work the consumer would otherwise do) asks it
+    prepare: Callable[[Block, bool, Callable[[], bool]], None] | None = None  # fills the block's cache with
+    # what depends on it alone; the engine calls it in its reading thread, so the next block's share overlaps
+    # this block's work. The flag says whether the merge pass reads the block (False: only a statistics pass
+    # does); the callable whether that thread is ahead (the block's consumer is still busy with an earlier
+    # one): work that is only worth moving then (work the consumer would otherwise do) asks it
     fallback: Fallback | None = None  # taken by every tensor whose inputs are the same bytes
     statistics_ahead: bool = False  # run the statistics passes in a thread of their own, a few tensors ahead
     # of the merge pass: for passes as heavy as the merge (an exact selection), not light ones (norms)
@@ -183,7 +184,7 @@ class Method:
                       Draws(seed, name, shape, len(models)) if self.random else None)
         stats: Stats = {}
         if self.prepare is not None:
-            self.prepare(block, lambda: True)
+            self.prepare(block, True, lambda: True)
         for stage in self.passes_for(shared, tuple(per_model)):
             if stage.needed is None or stage.needed(shared, tuple(per_model), shape, stats):
                 stats.update(stage.run(block, dict(stats)))

@@ -7,6 +7,8 @@ Blocked execution: the variance cut-off is an exact order statistic found with t
 (as TIES's magnitude cut-off, `surgery.merge.selection`); the models' mean squares are one more stage.
 """
 
+from collections.abc import Callable
+
 import torch
 from pydantic import Field
 
@@ -33,11 +35,13 @@ def _variance(block: Block) -> torch.Tensor:
 
 
 def welford_variance(xs: list[torch.Tensor]) -> torch.Tensor:
+    """The first update is written out: the mean becomes the first value, M2 stays 0 (up to the sign
+    of a zero, which no use of the variance tells apart: each takes its magnitude)."""
     if len(xs) == 2:
         return (xs[0].double() - xs[1].double()).square_().div_(4).float()
-    mean = torch.zeros(xs[0].shape, dtype=torch.float64, device=xs[0].device)
+    mean = xs[0].to(torch.float64, copy=True)
     m2 = torch.zeros_like(mean)
-    for k, x in enumerate(xs, start=1):
+    for k, x in enumerate(xs[1:], start=2):
         x = x.to(torch.float64, copy=True)  # updated in place below
         delta = x - mean
         mean.add_(delta / k)
@@ -110,6 +114,14 @@ def selecting(shared: SceShared, models: tuple) -> bool:
     return shared.select_topk < 1
 
 
+def prepare(block: Block, final: bool, ahead: Callable[[], bool]) -> None:
+    """Task vectors, and their variance while the reading thread is ahead of the merging one (which
+    otherwise computes it when it needs it): the variance is most of every pass's work."""
+    _tvs(block)
+    if block.shared.select_topk < 1 and ahead():
+        _variance(block)
+
+
 METHOD = Method("sce", merge, "select high-variance entries, weight models by energy, erase minority signs",
-                "https://arxiv.org/abs/2408.07990", shared=SceShared, work=6,
+                "https://arxiv.org/abs/2408.07990", shared=SceShared, work=6, prepare=prepare,
                 stages=(Stage(histogram, when=selecting), Stage(refine, when=selecting), Stage(energy)))

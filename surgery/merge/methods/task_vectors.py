@@ -25,7 +25,7 @@ from typing import Literal
 import torch
 from pydantic import Field
 
-from surgery.io.format import row_numel
+from surgery.io.format import num_rows, row_numel
 from surgery.merge import selection
 from surgery.merge.methods.method import Block, Method, Params, Stage, Stats, compat
 from surgery.merge.selection import bin_of_rank, counts_at, low_histogram, top_k_mask, value_of_rank
@@ -223,21 +223,33 @@ def _magprune_probs(delta: torch.Tensor, density: float, epsilon: float) -> torc
 def l1_stage(kind: Sparsify):
     def l1(block: Block, stats: Stats) -> Stats:
         out: Stats = {}
-        for i, d in enumerate(_deltas(block)):
-            if _blank(block, i):  # nothing to sum, no mask to draw
-                out[f"l1_{i}"] = out[f"l1m_{i}"] = torch.zeros((), dtype=torch.float64, device=d.device)
-                continue
-            a = d.abs()
-            out[f"l1_{i}"] = total(a, block.shape)
-            if kind == "magnitude":  # survivors chosen by |delta|: hardshrink of |delta| is |kept|
-                k = kept(kind, block, stats, i, a)
-                out[f"l1m_{i}"] = out[f"l1_{i}"] if k is None else total(k, block.shape)
-            else:
-                m = _mask(kind, block, stats, i, d)
-                out[f"l1m_{i}"] = out[f"l1_{i}"] if m is None else total(a.mul_(m), block.shape)
+        for i in range(len(block.models)):
+            out[f"l1_{i}"], out[f"l1m_{i}"] = l1_sums(kind, block, stats, i)
         return out
 
     return l1
+
+
+def l1_sums(kind: Sparsify, block: Block, stats: Stats, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sum of |delta|, sum of |survivors|) of input i over the block, float64 0-dim tensors. DARE's
+    depend on the block alone: they live in its cache, where the reading thread may have put them."""
+    if kind == "random":
+        return block.cached(f"l1{i}", lambda: _l1_sums(kind, block, stats, i))
+    return _l1_sums(kind, block, stats, i)
+
+
+def _l1_sums(kind: Sparsify, block: Block, stats: Stats, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+    d = _deltas(block)[i]
+    if _blank(block, i):  # nothing to sum, no mask to draw
+        zero = torch.zeros((), dtype=torch.float64, device=d.device)
+        return zero, zero
+    a = d.abs()
+    before = total(a, block.shape)
+    if kind == "magnitude":  # survivors chosen by |delta|: hardshrink of |delta| is |kept|
+        k = kept(kind, block, stats, i, a)
+        return before, before if k is None else total(k, block.shape)
+    m = _mask(kind, block, stats, i, d)
+    return before, before if m is None else total(a.mul_(m), block.shape)
 
 
 SEGMENT = 16384  # torch sums this many elements on one thread: a segment's float32 sum is repeatable
@@ -357,15 +369,21 @@ def task_vector_method(name: str, kind: Sparsify, elect: bool, shared: type[Para
     def merge(block: Block, stats: Stats) -> torch.Tensor:
         return combine(kind, elect, block, stats)
 
-    def prepare(block: Block, ahead: Callable[[], bool]) -> None:
-        """Task vectors always; DARE's masks while the reading thread is ahead of the merging one (which
-        otherwise draws them itself when it needs them): the draws are the one share of the work that
-        either thread may take, so they balance the two."""
+    def prepare(block: Block, final: bool, ahead: Callable[[], bool]) -> None:
+        """Task vectors always. DARE's masks, and where the block's L1 pass runs its L1 sums, while the
+        reading thread is ahead of the merging one, which otherwise does that work itself when it needs
+        it: the share of the work that either thread may take, so it balances the two."""
         deltas = _deltas(block)
-        if kind == "random":
-            for i, p in enumerate(block.per_model):
-                if p.density < 1 and deltas[i].numel() and not _blank(block, i) and ahead():
-                    block.keep(i, p.density)
+        if kind != "random":
+            return
+        summed = block.shared.rescale and (not final or block.rows == (0, num_rows(block.shape)))
+        for i, p in enumerate(block.per_model):
+            if p.density >= 1 or not deltas[i].numel() or _blank(block, i):
+                continue
+            if ahead():
+                block.keep(i, p.density)
+            if summed and ahead():
+                l1_sums(kind, block, {}, i)
 
     return Method(
         name=name, merge=merge, summary=summary, reference=reference, shared=shared, per_model=per_model,
