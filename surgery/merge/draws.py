@@ -10,19 +10,19 @@ from PCG64's 64-bit outputs (numpy), compared with round(density * 2**16). That 
 per entry than a float32 uniform and a comparison, and random masks are most of DARE's time.
 
 A tensor of several blocks is read twice by DARE with its L1 rescale: once for the masked norms, once
-for the merge. `Kept` holds the first read's masks, a bit per entry, for the second (up to a budget of
-bytes), so each mask is drawn once: the draws cost about 15 times more than packing and unpacking them.
+for the merge. The first read's masks wait for the second in the engine's `Kept` store, a bit per entry,
+so each mask is drawn once: the draws cost about 15 times more than packing and unpacking them.
 """
 
 from __future__ import annotations
 
 import hashlib
-import threading
 
 import numpy as np
 import torch
 
 from surgery.io.format import row_numel
+from surgery.merge.kept import Kept
 
 CHUNK = 1 << 16
 FINE_BELOW = 1 / 128  # densities under this draw 32-bit integers, so the rounding stays under 0.1%
@@ -31,25 +31,6 @@ FINE_BELOW = 1 / 128  # densities under this draw 32-bit integers, so the roundi
 def chunk_seed(seed: int, name: str, model: int, chunk: int) -> int:
     key = f"{seed}\x00{name}\x00{model}\x00{chunk}".encode()
     return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") & ((1 << 63) - 1)
-
-
-class Kept:
-    """Packed keep masks of blocks that will be read again (a statistics pass's, for the merge pass),
-    each taken once, at most `budget` bytes at a time: a mask that would pass it is drawn again instead."""
-
-    def __init__(self, budget: int):
-        self.budget, self.used, self.masks, self.lock = budget, 0, {}, threading.Lock()
-
-    def put(self, key: tuple, bits: np.ndarray) -> None:
-        with self.lock:
-            if key not in self.masks and self.used + bits.nbytes <= self.budget:
-                self.masks[key], self.used = bits, self.used + bits.nbytes
-
-    def take(self, key: tuple) -> np.ndarray | None:
-        with self.lock:
-            bits = self.masks.pop(key, None)
-            self.used -= 0 if bits is None else bits.nbytes
-            return bits
 
 
 class Draws:

@@ -24,14 +24,15 @@ import torch
 from surgery.errors import NumericsError, OutputError, SurgeryError, SurgeryWarning
 from surgery.io.format import num_rows, row_numel
 from surgery.merge.card import Card, spec_card
-from surgery.merge.draws import Draws, Kept
+from surgery.merge.draws import Draws
+from surgery.merge.kept import Kept
 from surgery.merge.methods.method import Block, Stats
 from surgery.merge.outputs import OUTPUTS, provenance, write_side_files  # noqa: F401 - provenance re-exported
 from surgery.merge.plan import MergePlan, TensorJob
 
 DEFAULT_SHARD = 5 * 1024**3
 DEFAULT_BLOCK = 16 * 1024**2  # small blocks stay in cache and reuse freed pages: faster, see bench/
-KEPT_BLOCKS = 4  # random masks kept between a tensor's two reads: at most this many blocks' bytes
+KEPT_BLOCKS = 4  # values kept between a tensor's reads (DARE's masks, SCE's variance): this many blocks' bytes
 
 
 def arithmetic_threads(requested: int | None = None) -> int:
@@ -240,8 +241,7 @@ class Prefetcher:
 
     def __init__(self, plan: MergePlan, options: Options, requests: list[tuple[TensorJob, tuple[int, int], bool]]):
         self.plan, self.options, self.requests, self.i = plan, options, requests, 0
-        finals = {final for _, _, final in requests}
-        rereads = plan.method.random and finals == {True, False}  # blocks read by a statistics pass, then again
+        rereads = {final for _, _, final in requests} == {True, False}  # blocks read by a statistics pass, then again
         self.kept = Kept(KEPT_BLOCKS * options.block_bytes) if rereads else None
         self.pool = ThreadPoolExecutor(1, thread_name_prefix="surgery-read")
         self.ahead = deque(f for f in (self._submit(k) for k in range(self.DEPTH)) if f is not None)
@@ -283,7 +283,7 @@ def _load(plan: MergePlan, job: TensorJob, span: tuple[int, int], device: str, f
     base = _read(plan, job.base, span, device) if job.base else None
     models = tuple(_read(plan, s, span, device) for s in job.models)
     draws = Draws(plan.spec.seed, job.name, job.shape, len(job.models), kept, not final) if plan.method.random else None
-    block = Block(job.name, job.shape, span, base, models, job.per_model, job.shared, draws)
+    block = Block(job.name, job.shape, span, base, models, job.per_model, job.shared, draws, kept, final)
     if plan.method.prepare is not None:
         plan.method.prepare(block, final, ahead)  # e.g. task vectors and DARE's masks, here in the reading thread
     return block

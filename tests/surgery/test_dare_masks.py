@@ -1,5 +1,5 @@
 """DARE's masks in the engine: a tensor of several blocks is read twice (the L1 norms, then the merge),
-and each mask is drawn once, in the first read, and kept packed for the second (`draws.Kept`, within a
+and each mask is drawn once, in the first read, and kept packed for the second (`kept.Kept`, within a
 budget of bytes). Masks are drawn by the reading thread while it is ahead of the merging one, else by the
 merging thread, and so are the L1 sums: who makes them, and whether masks were kept, changes no byte of
 the output."""
@@ -9,12 +9,12 @@ from __future__ import annotations
 import collections
 import threading
 
-import numpy as np
 import pytest
 import torch
 
 from surgery.merge import engine
-from surgery.merge.draws import CHUNK, Draws, Kept
+from surgery.merge.draws import CHUNK, Draws
+from surgery.merge.kept import Kept
 from surgery.merge.engine import Options, run_merge
 from surgery.merge.methods import task_vectors as tv
 from surgery.merge.plan import plan_merge
@@ -23,17 +23,6 @@ from tests.surgery.test_mergekit_parity import load_all
 
 BLOCK = 4096  # bytes: every matrix of the tiny models in several blocks
 DRAW = Draws._keep
-
-
-def test_kept_holds_masks_within_its_budget_and_gives_each_once():
-    kept = Kept(budget=10)
-    a, b = np.ones(8, np.uint8), np.zeros(8, np.uint8)
-    kept.put("a", a)
-    kept.put("b", b)  # 16 bytes would pass the budget: not kept
-    assert kept.used == 8 and kept.take("b") is None
-    assert kept.take("a") is a and kept.take("a") is None and kept.used == 0
-    kept.put("b", b)
-    assert kept.take("b") is b and kept.used == 0
 
 
 @pytest.mark.parametrize("density", [0.5, 0.3, 1 / 300])  # the last draws 32-bit integers

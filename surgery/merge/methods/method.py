@@ -27,6 +27,7 @@ from pydantic.fields import FieldInfo
 
 from surgery.io.format import num_rows
 from surgery.merge.draws import Draws
+from surgery.merge.kept import Kept
 
 Stats = dict[str, torch.Tensor]
 
@@ -65,6 +66,8 @@ class Block:
     per_model: tuple[BaseModel, ...]       # each other input's resolved parameters
     shared: BaseModel                      # the resolved global parameters
     draws: Draws | None = None             # uniform random numbers, reproducible per tensor
+    kept: Kept | None = None               # values kept between this tensor's reads (`carried`)
+    final: bool = True                     # the merge pass reads this block (else a statistics pass only)
 
     @property
     def numel(self) -> int:
@@ -83,6 +86,23 @@ class Block:
         assert self.draws is not None
         return self.cached(f"keep{i}", lambda: self.draws.keep(i, self.rows, density).reshape(self.models[i].shape)
                            .to(self.models[i].device))
+
+    def carried(self, key: str, make: Callable[[], object]):
+        """Like `cached`, and kept for the next read of these rows by a later pass of the same tensor
+        (within the engine's budget): the merge pass's read takes it, earlier reads leave it. For values
+        that depend on the block alone and cost more to make than to keep."""
+        def fetch():
+            if self.kept is None:
+                return make()
+            where = (self.name, self.rows, key)
+            value = self.kept.take(where) if self.final else self.kept.get(where)
+            if value is None:
+                value = make()
+                if not self.final:
+                    self.kept.put(where, value)
+            return value
+
+        return self.cached(key, fetch)
 
     def cached(self, key: str, make: Callable[[], object]):
         """Values derived from this block, computed once while it is alive (a block read once serves

@@ -13,7 +13,7 @@ import torch
 from pydantic import Field
 
 from surgery.merge.methods.method import Block, Method, Params, Stage, Stats, compat
-from surgery.merge.methods.task_vectors import _elect, total
+from surgery.merge.methods.task_vectors import _below, _elect, total
 from surgery.merge.selection import bin_of_rank, high_histogram, low_histogram, top_k_cut, top_k_mask
 
 
@@ -30,8 +30,9 @@ def _variance(block: Block) -> torch.Tensor:
     """Per entry, the variance of the task vectors across models (population): the bits of mergekit's
     torch.var over the stacked task vectors, which runs Welford's update in float64 per entry and
     rounds to float32; done here one model at a time, three times faster than torch.var across a
-    stacked axis. Two models need no update: their variance is ((a - b) / 2)^2, exact in float64."""
-    return block.cached("var", lambda: welford_variance(_tvs(block)))
+    stacked axis. Two models need no update: their variance is ((a - b) / 2)^2, exact in float64. Each
+    pass reads the tensor again; the variance of its first read is kept for the others where it fits."""
+    return block.carried("var", lambda: welford_variance(_tvs(block)))  # kept for the tensor's next read
 
 
 def welford_variance(xs: list[torch.Tensor]) -> torch.Tensor:
@@ -78,6 +79,8 @@ def selected(block: Block, stats: Stats) -> torch.Tensor | None:
         b = bin_of_rank(stats["hi"], block.numel - k)
         stats["~cut"] = top_k_cut(stats["hi"], stats[f"lo{b}"], b, block.numel, k)
     cut, quota = stats["~cut"]
+    if quota is None and cut > 0:  # every entry at or above the cut: a float mask made in two passes
+        return torch.nn.functional.hardshrink(_variance(block), _below(cut)).sign_()  # a comparison costs more
     mask, stats["~seen"] = top_k_mask(_variance(block), cut, quota, int(stats.get("~seen", 0)))
     return mask.float()
 
@@ -104,9 +107,12 @@ def merge(block: Block, stats: Stats) -> torch.Tensor:
     elected = _elect(tvs, "sum")
     mixed, divisor = torch.zeros_like(tvs[0]), torch.zeros_like(tvs[0])
     for w, tv in zip(_weights(block, stats), tvs):
-        kept = (tv.sign() == elected).float() * w  # w_i where tv_i's sign is the elected one, else 0
-        mixed.add_(tv * kept)
+        # w_i where tv_i's sign is the elected one (+-1), else 0, made in place: a comparison into a new
+        # bool tensor costs several times more. A zero may come out -0 here; the sums start at +0, and
+        # adding -0 to them changes no bit
+        kept = tv.sign().mul_(elected).clamp_(min=0).mul_(w)
         divisor.add_(kept)
+        mixed.add_(kept.mul_(tv))
     return block.base + mixed / divisor.clamp_(min=1e-6)
 
 

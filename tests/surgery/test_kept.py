@@ -1,0 +1,82 @@
+"""Values kept between a tensor's reads (`surgery.merge.kept`): a tensor of several blocks is read once
+per statistics pass and once more for the merge, and what a read derives from the block alone (SCE's
+variance across the models, DARE's masks: see test_dare_masks.py) is made once and kept, within a budget,
+for the later reads of the same rows. Kept or made again, the output's bytes are the same."""
+
+from __future__ import annotations
+
+import collections
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from surgery.merge import engine
+from surgery.merge.engine import Options, run_merge
+from surgery.merge.kept import Kept
+from surgery.merge.methods import sce
+from surgery.merge.plan import plan_merge
+from surgery.merge.spec import parse_spec
+from tests.surgery.test_mergekit_parity import load_all
+
+BLOCK = 4096  # bytes: every matrix of the tiny models in several blocks
+VARIANCE = sce.welford_variance
+
+
+def test_kept_holds_values_within_its_budget_and_gives_each_once():
+    kept = Kept(budget=10)
+    a, b = np.ones(8, np.uint8), torch.zeros(2, dtype=torch.int32)  # 8 bytes each
+    kept.put("a", a)
+    kept.put("b", b)  # 16 bytes would pass the budget: not kept
+    assert kept.used == 8 and kept.get("b") is None and kept.take("b") is None
+    assert kept.get("a") is a and kept.used == 8  # left for a later read
+    assert kept.take("a") is a and kept.take("a") is None and kept.used == 0
+    kept.put("b", b)
+    assert kept.take("b") is b and kept.used == 0
+
+
+def spec(f: dict[str, str]) -> dict:
+    return {"merge_method": "sce", "base_model": f["base"], "dtype": "float32", "parameters": {"select_topk": 0.4},
+            "models": [{"model": f[n]} for n in ("math", "code", "chat")]}
+
+
+def merged(f: dict[str, str], out: str, made: collections.Counter, monkeypatch) -> dict[str, torch.Tensor]:
+    """The merge's tensors; `made` counts the variances computed, by thread."""
+    def counted(xs):
+        made[threading.current_thread().name.split("_")[0]] += 1
+        return VARIANCE(xs)
+
+    monkeypatch.setattr(sce, "welford_variance", counted)
+    plan = plan_merge(parse_spec(spec(f)), "spec")
+    return load_all(run_merge(plan, out, Options(block_bytes=BLOCK)))
+
+
+def test_sce_computes_each_blocks_variance_once_and_the_bytes_do_not_change(llama, tmp_path, monkeypatch):
+    once, again = collections.Counter(), collections.Counter()
+    kept = merged(llama, str(tmp_path / "kept"), once, monkeypatch)
+    monkeypatch.setattr(engine, "KEPT_BLOCKS", 0)  # no room: every pass computes it again
+    remade = merged(llama, str(tmp_path / "remade"), again, monkeypatch)
+    assert kept.keys() == remade.keys()
+    for name in kept:
+        assert torch.equal(kept[name].view(torch.int32), remade[name].view(torch.int32)), name
+    # four reads of every tensor of several blocks (histogram, refine, energy, merge), one of the others
+    assert sum(again.values()) > 3 * sum(once.values()) > 0
+
+
+@pytest.mark.parametrize("final", [False, True])
+def test_a_carried_value_is_kept_for_the_next_read_and_taken_by_the_merge_pass(final):
+    from surgery.merge.methods.method import Block
+
+    kept = Kept(budget=1 << 20)
+    kept.put(("w", (0, 2), "v"), torch.ones(3))
+
+    def block(final: bool) -> Block:
+        return Block("w", (2, 3), (0, 2), None, (torch.zeros(2, 3),), (), None, None, kept, final)
+
+    calls = []
+    value = block(final).carried("v", lambda: calls.append(1) or torch.zeros(3))
+    assert torch.equal(value, torch.ones(3)) and not calls  # the earlier read's value
+    assert (kept.used == 0) == final  # the merge pass's read took it; a statistics read left it
+    fresh = block(False).carried("u", lambda: torch.full((3,), 2.0))
+    assert torch.equal(kept.get(("w", (0, 2), "u")), fresh)
