@@ -80,3 +80,42 @@ def test_a_carried_value_is_kept_for_the_next_read_and_taken_by_the_merge_pass(f
     assert (kept.used == 0) == final  # the merge pass's read took it; a statistics read left it
     fresh = block(False).carried("u", lambda: torch.full((3,), 2.0))
     assert torch.equal(kept.get(("w", (0, 2), "u")), fresh)
+
+
+@pytest.fixture(scope="module")
+def tied_family(tmp_path_factory) -> dict[str, str]:
+    """Task vectors of a few levels, so that many entries share their variance across the models: the
+    cut-off of SCE's selection falls among ties, which blocks of one row rank in row order."""
+    from safetensors.torch import save_file
+
+    root = tmp_path_factory.mktemp("tied")
+    g = torch.Generator().manual_seed(4)
+    shapes = {"model.layers.0.mlp.up_proj.weight": (24, 10), "model.layers.0.mlp.down_proj.weight": (10, 24)}
+    base = {k: torch.randn(s, generator=g) for k, s in shapes.items()}
+    family = {}
+    for i, name in enumerate(["base", "math", "code", "chat"]):
+        folder = root / name
+        folder.mkdir()
+        tensors = {k: v if i == 0 else v + torch.randint(-2, 3, v.shape, generator=g) / 64 for k, v in base.items()}
+        save_file(tensors, str(folder / "model.safetensors"))
+        (folder / "config.json").write_text("{}")
+        family[name] = str(folder)
+    return family
+
+
+def test_sce_ties_at_the_cut_are_ranked_the_same_whatever_the_blocking(tied_family, tmp_path, monkeypatch):
+    """One row per block (the tie quota filling over many blocks: before it fills every tie is kept,
+    after it none is) gives the bytes of one block per tensor (ranked in one go)."""
+    paths = collections.Counter()
+    real_above, real_rank = sce._above, sce.top_k_mask
+    monkeypatch.setattr(sce, "_above", lambda var, t: paths.update(["above"]) or real_above(var, t))
+    monkeypatch.setattr(sce, "top_k_mask", lambda *a: paths.update(["ranked"]) or real_rank(*a))
+    outs = {}
+    for block_bytes in (1, None):
+        options = Options() if block_bytes is None else Options(block_bytes=block_bytes)
+        plan = plan_merge(parse_spec(spec(tied_family)), "spec")
+        outs[block_bytes] = load_all(run_merge(plan, str(tmp_path / str(block_bytes)), options))
+        if block_bytes == 1:
+            assert paths["above"] > 20 and 0 < paths["ranked"] <= 2 * 2 * len(plan.jobs)  # the blocks where it fills
+    for name in outs[1]:
+        assert torch.equal(outs[1][name].view(torch.int32), outs[None][name].view(torch.int32)), name
