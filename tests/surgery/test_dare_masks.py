@@ -14,8 +14,8 @@ import torch
 
 from surgery.merge import engine
 from surgery.merge.draws import CHUNK, Draws
-from surgery.merge.kept import Kept
 from surgery.merge.engine import Options, run_merge
+from surgery.merge.kept import Kept
 from surgery.merge.methods import task_vectors as tv
 from surgery.merge.plan import plan_merge
 from surgery.merge.spec import parse_spec
@@ -91,8 +91,11 @@ def test_masks_and_l1_sums_are_made_by_whichever_thread_is_free(block_bytes, lla
     for ahead in (True, False):
         monkeypatch.setattr(engine, "_load", lambda *a, ahead=ahead: real_load(*a[:6], lambda: ahead))
         summed = collections.Counter()
-        monkeypatch.setattr(tv, "_l1_sums", lambda kind, block, stats, i: summed.update(
-            [(block.name, block.rows, i, threading.current_thread().name.split("_")[0])]) or real_sums(kind, block, stats, i))
+        def sums(kind, block, stats, i, summed=summed):
+            summed[(block.name, block.rows, i, threading.current_thread().name.split("_")[0])] += 1
+            return real_sums(kind, block, stats, i)
+
+        monkeypatch.setattr(tv, "_l1_sums", sums)
         draws = collections.Counter()
         runs[ahead] = merged(llama, str(tmp_path / str(ahead)), draws, monkeypatch, block_bytes)
         where = {"surgery-read"} if ahead else {threading.main_thread().name}

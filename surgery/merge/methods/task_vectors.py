@@ -160,7 +160,8 @@ def kept(kind: Sparsify, block: Block, stats: Stats, i: int, delta: torch.Tensor
 
 def _mask(kind: Sparsify, block: Block, stats: Stats, i: int, delta: torch.Tensor) -> torch.Tensor | None:
     """0/1 mask (float32, or uint8 for DARE's draws) of the entries of input i's task vector that survive
-    an outlier trim, DARE's draws or DELLA's, where a product with it is the cheapest way to apply them; None keeps all."""
+    an outlier trim, DARE's draws or DELLA's, where a product with it is the cheapest way to apply them;
+    None keeps all."""
     p = block.per_model[i]
     if kind == "none" or p.density >= 1:
         return None
