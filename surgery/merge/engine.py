@@ -6,7 +6,10 @@ input whatever the model's size; the output appears only when everything has bee
 Blocks are read a couple ahead in a thread, and written in another. For a method whose statistics
 passes weigh as much as its merge (TIES's exact cut-offs), the passes run in a thread of their own, with
 their own reader, a few tensors ahead of the merge pass (`Statistics`). The bytes do not depend on it:
-each pass still sees its blocks in row order.
+each pass still sees its blocks in row order. What a read derives from its block alone (DARE's masks,
+SCE's variance) is kept, within a budget of a few blocks, for the tensor's later reads
+(`surgery.merge.kept`), and the reading thread takes such work while it is ahead of the merging one
+(`Method.prepare`).
 """
 
 from __future__ import annotations
