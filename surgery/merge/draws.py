@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from surgery.io.format import row_numel
-from surgery.merge.kept import Kept
+from surgery.merge.kept import Kept, fetch
 
 CHUNK = 1 << 16
 FINE_BELOW = 1 / 128  # densities under this draw 32-bit integers, so the rounding stays under 0.1%
@@ -35,11 +35,11 @@ def chunk_seed(seed: int, name: str, model: int, chunk: int) -> int:
 
 class Draws:
     def __init__(self, seed: int, name: str, shape: tuple[int, ...], models: int, kept: Kept | None = None,
-                 again: bool = False):
-        """`kept`: where masks wait between two reads of a block; `again`: this block will be read again,
-        so its masks are kept there for that read."""
+                 final: bool = True):
+        """`kept`: where masks wait between two reads of a block; `final`: this is the block's last read
+        (the merge pass's), which takes its masks from there; an earlier read leaves them for it."""
         self.seed, self.name, self.shape, self.models = seed, name, shape, models
-        self.kept, self.again = kept, again
+        self.kept, self.final = kept, final
         self.row = row_numel(shape)
         self._bits: np.random.PCG64 | None = None  # reseeded per chunk; a Draws serves one thread
 
@@ -57,14 +57,11 @@ class Draws:
     def keep(self, model: int, rows: tuple[int, int], density: float) -> torch.Tensor:
         """Flat uint8 0/1 mask for elements [r0 * row, r1 * row) of input `model`: 1 with probability
         `density`, rounded to a multiple of 2**-16 (2**-32 below FINE_BELOW)."""
-        n, key = self._count(rows), (self.seed, self.name, model, rows, density)
-        packed = self.kept.take(key) if self.kept is not None else None
-        if packed is not None:
-            mask = np.unpackbits(packed, count=n, bitorder="little")  # (n,) uint8 0/1
-        else:
-            mask = self._keep(model, rows, density).view(np.uint8)
-            if self.again and self.kept is not None:
-                self.kept.put(key, np.packbits(mask, bitorder="little"))
+        n = self._count(rows)
+        mask = fetch(self.kept, (self.seed, self.name, model, rows, density), self.final,
+                     lambda: self._keep(model, rows, density).view(np.uint8),
+                     pack=lambda m: np.packbits(m, bitorder="little"),  # kept a bit per entry
+                     unpack=lambda bits: np.unpackbits(bits, count=n, bitorder="little"))  # (n,) uint8 0/1
         return torch.from_numpy(mask)  # uint8: a product with it costs less than a float32 copy of it
 
     def _keep(self, model: int, rows: tuple[int, int], density: float) -> np.ndarray:

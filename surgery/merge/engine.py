@@ -281,11 +281,11 @@ class Prefetcher:
 def _load(plan: MergePlan, job: TensorJob, span: tuple[int, int], device: str, final: bool = True,
           kept: Kept | None = None, ahead: Callable[[], bool] = lambda: True) -> Block:
     """Rows `span` of every input of `job` as a Block; `final`: the merge pass reads it (not only a
-    statistics pass, after which the merge pass reads it again and may take its masks from `kept`);
+    statistics pass, after which the merge pass reads it again and may take what it derived from `kept`);
     `ahead()`: whether the block's consumer is still busy with an earlier one (see `Method.prepare`)."""
     base = _read(plan, job.base, span, device) if job.base else None
     models = tuple(_read(plan, s, span, device) for s in job.models)
-    draws = Draws(plan.spec.seed, job.name, job.shape, len(job.models), kept, not final) if plan.method.random else None
+    draws = Draws(plan.spec.seed, job.name, job.shape, len(job.models), kept, final) if plan.method.random else None
     block = Block(job.name, job.shape, span, base, models, job.per_model, job.shared, draws, kept, final)
     if plan.method.prepare is not None:
         plan.method.prepare(block, final, ahead)  # e.g. task vectors and DARE's masks, here in the reading thread

@@ -10,6 +10,7 @@ instead. The merge pass's read takes what it finds; earlier reads leave it for t
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 
 
 class Kept:
@@ -34,3 +35,19 @@ class Kept:
             value = self.values.pop(key, None)
             self.used -= 0 if value is None else value.nbytes
             return value
+
+
+def fetch(kept: Kept | None, key: tuple, final: bool, make: Callable[[], object],
+          pack: Callable = lambda value: value, unpack: Callable = lambda stored: stored):
+    """The value under `key` for a read of a block: what an earlier read kept (the merge pass's read,
+    `final`, takes it; a statistics read leaves it for the next), else `make()`, kept for the next read
+    where this one is not final. `pack` and `unpack` convert to and from the stored form."""
+    if kept is None:
+        return make()
+    stored = kept.take(key) if final else kept.get(key)
+    if stored is not None:
+        return unpack(stored)
+    value = make()
+    if not final:
+        kept.put(key, pack(value))
+    return value

@@ -85,6 +85,25 @@ def top_k_cut(high: torch.Tensor, low: torch.Tensor, hi_bin: int, numel: int, k:
     return value_of_rank(high, low, hi_bin, rank), (quota if quota < equal else None)
 
 
+def below(cut: float) -> float:
+    """The largest float32 under `cut` (> 0): |x| > that is |x| >= cut for every float32 x."""
+    return float(torch.nextafter(torch.tensor(cut, dtype=torch.float32), torch.tensor(0.0)))
+
+
+def top_k_threshold(x: torch.Tensor, cut: float, quota: int | None, seen: int) -> tuple[float | None, int]:
+    """For a cut > 0: t such that the block's entries among the k largest |x| are exactly those with
+    |x| > t, and the running count of ties seen so far (as `top_k_mask`'s). That is the float32 below
+    the cut while every tie is kept, the cut once the quota is full (later ties need no counting), and
+    None for the one block where the quota fills: `top_k_mask` ranks its ties. With t, `hardshrink`
+    applies the selection in one pass: a comparison into a bool tensor costs several times more."""
+    if quota is None:
+        return below(cut), seen
+    if seen >= quota:
+        return cut, seen
+    here = int(torch.count_nonzero(x.abs().eq_(cut)))  # 1.0 where tied, else 0.0
+    return (below(cut) if seen + here <= quota else None), seen + here
+
+
 def top_k_mask(x: torch.Tensor, cut: float, quota: int | None, seen: int) -> tuple[torch.Tensor, int]:
     """The entries of a block among the k largest |x| of its tensor (bool), and the running count of
     entries equal to the cut seen so far: of those, the first `quota` in row-major order are kept, so

@@ -31,7 +31,7 @@ def test_a_kept_mask_is_the_mask_drawn_again(density, rows):
     shape = (40, CHUNK // 16 + 5)  # rows straddle chunks
     fresh = Draws(7, "w", shape, 2).keep(1, rows, density)
     kept = Kept(budget=1 << 30)
-    first = Draws(7, "w", shape, 2, kept, again=True).keep(1, rows, density)
+    first = Draws(7, "w", shape, 2, kept, final=False).keep(1, rows, density)
     assert kept.used == (fresh.numel() + 7) // 8  # a bit per entry
     second = Draws(7, "w", shape, 2, kept).keep(1, rows, density)
     assert kept.used == 0

@@ -17,7 +17,6 @@ from surgery.io.reader import ModelFolder
 from surgery.merge import selection
 from surgery.merge.engine import Cancelled, Options, run_merge
 from surgery.merge.methods import REGISTRY
-from surgery.merge.methods import task_vectors as tv
 from surgery.merge.plan import plan_merge
 from surgery.merge.spec import parse_spec
 from tests.surgery.test_mergekit_parity import load_all
@@ -173,9 +172,9 @@ def test_low_histogram_counts_exactly_the_bins_members(hi_bin):
 
 
 def test_below_makes_hardshrink_keep_the_cut():
-    """|x| > _below(c) is |x| >= c for float32 x, at normal, subnormal and tiny cut-offs."""
+    """|x| > below(c) is |x| >= c for float32 x, at normal, subnormal and tiny cut-offs."""
     g = torch.Generator().manual_seed(2)
     x = torch.cat([torch.randn(4000, generator=g), torch.randn(4000, generator=g) * 1e-40])
     for cut in [float(v) for v in (x.abs()[:50:7])] + [1.401298464324817e-45]:
-        kept = torch.nn.functional.hardshrink(x, tv._below(cut))
+        kept = torch.nn.functional.hardshrink(x, selection.below(cut))
         assert torch.equal(kept, x * (x.abs() >= cut).float()), cut

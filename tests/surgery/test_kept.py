@@ -107,8 +107,14 @@ def test_sce_ties_at_the_cut_are_ranked_the_same_whatever_the_blocking(tied_fami
     """One row per block (the tie quota filling over many blocks: before it fills every tie is kept,
     after it none is) gives the bytes of one block per tensor (ranked in one go)."""
     paths = collections.Counter()
-    real_above, real_rank = sce._above, sce.top_k_mask
-    monkeypatch.setattr(sce, "_above", lambda var, t: paths.update(["above"]) or real_above(var, t))
+    real_threshold, real_rank = sce.top_k_threshold, sce.top_k_mask
+
+    def threshold(*a):
+        found = real_threshold(*a)
+        paths["above"] += found[0] is not None  # a block selected by one threshold
+        return found
+
+    monkeypatch.setattr(sce, "top_k_threshold", threshold)
     monkeypatch.setattr(sce, "top_k_mask", lambda *a: paths.update(["ranked"]) or real_rank(*a))
     outs = {}
     for block_bytes in (1, None):

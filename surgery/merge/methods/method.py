@@ -27,7 +27,7 @@ from pydantic.fields import FieldInfo
 
 from surgery.io.format import num_rows
 from surgery.merge.draws import Draws
-from surgery.merge.kept import Kept
+from surgery.merge.kept import Kept, fetch
 
 Stats = dict[str, torch.Tensor]
 
@@ -91,18 +91,7 @@ class Block:
         """Like `cached`, and kept for the next read of these rows by a later pass of the same tensor
         (within the engine's budget): the merge pass's read takes it, earlier reads leave it. For values
         that depend on the block alone and cost more to make than to keep."""
-        def fetch():
-            if self.kept is None:
-                return make()
-            where = (self.name, self.rows, key)
-            value = self.kept.take(where) if self.final else self.kept.get(where)
-            if value is None:
-                value = make()
-                if not self.final:
-                    self.kept.put(where, value)
-            return value
-
-        return self.cached(key, fetch)
+        return self.cached(key, lambda: fetch(self.kept, (self.name, self.rows, key), self.final, make))
 
     def cached(self, key: str, make: Callable[[], object]):
         """Values derived from this block, computed once while it is alive (a block read once serves

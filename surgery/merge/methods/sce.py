@@ -13,8 +13,8 @@ import torch
 from pydantic import Field
 
 from surgery.merge.methods.method import Block, Method, Params, Stage, Stats, compat
-from surgery.merge.methods.task_vectors import _below, _elect, total
-from surgery.merge.selection import bin_of_rank, high_histogram, low_histogram, top_k_cut, top_k_mask
+from surgery.merge.methods.task_vectors import _elect, total
+from surgery.merge.selection import bin_of_rank, high_histogram, low_histogram, top_k_cut, top_k_mask, top_k_threshold
 
 
 class SceShared(Params):
@@ -80,21 +80,12 @@ def selected(block: Block, stats: Stats) -> torch.Tensor | None:
         stats["~cut"] = top_k_cut(stats["hi"], stats[f"lo{b}"], b, block.numel, k)
     cut, quota = stats["~cut"]
     var, seen = _variance(block), int(stats.get("~seen", 0))
-    if cut > 0 and quota is not None and seen < quota:  # the tie quota not full yet: count this block's ties
-        here = int(torch.count_nonzero(var == cut))
-        stats["~seen"] = seen + here
-        if seen + here <= quota:  # all of them kept
-            return _above(var, _below(cut))
-    elif cut > 0:  # every entry at or above the cut, or with the quota full only those above it
-        return _above(var, _below(cut) if quota is None else cut)
+    if cut > 0:
+        threshold, stats["~seen"] = top_k_threshold(var, cut, quota, seen)
+        if threshold is not None:  # var >= 0: the sign of hardshrink is the float 0/1 mask (NaN gives 0)
+            return torch.nn.functional.hardshrink(var, threshold).sign_()
     mask, stats["~seen"] = top_k_mask(var, cut, quota, seen)  # the block where the quota fills, or a cut of 0
     return mask.float()
-
-
-def _above(var: torch.Tensor, threshold: float) -> torch.Tensor:
-    """Float 0/1 mask of var > threshold (var >= 0): `hardshrink` and `sign_` cost less than a comparison
-    into a bool tensor and its float copy. A NaN variance is 0 here, as it is not >= any cut."""
-    return torch.nn.functional.hardshrink(var, threshold).sign_()
 
 
 def _masked(block: Block, stats: Stats) -> list[torch.Tensor]:

@@ -28,7 +28,7 @@ from pydantic import Field
 from surgery.io.format import num_rows, row_numel
 from surgery.merge import selection
 from surgery.merge.methods.method import Block, Method, Params, Stage, Stats, compat
-from surgery.merge.selection import bin_of_rank, counts_at, low_histogram, top_k_mask, value_of_rank
+from surgery.merge.selection import bin_of_rank, counts_at, low_histogram, top_k_mask, top_k_threshold, value_of_rank
 
 Sparsify = Literal["none", "magnitude", "random", "outliers", "magprune"]
 EPS = 1e-7
@@ -193,23 +193,12 @@ def _top_k(block: Block, stats: Stats, i: int, delta: torch.Tensor) -> torch.Ten
     cut, quota = stats[f"~cut{i}"]
     if cut == 0:
         return None
-    if quota is None:
-        return torch.nn.functional.hardshrink(delta, _below(cut))
     before = int(stats.get(f"~ties{i}", 0))
-    if before >= quota:  # the quota is full: later ties need no counting
-        return torch.nn.functional.hardshrink(delta, cut)
-    a = delta.abs()
-    here = int(torch.count_nonzero(a.eq_(cut)))  # a is 1.0 where tied, else 0.0
-    stats[f"~ties{i}"] = before + here
-    if before + here <= quota:
-        return torch.nn.functional.hardshrink(delta, _below(cut))
+    threshold, stats[f"~ties{i}"] = top_k_threshold(delta, cut, quota, before)
+    if threshold is not None:
+        return torch.nn.functional.hardshrink(delta, threshold)
     keep, _ = top_k_mask(delta, cut, quota, before)  # the one block where the quota fills: rank its ties
     return delta * keep.to(torch.float32)
-
-
-def _below(cut: float) -> float:
-    """The largest float32 under `cut` (> 0): |x| > that is |x| >= cut for every float32 x."""
-    return float(torch.nextafter(torch.tensor(cut, dtype=torch.float32), torch.tensor(0.0)))
 
 
 def _magprune_probs(delta: torch.Tensor, density: float, epsilon: float) -> torch.Tensor:
