@@ -3,9 +3,6 @@ leaderboard of scored checkpoints (tui/leaderboard.py) and the training-run moni
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-
 from textual import events, on
 from textual.app import App, ComposeResult
 from textual.binding import Binding
@@ -13,11 +10,11 @@ from textual.widget import Widget
 from textual.widgets import Footer, Input, TabbedContent, TabPane
 
 from tui.designer import Designer
+from tui.key_order import after_queued
 from tui.leaderboard import LeaderboardPane
 from tui.monitor import MonitorPane
 
 TABS = ("tab-designer", "tab-leaderboard", "tab-monitor")
-DRAIN_S = 1.0  # the longest a key waits for the focused widget to handle the keys before it
 
 
 class SurgeryApp(App):
@@ -64,10 +61,7 @@ class SurgeryApp(App):
         active = self.active_bindings.get(key.key)
         if active is None or not active.enabled or active.binding.priority:  # priority bindings run at once already
             return False
-        handled = asyncio.Event()
-        if focused.call_later(handled.set):  # behind the keys already in the widget's queue
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(handled.wait(), DRAIN_S)
+        await after_queued(focused)
         return await self.run_action(active.binding.action, active.node)
 
     def action_quit(self) -> None:

@@ -26,6 +26,7 @@ from evals.scoring.store import default_path
 from surgery.errors import SurgeryError
 from tui.board import Board, Entry, load_board
 from tui.comparison import Comparison, compare_checkpoints
+from tui.key_order import after_queued
 
 MARKS = ("A", "B")  # the first marked is A (before), the second B (after): differences are B - A
 
@@ -196,13 +197,25 @@ class LeaderboardPane(Widget):
     def action_filter(self) -> None:
         self._focus("#lb-filter")
 
-    def action_filter_done(self) -> None:
+    async def action_filter_done(self) -> None:
+        await self._leave_filter()
+
+    async def _leave_filter(self) -> None:
+        """To the table once the filter has taken the keys typed before (the keys after wait meanwhile:
+        this runs as a priority binding) and the table shows the rows of the whole filter."""
+        field = self.query_one("#lb-filter", Input)
+        await after_queued(field)
+        self._apply_filter(field.value)  # its Changed messages may still be on their way up
         self._focus("#lb-table")
 
     @on(Input.Changed, "#lb-filter")
     def _filtered(self, event: Input.Changed) -> None:
-        self.filter_text = event.value
-        self._fill()
+        self._apply_filter(event.input.value)  # the value now: a late message of an older one changes nothing
+
+    def _apply_filter(self, text: str) -> None:
+        if text != self.filter_text:
+            self.filter_text = text
+            self._fill()
 
     def action_cycle_sort(self) -> None:
         columns = self.board.columns
@@ -226,10 +239,10 @@ class LeaderboardPane(Widget):
     def action_reload(self) -> None:
         self.refresh_rows()
 
-    def action_clear(self) -> None:
+    async def action_clear(self) -> None:
         """Leave the filter; else drop the marks; else clear the filter."""
         if self._filtering():
-            self._focus("#lb-table")
+            await self._leave_filter()
         elif self.marks:
             self.marks, self.comparison = [], None
             self._fill()

@@ -260,3 +260,29 @@ def test_keys_arriving_together_filter_then_act_on_the_table(db):
         assert pane.marks == [os.path.abspath("sft"), os.path.abspath("dpo")]
 
     run(db, scenario)
+
+
+@pytest.mark.parametrize("leave", ["enter", "escape"])
+def test_keys_after_leaving_the_filter_wait_for_the_filter_to_take_its_keys(db, monkeypatch, leave):
+    """On a loaded machine the filter can still hold typed keys when enter (or escape) and 'm' arrive: the
+    mark lands on the row the whole filter leaves, not on the row highlighted before the last keys."""
+    from textual.widgets import Input
+
+    handle = Input._on_key
+
+    async def slow(self, event):  # each key handled late, as when other work holds the CPU
+        await asyncio.sleep(0.05)
+        await handle(self, event)
+
+    monkeypatch.setattr(Input, "_on_key", slow)
+
+    async def scenario(pilot, pane):
+        await burst(pilot, "slash", *typed("sft"), "escape", "m")
+        await pilot.pause()
+        assert pane.marks == [os.path.abspath("sft")]
+        await burst(pilot, "slash", "backspace", "backspace", "backspace", *typed("dpo"), leave, "m")
+        await pilot.pause()
+        assert pane.filter_text == "dpo" and shown(pane) == ["dpo"]
+        assert pane.marks == [os.path.abspath("sft"), os.path.abspath("dpo")]
+
+    run(db, scenario)
