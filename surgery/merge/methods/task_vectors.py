@@ -26,12 +26,14 @@ import torch
 from pydantic import Field
 
 from surgery.io.format import num_rows, row_numel
-from surgery.merge import selection
+from surgery.merge import fused, selection
+from surgery.merge.fused import Survivors
 from surgery.merge.methods.method import Block, Method, Params, Stage, Stats, compat
 from surgery.merge.selection import bin_of_rank, counts_at, low_histogram, top_k_mask, top_k_threshold, value_of_rank
 
 Sparsify = Literal["none", "magnitude", "random", "outliers", "magprune"]
 EPS = 1e-7
+Rule = tuple[torch.Tensor | None, float | None]  # (0/1 mask, hardshrink threshold), one of them None
 
 
 class Weighted(Params):
@@ -152,41 +154,60 @@ def _cutoffs(kind: Sparsify, block: Block, stats: Stats, i: int) -> list[float]:
 def kept(kind: Sparsify, block: Block, stats: Stats, i: int, delta: torch.Tensor) -> torch.Tensor | None:
     """Input i's task vector with the entries that do not survive set to 0 (a new tensor, unscaled),
     or None where every entry survives."""
+    rule = _survival(kind, block, stats, i, delta)
+    return None if rule is None else _applied(Survivors(delta, *rule), fresh=True)
+
+
+def _survival(kind: Sparsify, block: Block, stats: Stats, i: int, delta: torch.Tensor) -> Rule | None:
+    """The rule that picks input i's surviving entries; None where every entry survives."""
     if kind == "magnitude" and block.per_model[i].density < 1:
         return _top_k(block, stats, i, delta)
     m = _mask(kind, block, stats, i, delta)
-    return None if m is None else delta * m
+    return None if m is None else (m, None)
+
+
+def _applied(s: Survivors, fresh: bool) -> torch.Tensor:
+    """The task vector `s` describes, in torch: a new tensor, or with `fresh` off the delta itself
+    where it is unchanged (read-only then)."""
+    if s.mask is None and s.threshold is None:
+        return s.delta * s.scale if fresh or s.scale != 1 else s.delta
+    if s.threshold is not None:
+        out = torch.nn.functional.hardshrink(s.delta, s.threshold)
+    else:  # a bool mask costs several times more in a product than a float or uint8 one
+        out = s.delta * (s.mask.to(torch.float32) if s.mask.dtype == torch.bool else s.mask)
+    return out.mul_(s.scale) if s.scale != 1 else out
 
 
 def _mask(kind: Sparsify, block: Block, stats: Stats, i: int, delta: torch.Tensor) -> torch.Tensor | None:
-    """0/1 mask (float32, or uint8 for DARE's draws) of the entries of input i's task vector that survive
-    an outlier trim, DARE's draws or DELLA's, where a product with it is the cheapest way to apply them;
-    None keeps all."""
+    """uint8 0/1 mask of the entries of input i's task vector that survive an outlier trim, DARE's draws
+    or DELLA's, where a product with it is the cheapest way to apply them (a comparison's bool viewed
+    as uint8: no copy); None keeps all."""
     p = block.per_model[i]
     if kind == "none" or p.density >= 1:
         return None
     if kind == "outliers":
         cuts = _cutoffs(kind, block, stats, i)
         if not cuts:
-            return torch.zeros_like(delta)
+            return torch.zeros(delta.shape, dtype=torch.uint8, device=delta.device)
         a = delta.abs()
-        return ((a >= cuts[0]) & (a <= cuts[1])).to(torch.float32)
+        return ((a >= cuts[0]) & (a <= cuts[1])).view(torch.uint8)
     if kind == "random":
         return block.keep(i, p.density)
-    return (block.uniform(i) < _magprune_probs(delta, p.density, p.epsilon)).to(torch.float32)
+    return (block.uniform(i) < _magprune_probs(delta, p.density, p.epsilon)).view(torch.uint8)
 
 
-def _top_k(block: Block, stats: Stats, i: int, delta: torch.Tensor) -> torch.Tensor | None:
-    """Exactly k entries kept, as a sort would keep: all above the cut-off magnitude, then the first
-    `quota` of those equal to it in row-major order. Blocks of one pass arrive in row order, so a
-    running count in the pass's statistics ranks each tie across blocks, whatever the blocking.
-    A cut-off of 0 keeps every entry (None): the zeros among them change nothing, so nothing is ranked.
+def _top_k(block: Block, stats: Stats, i: int, delta: torch.Tensor) -> Rule | None:
+    """The rule that keeps exactly k entries, as a sort would keep: all above the cut-off magnitude,
+    then the first `quota` of those equal to it in row-major order. Blocks of one pass arrive in row
+    order, so a running count in the pass's statistics ranks each tie across blocks, whatever the
+    blocking. A cut-off of 0 keeps every entry (None): the zeros among them change nothing, so
+    nothing is ranked.
 
     Where a block keeps every entry at or above the cut (or, the quota full, every entry above it),
-    `hardshrink` (x where |x| > t, else +0) does it in one pass over the block, at a threshold of the
-    cut or of the float32 just below it: a comparison into a bool mask and a product cost ten times
-    more. A dropped entry is then +0 where the product gave -0 for a negative one; the election, the
-    sums and the divisor are the same for either zero."""
+    a threshold for `hardshrink` (x where |x| > t, else +0) does it in one pass over the block: the cut
+    or the float32 just below it. A comparison into a bool mask and a product cost ten times more. A
+    dropped entry is then +0 where the product gave -0 for a negative one; the election, the sums and
+    the divisor are the same for either zero."""
     if f"~cut{i}" not in stats:  # once per pass, not per block
         cut = _cutoffs("magnitude", block, stats, i)[0]
         stats[f"~cut{i}"] = (cut, None if cut == 0 else _tie_quota(block.shape, block.per_model[i], stats, i))
@@ -196,9 +217,9 @@ def _top_k(block: Block, stats: Stats, i: int, delta: torch.Tensor) -> torch.Ten
     before = int(stats.get(f"~ties{i}", 0))
     threshold, stats[f"~ties{i}"] = top_k_threshold(delta, cut, quota, before)
     if threshold is not None:
-        return torch.nn.functional.hardshrink(delta, threshold)
+        return None, threshold
     keep, _ = top_k_mask(delta, cut, quota, before)  # the one block where the quota fills: rank its ties
-    return delta * keep.to(torch.float32)
+    return keep, None
 
 
 def _magprune_probs(delta: torch.Tensor, density: float, epsilon: float) -> torch.Tensor:
@@ -264,15 +285,20 @@ def sparsified(kind: Sparsify, block: Block, stats: Stats, i: int, delta: torch.
                fresh: bool = True) -> torch.Tensor:
     """w * the sparsified (and, with rescale, L1-restored) task vector: a new tensor, or with `fresh` off
     the cached delta itself where it is unchanged (read-only then)."""
-    out = kept(kind, block, stats, i, delta)
-    if out is None:
-        return delta * w if fresh or w != 1 else delta
+    return _applied(survivors(kind, block, stats, i, delta, w), fresh)
+
+
+def survivors(kind: Sparsify, block: Block, stats: Stats, i: int, delta: torch.Tensor, w: float = 1.0) -> Survivors:
+    """How w * the sparsified (and, with rescale, L1-restored) task vector is made from the delta."""
+    rule = _survival(kind, block, stats, i, delta)
+    if rule is None:
+        return Survivors(delta, scale=w)
     scale = w
     if block.shared.rescale:
         before, after = float(stats[f"l1_{i}"]), float(stats[f"l1m_{i}"])
         if before >= EPS and after >= EPS:
             scale = w * (before / after)  # one pass over the block for both factors
-    return out.mul_(scale) if scale != 1 else out
+    return Survivors(delta, *rule, scale=scale)
 
 
 # ---- combination --------------------------------------------------------------------------------
@@ -286,8 +312,12 @@ def combine(kind: Sparsify, elect: bool, block: Block, stats: Stats) -> torch.Te
     only where every term is), which the plain sum restores below."""
     weights = [p.weight for p in block.per_model]
     live = [i for i in range(len(weights)) if not _blank(block, i)]
-    tvs = [sparsified(kind, block, stats, i, _deltas(block)[i], weights[i], fresh=not elect) for i in live]  # (r, ...)
+    how = [survivors(kind, block, stats, i, _deltas(block)[i], weights[i]) for i in live]
     shared = block.shared
+    if elect and fused.usable(block.base, how):
+        return fused.elect_and_agree(block.base, how, [weights[i] for i in live], shared.consensus == "count",
+                                     shared.normalize, shared.lambda_)  # the same bits as below, in one pass
+    tvs = [_applied(s, fresh=not elect) for s in how]  # (r, ...)
     if elect:
         if not tvs:  # the elected sum is +0 everywhere, its divisor 1
             return _plus_base(block, 0.0)
