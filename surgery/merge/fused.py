@@ -3,9 +3,11 @@
 `task_vectors.combine` with a sign election is some twenty torch operations over the block: sparsify
 and scale each task vector, sum them for the election, compare, clamp and add each for the agreeing
 sum, and the same again for the divisor. Each reads and writes whole block-sized float32 buffers, so
-the combine costs about ten times the memory traffic of its inputs and output. Here each entry is
-read once from every input and written once, its arithmetic done in registers: about 10x less time
-for the combine of a 4M-entry block of three models (bench/README.md).
+the combine costs about ten times the memory traffic of its inputs and output. Here the block is
+computed a chunk of a few thousand entries at a time, its scratch rows in cache, each entry of each
+input read twice (election, agreement) and the output written once: 2-3x less time than the torch
+path for the combine of a 4M-entry block of three models, 1.6x with DARE's masks, and 12-16% off a
+whole TIES or DARE-TIES merge (bench/fused.py, bench/README.md).
 
 Every float32 operation is the one the torch path does, in the same order, so the two give the same
 bits (tests/surgery/test_fused.py): the torch path stays the reference, and serves CUDA, blocks in
@@ -93,52 +95,9 @@ def _pool(threads: int) -> ThreadPoolExecutor:
 
 @cache
 def _kernel():
-    """The compiled kernel (on first use; cached on disk by numba), or None without numba."""
+    """The compiled kernel (compiled on first use and cached on disk by numba), or None without numba."""
     try:
-        import numba
+        from surgery.merge import fused_kernel
     except ImportError:
         return None
-
-    @numba.njit(cache=True, nogil=True, boundscheck=False)
-    def value(deltas, masks, thresholds, scales, i, j):
-        """Input i's weighted, sparsified task vector at entry j (float32 throughout)."""
-        v = deltas[i][j]
-        if masks[i].size:
-            v = v * np.float32(masks[i][j])
-        t = thresholds[i]
-        if t >= 0 and abs(v) <= t:  # hardshrink: +0, NaN kept
-            v = np.float32(0.0)
-        s = scales[i]
-        if s != 1:
-            v = v * s
-        return v
-
-    @numba.njit(cache=True, nogil=True, boundscheck=False)
-    def combine(base, deltas, masks, thresholds, scales, weights, by_count, normalize, lambda_, out, lo, hi):
-        k = len(deltas)
-        zero, one = np.float32(0.0), np.float32(1.0)
-        for j in range(lo, hi):
-            total = zero  # +0: the election's sum is never -0
-            for i in range(k):
-                v = value(deltas, masks, thresholds, scales, i, j)
-                if by_count:
-                    v = one if v > 0 else (-one if v < 0 else zero)  # torch.sign: 0 for 0 and NaN
-                total = total + v
-            elected = one if total >= 0 else -one
-            mixed = zero
-            divisor = zero
-            for i in range(k):
-                along = value(deltas, masks, thresholds, scales, i, j) * elected
-                if along < 0:  # clamp(min=0), NaN kept
-                    along = zero
-                mixed = mixed + along
-                if along > 0:
-                    divisor = divisor + weights[i]
-            x = mixed * elected
-            if normalize:
-                x = x / (one if divisor == 0 else divisor)
-            if lambda_ != 1:
-                x = x * lambda_
-            out[j] = x + base[j]
-
-    return combine
+    return fused_kernel.combine
