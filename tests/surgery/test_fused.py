@@ -166,3 +166,10 @@ def test_ties_at_the_cut_off_over_blocks_give_the_torch_bits(tmp_path, calls, mo
     monkeypatch.setenv("SURGERY_FUSED", "0")
     slow = run_ours(spec, str(tmp_path / "slow"), block_bytes=SHAPE[1] * 4 * 8)
     assert torch.equal(bits(fast["w"]), bits(slow["w"]))
+
+
+def test_the_cases_cross_the_kernels_chunks():
+    """The cases above test chunk edges: a tensor spans several chunks and ends inside one."""
+    fused_kernel = pytest.importorskip("surgery.merge.fused_kernel")
+    n = SHAPE[0] * SHAPE[1]
+    assert n > 2 * fused_kernel.CHUNK and n % fused_kernel.CHUNK
