@@ -8,6 +8,9 @@ histograms, the exact value: this replaces the full sort mergekit's TIES spends 
 
 from __future__ import annotations
 
+import os
+from functools import cache
+
 import torch
 
 HI_BINS = 1 << 15  # sign bit is clear for |x|
@@ -19,8 +22,30 @@ def _bits(x: torch.Tensor) -> torch.Tensor:
     return x.abs().float().contiguous().view(torch.int32).reshape(-1)
 
 
+def _compiled(x: torch.Tensor):
+    """The compiled counting passes (`selection_kernel`) and x's bits as a numpy int32 view, where x is
+    float32 on CPU and contiguous and numba is installed (`SURGERY_FUSED=0` turns them off, as it does
+    the compiled combine); else None: torch counts."""
+    if x.dtype != torch.float32 or x.device.type != "cpu" or not x.is_contiguous() or \
+            os.environ.get("SURGERY_FUSED", "1") == "0" or _kernels() is None:
+        return None
+    return _kernels(), x.reshape(-1).view(torch.int32).numpy()
+
+
+@cache
+def _kernels():
+    try:
+        from surgery.merge import selection_kernel
+    except ImportError:
+        return None
+    return selection_kernel
+
+
 def high_histogram(x: torch.Tensor) -> torch.Tensor:
     """(32768,) int64 counts of |x| by the top 16 bits."""
+    if (compiled := _compiled(x)) is not None:
+        kernels, bits = compiled
+        return torch.from_numpy(kernels.high_counts(bits))
     return torch.bincount(_bits(x).bitwise_right_shift_(16), minlength=HI_BINS)  # the bits are a fresh tensor
 
 
@@ -33,6 +58,9 @@ def histogram_and_zeros(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     high = high_histogram(x)
     if int(high[0]) * ZEROS_WORTH < x.numel():
         return high, torch.zeros((), dtype=torch.int64, device=high.device)
+    if (compiled := _compiled(x)) is not None:
+        kernels, bits = compiled
+        return high, torch.tensor(kernels.equal_count(bits, 0), dtype=torch.int64)
     return high, x.numel() - torch.count_nonzero(_bits(x))  # -0 is a zero too; int32 counts are the cheaper
 
 
@@ -56,6 +84,9 @@ def low_histogram(x: torch.Tensor, hi_bin: int) -> torch.Tensor:
     counted by its bits less the bin's first bits (no int32 overflow: both are non-negative), clamped to
     [-1, 65536] and shifted by one, so that the entries below the bin fall in the first slot and those
     above it in the last, both dropped."""
+    if (compiled := _compiled(x)) is not None:
+        kernels, bits = compiled
+        return torch.from_numpy(kernels.low_counts(bits, hi_bin << 16))
     keys = _bits(x).sub_(hi_bin << 16).clamp_(-1, LO_BINS).add_(1)
     return torch.bincount(keys, minlength=LO_BINS + 2)[1:LO_BINS + 1]
 
@@ -100,7 +131,12 @@ def top_k_threshold(x: torch.Tensor, cut: float, quota: int | None, seen: int) -
         return below(cut), seen
     if seen >= quota:
         return cut, seen
-    here = int(torch.count_nonzero(x.abs().eq_(cut)))  # 1.0 where tied, else 0.0
+    compiled = _compiled(x)
+    if compiled is not None:
+        kernels, bits = compiled
+        here = int(kernels.equal_count(bits, int(torch.tensor(cut, dtype=torch.float32).view(torch.int32))))
+    else:
+        here = int(torch.count_nonzero(x.abs().eq_(cut)))  # 1.0 where tied, else 0.0
     return (below(cut) if seen + here <= quota else None), seen + here
 
 
