@@ -4,10 +4,11 @@
 and scale each task vector, sum them for the election, compare, clamp and add each for the agreeing
 sum, and the same again for the divisor. Each reads and writes whole block-sized float32 buffers, so
 the combine costs about ten times the memory traffic of its inputs and output. Here the block is
-computed a chunk of a few thousand entries at a time, its scratch rows in cache, each entry of each
-input read twice (election, agreement) and the output written once: 2-3x less time than the torch
-path for the combine of a 4M-entry block of three models, 1.6x with DARE's masks, and 12-16% off a
-whole TIES or DARE-TIES merge (bench/fused.py, bench/README.md).
+computed a chunk of a couple of thousand entries at a time (`fused_kernel`), its scratch in cache,
+each input's delta read once and the output written once: 5-10x less time than the torch path for the
+combine of a 4M-entry block of three models, and with the compiled counting passes of the selection
+(`selection_kernel`) a dense TIES or DARE-TIES merge of 1.6 GB models about 1.3x faster
+(bench/fused.py, bench/README.md).
 
 Every float32 operation is the one the torch path does, in the same order, so the two give the same
 bits (tests/surgery/test_fused.py): the torch path stays the reference, and serves CUDA, blocks in
