@@ -44,9 +44,15 @@ class Survivors:
     scale: float = 1.0
 
 
+def enabled() -> bool:
+    """Whether compiled kernels may be used at all: `SURGERY_FUSED=0` in the environment says no (the
+    combine here and the selection's counts alike)."""
+    return os.environ.get("SURGERY_FUSED", "1") != "0"
+
+
 def usable(base: torch.Tensor, inputs: Sequence[Survivors]) -> bool:
     """Whether the compiled combine takes this block: float32 on CPU, contiguous, and numba installed."""
-    if os.environ.get("SURGERY_FUSED", "1") == "0" or not inputs:
+    if not enabled() or not inputs:
         return False
     floats = [base, *(s.delta for s in inputs)]
     masks = [s.mask for s in inputs if s.mask is not None]

@@ -8,10 +8,11 @@ histograms, the exact value: this replaces the full sort mergekit's TIES spends 
 
 from __future__ import annotations
 
-import os
 from functools import cache
 
 import torch
+
+from surgery.merge import fused
 
 HI_BINS = 1 << 15  # sign bit is clear for |x|
 LO_BINS = 1 << 16
@@ -27,7 +28,7 @@ def _compiled(x: torch.Tensor):
     float32 on CPU and contiguous and numba is installed (`SURGERY_FUSED=0` turns them off, as it does
     the compiled combine); else None: torch counts."""
     if x.dtype != torch.float32 or x.device.type != "cpu" or not x.is_contiguous() or \
-            os.environ.get("SURGERY_FUSED", "1") == "0" or _kernels() is None:
+            not fused.enabled() or _kernels() is None:
         return None
     return _kernels(), x.reshape(-1).view(torch.int32).numpy()
 
