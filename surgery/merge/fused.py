@@ -20,6 +20,7 @@ the spans are elementwise, so the result does not depend on the thread count.
 
 from __future__ import annotations
 
+import importlib
 import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -101,10 +102,18 @@ def _pool(threads: int) -> ThreadPoolExecutor:
 
 
 @cache
-def _kernel():
-    """The compiled kernel (compiled on first use and cached on disk by numba), or None without numba."""
+def compiled(module: str):
+    """The module `surgery.merge.<module>` of numba-compiled kernels (compiled on first use and cached
+    on disk by numba), or None where numba is not installed."""
     try:
-        from surgery.merge import fused_kernel
-    except ImportError:
+        return importlib.import_module(f"surgery.merge.{module}")
+    except ImportError as e:
+        if e.name not in ("numba", "llvmlite"):
+            raise
         return None
-    return fused_kernel.combine
+
+
+def _kernel():
+    """The compiled combine, or None without numba."""
+    kernels = compiled("fused_kernel")
+    return None if kernels is None else kernels.combine

@@ -1,6 +1,6 @@
 """The kernel of `fused`: the TIES family's combine over a span of a block, compiled by numba.
 
-Imported only where numba is installed (`fused._kernel`). Every float32 operation is the torch path's,
+Imported only where numba is installed (`fused.compiled`). Every float32 operation is the torch path's,
 in its order, so the two give the same bits. Module-level functions, so numba's disk cache serves
 later processes.
 

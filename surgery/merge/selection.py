@@ -8,8 +8,6 @@ histograms, the exact value: this replaces the full sort mergekit's TIES spends 
 
 from __future__ import annotations
 
-from functools import cache
-
 import torch
 
 from surgery.merge import fused
@@ -27,19 +25,10 @@ def _compiled(x: torch.Tensor):
     """The compiled counting passes (`selection_kernel`) and x's bits as a numpy int32 view, where x is
     float32 on CPU and contiguous and numba is installed (`SURGERY_FUSED=0` turns them off, as it does
     the compiled combine); else None: torch counts."""
-    if x.dtype != torch.float32 or x.device.type != "cpu" or not x.is_contiguous() or \
-            not fused.enabled() or _kernels() is None:
+    if x.dtype != torch.float32 or x.device.type != "cpu" or not x.is_contiguous() or not fused.enabled():
         return None
-    return _kernels(), x.reshape(-1).view(torch.int32).numpy()
-
-
-@cache
-def _kernels():
-    try:
-        from surgery.merge import selection_kernel
-    except ImportError:
-        return None
-    return selection_kernel
+    kernels = fused.compiled("selection_kernel")
+    return None if kernels is None else (kernels, x.reshape(-1).view(torch.int32).numpy())
 
 
 def high_histogram(x: torch.Tensor) -> torch.Tensor:

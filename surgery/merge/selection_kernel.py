@@ -1,6 +1,6 @@
 """The counting passes of `selection`, compiled by numba, for float32 blocks on CPU.
 
-Imported only where numba is installed (`selection._compiled`). Counts are integers, so these give
+Imported only where numba is installed (`fused.compiled`). Counts are integers, so these give
 exactly what the torch path gives; they read each entry's bits once, where the torch path makes a
 fresh block-sized tensor for |x|, another for the keys, and counts them with a one-thread bincount:
 about 4x less time per pass (bench/README.md).
@@ -11,8 +11,8 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-HI_BINS = 1 << 15
-LO_BINS = 1 << 16
+HI_BINS = 1 << 15  # selection.HI_BINS: compile-time constants here, so that the loops specialise on them
+LO_BINS = 1 << 16  # selection.LO_BINS
 MAGNITUDE = 0x7FFFFFFF  # a float32's bits less its sign: |x|'s bits
 LANES = 4  # histograms counted side by side, so that equal neighbours do not wait on one another's store
 jit = numba.njit(cache=True, nogil=True, boundscheck=False)
