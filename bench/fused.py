@@ -6,9 +6,11 @@ fresh processes with `SURGERY_FUSED=0` and without it, order alternating, output
     .venv/bin/python bench/fused.py --quick            # 2 layers, vocab 16384
     .venv/bin/python bench/fused.py --merges none      # the block only (no models needed)
 
-The block: 4M float32 entries, a base and three task vectors of N(0, 1) noise, weights 1, normalised;
-`ties` with a hardshrink threshold (density 0.5's cut-off), `dare_ties` with a uint8 mask and a
-rescale, `ties_count` with the election by count. Best of --repeat calls each, 1 and 2 threads.
+The block: 4M entries, a base and three models (the base plus N(0, 1) noise) stored in float32 or
+bf16, weights 1, normalised; the torch path converts them to float32 and subtracts, the compiled one
+reads them as stored; `ties` with a hardshrink threshold (density 0.5's cut-off), `dare_ties` with a
+uint8 mask and a rescale, `ties_count` with the election by count. Best of --repeat calls each, 1 and
+2 threads.
 """
 
 from __future__ import annotations
@@ -27,27 +29,30 @@ from run import BIN, RESULTS, measure
 CASES = ("ties", "dare_ties", "ties_count")
 
 
-def block_inputs(case: str, n: int):
+def block_inputs(case: str, n: int, stored):
+    """A base, three models (base + N(0, 1) noise) stored in `stored`, and how each task vector is made."""
     import torch
 
     from surgery.merge.fused import Survivors
 
     g = torch.Generator().manual_seed(0)
-    base = torch.randn(n, generator=g)
-    deltas = [torch.randn(n, generator=g) for _ in range(3)]
+    base = torch.randn(n, generator=g).to(stored)
+    models = [(base.float() + torch.randn(n, generator=g)).to(stored) for _ in range(3)]
     if case == "dare_ties":
         masks = [(torch.rand(n, generator=g) < 0.5).view(torch.uint8) for _ in range(3)]
-        return base, [Survivors(d, m, None, 2.0) for d, m in zip(deltas, masks)]
-    return base, [Survivors(d, None, 0.6745, 1.0) for d in deltas]  # |N(0, 1)|'s median: density 0.5
+        return base, models, [Survivors(m, None, 2.0) for m in masks]
+    return base, models, [Survivors(None, 0.6745, 1.0)] * 3  # |N(0, 1)|'s median: density 0.5
 
 
-def torch_combine(base, inputs, by_count: bool):
-    """The torch path of task_vectors.combine for these inputs (weights 1, normalised, lambda 1)."""
+def torch_combine(base, models, inputs, by_count: bool):
+    """The torch path of task_vectors.combine for these inputs (weights 1, normalised, lambda 1), from
+    the stored rows: float32 copies, the deltas, the combine."""
     from surgery.merge.methods import task_vectors
 
-    tvs = [task_vectors._applied(s, fresh=False) for s in inputs]
+    b = base.float()
+    tvs = [task_vectors._applied(m.float() - b, s, fresh=False) for m, s in zip(models, inputs)]
     mixed, divisor = task_vectors._agreeing([1.0] * len(tvs), tvs, "count" if by_count else "sum", True)
-    return mixed.div_(divisor).add_(base)
+    return mixed.div_(divisor).add_(b)
 
 
 def best(fn, repeat: int) -> float:
@@ -64,12 +69,14 @@ def bench_block(n: int, repeat: int) -> list[str]:
 
     from surgery.merge import fused
 
-    rows = ["| case | threads | torch ms | fused ms | speed-up | same bits |", "|---|---:|---:|---:|---:|---|"]
-    for case in CASES:
-        base, inputs = block_inputs(case, n)
+    rows = ["| case | stored | threads | torch ms | fused ms | speed-up | same bits |",
+            "|---|---|---:|---:|---:|---:|---|"]
+    for case, stored in ((c, s) for c in CASES for s in (torch.float32, torch.bfloat16)):
+        base, models, inputs = block_inputs(case, n, stored)
         by_count = case == "ties_count"
-        slow = partial(torch_combine, base, inputs, by_count)
-        fast = partial(fused.elect_and_agree, base, inputs, [1.0] * 3, by_count, True, 1.0)
+        slow = partial(torch_combine, base, models, inputs, by_count)
+        fast = partial(fused.elect_and_agree, fused.sources(base, models), range(3), inputs, [1.0] * 3, by_count,
+                       True, 1.0)
         same = torch.equal(slow().view(torch.int32), fast().view(torch.int32))
         for threads in (1, 2):
             torch.set_num_threads(threads)
@@ -77,7 +84,7 @@ def bench_block(n: int, repeat: int) -> list[str]:
             for _ in range(2):  # alternating, best of each
                 t.append(best(slow, repeat))
                 f.append(best(fast, repeat))
-            rows.append(f"| {case} | {threads} | {min(t) * 1e3:.1f} | {min(f) * 1e3:.1f} | {min(t) / min(f):.2f}x "
+            rows.append(f"| {case} | {str(stored).removeprefix('torch.')} | {threads} | {min(t) * 1e3:.1f} | {min(f) * 1e3:.1f} | {min(t) / min(f):.2f}x "
                         f"| {'yes' if same else 'NO'} |")
     return rows
 

@@ -7,9 +7,9 @@ import os
 from collections import Counter
 
 from surgery.diagnose.inspect import Inspection
-from surgery.io.format import num_rows, row_numel
+from surgery.io.format import num_rows
 from surgery.io.reader import ModelFolder
-from surgery.merge.engine import Options, rows_per_block
+from surgery.merge.engine import Options, row_bytes, rows_per_block
 from surgery.merge.plan import MergePlan
 
 
@@ -22,13 +22,11 @@ def human(n: float) -> str:
 
 
 def peak_working_set(plan: MergePlan, options: Options) -> int:
-    """Largest float32 working set of one block (inputs plus the method's temporaries)."""
+    """Largest working set of one block (inputs plus the method's temporaries)."""
     peak = 0
     for job in plan.jobs:
-        rows = num_rows(job.shape)
-        row = row_numel(job.shape)
-        step = min(rows, rows_per_block(job, options.block_bytes, plan.method.work))
-        peak = max(peak, step * row * 4 * (len(job.sources) + plan.method.work))
+        step = min(num_rows(job.shape), rows_per_block(plan, job, options))
+        peak = max(peak, step * row_bytes(plan, job, options))
     return peak
 
 

@@ -116,9 +116,9 @@ class ModelFolder:
         nbytes = (r1 - r0) * info.row_bytes
         if not nbytes:
             return torch.empty(shape, dtype=info.dtype)
-        buf = bytearray(nbytes)
-        self._pread_into(info, memoryview(buf), info.start + r0 * info.row_bytes)
-        return torch.frombuffer(buf, dtype=info.dtype).reshape(shape)
+        buf = torch.empty(nbytes, dtype=torch.uint8)  # not zeroed first, as a bytearray would be
+        self._pread_into(info, memoryview(buf.numpy()), info.start + r0 * info.row_bytes)
+        return buf.view(info.dtype).reshape(shape)
 
     def blocks(self, name: str, block_bytes: int) -> Iterator[torch.Tensor]:
         """Tensor `name` as consecutive blocks of rows of about `block_bytes` each (at least one row)."""

@@ -26,6 +26,7 @@ import torch
 
 from surgery.errors import NumericsError, OutputError, SurgeryError, SurgeryWarning
 from surgery.io.format import num_rows, row_numel
+from surgery.merge import fused
 from surgery.merge.card import Card, spec_card
 from surgery.merge.draws import Draws
 from surgery.merge.kept import Kept
@@ -35,7 +36,7 @@ from surgery.merge.plan import MergePlan, TensorJob
 
 DEFAULT_SHARD = 5 * 1024**3
 DEFAULT_BLOCK = 16 * 1024**2  # small blocks stay in cache and reuse freed pages: faster, see bench/
-KEPT_BLOCKS = 4  # values kept between a tensor's reads (DARE's masks, SCE's variance): this many blocks' bytes
+KEPT_BLOCKS = 8  # values kept between a tensor's reads (DARE's masks, SCE's variance): this many blocks' bytes
 
 
 def arithmetic_threads(requested: int | None = None) -> int:
@@ -55,7 +56,7 @@ class Cancelled(SurgeryError):
 @dataclass(frozen=True)
 class Options:
     shard_size: int = DEFAULT_SHARD
-    block_bytes: int = DEFAULT_BLOCK       # float32 working set of one block, all inputs together
+    block_bytes: int = DEFAULT_BLOCK       # working set of one block, all inputs together (`row_bytes`)
     device: str = "cpu"
     force: bool = False
     card: bool = True                      # write README.md, a model card (front matter, method, inputs, spec)
@@ -104,15 +105,29 @@ def run_merge(plan: MergePlan, out: str, options: Options = Options(), progress:
     return out
 
 
-def rows_per_block(job: TensorJob, block_bytes: int, work: int) -> int:
-    row = row_numel(job.shape)
-    per_row = max(row, 1) * 4 * (len(job.sources) + work)
-    return max(1, block_bytes // per_row)
+def row_bytes(plan: MergePlan, job: TensorJob, options: Options) -> int:
+    """Bytes one row of a block of `job` takes: its inputs and the method's block-sized temporaries, in
+    float32; or, where the method's compiled kernels read the inputs as stored (`Method.stored_work`),
+    the inputs at their stored size (bf16: 2 bytes) and the kernels' temporaries."""
+    method, row = plan.method, max(row_numel(job.shape), 1)
+    if method.stored_work is None or options.device != "cpu" or not fused.available():
+        return row * 4 * (len(job.sources) + method.work)
+    stored = sum(2 if _stored_dtype(plan, s) == torch.bfloat16 else 4 for s in job.sources)
+    return row * (stored + 4 * method.stored_work)
 
 
-def spans_of(job: TensorJob, options: Options, work: int) -> list[tuple[int, int]]:
+def _stored_dtype(plan: MergePlan, src) -> torch.dtype | None:
+    info = getattr(plan.folders[src.model], "tensors", {}).get(src.name)
+    return getattr(info, "dtype", None)
+
+
+def rows_per_block(plan: MergePlan, job: TensorJob, options: Options) -> int:
+    return max(1, options.block_bytes // row_bytes(plan, job, options))
+
+
+def spans_of(plan: MergePlan, job: TensorJob, options: Options) -> list[tuple[int, int]]:
     rows = num_rows(job.shape)
-    step = rows_per_block(job, options.block_bytes, work)
+    step = rows_per_block(plan, job, options)
     return [(r, min(r + step, rows)) for r in range(0, rows, step)] or [(0, 0)]
 
 
@@ -122,7 +137,7 @@ def reads_of(plan: MergePlan, job: TensorJob, options: Options) -> list[tuple[tu
     passes = () if job.copy else plan.method.passes_for(job.shared, job.per_model)
     if not passes:
         return []
-    spans = spans_of(job, options, plan.method.work)
+    spans = spans_of(plan, job, options)
     if len(spans) == 1:
         return [(spans[0], True)]
     return [(span, False) for span in spans] * len(passes)
@@ -133,7 +148,7 @@ def merge_reads(plan: MergePlan, job: TensorJob, options: Options) -> list[tuple
     tensor's one block."""
     if job.copy or any(final for _, final in reads_of(plan, job, options)):
         return []
-    return spans_of(job, options, plan.method.work)
+    return spans_of(plan, job, options)
 
 
 Computed = tuple[Stats, Block | None]  # a tensor's statistics, and its one block when it has only one
@@ -149,7 +164,7 @@ def statistics(plan: MergePlan, job: TensorJob, options: Options, load=None) -> 
     reads = reads_of(plan, job, options)
     if not reads:
         return stats, None
-    spans = spans_of(job, options, plan.method.work)
+    spans = spans_of(plan, job, options)
     cached = load(job, spans[0]) if len(spans) == 1 else None
     for stage in plan.method.passes_for(job.shared, job.per_model):
         if stage.needed is not None and not stage.needed(job.shared, job.per_model, job.shape, stats):
@@ -182,7 +197,7 @@ def merge_tensor(plan: MergePlan, job: TensorJob, options: Options, load=None,
     if method.fallback is not None and method.fallback.taken(job.shared, stats):
         plan.fell_back.append(job.name)
     running = dict(stats)
-    for span in spans_of(job, options, method.work):
+    for span in spans_of(plan, job, options):
         block = cached or load(job, span)
         out = method.merge(block, running)
         _check_finite(plan, job, block, out, span)
@@ -293,10 +308,10 @@ def _load(plan: MergePlan, job: TensorJob, span: tuple[int, int], device: str, f
 
 
 def _read(plan: MergePlan, src, span: tuple[int, int], device: str | None) -> torch.Tensor:
+    """Rows `span` of an input in its stored dtype, on `device` (the block converts them to float32
+    where a method asks: a compiled kernel reads bf16 rows as they are)."""
     t = plan.folders[src.model].read(src.name, span)
-    if device is None:
-        return t
-    return t.to(device=device, dtype=torch.float32)
+    return t if device is None else t.to(device=device)
 
 
 def _check_finite(plan: MergePlan, job: TensorJob, block: Block, out: torch.Tensor, span: tuple[int, int]) -> None:

@@ -1,21 +1,28 @@
-"""The TIES family's combine in one pass over a block, compiled (numba), on CPU.
+"""The task-vector family's work on CPU, compiled (numba), reading the inputs' rows as stored.
 
 `task_vectors.combine` with a sign election is some twenty torch operations over the block: sparsify
 and scale each task vector, sum them for the election, compare, clamp and add each for the agreeing
 sum, and the same again for the divisor. Each reads and writes whole block-sized float32 buffers, so
 the combine costs about ten times the memory traffic of its inputs and output. Here the block is
 computed a chunk of a couple of thousand entries at a time (`fused_kernel`), its scratch in cache,
-each input's delta read once and the output written once: 5-10x less time than the torch path for the
-combine of a 4M-entry block of three models, and with the compiled counting passes of the selection
-(`selection_kernel`) a dense TIES or DARE-TIES merge of 1.6 GB models about 1.3x faster
-(bench/fused.py, bench/README.md).
+each input read once and the output written once.
+
+The kernels read the rows as the checkpoint stores them (`Sources`: bf16 as its uint16 bits, or
+float32), so a bf16 model is never copied to float32 whole: each chunk's task vector m - base is made
+in scratch. Besides the combine: the task vectors themselves where a method needs them whole (TIES's
+selection), whether a task vector is +0 throughout a block, and DARE's L1 sums before and after its
+masks. With the compiled counting passes of the selection (`selection_kernel`) a DARE-TIES merge of
+three 1.6 GB bf16 models takes 7.4 s where the torch path takes 20 (bench/fused.py, bench/README.md).
 
 Every float32 operation is the one the torch path does, in the same order, so the two give the same
 bits (tests/surgery/test_fused.py): the torch path stays the reference, and serves CUDA, blocks in
-another layout, and installs without numba. `SURGERY_FUSED=0` in the environment turns this off.
+another layout, and installs without numba. `SURGERY_FUSED=0` in the environment turns this off. The
+L1 sums are float64 in both, added in different orders: they agree to float64 rounding (about 1e-16
+of the sum), so the float32 scale made of their ratio is the same but where the ratio lies that close
+to a float32 rounding boundary.
 
-The block is cut into contiguous spans, one per torch thread, each computed with the GIL released:
-the spans are elementwise, so the result does not depend on the thread count.
+The combine cuts the block into contiguous spans, one per torch thread, each computed with the GIL
+released: the spans are elementwise, so the result does not depend on the thread count.
 """
 
 from __future__ import annotations
@@ -39,55 +46,115 @@ class Survivors:
     mask where given, kept only where |.| > threshold where given, times scale where it is not 1 (each
     step the torch path's, in its order)."""
 
-    delta: torch.Tensor                 # (r, ...) float32
     mask: torch.Tensor | None = None    # (r, ...) uint8 or bool 0/1
     threshold: float | None = None      # hardshrink's
     scale: float = 1.0
 
 
+@dataclass(frozen=True)
+class Sources:
+    """A block's rows as the kernels read them: flat views of the stored rows (bf16 as its uint16 bits,
+    or float32), the models all of one dtype."""
+
+    base: np.ndarray
+    models: tuple[np.ndarray, ...]
+    shape: torch.Size
+
+
+STORED = (torch.bfloat16, torch.float32)  # the dtypes the kernels read as they are
+
+
 def enabled() -> bool:
     """Whether compiled kernels may be used at all: `SURGERY_FUSED=0` in the environment says no (the
-    combine here and the selection's counts alike)."""
+    kernels here and the selection's counts alike)."""
     return os.environ.get("SURGERY_FUSED", "1") != "0"
 
 
-def usable(base: torch.Tensor, inputs: Sequence[Survivors]) -> bool:
-    """Whether the compiled combine takes this block: float32 on CPU, contiguous, and numba installed."""
-    if not enabled() or not inputs:
-        return False
-    floats = [base, *(s.delta for s in inputs)]
-    masks = [s.mask for s in inputs if s.mask is not None]
-    return (all(t.dtype == torch.float32 for t in floats) and all(m.dtype in (torch.uint8, torch.bool) for m in masks)
-            and all(t.device.type == "cpu" and t.is_contiguous() and t.shape == base.shape for t in floats + masks)
-            and _kernel() is not None)
+def available() -> bool:
+    """Whether the compiled kernels run here: enabled, and numba installed."""
+    return enabled() and _kernels() is not None
 
 
-def elect_and_agree(base: torch.Tensor, inputs: Sequence[Survivors], weights: Sequence[float], by_count: bool,
-                    normalize: bool, lambda_: float) -> torch.Tensor:
+def sources(base: torch.Tensor | None, models: Sequence[torch.Tensor]) -> Sources | None:
+    """The rows for the kernels, or None where they cannot take them: kernels off or numba missing, no
+    base, another device or layout, a dtype they do not read (convert to float32 and ask again), or
+    models of mixed dtypes."""
+    if base is None or not available():
+        return None
+    rows = [base, *models]
+    if not all(t.device.type == "cpu" and t.is_contiguous() and t.shape == base.shape for t in rows):
+        return None
+    if base.dtype not in STORED or len({m.dtype for m in models}) > 1 or any(m.dtype not in STORED for m in models):
+        return None
+    return Sources(_flat(base), tuple(_flat(m) for m in models), base.shape)
+
+
+def _flat(t: torch.Tensor) -> np.ndarray:
+    t = t.reshape(-1)  # a view: t is contiguous
+    return t.view(torch.int16).numpy().view(np.uint16) if t.dtype == torch.bfloat16 else t.numpy()
+
+
+def _mask_ok(mask: torch.Tensor | None, src: Sources) -> bool:
+    return mask is None or (mask.dtype in (torch.uint8, torch.bool) and mask.device.type == "cpu"
+                            and mask.is_contiguous() and mask.shape == src.shape)
+
+
+def _mask(mask: torch.Tensor | None) -> np.ndarray:
+    return np.empty(0, np.uint8) if mask is None else mask.reshape(-1).numpy().view(np.uint8)
+
+
+def usable(src: Sources | None, inputs: Sequence[Survivors]) -> bool:
+    """Whether the compiled combine takes this block: sources the kernels read, and masks they read."""
+    return src is not None and bool(inputs) and all(_mask_ok(s.mask, src) for s in inputs)
+
+
+def elect_and_agree(src: Sources, live: Sequence[int], inputs: Sequence[Survivors], weights: Sequence[float],
+                    by_count: bool, normalize: bool, lambda_: float) -> torch.Tensor:
     """base + lambda * (sum of the task vectors' entries whose sign is the elected one), divided by the
     sum of the agreeing inputs' weights (1 where none agree) with `normalize`; the election by summed
-    mass, or by count of signs. The same bits as `task_vectors._agreeing` and what follows it."""
-    kernel = _kernel()
-    n = base.numel()
-    flat = lambda t: t.reshape(-1).numpy()  # noqa: E731  (views: the tensors are contiguous)
-    empty = np.empty(0, np.uint8)
-    deltas = tuple(flat(s.delta) for s in inputs)
-    masks = tuple(empty if s.mask is None else flat(s.mask).view(np.uint8) for s in inputs)
+    mass, or by count of signs; the task vectors those of models `live`, made as `inputs` say. The same
+    bits as `task_vectors._agreeing` and what follows it."""
+    kernel = _kernels().combine
+    models = tuple(src.models[i] for i in live)
+    masks = tuple(_mask(s.mask) for s in inputs)
     thresholds = np.array([-1.0 if s.threshold is None else s.threshold for s in inputs], np.float32)
     scales = np.array([s.scale for s in inputs], np.float32)
     w = np.array(weights, np.float32)
-    out = torch.empty_like(base)
-    b, o = flat(base), flat(out)
+    out = torch.empty(src.shape, dtype=torch.float32)
+    o = out.reshape(-1).numpy()
 
     def span(lo: int, hi: int) -> None:
-        kernel(b, deltas, masks, thresholds, scales, w, by_count, normalize, np.float32(lambda_), o, lo, hi)
+        kernel(src.base, models, masks, thresholds, scales, w, by_count, normalize, np.float32(lambda_), o, lo, hi)
 
-    spans = _spans(n, torch.get_num_threads())
+    spans = _spans(out.numel(), torch.get_num_threads())
     if len(spans) == 1:
         span(*spans[0])
     else:
         list(_pool(len(spans)).map(lambda s: span(*s), spans))
     return out
+
+
+def delta(src: Sources, i: int) -> torch.Tensor:
+    """Model i's rows less the base's, in float32: the torch path's `m - base`, the same bits."""
+    out = torch.empty(src.shape, dtype=torch.float32)
+    _kernels().deltas(src.base, src.models[i], out.reshape(-1).numpy())
+    return out
+
+
+def changed(src: Sources, i: int) -> bool:
+    """Whether model i's task vector is anything but +0 somewhere in the block."""
+    return bool(_kernels().changed(src.base, src.models[i]))
+
+
+def l1_sums(src: Sources, i: int, mask: torch.Tensor | None, threshold: float | None) -> tuple[float, float] | None:
+    """(sum of |d|, sum of |d| over the survivors) of model i's task vector d in float64, the survivors
+    those where `mask` is 1 (if given) and |d| > `threshold` (if given); None where the kernel cannot
+    read the mask. The torch path's `task_vectors.total` gives the same sums up to float64 rounding."""
+    if not _mask_ok(mask, src):
+        return None
+    before, after = _kernels().l1_sums(src.base, src.models[i], _mask(mask),
+                                       np.float32(-1.0 if threshold is None else threshold))
+    return float(before), float(after)
 
 
 def _spans(n: int, threads: int) -> list[tuple[int, int]]:
@@ -113,7 +180,6 @@ def compiled(module: str):
         return None
 
 
-def _kernel():
-    """The compiled combine, or None without numba."""
-    kernels = compiled("fused_kernel")
-    return None if kernels is None else kernels.combine
+def _kernels():
+    """The compiled kernels' module, or None without numba."""
+    return compiled("fused_kernel")

@@ -1,10 +1,15 @@
-"""The kernel of `fused`: the TIES family's combine over a span of a block, compiled by numba.
+"""The kernels of `fused`, compiled by numba: the task-vector family's combine, L1 sums and deltas,
+reading the inputs' rows as stored.
 
 Imported only where numba is installed (`fused.compiled`). Every float32 operation is the torch path's,
 in its order, so the two give the same bits. Module-level functions, so numba's disk cache serves
 later processes.
 
-The span is computed CHUNK entries at a time: each input's weighted task vector for the chunk is made
+Inputs arrive as stored: bf16 as its uint16 bits, or float32 (other dtypes are converted by torch
+first). `widen` makes float32 of a chunk (a bf16 is the top half of the float32 of the same value), so a
+bf16 model is never converted whole: the delta m - base of each chunk is computed from the stored rows.
+
+A span is computed CHUNK entries at a time: each input's weighted task vector for the chunk is made
 once into a scratch row, then the election and the agreeing sum run over the scratch rows, all of it
 in L2. Every loop is over slices, indexed from 0: LLVM vectorises those, while the same loop indexed
 `lo + q` into the whole array runs about 5x slower (a uint8 mask's product most of all).
@@ -14,10 +19,50 @@ from __future__ import annotations
 
 import numba
 import numpy as np
+from numba import types
+from numba.extending import overload
 
 CHUNK = 2048  # entries at a time: (inputs + 3) float32 rows of scratch, ~48 KB for three inputs
 jit = numba.njit(cache=True, nogil=True, boundscheck=False)
-part = numba.njit(inline="always")  # compiled into `combine`
+part = numba.njit(inline="always")  # compiled into the kernels below
+
+
+def widen(src, bits, floats):
+    """floats[:] = the float32 values of stored entries `src`, through `bits`, the same scratch as uint32
+    (compiled only, through the overload below)."""
+    raise NotImplementedError("compiled code only")
+
+
+@overload(widen, inline="always")
+def _widen(src, bits, floats):
+    if src.dtype == types.uint16:  # bf16 bits: the float32 of the same value has them as its top half
+        def from_bf16(src, bits, floats):
+            for q in range(len(src)):
+                bits[q] = np.uint32(src[q]) << np.uint32(16)
+        return from_bf16
+    if src.dtype == types.float32:
+        def from_f32(src, bits, floats):
+            for q in range(len(src)):
+                floats[q] = src[q]
+        return from_f32
+    return None
+
+
+@part
+def scratch(rows):
+    """(rows, CHUNK) float32 scratch, with its uint32 view (the views are taken once, of whole arrays:
+    a view of a slice taken per chunk defeats vectorisation)."""
+    bits = np.empty((rows, CHUNK), np.uint32)
+    return bits, bits.view(np.float32)
+
+
+@part
+def delta(bits, d, b, m):
+    """d = widen(m) - b over a chunk: one input's task vector, b the chunk's float32 base; `bits` is d's
+    scratch as uint32."""
+    widen(m, bits, d)
+    for q in range(len(d)):
+        d[q] = d[q] - b[q]
 
 
 @part
@@ -76,23 +121,26 @@ def agree(mixed, divisor, sign, vals, weights):
 
 
 @jit
-def combine(base, deltas, masks, thresholds, scales, weights, by_count, normalize, lambda_, out, lo, hi):
+def combine(base, models, masks, thresholds, scales, weights, by_count, normalize, lambda_, out, lo, hi):
     """out[lo:hi] = base + lambda * (the agreeing sum along the elected sign) / (the agreeing weights, 1
-    where none agree, with `normalize`)."""
+    where none agree, with `normalize`); each input's task vector is its model's entries less the base's."""
     one = np.float32(1.0)
-    k = len(deltas)
-    vals = np.empty((k, CHUNK), np.float32)
+    k = len(models)
+    bits, vals = scratch(k)
     sign_, mixed_, divisor_ = np.empty(CHUNK, np.float32), np.empty(CHUNK, np.float32), np.empty(CHUNK, np.float32)
+    base_bits, base_ = scratch(1)
     for c in range(lo, hi, CHUNK):
         e = min(c + CHUNK, hi)
         n = e - c
-        sign, mixed, divisor = sign_[:n], mixed_[:n], divisor_[:n]
+        sign, mixed, divisor, b = sign_[:n], mixed_[:n], divisor_[:n], base_[0, :n]
+        widen(base[c:e], base_bits[0, :n], b)
         for i in range(k):
-            m = masks[i]
-            weighted(vals[i, :n], deltas[i][c:e], m[c:e] if len(m) else m, thresholds[i], scales[i])
+            m, v = masks[i], vals[i, :n]
+            delta(bits[i, :n], v, b, models[i][c:e])
+            weighted(v, v, m[c:e] if len(m) else m, thresholds[i], scales[i])
         elect(sign, vals, by_count)
         agree(mixed, divisor, sign, vals, weights)
-        b, o = base[c:e], out[c:e]
+        o = out[c:e]
         for q in range(n):
             x = mixed[q] * sign[q]
             if normalize:
@@ -100,3 +148,61 @@ def combine(base, deltas, masks, thresholds, scales, weights, by_count, normaliz
             if lambda_ != 1:
                 x = x * lambda_
             o[q] = x + b[q]
+
+
+@jit
+def deltas(base, model, out):
+    """out = model - base, entry by entry, in float32 (the torch path's `m - base` on the widened rows)."""
+    out_bits = out.view(np.uint32)
+    base_bits, base_ = scratch(1)
+    for c in range(0, len(out), CHUNK):
+        e = min(c + CHUNK, len(out))
+        b = base_[0, : e - c]
+        widen(base[c:e], base_bits[0, : e - c], b)
+        delta(out_bits[c:e], out[c:e], b, model[c:e])
+
+
+@jit
+def changed(base, model):
+    """Whether model - base is anything but +0 somewhere (a -0 or a NaN counts as a change)."""
+    bits, rows = scratch(2)
+    for c in range(0, len(base), CHUNK):
+        e = min(c + CHUNK, len(base))
+        n = e - c
+        widen(base[c:e], bits[0, :n], rows[0, :n])
+        delta(bits[1, :n], rows[1, :n], rows[0, :n], model[c:e])
+        d, seen = bits[1, :n], np.uint32(0)
+        for q in range(n):
+            seen |= d[q]
+        if seen:
+            return True
+    return False
+
+
+@numba.njit(cache=True, nogil=True, boundscheck=False, fastmath={"reassoc"})
+def l1_sums(base, model, mask, threshold):
+    """(sum of |d|, sum of |d| over the survivors) in float64, d = model - base: the survivors are the
+    entries where the 0/1 `mask` is 1 (when given) and |d| > threshold (when >= 0). Only the two sums
+    are reassociated (so that they vectorise): the order of their adds is LLVM's, fixed for a CPU."""
+    bits, rows = scratch(2)
+    zero = np.float32(0.0)
+    before, after = 0.0, 0.0
+    for c in range(0, len(base), CHUNK):
+        e = min(c + CHUNK, len(base))
+        n = e - c
+        b, d = rows[0, :n], rows[1, :n]
+        widen(base[c:e], bits[0, :n], b)
+        delta(bits[1, :n], d, b, model[c:e])
+        if len(mask):
+            m = mask[c:e]
+            for q in range(n):
+                x = abs(d[q])
+                s = x * np.float32(m[q])
+                before += np.float64(x)
+                after += np.float64(zero if s <= threshold else s)
+        else:
+            for q in range(n):
+                x = abs(d[q])
+                before += np.float64(x)
+                after += np.float64(zero if x <= threshold else x)
+    return before, after

@@ -108,27 +108,36 @@ def test_spans_over_threads_give_the_same_bits(threads, calls, monkeypatch):
 
 
 def test_without_numba_the_torch_path_merges(calls, monkeypatch):
-    monkeypatch.setattr(fused, "_kernel", lambda: None)
+    monkeypatch.setattr(fused, "_kernels", lambda: None)
     method, params, shared = CASES["ties"]
     base, models = inputs()
     out = merged(method, params, shared, base, models)
     assert not calls and out.shape == base.shape
 
 
-def test_blocks_the_other_layout_and_other_devices_take_the_torch_path():
-    base = torch.zeros(4, 6)
-    s = fused.Survivors(torch.ones(4, 6))
-    assert fused.usable(base, [s])
-    assert not fused.usable(base, [fused.Survivors(torch.ones(6, 4).t())])  # not contiguous
-    assert not fused.usable(base, [fused.Survivors(torch.ones(4, 6, dtype=torch.float64))])
-    assert not fused.usable(base, [fused.Survivors(torch.ones(4, 6), mask=torch.ones(4, 6))])  # a float mask
-    assert not fused.usable(base, [])
+def test_blocks_the_other_layout_and_dtypes_take_the_torch_path():
+    base, one = torch.zeros(4, 6), torch.ones(4, 6)
+    src = fused.sources(base, [one])
+    assert fused.usable(src, [fused.Survivors()])
+    assert fused.sources(base.bfloat16(), [one.bfloat16(), one.bfloat16()]) is not None
+    assert fused.sources(base.bfloat16(), [one]) is not None  # the base's dtype may differ from the models'
+    assert fused.sources(base, [torch.ones(6, 4).t()]) is None  # not contiguous
+    assert fused.sources(base, [one.double()]) is None  # a dtype read by converting to float32 first
+    assert fused.sources(base, [one, one.bfloat16()]) is None  # models of two dtypes
+    assert fused.sources(base, [torch.ones(4, 5)]) is None
+    assert fused.sources(None, [one]) is None
+    assert not fused.usable(src, [fused.Survivors(mask=torch.ones(4, 6))])  # a float mask
+    assert not fused.usable(src, [])
+    assert not fused.usable(None, [fused.Survivors()])
 
 
+@pytest.mark.parametrize("stored", ["float32", "bfloat16"])
 @pytest.mark.parametrize("method", ["ties", "dare_ties"])
-def test_whole_models_over_many_blocks_give_the_torch_bits(method, llama, tmp_path, calls, monkeypatch):
+def test_whole_models_over_many_blocks_give_the_torch_bits(method, stored, request, tmp_path, calls, monkeypatch):
     """Every pass of every tensor in blocks of a few rows (TIES's tie quota filling mid-tensor, DARE's
-    masks kept between reads), against the same merge on the torch path."""
+    masks kept between reads), against the same merge on the torch path; the models stored in float32,
+    or in bf16, which the kernels read as stored."""
+    llama = request.getfixturevalue("llama" if stored == "float32" else "llama_bf16")
     spec = {"merge_method": method, "base_model": llama["base"], "dtype": "float32",
             "models": [{"model": llama[n], "parameters": {"weight": w, "density": d}}
                        for n, w, d in (("math", 0.6, 0.4), ("code", 0.5, 0.7))]}
@@ -159,8 +168,8 @@ def test_ties_at_the_cut_off_over_blocks_give_the_torch_bits(tmp_path, calls, mo
                        for n, w, d in (("a", 0.5, 0.3), ("b", 0.7, 0.5), ("c", -0.2, 0.6), ("same", 1.0, 0.5))]}
     rules = []  # input b's (threshold, whether a mask) per block
     real = fused.elect_and_agree
-    monkeypatch.setattr(fused, "elect_and_agree", lambda base, how, *a: rules.append(
-        (how[1].threshold, how[1].mask is not None)) or real(base, how, *a))
+    monkeypatch.setattr(fused, "elect_and_agree", lambda src, live, how, *a: rules.append(
+        (how[1].threshold, how[1].mask is not None)) or real(src, live, how, *a))
     fast = run_ours(spec, str(tmp_path / "fast"), block_bytes=SHAPE[1] * 4 * 8)  # 8 rows a block
     assert set(rules) == {(selection.below(0.125), False), (None, True), (0.125, False)}
     monkeypatch.setenv("SURGERY_FUSED", "0")
@@ -173,3 +182,59 @@ def test_the_cases_cross_the_kernels_chunks():
     fused_kernel = pytest.importorskip("surgery.merge.fused_kernel")
     n = SHAPE[0] * SHAPE[1]
     assert n > 2 * fused_kernel.CHUNK and n % fused_kernel.CHUNK
+
+
+def special(dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """A base and a model of `dtype` whose differences hold what float32 arithmetic can tell apart: +0
+    and -0 (from -0 - +0), NaN, infinities, subnormals, cancellation and rounding, over several chunks."""
+    g = torch.Generator().manual_seed(3)
+    base = torch.randn(5000, generator=g)
+    model = base + torch.randn(5000, generator=g) * torch.logspace(-40, 1, 5000)
+    base[:8] = torch.tensor([0.0, -0.0, 0.0, 1.0, float("inf"), 1e-40, -3.0, 2.0])
+    model[:8] = torch.tensor([-0.0, 0.0, float("nan"), float("inf"), float("inf"), 2e-40, -3.0, 2.0 + 2**-20])
+    return base.to(dtype), model.to(dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_deltas_from_the_stored_rows_are_the_torch_bits(dtype):
+    pytest.importorskip("numba")
+    base, model = special(dtype)
+    got = fused.delta(fused.sources(base, [model]), 0)
+    assert got.dtype == torch.float32
+    assert torch.equal(bits(got), bits(model.float() - base.float()))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_a_task_vector_is_unchanged_only_where_it_is_plus_zero_everywhere(dtype):
+    pytest.importorskip("numba")
+    base, model = special(dtype)
+    assert fused.changed(fused.sources(base, [base.clone()]), 0)  # inf - inf is NaN, as torch's delta has it
+    base[4] = 1.0
+    same = fused.sources(base, [base.clone(), model])
+    assert not fused.changed(same, 0) and fused.changed(same, 1)  # -0 - -0 and x - x are +0
+    for entry in (-0.0, float("nan"), 1e-40):  # -0 - +0 is -0: a change
+        late = torch.zeros(9000, dtype=dtype)
+        late[-1] = entry  # in the last chunk
+        assert fused.changed(fused.sources(torch.zeros(9000, dtype=dtype), [late]), 0)
+    assert not fused.changed(fused.sources(torch.zeros(9000, dtype=dtype), [torch.zeros(9000, dtype=dtype)]), 0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("rule", ["none", "mask", "threshold", "both"])
+def test_l1_sums_from_the_stored_rows_agree_with_torch(dtype, rule):
+    """The compiled L1 sums equal the torch path's float64 sums up to float64 rounding."""
+    from surgery.merge.methods.task_vectors import total
+
+    pytest.importorskip("numba")
+    base, model = special(dtype)
+    base[2:5] = model[2:5] = 1.0  # no NaN or infinity: the sums compare as numbers
+    mask = (torch.rand(5000, generator=torch.Generator().manual_seed(4)) < 0.3).view(torch.uint8)
+    mask = mask if rule in ("mask", "both") else None
+    threshold = 0.5 if rule in ("threshold", "both") else None
+    before, after = fused.l1_sums(fused.sources(base, [model]), 0, mask, threshold)
+    a = (model.float() - base.float()).abs()
+    kept = a * (1 if mask is None else mask)
+    kept = kept if threshold is None else torch.nn.functional.hardshrink(kept, threshold)
+    assert before == pytest.approx(total(a, a.shape).item(), rel=1e-12, abs=0)
+    assert after == pytest.approx(total(kept, a.shape).item(), rel=1e-12, abs=0)
+    assert after < before or rule == "none"

@@ -1,8 +1,9 @@
 """What a merge method is: typed parameters, a few tensor-wide statistics, and a pure `merge`.
 
-The engine hands a method one block of rows at a time (the whole tensor when it is small), all in
-float32. A method that needs tensor-wide numbers (a magnitude cut-off, a norm, a dot product)
-declares `stages`: each `Stage` maps a block to partial statistics, which the engine sums over all
+The engine hands a method one block of rows at a time (the whole tensor when it is small), in
+float32 (converted from the checkpoint's dtype on first use). A method that needs tensor-wide
+numbers (a magnitude cut-off, a norm, a dot product) declares `stages`: each `Stage` maps a block
+to partial statistics, which the engine sums over all
 blocks before the next stage, then `merge` sees the totals; a stage's `when` says which parameters
 need it (each stage costs a pass over the tensor). Within one pass the blocks arrive in row
 order and share one copy of the statistics, where a method may keep running counts under keys that
@@ -56,18 +57,30 @@ def is_compat(field: FieldInfo) -> bool:
 
 @dataclass(frozen=True)
 class Block:
-    """Rows [r0, r1) of one output tensor, from every input, in float32."""
+    """Rows [r0, r1) of one output tensor, from every input: as stored, and in float32 (`base`, `models`,
+    converted on first use, so that a compiled kernel reading the stored rows skips the conversion)."""
 
     name: str                              # output tensor name
     shape: tuple[int, ...]                 # the whole tensor's shape
     rows: tuple[int, int]
-    base: torch.Tensor | None              # (r, ...) the base model's rows, when the method uses a base
-    models: tuple[torch.Tensor, ...]       # (r, ...) each other input's rows
+    stored_base: torch.Tensor | None       # (r, ...) the base model's rows as stored, when the method uses a base
+    stored_models: tuple[torch.Tensor, ...]  # (r, ...) each other input's rows as stored
     per_model: tuple[BaseModel, ...]       # each other input's resolved parameters
     shared: BaseModel                      # the resolved global parameters
     draws: Draws | None = None             # uniform random numbers, reproducible per tensor
     kept: Kept | None = None               # values kept between this tensor's reads (`carried`)
     final: bool = True                     # the merge pass reads this block (else a statistics pass only)
+
+    @property
+    def base(self) -> torch.Tensor | None:
+        """(r, ...) float32: the base model's rows."""
+        stored = self.stored_base
+        return None if stored is None else self.cached("base", lambda: stored.to(torch.float32))
+
+    @property
+    def models(self) -> tuple[torch.Tensor, ...]:
+        """(r, ...) float32: each other input's rows."""
+        return self.cached("models", lambda: tuple(m.to(torch.float32) for m in self.stored_models))
 
     @property
     def numel(self) -> int:
@@ -77,15 +90,15 @@ class Block:
     def uniform(self, i: int) -> torch.Tensor:
         """U[0, 1) numbers for input `i`, shaped like this block, the same whatever the blocking."""
         assert self.draws is not None
-        return self.cached(f"uniform{i}", lambda: self.draws.uniform(i, self.rows).reshape(self.models[i].shape)
-                           .to(self.models[i].device))
+        return self.cached(f"uniform{i}", lambda: self.draws.uniform(i, self.rows)
+                           .reshape(self.stored_models[i].shape).to(self.stored_models[i].device))
 
     def keep(self, i: int, density: float) -> torch.Tensor:
         """Input `i`'s uint8 0/1 Bernoulli(density) mask, shaped like this block, the same whatever
         the blocking."""
         assert self.draws is not None
-        return self.cached(f"keep{i}", lambda: self.draws.keep(i, self.rows, density).reshape(self.models[i].shape)
-                           .to(self.models[i].device))
+        return self.cached(f"keep{i}", lambda: self.draws.keep(i, self.rows, density)
+                           .reshape(self.stored_models[i].shape).to(self.stored_models[i].device))
 
     def carried(self, key: str, make: Callable[[], object]):
         """Like `cached`, and kept for the next read of these rows by a later pass of the same tensor
@@ -154,6 +167,8 @@ class Method:
     max_models: int | None = None
     stages: tuple[Stage, ...] = ()
     work: int = 4                          # block-sized float32 temporaries `merge` needs per input
+    stored_work: int | None = None         # where its compiled kernels read the inputs as stored (no float32
+    # copies of them): the block-sized float32 temporaries then; the engine sizes blocks by it (`row_bytes`)
     random: bool = False
     required: tuple[str, ...] = field(default=())  # per-model parameters without a default
     prepare: Callable[[Block, bool, Callable[[], bool]], None] | None = None  # fills the block's cache with

@@ -66,7 +66,25 @@ class Elected(Shared):
 # ---- sparsification -----------------------------------------------------------------------------
 
 def _deltas(block: Block) -> list[torch.Tensor]:
-    return block.cached("deltas", lambda: [m - block.base for m in block.models])  # each (r, ...); read-only
+    """Each input's task vector over the block, (r, ...) float32, read-only."""
+    def make() -> list[torch.Tensor]:
+        src = _sources(block)
+        if src is not None:  # from the stored rows: no float32 copy of the inputs
+            return [fused.delta(src, i) for i in range(len(src.models))]
+        return [m - block.base for m in block.models]
+
+    return block.cached("deltas", make)
+
+
+def _sources(block: Block) -> fused.Sources | None:
+    """The block's rows for the compiled kernels (its stored rows, or where the kernels do not read
+    their dtype its float32 ones), or None where the torch path does the work."""
+    def make() -> fused.Sources | None:
+        if not fused.enabled() or block.stored_base is None:
+            return None
+        return fused.sources(block.stored_base, block.stored_models) or fused.sources(block.base, block.models)
+
+    return block.cached("sources", make)
 
 
 SAMPLE = 997  # a changed block is told from an unchanged one by every SAMPLE-th entry, almost always
@@ -76,6 +94,9 @@ def _blank(block: Block, i: int) -> bool:
     """Whether input i's task vector is +0 everywhere in this block (its rows equal the base's, as an
     unchanged tensor's do). Strided entries are looked at first, so a changed block costs next to nothing."""
     def look() -> bool:
+        src = _sources(block)
+        if src is not None:
+            return not fused.changed(src, i)  # from the stored rows, stopping at the first change
         bits = _deltas(block)[i].reshape(-1).view(torch.int32)  # +0.0 is the only float whose bits are 0
         return not bool(bits[::SAMPLE].any()) and not bool(bits.any())
 
@@ -151,48 +172,42 @@ def _cutoffs(kind: Sparsify, block: Block, stats: Stats, i: int) -> list[float]:
     return values
 
 
-def kept(kind: Sparsify, block: Block, stats: Stats, i: int, delta: torch.Tensor) -> torch.Tensor | None:
-    """Input i's task vector with the entries that do not survive set to 0 (a new tensor, unscaled),
-    or None where every entry survives."""
-    rule = _survival(kind, block, stats, i, delta)
-    return None if rule is None else _applied(Survivors(delta, *rule), fresh=True)
-
-
-def _survival(kind: Sparsify, block: Block, stats: Stats, i: int, delta: torch.Tensor) -> Rule | None:
+def _survival(kind: Sparsify, block: Block, stats: Stats, i: int) -> Rule | None:
     """The rule that picks input i's surviving entries; None where every entry survives."""
     if kind == "magnitude" and block.per_model[i].density < 1:
-        return _top_k(block, stats, i, delta)
-    m = _mask(kind, block, stats, i, delta)
+        return _top_k(block, stats, i, _deltas(block)[i])
+    m = _mask(kind, block, stats, i)
     return None if m is None else (m, None)
 
 
-def _applied(s: Survivors, fresh: bool) -> torch.Tensor:
+def _applied(delta: torch.Tensor, s: Survivors, fresh: bool) -> torch.Tensor:
     """The task vector `s` describes, in torch: a new tensor, or with `fresh` off the delta itself
     where it is unchanged (read-only then)."""
     if s.mask is None and s.threshold is None:
-        return s.delta * s.scale if fresh or s.scale != 1 else s.delta
+        return delta * s.scale if fresh or s.scale != 1 else delta
     if s.threshold is not None:
-        out = torch.nn.functional.hardshrink(s.delta, s.threshold)
+        out = torch.nn.functional.hardshrink(delta, s.threshold)
     else:  # a bool mask costs several times more in a product than a float or uint8 one
-        out = s.delta * (s.mask.to(torch.float32) if s.mask.dtype == torch.bool else s.mask)
+        out = delta * (s.mask.to(torch.float32) if s.mask.dtype == torch.bool else s.mask)
     return out.mul_(s.scale) if s.scale != 1 else out
 
 
-def _mask(kind: Sparsify, block: Block, stats: Stats, i: int, delta: torch.Tensor) -> torch.Tensor | None:
+def _mask(kind: Sparsify, block: Block, stats: Stats, i: int) -> torch.Tensor | None:
     """uint8 0/1 mask of the entries of input i's task vector that survive an outlier trim, DARE's draws
     or DELLA's, where a product with it is the cheapest way to apply them (a comparison's bool viewed
-    as uint8: no copy); None keeps all."""
+    as uint8: no copy); None keeps all. DARE's draws need no task vector."""
     p = block.per_model[i]
     if kind == "none" or p.density >= 1:
         return None
+    if kind == "random":
+        return block.keep(i, p.density)
+    delta = _deltas(block)[i]
     if kind == "outliers":
         cuts = _cutoffs(kind, block, stats, i)
         if not cuts:
             return torch.zeros(delta.shape, dtype=torch.uint8, device=delta.device)
         a = delta.abs()
         return ((a >= cuts[0]) & (a <= cuts[1])).view(torch.uint8)
-    if kind == "random":
-        return block.keep(i, p.density)
     return (block.uniform(i) < _magprune_probs(delta, p.density, p.epsilon)).view(torch.uint8)
 
 
@@ -234,7 +249,7 @@ def _magprune_probs(delta: torch.Tensor, density: float, epsilon: float) -> torc
 def l1_stage(kind: Sparsify):
     def l1(block: Block, stats: Stats) -> Stats:
         out: Stats = {}
-        for i in range(len(block.models)):
+        for i in range(len(block.stored_models)):
             out[f"l1_{i}"], out[f"l1m_{i}"] = l1_sums(kind, block, stats, i)
         return out
 
@@ -250,55 +265,50 @@ def l1_sums(kind: Sparsify, block: Block, stats: Stats, i: int) -> tuple[torch.T
 
 
 def _l1_sums(kind: Sparsify, block: Block, stats: Stats, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-    d = _deltas(block)[i]
+    """Compiled from the stored rows where it can be (the same sums up to float64 rounding), else in torch."""
     if _blank(block, i):  # nothing to sum, no mask to draw
-        zero = torch.zeros((), dtype=torch.float64, device=d.device)
+        zero = torch.zeros((), dtype=torch.float64, device=block.stored_models[i].device)
         return zero, zero
-    a = d.abs()
+    mask, threshold = _survival(kind, block, stats, i) or (None, None)
+    src = _sources(block)
+    sums = None if src is None else fused.l1_sums(src, i, mask, threshold)
+    if sums is not None:
+        return tuple(torch.tensor(x, dtype=torch.float64) for x in sums)
+    a = _deltas(block)[i].abs()  # the survivors of |delta| are |the survivors|
     before = total(a, block.shape)
-    if kind == "magnitude":  # survivors chosen by |delta|: hardshrink of |delta| is |kept|
-        k = kept(kind, block, stats, i, a)
-        return before, before if k is None else total(k, block.shape)
-    m = _mask(kind, block, stats, i, d)
-    return before, before if m is None else total(a.mul_(m), block.shape)
+    if mask is None and threshold is None:
+        return before, before
+    return before, total(_applied(a, Survivors(mask, threshold), fresh=True), block.shape)
 
 
-SEGMENT = 16384  # torch sums this many elements on one thread: a segment's float32 sum is repeatable
+SEGMENT = 16384  # torch sums this many elements on one thread: a segment's sum is repeatable
 
 
 def total(x: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
     """Sum of a block in float64, the same whatever the thread count, and whatever the blocking up to
-    float64 rounding. Each row is cut into segments of SEGMENT elements from its start, summed in
-    float32 each by one thread in a fixed order, and the segment sums added in float64: ten times
-    cheaper than a float64 sum of every entry, and as exact for float32 results."""
+    float64 rounding: each row is cut into segments of SEGMENT elements from its start, each summed
+    in float64 by one thread in a fixed order, and the segment sums added."""
     if x.numel() == 0:
         return torch.zeros((), dtype=torch.float64, device=x.device)
     rows = x.reshape(-1, row_numel(shape))  # (r, c)
     whole = rows.shape[1] // SEGMENT * SEGMENT
-    out = rows[:, whole:].sum(1).sum(dtype=torch.float64)  # each row's tail, (r,) -> ()
+    out = rows[:, whole:].sum(1, dtype=torch.float64).sum()  # each row's tail, (r,) -> ()
     if whole:
-        out += rows[:, :whole].reshape(-1, SEGMENT).sum(1).sum(dtype=torch.float64)  # (r * k,) -> ()
+        out += rows[:, :whole].reshape(-1, SEGMENT).sum(1, dtype=torch.float64).sum()  # (r * k,) -> ()
     return out
 
 
-def sparsified(kind: Sparsify, block: Block, stats: Stats, i: int, delta: torch.Tensor, w: float = 1.0,
-               fresh: bool = True) -> torch.Tensor:
-    """w * the sparsified (and, with rescale, L1-restored) task vector: a new tensor, or with `fresh` off
-    the cached delta itself where it is unchanged (read-only then)."""
-    return _applied(survivors(kind, block, stats, i, delta, w), fresh)
-
-
-def survivors(kind: Sparsify, block: Block, stats: Stats, i: int, delta: torch.Tensor, w: float = 1.0) -> Survivors:
-    """How w * the sparsified (and, with rescale, L1-restored) task vector is made from the delta."""
-    rule = _survival(kind, block, stats, i, delta)
+def survivors(kind: Sparsify, block: Block, stats: Stats, i: int, w: float = 1.0) -> Survivors:
+    """How w * input i's sparsified (and, with rescale, L1-restored) task vector is made from its delta."""
+    rule = _survival(kind, block, stats, i)
     if rule is None:
-        return Survivors(delta, scale=w)
+        return Survivors(scale=w)
     scale = w
     if block.shared.rescale:
         before, after = float(stats[f"l1_{i}"]), float(stats[f"l1m_{i}"])
         if before >= EPS and after >= EPS:
             scale = w * (before / after)  # one pass over the block for both factors
-    return Survivors(delta, *rule, scale=scale)
+    return Survivors(*rule, scale=scale)
 
 
 # ---- combination --------------------------------------------------------------------------------
@@ -312,12 +322,13 @@ def combine(kind: Sparsify, elect: bool, block: Block, stats: Stats) -> torch.Te
     only where every term is), which the plain sum restores below."""
     weights = [p.weight for p in block.per_model]
     live = [i for i in range(len(weights)) if not _blank(block, i)]
-    how = [survivors(kind, block, stats, i, _deltas(block)[i], weights[i]) for i in live]
+    how = [survivors(kind, block, stats, i, weights[i]) for i in live]
     shared = block.shared
-    if elect and fused.usable(block.base, how):
-        return fused.elect_and_agree(block.base, how, [weights[i] for i in live], shared.consensus == "count",
-                                     shared.normalize, shared.lambda_)  # the same bits as below, in one pass
-    tvs = [_applied(s, fresh=not elect) for s in how]  # (r, ...)
+    src = _sources(block) if elect else None
+    if fused.usable(src, how):  # the same bits as below, in one pass over the stored rows
+        return fused.elect_and_agree(src, live, how, [weights[i] for i in live], shared.consensus == "count",
+                                     shared.normalize, shared.lambda_)
+    tvs = [_applied(_deltas(block)[i], s, fresh=not elect) for i, s in zip(live, how)]  # (r, ...)
     if elect:
         if not tvs:  # the elected sum is +0 everywhere, its divisor 1
             return _plus_base(block, 0.0)
@@ -390,25 +401,30 @@ def task_vector_method(name: str, kind: Sparsify, elect: bool, shared: type[Para
         return combine(kind, elect, block, stats)
 
     def prepare(block: Block, final: bool, ahead: Callable[[], bool]) -> None:
-        """Task vectors always. DARE's masks, and where the block's L1 pass runs its L1 sums, while the
+        """Task vectors (but for DARE where the compiled kernels read the stored rows, and no task vector
+        is made at all). DARE's masks, and where the block's L1 pass runs its L1 sums, while the
         reading thread is ahead of the merging one, which otherwise does that work itself when it needs
         it: the share of the work that either thread may take, so it balances the two."""
-        deltas = _deltas(block)
+        if kind != "random" or _sources(block) is None:  # DARE's compiled path reads the stored rows
+            _deltas(block)
         if kind != "random":
             return
         summed = block.shared.rescale and (not final or block.rows == (0, num_rows(block.shape)))
         for i, p in enumerate(block.per_model):
-            if p.density >= 1 or not deltas[i].numel() or _blank(block, i):
+            if p.density >= 1 or not block.stored_models[i].numel() or _blank(block, i):
                 continue
             if ahead():
                 block.keep(i, p.density)
             if summed and ahead():
                 l1_sums(kind, block, {}, i)
 
+    work = 6 if kind == "magprune" else 4
     return Method(
         name=name, merge=merge, summary=summary, reference=reference, shared=shared, per_model=per_model,
         stages=_stages(kind), random=kind in ("random", "magprune"), required=("weight",),
-        work=6 if kind == "magprune" else 4, prepare=prepare, statistics_ahead=kind in ("magnitude", "outliers"),
+        work=work, prepare=prepare, statistics_ahead=kind in ("magnitude", "outliers"),
+        stored_work=2 if kind == "random" and elect else work + 1,  # DARE-TIES: uint8 masks and the output; else
+        # the deltas (made from the stored rows) and the base's float32 copy besides the torch path's work
     )
 
 
