@@ -238,3 +238,50 @@ def test_l1_sums_from_the_stored_rows_agree_with_torch(dtype, rule):
     assert before == pytest.approx(total(a, a.shape).item(), rel=1e-12, abs=0)
     assert after == pytest.approx(total(kept, a.shape).item(), rel=1e-12, abs=0)
     assert after < before or rule == "none"
+
+
+@pytest.mark.parametrize("method", ["ties", "dare_ties"])
+def test_bf16_inputs_are_never_copied_to_float32_whole(method, llama_bf16, tmp_path, monkeypatch):
+    """With the kernels, the blocks' bf16 rows are read as stored: no block's float32 inputs are made."""
+    pytest.importorskip("numba")
+    from surgery.merge.methods.method import Block
+
+    made = []
+    for name in ("base", "models"):
+        real = getattr(Block, name)
+        monkeypatch.setattr(Block, name, property(lambda self, real=real, name=name: made.append(name)
+                                                  or real.fget(self)))
+    spec = {"merge_method": method, "base_model": llama_bf16["base"], "dtype": "bfloat16",
+            "models": [{"model": llama_bf16[n], "parameters": {"weight": 0.5, "density": 0.5}}
+                       for n in ("math", "code")]}
+    out = run_ours(spec, str(tmp_path / "out"), block_bytes=4096)
+    assert out and not made
+    monkeypatch.setenv("SURGERY_FUSED", "0")
+    run_ours(spec, str(tmp_path / "torch"), block_bytes=4096)
+    assert made  # the torch path works on float32 copies
+
+
+def test_blocks_are_sized_by_what_they_hold(llama_bf16, monkeypatch):
+    """Where the kernels read the stored rows, a block counts bf16 inputs at 2 bytes an entry and the
+    kernels' temporaries; elsewhere every input and temporary at float32's 4."""
+    pytest.importorskip("numba")
+    from surgery.merge.engine import Options, row_bytes
+    from surgery.merge.plan import plan_merge
+    from surgery.merge.spec import parse_spec
+
+    def plan(method: str):
+        spec = {"merge_method": method, "base_model": llama_bf16["base"], "dtype": "bfloat16",
+                "models": [{"model": llama_bf16[n], "parameters": {"weight": 0.5, "density": 0.5}}
+                           for n in ("math", "code", "chat")]}
+        return plan_merge(parse_spec(spec), "spec")
+
+    options = Options()
+    dare, ties, linear = plan("dare_ties"), plan("ties"), plan("linear")
+    job = next(j for j in dare.jobs if len(j.shape) == 2)
+    row = job.shape[1]
+    assert row_bytes(dare, job, options) == row * (4 * 2 + 4 * 2)  # four bf16 inputs; masks and the output
+    assert row_bytes(ties, ties.jobs[dare.jobs.index(job)], options) == row * (4 * 2 + 4 * 5)
+    assert row_bytes(linear, linear.jobs[dare.jobs.index(job)], options) == row * 4 * (3 + linear.method.work)
+    assert row_bytes(dare, job, Options(device="cuda")) == row * 4 * (4 + dare.method.work)
+    monkeypatch.setenv("SURGERY_FUSED", "0")
+    assert row_bytes(dare, job, options) == row * 4 * (4 + dare.method.work)
