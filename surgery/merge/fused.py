@@ -183,3 +183,11 @@ def compiled(module: str):
 def _kernels():
     """The compiled kernels' module, or None without numba."""
     return compiled("fused_kernel")
+
+
+def total(x: torch.Tensor) -> float | None:
+    """The sum of a float32 block in float64, or None where the kernels cannot read it. The torch path's
+    `task_vectors.total` gives the same up to float64 rounding."""
+    if x.dtype != torch.float32 or x.device.type != "cpu" or not x.is_contiguous() or not available():
+        return None
+    return float(_kernels().total(x.reshape(-1).numpy()))

@@ -206,3 +206,12 @@ def l1_sums(base, model, mask, threshold):
                 before += np.float64(x)
                 after += np.float64(zero if x <= threshold else x)
     return before, after
+
+
+@numba.njit(cache=True, nogil=True, boundscheck=False, fastmath={"reassoc"})
+def total(x):
+    """The sum of float32 entries in float64 (its adds reassociated so that they vectorise)."""
+    out = 0.0
+    for q in range(len(x)):
+        out += np.float64(x[q])
+    return out

@@ -285,3 +285,18 @@ def test_blocks_are_sized_by_what_they_hold(llama_bf16, monkeypatch):
     assert row_bytes(dare, job, Options(device="cuda")) == row * 4 * (4 + dare.method.work)
     monkeypatch.setenv("SURGERY_FUSED", "0")
     assert row_bytes(dare, job, options) == row * 4 * (4 + dare.method.work)
+
+
+def test_the_compiled_total_agrees_with_the_torch_segments(monkeypatch):
+    """`task_vectors.total` compiled and in torch (float64 segment sums): the same up to float64 rounding."""
+    from surgery.merge.methods.task_vectors import SEGMENT, total
+
+    pytest.importorskip("numba")
+    x = torch.rand(7, SEGMENT + 999, generator=torch.Generator().manual_seed(5)) * torch.logspace(-30, 3, 7)[:, None]
+    fast = total(x, x.shape)
+    assert fused.total(x) == fast.item()
+    assert fused.total(x.t()) is None and fused.total(x.double()) is None  # not contiguous; not float32
+    monkeypatch.setenv("SURGERY_FUSED", "0")
+    slow = total(x, x.shape)
+    assert fast.dtype == slow.dtype == torch.float64
+    assert fast.item() == pytest.approx(slow.item(), rel=1e-13, abs=0)

@@ -13,7 +13,7 @@ import torch
 from pydantic import Field
 
 from surgery.merge.methods.method import Block, Method, Params, Stage, Stats, compat
-from surgery.merge.methods.task_vectors import _elect, total
+from surgery.merge.methods.task_vectors import _deltas, _elect, total
 from surgery.merge.selection import bin_of_rank, high_histogram, low_histogram, top_k_cut, top_k_mask, top_k_threshold
 
 
@@ -23,7 +23,7 @@ class SceShared(Params):
 
 
 def _tvs(block: Block) -> list[torch.Tensor]:
-    return block.cached("tvs", lambda: [m - block.base for m in block.models])  # each (r, ...); read-only
+    return _deltas(block)  # each (r, ...) float32, read-only; made from the stored rows where compiled
 
 
 def _variance(block: Block) -> torch.Tensor:
@@ -74,7 +74,8 @@ def selected(block: Block, stats: Stats) -> torch.Tensor | None:
         return None
     k = _k(block, stats)
     if k == 0:
-        return torch.zeros_like(block.models[0])
+        stored = block.stored_models[0]
+        return torch.zeros(stored.shape, dtype=torch.float32, device=stored.device)
     if "~cut" not in stats:  # once per pass
         b = bin_of_rank(stats["hi"], block.numel - k)
         stats["~cut"] = top_k_cut(stats["hi"], stats[f"lo{b}"], b, block.numel, k)
@@ -100,7 +101,7 @@ def energy(block: Block, stats: Stats) -> Stats:
 
 def _weights(block: Block, stats: Stats) -> list[float]:
     """Each model's mean square over the sum of them; equal weights when that sum is below 1e-6."""
-    n = len(block.models)
+    n = len(block.stored_models)
     means = [float(stats[f"sq{i}"]) / max(block.numel, 1) for i in range(n)]
     return [1.0 / n] * n if abs(sum(means)) < 1e-6 else [m / sum(means) for m in means]
 

@@ -286,10 +286,14 @@ SEGMENT = 16384  # torch sums this many elements on one thread: a segment's sum 
 
 def total(x: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
     """Sum of a block in float64, the same whatever the thread count, and whatever the blocking up to
-    float64 rounding: each row is cut into segments of SEGMENT elements from its start, each summed
-    in float64 by one thread in a fixed order, and the segment sums added."""
+    float64 rounding: compiled where it can be (`fused.total`), else in torch, where each row is cut
+    into segments of SEGMENT elements from its start, each summed in float64 by one thread in a fixed
+    order, and the segment sums added. The two agree to float64 rounding."""
     if x.numel() == 0:
         return torch.zeros((), dtype=torch.float64, device=x.device)
+    compiled = fused.total(x)
+    if compiled is not None:
+        return torch.tensor(compiled, dtype=torch.float64)
     rows = x.reshape(-1, row_numel(shape))  # (r, c)
     whole = rows.shape[1] // SEGMENT * SEGMENT
     out = rows[:, whole:].sum(1, dtype=torch.float64).sum()  # each row's tail, (r,) -> ()
