@@ -191,3 +191,11 @@ def total(x: torch.Tensor) -> float | None:
     if x.dtype != torch.float32 or x.device.type != "cpu" or not x.is_contiguous() or not available():
         return None
     return float(_kernels().total(x.reshape(-1).numpy()))
+
+
+def variance(src: Sources) -> torch.Tensor:
+    """Per entry, the population variance of the models' task vectors (float32): `sce.welford_variance`
+    of them, the same bits."""
+    out = torch.empty(src.shape, dtype=torch.float32)
+    _kernels().variance(src.base, src.models, out.reshape(-1).numpy())
+    return out

@@ -215,3 +215,42 @@ def total(x):
     for q in range(len(x)):
         out += np.float64(x[q])
     return out
+
+
+@jit
+def variance(base, models, out):
+    """out = per entry, the population variance across models of their task vectors m - base: Welford's
+    update in float64 from the first task vector (the mean starts at it, M2 at 0), divided by the count
+    and rounded to float32; for two, ((d0 - d1) / 2)^2 as ((d0 - d1)^2) / 4 in float64. The torch path's
+    operations (`sce.welford_variance`) in its order: the same bits."""
+    k = len(models)
+    bits, rows = scratch(k + 1)
+    mean_, m2_ = np.empty(CHUNK, np.float64), np.empty(CHUNK, np.float64)
+    for c in range(0, len(out), CHUNK):
+        e = min(c + CHUNK, len(out))
+        n = e - c
+        b = rows[k, :n]
+        widen(base[c:e], bits[k, :n], b)
+        for i in range(k):
+            delta(bits[i, :n], rows[i, :n], b, models[i][c:e])
+        o = out[c:e]
+        if k == 2:
+            d0, d1 = rows[0, :n], rows[1, :n]
+            for q in range(n):
+                x = np.float64(d0[q]) - np.float64(d1[q])
+                o[q] = np.float32((x * x) / 4.0)
+            continue
+        mean, m2 = mean_[:n], m2_[:n]
+        first = rows[0, :n]
+        for q in range(n):
+            mean[q] = np.float64(first[q])
+            m2[q] = 0.0
+        for i in range(1, k):
+            d, count = rows[i, :n], np.float64(i + 1)
+            for q in range(n):
+                x = np.float64(d[q])
+                step = x - mean[q]
+                mean[q] = mean[q] + step / count
+                m2[q] = m2[q] + step * (x - mean[q])
+        for q in range(n):
+            o[q] = np.float32(m2[q] / k)

@@ -21,7 +21,7 @@ from surgery.merge.spec import parse_spec
 from tests.surgery.test_mergekit_parity import load_all
 
 BLOCK = 4096  # bytes: every matrix of the tiny models in several blocks
-VARIANCE = sce.welford_variance
+VARIANCE = sce.computed_variance
 
 
 def test_kept_holds_values_within_its_budget_and_gives_each_once():
@@ -43,11 +43,11 @@ def spec(f: dict[str, str]) -> dict:
 
 def merged(f: dict[str, str], out: str, made: collections.Counter, monkeypatch) -> dict[str, torch.Tensor]:
     """The merge's tensors; `made` counts the variances computed, by thread."""
-    def counted(xs):
+    def counted(block):
         made[threading.current_thread().name.split("_")[0]] += 1
-        return VARIANCE(xs)
+        return VARIANCE(block)
 
-    monkeypatch.setattr(sce, "welford_variance", counted)
+    monkeypatch.setattr(sce, "computed_variance", counted)
     plan = plan_merge(parse_spec(spec(f)), "spec")
     return load_all(run_merge(plan, out, Options(block_bytes=BLOCK)))
 

@@ -12,8 +12,9 @@ from collections.abc import Callable
 import torch
 from pydantic import Field
 
+from surgery.merge import fused
 from surgery.merge.methods.method import Block, Method, Params, Stage, Stats, compat
-from surgery.merge.methods.task_vectors import _deltas, _elect, total
+from surgery.merge.methods.task_vectors import _deltas, _elect, _sources, total
 from surgery.merge.selection import bin_of_rank, high_histogram, low_histogram, top_k_cut, top_k_mask, top_k_threshold
 
 
@@ -32,7 +33,15 @@ def _variance(block: Block) -> torch.Tensor:
     rounds to float32; done here one model at a time, three times faster than torch.var across a
     stacked axis. Two models need no update: their variance is ((a - b) / 2)^2, exact in float64. Each
     pass reads the tensor again; the variance of its first read is kept for the others where it fits."""
-    return block.carried("var", lambda: welford_variance(_tvs(block)))  # kept for the tensor's next read
+    return block.carried("var", lambda: computed_variance(block))  # kept for the tensor's next read
+
+
+def computed_variance(block: Block) -> torch.Tensor:
+    """The block's variance: compiled from the stored rows where it can be (the same bits), else in torch."""
+    src = _sources(block)
+    if src is not None and src.models:
+        return fused.variance(src)
+    return welford_variance(_tvs(block))
 
 
 def welford_variance(xs: list[torch.Tensor]) -> torch.Tensor:
