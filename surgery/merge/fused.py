@@ -199,3 +199,24 @@ def variance(src: Sources) -> torch.Tensor:
     out = torch.empty(src.shape, dtype=torch.float32)
     _kernels().variance(src.base, src.models, out.reshape(-1).numpy())
     return out
+
+
+@dataclass(frozen=True)
+class Delta:
+    """Model i's task vector over a block, not made: the selection's counting passes read it from the
+    stored rows chunk by chunk (`selection_kernel`'s `*_of` kernels)."""
+
+    src: Sources
+    i: int
+
+    def numel(self) -> int:
+        return len(self.src.base)
+
+    def high_counts(self) -> np.ndarray:
+        return compiled("selection_kernel").high_counts_of(self.src.base, self.src.models[self.i])
+
+    def low_counts(self, first: int) -> np.ndarray:
+        return compiled("selection_kernel").low_counts_of(self.src.base, self.src.models[self.i], first)
+
+    def equal_count(self, magnitude: int) -> int:
+        return int(compiled("selection_kernel").equal_count_of(self.src.base, self.src.models[self.i], magnitude))

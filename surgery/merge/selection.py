@@ -21,25 +21,42 @@ def _bits(x: torch.Tensor) -> torch.Tensor:
     return x.abs().float().contiguous().view(torch.int32).reshape(-1)
 
 
-def _compiled(x: torch.Tensor):
-    """The compiled counting passes (`selection_kernel`) and x's bits as a numpy int32 view, where x is
-    float32 on CPU and contiguous and numba is installed (`SURGERY_FUSED=0` turns them off, as it does
-    the compiled combine); else None: torch counts."""
+class _Bits:
+    """The compiled counting passes over a float32 block's bits (the interface of `fused.Delta`)."""
+
+    def __init__(self, kernels, bits):
+        self.kernels, self.bits = kernels, bits
+
+    def high_counts(self):
+        return self.kernels.high_counts(self.bits)
+
+    def low_counts(self, first: int):
+        return self.kernels.low_counts(self.bits, first)
+
+    def equal_count(self, magnitude: int) -> int:
+        return int(self.kernels.equal_count(self.bits, magnitude))
+
+
+def _compiled(x: torch.Tensor | fused.Delta):
+    """The compiled counting passes (`selection_kernel`) over x: a task vector read from the stored
+    rows (`fused.Delta`), or a float32 block on CPU, contiguous, where numba is installed
+    (`SURGERY_FUSED=0` turns them off, as it does the compiled combine); else None: torch counts."""
+    if isinstance(x, fused.Delta):
+        return x
     if x.dtype != torch.float32 or x.device.type != "cpu" or not x.is_contiguous() or not fused.enabled():
         return None
     kernels = fused.compiled("selection_kernel")
-    return None if kernels is None else (kernels, x.reshape(-1).view(torch.int32).numpy())
+    return None if kernels is None else _Bits(kernels, x.reshape(-1).view(torch.int32).numpy())
 
 
-def high_histogram(x: torch.Tensor) -> torch.Tensor:
+def high_histogram(x: torch.Tensor | fused.Delta) -> torch.Tensor:
     """(32768,) int64 counts of |x| by the top 16 bits."""
     if (compiled := _compiled(x)) is not None:
-        kernels, bits = compiled
-        return torch.from_numpy(kernels.high_counts(bits))
+        return torch.from_numpy(compiled.high_counts())
     return torch.bincount(_bits(x).bitwise_right_shift_(16), minlength=HI_BINS)  # the bits are a fresh tensor
 
 
-def histogram_and_zeros(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def histogram_and_zeros(x: torch.Tensor | fused.Delta) -> tuple[torch.Tensor, torch.Tensor]:
     """`high_histogram(x)` and a lower bound on the number of exact zeros in x (a 0-dim int64). Knowing
     the zeros, a cut-off rank that falls among them needs no second pass: the value there is 0. Bin 0
     holds them beside the few |x| under 2**-133, so they are counted only where that bin holds at least
@@ -49,8 +66,7 @@ def histogram_and_zeros(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     if int(high[0]) * ZEROS_WORTH < x.numel():
         return high, torch.zeros((), dtype=torch.int64, device=high.device)
     if (compiled := _compiled(x)) is not None:
-        kernels, bits = compiled
-        return high, torch.tensor(kernels.equal_count(bits, 0), dtype=torch.int64)
+        return high, torch.tensor(compiled.equal_count(0), dtype=torch.int64)
     return high, x.numel() - torch.count_nonzero(_bits(x))  # -0 is a zero too; int32 counts are the cheaper
 
 
@@ -67,7 +83,7 @@ def bin_of_rank(high: torch.Tensor, rank: int) -> int:
     return int(torch.searchsorted(cum, torch.tensor(rank, dtype=cum.dtype, device=cum.device), right=True))
 
 
-def low_histogram(x: torch.Tensor, hi_bin: int) -> torch.Tensor:
+def low_histogram(x: torch.Tensor | fused.Delta, hi_bin: int) -> torch.Tensor:
     """(65536,) int64 counts of the low 16 bits of those |x| whose top bits equal `hi_bin`.
 
     The bin's members are not gathered (a boolean index costs more than the count): every |x| is
@@ -75,8 +91,7 @@ def low_histogram(x: torch.Tensor, hi_bin: int) -> torch.Tensor:
     [-1, 65536] and shifted by one, so that the entries below the bin fall in the first slot and those
     above it in the last, both dropped."""
     if (compiled := _compiled(x)) is not None:
-        kernels, bits = compiled
-        return torch.from_numpy(kernels.low_counts(bits, hi_bin << 16))
+        return torch.from_numpy(compiled.low_counts(hi_bin << 16))
     keys = _bits(x).sub_(hi_bin << 16).clamp_(-1, LO_BINS).add_(1)
     return torch.bincount(keys, minlength=LO_BINS + 2)[1:LO_BINS + 1]
 
@@ -111,7 +126,8 @@ def below(cut: float) -> float:
     return float(torch.nextafter(torch.tensor(cut, dtype=torch.float32), torch.tensor(0.0)))
 
 
-def top_k_threshold(x: torch.Tensor, cut: float, quota: int | None, seen: int) -> tuple[float | None, int]:
+def top_k_threshold(x: torch.Tensor | fused.Delta, cut: float, quota: int | None,
+                    seen: int) -> tuple[float | None, int]:
     """For a cut > 0: t such that the block's entries among the k largest |x| are exactly those with
     |x| > t, and the running count of ties seen so far (as `top_k_mask`'s). That is the float32 below
     the cut while every tie is kept, the cut once the quota is full (later ties need no counting), and
@@ -123,8 +139,7 @@ def top_k_threshold(x: torch.Tensor, cut: float, quota: int | None, seen: int) -
         return cut, seen
     compiled = _compiled(x)
     if compiled is not None:
-        kernels, bits = compiled
-        here = int(kernels.equal_count(bits, int(torch.tensor(cut, dtype=torch.float32).view(torch.int32))))
+        here = compiled.equal_count(int(torch.tensor(cut, dtype=torch.float32).view(torch.int32)))
     else:
         here = int(torch.count_nonzero(x.abs().eq_(cut)))  # 1.0 where tied, else 0.0
     return (below(cut) if seen + here <= quota else None), seen + here

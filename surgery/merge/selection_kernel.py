@@ -11,6 +11,8 @@ from __future__ import annotations
 import numba
 import numpy as np
 
+from surgery.merge.fused_kernel import CHUNK, delta, scratch, widen
+
 HI_BINS = 1 << 15  # selection.HI_BINS: compile-time constants here, so that the loops specialise on them
 LO_BINS = 1 << 16  # selection.LO_BINS
 MAGNITUDE = 0x7FFFFFFF  # a float32's bits less its sign: |x|'s bits
@@ -18,10 +20,12 @@ LANES = 4  # histograms counted side by side, so that equal neighbours do not wa
 jit = numba.njit(cache=True, nogil=True, boundscheck=False)
 
 
-@jit
-def high_counts(bits):
-    """(HI_BINS,) int64 counts of |x| by its top 16 bits; bits: x's float32 bits as int32."""
-    lanes = np.zeros((LANES, HI_BINS), np.int64)
+part = numba.njit(inline="always")  # compiled into the kernels below
+
+
+@part
+def count_high(lanes, bits):
+    """Add to `lanes` the counts of |x| by its top 16 bits; bits: x's float32 bits (int32 or uint32)."""
     n = len(bits)
     whole = n // LANES * LANES
     for j in range(0, whole, LANES):
@@ -29,6 +33,37 @@ def high_counts(bits):
             lanes[lane, (bits[j + lane] & MAGNITUDE) >> 16] += 1
     for j in range(whole, n):
         lanes[0, (bits[j] & MAGNITUDE) >> 16] += 1
+
+
+@part
+def count_low(lanes, bits, first):
+    """Add to `lanes` the counts of the low 16 bits of those |x| whose bits lie in [first, first + LO_BINS)."""
+    n = len(bits)
+    whole = n // LANES * LANES
+    for j in range(0, whole, LANES):
+        for lane in range(LANES):
+            k = np.int64(bits[j + lane] & MAGNITUDE) - first
+            if 0 <= k < LO_BINS:
+                lanes[lane, k] += 1
+    for j in range(whole, n):
+        k = np.int64(bits[j] & MAGNITUDE) - first
+        if 0 <= k < LO_BINS:
+            lanes[0, k] += 1
+
+
+@part
+def count_equal(bits, magnitude):
+    count = 0
+    for j in range(len(bits)):
+        count += (bits[j] & MAGNITUDE) == magnitude
+    return count
+
+
+@jit
+def high_counts(bits):
+    """(HI_BINS,) int64 counts of |x| by its top 16 bits; bits: x's float32 bits as int32."""
+    lanes = np.zeros((LANES, HI_BINS), np.int64)
+    count_high(lanes, bits)
     return lanes.sum(axis=0)
 
 
@@ -36,24 +71,50 @@ def high_counts(bits):
 def low_counts(bits, first):
     """(LO_BINS,) int64 counts of the low 16 bits of those |x| whose bits lie in [first, first + LO_BINS)."""
     lanes = np.zeros((LANES, LO_BINS), np.int64)
-    n = len(bits)
-    whole = n // LANES * LANES
-    for j in range(0, whole, LANES):
-        for lane in range(LANES):
-            k = (bits[j + lane] & MAGNITUDE) - first
-            if 0 <= k < LO_BINS:
-                lanes[lane, k] += 1
-    for j in range(whole, n):
-        k = (bits[j] & MAGNITUDE) - first
-        if 0 <= k < LO_BINS:
-            lanes[0, k] += 1
+    count_low(lanes, bits, first)
     return lanes.sum(axis=0)
 
 
 @jit
 def equal_count(bits, magnitude):
     """How many |x| have the bits `magnitude` (a positive float32's, not NaN's: equal bits, equal floats)."""
+    return count_equal(bits, magnitude)
+
+
+# The same counts of a task vector model - base made chunk by chunk from the stored rows (`fused_kernel`),
+# never whole.
+
+@part
+def deltas_of(base, model, c, e, bits, rows):
+    """rows[1, :n] = model - base over entries [c, e), n = e - c; its bits: bits[1, :n]."""
+    n = e - c
+    widen(base[c:e], bits[0, :n], rows[0, :n])
+    delta(bits[1, :n], rows[1, :n], rows[0, :n], model[c:e])
+    return bits[1, :n]
+
+
+@jit
+def high_counts_of(base, model):
+    lanes = np.zeros((LANES, HI_BINS), np.int64)
+    bits, rows = scratch(2)
+    for c in range(0, len(base), CHUNK):
+        count_high(lanes, deltas_of(base, model, c, min(c + CHUNK, len(base)), bits, rows))
+    return lanes.sum(axis=0)
+
+
+@jit
+def low_counts_of(base, model, first):
+    lanes = np.zeros((LANES, LO_BINS), np.int64)
+    bits, rows = scratch(2)
+    for c in range(0, len(base), CHUNK):
+        count_low(lanes, deltas_of(base, model, c, min(c + CHUNK, len(base)), bits, rows), first)
+    return lanes.sum(axis=0)
+
+
+@jit
+def equal_count_of(base, model, magnitude):
     count = 0
-    for j in range(len(bits)):
-        count += (bits[j] & MAGNITUDE) == magnitude
+    bits, rows = scratch(2)
+    for c in range(0, len(base), CHUNK):
+        count += count_equal(deltas_of(base, model, c, min(c + CHUNK, len(base)), bits, rows), magnitude)
     return count

@@ -280,7 +280,7 @@ def test_blocks_are_sized_by_what_they_hold(llama_bf16, monkeypatch):
     job = next(j for j in dare.jobs if len(j.shape) == 2)
     row = job.shape[1]
     assert row_bytes(dare, job, options) == row * (4 * 2 + 4 * 2)  # four bf16 inputs; masks and the output
-    assert row_bytes(ties, ties.jobs[dare.jobs.index(job)], options) == row * (4 * 2 + 4 * 5)
+    assert row_bytes(ties, ties.jobs[dare.jobs.index(job)], options) == row * (4 * 2 + 4 * 2)
     assert row_bytes(linear, linear.jobs[dare.jobs.index(job)], options) == row * 4 * (3 + linear.method.work)
     assert row_bytes(dare, job, Options(device="cuda")) == row * 4 * (4 + dare.method.work)
     monkeypatch.setenv("SURGERY_FUSED", "0")
@@ -332,3 +332,21 @@ def test_sce_through_the_engine_gives_the_torch_bits(stored, request, tmp_path, 
     assert fast.keys() == slow.keys()
     for name in slow:
         assert torch.equal(bits(fast[name]), bits(slow[name])), name
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_selection_counts_a_task_vector_read_from_the_stored_rows_as_made(dtype):
+    """The counting passes over `fused.Delta` (never made whole) give the counts over the task vector made."""
+    pytest.importorskip("numba")
+    base, model = special(dtype)
+    model[100:3000] = base[100:3000]  # zeros enough for the zero count to run
+    d = model.float() - base.float()
+    lazy = fused.Delta(fused.sources(base, [base, model]), 1)
+    high, zeros = selection.histogram_and_zeros(lazy)
+    want_high, want_zeros = selection.histogram_and_zeros(d)
+    assert torch.equal(high, want_high) and int(zeros) == int(want_zeros) > 2900
+    hi_bin = int(torch.nonzero(want_high[1:])[len(torch.nonzero(want_high[1:])) // 2]) + 1
+    assert torch.equal(selection.low_histogram(lazy, hi_bin), selection.low_histogram(d, hi_bin))
+    cut = float(d.abs()[5000 // 2])
+    for quota in (0, 1, 10**6):
+        assert selection.top_k_threshold(lazy, cut, quota, 0) == selection.top_k_threshold(d, cut, quota, 0)

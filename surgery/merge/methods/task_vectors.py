@@ -76,6 +76,13 @@ def _deltas(block: Block) -> list[torch.Tensor]:
     return block.cached("deltas", make)
 
 
+def _counted(block: Block, i: int) -> torch.Tensor | fused.Delta:
+    """Input i's task vector for the selection's counts: read from the stored rows where the kernels
+    can (never made whole), else made."""
+    src = _sources(block)
+    return _deltas(block)[i] if src is None else fused.Delta(src, i)
+
+
 def _sources(block: Block) -> fused.Sources | None:
     """The block's rows for the compiled kernels (its stored rows, or where the kernels do not read
     their dtype its float32 ones), or None where the torch path does the work."""
@@ -119,22 +126,25 @@ def selection_stages(kind: Sparsify):
 
     def high(block: Block, stats: Stats) -> Stats:
         out: Stats = {}
-        for i, (d, p) in enumerate(zip(_deltas(block), block.per_model)):
+        for i, p in enumerate(block.per_model):
             if _ranks(kind, p, block.numel):
+                stored = block.stored_models[i]
                 blank = _blank(block, i)
-                hist = selection.blank_histogram(d.numel(), d.device) if blank else selection.histogram_and_zeros(d)
+                hist = selection.blank_histogram(stored.numel(), stored.device) if blank else \
+                    selection.histogram_and_zeros(_counted(block, i))
                 out[f"hi{i}"], out[f"zeros{i}"] = hist
         return out
 
     def low(block: Block, stats: Stats) -> Stats:
         out: Stats = {}
-        for i, (d, p) in enumerate(zip(_deltas(block), block.per_model)):
+        for i, p in enumerate(block.per_model):
             if f"~bins{i}" not in stats:  # once per pass (`stats` is the pass's own copy), not per block
                 stats[f"~bins{i}"] = _low_bins(kind, p, block.numel, stats, i)
             for b in stats[f"~bins{i}"]:
                 if f"lo{i}.{b}" not in out:  # a blank input's 0s lie in no bin but 0
-                    out[f"lo{i}.{b}"] = torch.zeros(selection.LO_BINS, dtype=torch.int64, device=d.device) \
-                        if _blank(block, i) else low_histogram(d, b)
+                    device = block.stored_models[i].device
+                    out[f"lo{i}.{b}"] = torch.zeros(selection.LO_BINS, dtype=torch.int64, device=device) \
+                        if _blank(block, i) else low_histogram(_counted(block, i), b)
         return out
 
     def low_needed(shared: Params, per_model: tuple[Params, ...], shape: tuple[int, ...], stats: Stats) -> bool:
@@ -175,7 +185,7 @@ def _cutoffs(kind: Sparsify, block: Block, stats: Stats, i: int) -> list[float]:
 def _survival(kind: Sparsify, block: Block, stats: Stats, i: int) -> Rule | None:
     """The rule that picks input i's surviving entries; None where every entry survives."""
     if kind == "magnitude" and block.per_model[i].density < 1:
-        return _top_k(block, stats, i, _deltas(block)[i])
+        return _top_k(block, stats, i)
     m = _mask(kind, block, stats, i)
     return None if m is None else (m, None)
 
@@ -211,7 +221,7 @@ def _mask(kind: Sparsify, block: Block, stats: Stats, i: int) -> torch.Tensor | 
     return (block.uniform(i) < _magprune_probs(delta, p.density, p.epsilon)).view(torch.uint8)
 
 
-def _top_k(block: Block, stats: Stats, i: int, delta: torch.Tensor) -> Rule | None:
+def _top_k(block: Block, stats: Stats, i: int) -> Rule | None:
     """The rule that keeps exactly k entries, as a sort would keep: all above the cut-off magnitude,
     then the first `quota` of those equal to it in row-major order. Blocks of one pass arrive in row
     order, so a running count in the pass's statistics ranks each tie across blocks, whatever the
@@ -230,10 +240,10 @@ def _top_k(block: Block, stats: Stats, i: int, delta: torch.Tensor) -> Rule | No
     if cut == 0:
         return None
     before = int(stats.get(f"~ties{i}", 0))
-    threshold, stats[f"~ties{i}"] = top_k_threshold(delta, cut, quota, before)
+    threshold, stats[f"~ties{i}"] = top_k_threshold(_counted(block, i), cut, quota, before)
     if threshold is not None:
         return None, threshold
-    keep, _ = top_k_mask(delta, cut, quota, before)  # the one block where the quota fills: rank its ties
+    keep, _ = top_k_mask(_deltas(block)[i], cut, quota, before)  # the one block where the quota fills: rank its ties
     return keep, None
 
 
@@ -405,11 +415,11 @@ def task_vector_method(name: str, kind: Sparsify, elect: bool, shared: type[Para
         return combine(kind, elect, block, stats)
 
     def prepare(block: Block, final: bool, ahead: Callable[[], bool]) -> None:
-        """Task vectors (but for DARE where the compiled kernels read the stored rows, and no task vector
-        is made at all). DARE's masks, and where the block's L1 pass runs its L1 sums, while the
-        reading thread is ahead of the merging one, which otherwise does that work itself when it needs
-        it: the share of the work that either thread may take, so it balances the two."""
-        if kind != "random" or _sources(block) is None:  # DARE's compiled path reads the stored rows
+        """Task vectors where the torch path needs them (the compiled kernels read the stored rows and
+        make them whole only where a method asks). DARE's masks, and where the block's L1 pass runs its
+        L1 sums, while the reading thread is ahead of the merging one, which otherwise does that work
+        itself when it needs it: the share of the work that either thread may take, so it balances the two."""
+        if _sources(block) is None:  # the compiled path reads the stored rows
             _deltas(block)
         if kind != "random":
             return
@@ -427,8 +437,9 @@ def task_vector_method(name: str, kind: Sparsify, elect: bool, shared: type[Para
         name=name, merge=merge, summary=summary, reference=reference, shared=shared, per_model=per_model,
         stages=_stages(kind), random=kind in ("random", "magprune"), required=("weight",),
         work=work, prepare=prepare, statistics_ahead=kind in ("magnitude", "outliers"),
-        stored_work=2 if kind == "random" and elect else work + 1,  # DARE-TIES: uint8 masks and the output; else
-        # the deltas (made from the stored rows) and the base's float32 copy besides the torch path's work
+        stored_work=2 if elect and kind in ("random", "magnitude") else work + 1,  # DARE-TIES and TIES: masks
+        # and the output; else the deltas (made from the stored rows) and the base's float32 copy besides the
+        # torch path's work
     )
 
 
