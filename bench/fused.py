@@ -84,8 +84,9 @@ def bench_block(n: int, repeat: int) -> list[str]:
             for _ in range(2):  # alternating, best of each
                 t.append(best(slow, repeat))
                 f.append(best(fast, repeat))
-            rows.append(f"| {case} | {str(stored).removeprefix('torch.')} | {threads} | {min(t) * 1e3:.1f} | {min(f) * 1e3:.1f} | {min(t) / min(f):.2f}x "
-                        f"| {'yes' if same else 'NO'} |")
+            name = str(stored).removeprefix("torch.")
+            rows.append(f"| {case} | {name} | {threads} | {min(t) * 1e3:.1f} | {min(f) * 1e3:.1f} "
+                        f"| {min(t) / min(f):.2f}x | {'yes' if same else 'NO'} |")
     return rows
 
 
