@@ -12,7 +12,7 @@ float32), so a bf16 model is never copied to float32 whole: each chunk's task ve
 in scratch. Besides the combine: the task vectors themselves where a method needs them whole (TIES's
 selection), whether a task vector is +0 throughout a block, and DARE's L1 sums before and after its
 masks. With the compiled counting passes of the selection (`selection_kernel`) a DARE-TIES merge of
-three 1.6 GB bf16 models takes 7.4 s where the torch path takes 20 (bench/fused.py, bench/README.md).
+three 1.6 GB bf16 models took 8.3 s where the torch path took 19.4 (bench/fused.py, bench/README.md).
 
 Every float32 operation is the one the torch path does, in the same order, so the two give the same
 bits (tests/surgery/test_fused.py): the torch path stays the reference, and serves CUDA, blocks in

@@ -66,6 +66,16 @@ def delta(bits, d, b, m):
 
 
 @part
+def chunk_delta(base, model, c, e, bits, rows):
+    """rows[1, :n] = model - base over entries [c, e), n = e - c, through rows[0, :n] for the widened base
+    (`bits`: the same scratch as uint32); returns the task vector's bits, bits[1, :n]."""
+    n = e - c
+    widen(base[c:e], bits[0, :n], rows[0, :n])
+    delta(bits[1, :n], rows[1, :n], rows[0, :n], model[c:e])
+    return bits[1, :n]
+
+
+@part
 def weighted(v, d, m, t, s):
     """v = one input's weighted, sparsified task vector over a chunk: its delta d, times its 0/1 mask m
     where it has one, hardshrunk by t where t >= 0 (+0 kept, NaN kept), times s."""
@@ -167,12 +177,8 @@ def changed(base, model):
     """Whether model - base is anything but +0 somewhere (a -0 or a NaN counts as a change)."""
     bits, rows = scratch(2)
     for c in range(0, len(base), CHUNK):
-        e = min(c + CHUNK, len(base))
-        n = e - c
-        widen(base[c:e], bits[0, :n], rows[0, :n])
-        delta(bits[1, :n], rows[1, :n], rows[0, :n], model[c:e])
-        d, seen = bits[1, :n], np.uint32(0)
-        for q in range(n):
+        d, seen = chunk_delta(base, model, c, min(c + CHUNK, len(base)), bits, rows), np.uint32(0)
+        for q in range(len(d)):
             seen |= d[q]
         if seen:
             return True
@@ -190,9 +196,8 @@ def l1_sums(base, model, mask, threshold):
     for c in range(0, len(base), CHUNK):
         e = min(c + CHUNK, len(base))
         n = e - c
-        b, d = rows[0, :n], rows[1, :n]
-        widen(base[c:e], bits[0, :n], b)
-        delta(bits[1, :n], d, b, model[c:e])
+        chunk_delta(base, model, c, e, bits, rows)
+        d = rows[1, :n]
         if len(mask):
             m = mask[c:e]
             for q in range(n):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from surgery.merge.fused_kernel import CHUNK, delta, scratch, widen
+from surgery.merge.fused_kernel import CHUNK, chunk_delta, scratch
 
 HI_BINS = 1 << 15  # selection.HI_BINS: compile-time constants here, so that the loops specialise on them
 LO_BINS = 1 << 16  # selection.LO_BINS
@@ -84,21 +84,13 @@ def equal_count(bits, magnitude):
 # The same counts of a task vector model - base made chunk by chunk from the stored rows (`fused_kernel`),
 # never whole.
 
-@part
-def deltas_of(base, model, c, e, bits, rows):
-    """rows[1, :n] = model - base over entries [c, e), n = e - c; its bits: bits[1, :n]."""
-    n = e - c
-    widen(base[c:e], bits[0, :n], rows[0, :n])
-    delta(bits[1, :n], rows[1, :n], rows[0, :n], model[c:e])
-    return bits[1, :n]
-
 
 @jit
 def high_counts_of(base, model):
     lanes = np.zeros((LANES, HI_BINS), np.int64)
     bits, rows = scratch(2)
     for c in range(0, len(base), CHUNK):
-        count_high(lanes, deltas_of(base, model, c, min(c + CHUNK, len(base)), bits, rows))
+        count_high(lanes, chunk_delta(base, model, c, min(c + CHUNK, len(base)), bits, rows))
     return lanes.sum(axis=0)
 
 
@@ -107,7 +99,7 @@ def low_counts_of(base, model, first):
     lanes = np.zeros((LANES, LO_BINS), np.int64)
     bits, rows = scratch(2)
     for c in range(0, len(base), CHUNK):
-        count_low(lanes, deltas_of(base, model, c, min(c + CHUNK, len(base)), bits, rows), first)
+        count_low(lanes, chunk_delta(base, model, c, min(c + CHUNK, len(base)), bits, rows), first)
     return lanes.sum(axis=0)
 
 
@@ -116,5 +108,5 @@ def equal_count_of(base, model, magnitude):
     count = 0
     bits, rows = scratch(2)
     for c in range(0, len(base), CHUNK):
-        count += count_equal(deltas_of(base, model, c, min(c + CHUNK, len(base)), bits, rows), magnitude)
+        count += count_equal(chunk_delta(base, model, c, min(c + CHUNK, len(base)), bits, rows), magnitude)
     return count

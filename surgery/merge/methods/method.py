@@ -3,12 +3,12 @@
 The engine hands a method one block of rows at a time (the whole tensor when it is small), in
 float32 (converted from the checkpoint's dtype on first use). A method that needs tensor-wide
 numbers (a magnitude cut-off, a norm, a dot product) declares `stages`: each `Stage` maps a block
-to partial statistics, which the engine sums over all
-blocks before the next stage, then `merge` sees the totals; a stage's `when` says which parameters
-need it (each stage costs a pass over the tensor). Within one pass the blocks arrive in row
-order and share one copy of the statistics, where a method may keep running counts under keys that
-start with "~" (TIES ranks entries tied at its cut-off this way). Memory is bounded by the block, never by
-the tensor, and the result does not depend on where the blocks fall. A method that needs no
+to partial statistics, which the engine sums over all blocks before the next stage, then `merge`
+sees the totals; a stage's `when` says which parameters need it (each stage costs a pass over the
+tensor). Within one pass the blocks arrive in row order and share one copy of the statistics, where
+a method may keep running counts under keys that start with "~" (TIES ranks entries tied at its
+cut-off this way). Memory is bounded by the block, never by the tensor, and the result does not
+depend on where the blocks fall. A method that needs no
 statistics is best written as a typed function (`elementwise.py`).
 
 A parameter kept only so that mergekit configs run unchanged is declared with `compat`: it is

@@ -87,7 +87,7 @@ def _sources(block: Block) -> fused.Sources | None:
     """The block's rows for the compiled kernels (its stored rows, or where the kernels do not read
     their dtype its float32 ones), or None where the torch path does the work."""
     def make() -> fused.Sources | None:
-        if not fused.enabled() or block.stored_base is None:
+        if not fused.available() or block.stored_base is None:
             return None
         return fused.sources(block.stored_base, block.stored_models) or fused.sources(block.base, block.models)
 
