@@ -126,11 +126,7 @@ def elect_and_agree(src: Sources, live: Sequence[int], inputs: Sequence[Survivor
     def span(lo: int, hi: int) -> None:
         kernel(src.base, models, masks, thresholds, scales, w, by_count, normalize, np.float32(lambda_), o, lo, hi)
 
-    spans = _spans(out.numel(), torch.get_num_threads())
-    if len(spans) == 1:
-        span(*spans[0])
-    else:
-        list(_pool(len(spans)).map(lambda s: span(*s), spans))
+    _each_span(span, out.numel())
     return out
 
 
@@ -159,7 +155,7 @@ def l1_sums(src: Sources, i: int, mask: torch.Tensor | None, threshold: float | 
 
 def _spans(n: int, threads: int) -> list[tuple[int, int]]:
     parts = max(1, min(threads, n // MIN_SPAN))
-    step = -(-n // parts)
+    step = max(1, -(-n // parts))  # an empty block is one empty span
     return [(lo, min(lo + step, n)) for lo in range(0, n, step)] or [(0, 0)]
 
 
@@ -220,3 +216,62 @@ class Delta:
 
     def equal_count(self, magnitude: int) -> int:
         return int(compiled("selection_kernel").equal_count_of(self.src.base, self.src.models[self.i], magnitude))
+
+
+@dataclass(frozen=True)
+class Selected:
+    """SCE's selection over a block: the entries whose variance is above `threshold`, or those of a 0/1
+    `mask` (the block where the tie quota fills); neither given: every entry."""
+
+    variance: torch.Tensor | None = None  # (r, ...) float32
+    threshold: float = 0.0
+    mask: torch.Tensor | None = None      # (r, ...) bool or uint8
+
+
+def _selected(src: Sources, sel: Selected) -> tuple[np.ndarray, np.float32, np.ndarray] | None:
+    var = sel.variance
+    if sel.mask is not None:
+        var = None  # the mask says it all
+    elif var is not None and not (var.dtype == torch.float32 and var.device.type == "cpu" and var.is_contiguous()
+                                  and var.shape == src.shape):
+        return None
+    if not _mask_ok(sel.mask, src):
+        return None
+    flat = np.empty(0, np.float32) if var is None else var.reshape(-1).numpy()
+    return flat, np.float32(sel.threshold), _mask(sel.mask)
+
+
+def sce_energies(src: Sources, sel: Selected) -> list[float] | None:
+    """Each model's sum of squares of its selected task vector, in float64; None where the kernel cannot
+    read the selection. `sce.energy`'s torch path gives the same sums up to float64 rounding."""
+    given = _selected(src, sel)
+    if given is None:
+        return None
+    return [float(s) for s in _kernels().sce_energies(src.base, src.models, *given)]
+
+
+def sce_merge(src: Sources, sel: Selected, weights: Sequence[float]) -> torch.Tensor | None:
+    """SCE's merge of the block (`sce.merge`'s bits), or None where the kernel cannot read the selection."""
+    given = _selected(src, sel)
+    if given is None:
+        return None
+    kernel, w = _kernels().sce_merge, np.array(weights, np.float32)
+    out = torch.empty(src.shape, dtype=torch.float32)
+    o = out.reshape(-1).numpy()
+
+    def span(lo: int, hi: int) -> None:
+        kernel(src.base, src.models, *given, w, o, lo, hi)
+
+    _each_span(span, out.numel())
+    return out
+
+
+def _each_span(span, n: int) -> None:
+    """span(lo, hi) over contiguous spans of [0, n), one per torch thread, each in a thread of the pool."""
+    spans = _spans(n, torch.get_num_threads())
+    if len(spans) == 1:
+        span(*spans[0])
+    else:
+        list(_pool(len(spans)).map(lambda s: span(*s), spans))
+
+

@@ -259,3 +259,84 @@ def variance(base, models, out):
                 m2[q] = m2[q] + step * (x - mean[q])
         for q in range(n):
             o[q] = np.float32(m2[q] / k)
+
+
+@part
+def select(v, var, threshold, mask):
+    """v = v times SCE's 0/1 selection over a chunk, in place: the `mask` where given, else var > threshold
+    where the variance is given (NaN unselected), else every entry (v unchanged)."""
+    one, zero = np.float32(1.0), np.float32(0.0)
+    if len(mask):
+        for q in range(len(v)):
+            v[q] = v[q] * np.float32(mask[q])
+    elif len(var):
+        for q in range(len(v)):
+            v[q] = v[q] * (one if var[q] > threshold else zero)
+
+
+@part
+def _part(a, c, e):
+    """a[c:e], or a itself where it is empty (an input not given)."""
+    return a[c:e] if len(a) else a
+
+
+@numba.njit(cache=True, nogil=True, boundscheck=False, fastmath={"reassoc"})
+def sce_energies(base, models, var, threshold, mask):
+    """Each model's sum of squares of its selected task vector (`select`), in float64; only the sums
+    are reassociated (so that they vectorise)."""
+    k = len(models)
+    bits, rows = scratch(k + 1)
+    sums = np.zeros(k, np.float64)
+    for c in range(0, len(base), CHUNK):
+        e = min(c + CHUNK, len(base))
+        n = e - c
+        b = rows[k, :n]
+        widen(base[c:e], bits[k, :n], b)
+        for i in range(k):
+            v = rows[i, :n]
+            delta(bits[i, :n], v, b, models[i][c:e])
+            select(v, _part(var, c, e), threshold, _part(mask, c, e))
+            s = 0.0
+            for q in range(n):
+                s += np.float64(v[q] * v[q])
+            sums[i] += s
+    return sums
+
+
+@jit
+def sce_merge(base, models, var, threshold, mask, weights, out, lo, hi):
+    """out[lo:hi] = base + (the weighted sum of the selected task vectors' entries whose sign is the
+    elected one) / (the sum of their weights, at least 1e-6): `sce.merge`'s operations in its order
+    (sign, times the elected sign, clamped at 0, times the weight), so the same bits."""
+    zero, one, floor = np.float32(0.0), np.float32(1.0), np.float32(1e-6)
+    k = len(models)
+    bits, vals = scratch(k)
+    sign_, mixed_, divisor_ = np.empty(CHUNK, np.float32), np.empty(CHUNK, np.float32), np.empty(CHUNK, np.float32)
+    base_bits, base_ = scratch(1)
+    for c in range(lo, hi, CHUNK):
+        e = min(c + CHUNK, hi)
+        n = e - c
+        sign, mixed, divisor, b = sign_[:n], mixed_[:n], divisor_[:n], base_[0, :n]
+        widen(base[c:e], base_bits[0, :n], b)
+        for i in range(k):
+            v = vals[i, :n]
+            delta(bits[i, :n], v, b, models[i][c:e])
+            select(v, _part(var, c, e), threshold, _part(mask, c, e))
+        elect(sign, vals, False)
+        mixed[:] = zero
+        divisor[:] = zero
+        for i in range(k):
+            v, w = vals[i, :n], weights[i]
+            for q in range(n):
+                x = v[q]
+                kept = (one if x > 0 else (-one if x < 0 else zero)) * sign[q]  # torch.sign: 0 for 0 and NaN
+                kept = zero if kept < 0 else kept  # clamp_(min=0): -0 stays -0, as torch's does
+                kept = kept * w
+                divisor[q] = divisor[q] + kept
+                mixed[q] = mixed[q] + kept * x
+        o = out[c:e]
+        for q in range(n):
+            d = divisor[q]
+            o[q] = b[q] + mixed[q] / (floor if d < floor else d)
+
+

@@ -303,38 +303,6 @@ def test_the_compiled_total_agrees_with_the_torch_segments(monkeypatch):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("n", [1, 2, 3, 5])
-def test_the_compiled_variance_gives_the_torch_bits(n, dtype):
-    """SCE's variance across the task vectors, compiled from the stored rows: the bits of
-    `sce.welford_variance` (itself torch.var's), ties, -0 and wide ranges included."""
-    from surgery.merge.methods.sce import welford_variance
-
-    pytest.importorskip("numba")
-    g = torch.Generator().manual_seed(n)
-    base = torch.randn(300, 70, generator=g).to(dtype)
-    models = [(base.float() + torch.randn(300, 70, generator=g) * 10.0 ** (i - 2)).to(dtype) for i in range(n)]
-    models[0][:10] = (base[:10].float() + torch.randint(-3, 4, (10, 70), generator=g) * 0.25).to(dtype)
-    models[-1][10:12] = base[10:12]  # task vectors of +0
-    got = fused.variance(fused.sources(base, models))
-    want = welford_variance([m.float() - base.float() for m in models])
-    assert torch.equal(bits(got), bits(want))
-
-
-@pytest.mark.parametrize("stored", ["float32", "bfloat16"])
-def test_sce_through_the_engine_gives_the_torch_bits(stored, request, tmp_path, monkeypatch):
-    pytest.importorskip("numba")
-    f = request.getfixturevalue("llama" if stored == "float32" else "llama_bf16")
-    spec = {"merge_method": "sce", "base_model": f["base"], "dtype": "float32", "parameters": {"select_topk": 0.4},
-            "models": [{"model": f[n]} for n in ("math", "code", "chat")]}
-    fast = run_ours(spec, str(tmp_path / "fast"), block_bytes=4096)
-    monkeypatch.setenv("SURGERY_FUSED", "0")
-    slow = run_ours(spec, str(tmp_path / "slow"), block_bytes=4096)
-    assert fast.keys() == slow.keys()
-    for name in slow:
-        assert torch.equal(bits(fast[name]), bits(slow[name])), name
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_the_selection_counts_a_task_vector_read_from_the_stored_rows_as_made(dtype):
     """The counting passes over `fused.Delta` (never made whole) give the counts over the task vector made."""
     pytest.importorskip("numba")

@@ -7,6 +7,7 @@ Blocked execution: the variance cut-off is an exact order statistic found with t
 (as TIES's magnitude cut-off, `surgery.merge.selection`); the models' mean squares are one more stage.
 """
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -15,7 +16,14 @@ from pydantic import Field
 from surgery.merge import fused
 from surgery.merge.methods.method import Block, Method, Params, Stage, Stats, compat
 from surgery.merge.methods.task_vectors import _deltas, _elect, _sources, total
-from surgery.merge.selection import bin_of_rank, high_histogram, low_histogram, top_k_cut, top_k_mask, top_k_threshold
+from surgery.merge.selection import (
+    bin_of_rank,
+    high_histogram,
+    low_histogram,
+    top_k_cut,
+    top_k_mask,
+    top_k_threshold,
+)
 
 
 class SceShared(Params):
@@ -77,14 +85,14 @@ def refine(block: Block, stats: Stats) -> Stats:
     return {f"lo{b}": low_histogram(_variance(block), b)}
 
 
-def selected(block: Block, stats: Stats) -> torch.Tensor | None:
-    """The block's selected entries (float32 0/1), None when all are; blocks in row order per pass."""
+def selection(block: Block, stats: Stats) -> fused.Selected:
+    """The block's selected entries; blocks in row order per pass (ties at the cut are counted as they
+    come), so call it once per block and pass."""
     if block.shared.select_topk >= 1:
-        return None
+        return fused.Selected()
     k = _k(block, stats)
     if k == 0:
-        stored = block.stored_models[0]
-        return torch.zeros(stored.shape, dtype=torch.float32, device=stored.device)
+        return fused.Selected(_variance(block), math.inf)  # none: no variance is above it
     if "~cut" not in stats:  # once per pass
         b = bin_of_rank(stats["hi"], block.numel - k)
         stats["~cut"] = top_k_cut(stats["hi"], stats[f"lo{b}"], b, block.numel, k)
@@ -92,20 +100,38 @@ def selected(block: Block, stats: Stats) -> torch.Tensor | None:
     var, seen = _variance(block), int(stats.get("~seen", 0))
     if cut > 0:
         threshold, stats["~seen"] = top_k_threshold(var, cut, quota, seen)
-        if threshold is not None:  # var >= 0: the sign of hardshrink is the float 0/1 mask (NaN gives 0)
-            return torch.nn.functional.hardshrink(var, threshold).sign_()
+        if threshold is not None:
+            return fused.Selected(var, threshold)
     mask, stats["~seen"] = top_k_mask(var, cut, quota, seen)  # the block where the quota fills, or a cut of 0
-    return mask.float()
+    return fused.Selected(mask=mask)
 
 
-def _masked(block: Block, stats: Stats) -> list[torch.Tensor]:
-    mask = selected(block, stats)
+def selected(block: Block, sel: fused.Selected) -> torch.Tensor | None:
+    """The selection as float32 0/1, None where it is every entry."""
+    if sel.mask is not None:
+        return sel.mask.float()
+    if sel.variance is None:
+        return None
+    if sel.threshold == math.inf:
+        stored = block.stored_models[0]
+        return torch.zeros(stored.shape, dtype=torch.float32, device=stored.device)
+    # var >= 0: the sign of hardshrink is the float 0/1 mask (NaN gives 0); a comparison into a bool tensor
+    # costs several times more
+    return torch.nn.functional.hardshrink(sel.variance, sel.threshold).sign_()
+
+
+def _masked(block: Block, sel: fused.Selected) -> list[torch.Tensor]:
+    mask = selected(block, sel)
     return list(_tvs(block)) if mask is None else [tv * mask for tv in _tvs(block)]
 
 
 def energy(block: Block, stats: Stats) -> Stats:
-    """Each selected task vector's sum of squares (float64)."""
-    return {f"sq{i}": total(tv * tv, block.shape) for i, tv in enumerate(_masked(block, stats))}
+    """Each selected task vector's sum of squares (float64): compiled from the stored rows where it can be."""
+    sel, src = selection(block, stats), _sources(block)
+    sums = None if src is None else fused.sce_energies(src, sel)
+    if sums is None:
+        return {f"sq{i}": total(tv * tv, block.shape) for i, tv in enumerate(_masked(block, sel))}
+    return {f"sq{i}": torch.tensor(s, dtype=torch.float64) for i, s in enumerate(sums)}
 
 
 def _weights(block: Block, stats: Stats) -> list[float]:
@@ -116,10 +142,14 @@ def _weights(block: Block, stats: Stats) -> list[float]:
 
 
 def merge(block: Block, stats: Stats) -> torch.Tensor:
-    tvs = _masked(block, stats)
+    sel, src, weights = selection(block, stats), _sources(block), _weights(block, stats)
+    out = None if src is None else fused.sce_merge(src, sel, weights)
+    if out is not None:
+        return out
+    tvs = _masked(block, sel)
     elected = _elect(tvs, "sum")
     mixed, divisor = torch.zeros_like(tvs[0]), torch.zeros_like(tvs[0])
-    for w, tv in zip(_weights(block, stats), tvs):
+    for w, tv in zip(weights, tvs):
         # w_i where tv_i's sign is the elected one (+-1), else 0, made in place: a comparison into a new
         # bool tensor costs several times more. A zero may come out -0 here; the sums start at +0, and
         # adding -0 to them changes no bit
@@ -136,7 +166,8 @@ def selecting(shared: SceShared, models: tuple) -> bool:
 def prepare(block: Block, final: bool, ahead: Callable[[], bool]) -> None:
     """Task vectors, and their variance while the reading thread is ahead of the merging one (which
     otherwise computes it when it needs it): the variance is most of every pass's work."""
-    _tvs(block)
+    if _sources(block) is None:  # the compiled kernels read the stored rows
+        _tvs(block)
     if block.shared.select_topk < 1 and ahead():
         _variance(block)
 
