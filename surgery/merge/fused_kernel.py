@@ -222,6 +222,11 @@ def total(x):
     return out
 
 
+@part
+def power_of_two(n):
+    return n & (n - 1) == 0
+
+
 @jit
 def variance(base, models, out):
     """out = per entry, the population variance across models of their task vectors m - base: Welford's
@@ -252,13 +257,26 @@ def variance(base, models, out):
             m2[q] = 0.0
         for i in range(1, k):
             d, count = rows[i, :n], np.float64(i + 1)
+            if power_of_two(i + 1):  # x / 2^j is x * 2^-j, both rounded once from the same value
+                inverse = 1.0 / count
+                for q in range(n):
+                    x = np.float64(d[q])
+                    step = x - mean[q]
+                    mean[q] = mean[q] + step * inverse
+                    m2[q] = m2[q] + step * (x - mean[q])
+            else:  # a division costs several multiplications
+                for q in range(n):
+                    x = np.float64(d[q])
+                    step = x - mean[q]
+                    mean[q] = mean[q] + step / count
+                    m2[q] = m2[q] + step * (x - mean[q])
+        if power_of_two(k):
+            inverse = 1.0 / k
             for q in range(n):
-                x = np.float64(d[q])
-                step = x - mean[q]
-                mean[q] = mean[q] + step / count
-                m2[q] = m2[q] + step * (x - mean[q])
-        for q in range(n):
-            o[q] = np.float32(m2[q] / k)
+                o[q] = np.float32(m2[q] * inverse)
+        else:
+            for q in range(n):
+                o[q] = np.float32(m2[q] / k)
 
 
 @part

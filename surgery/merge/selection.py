@@ -8,6 +8,7 @@ histograms, the exact value: this replaces the full sort mergekit's TIES spends 
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from surgery.merge import fused
@@ -149,9 +150,15 @@ def top_k_mask(x: torch.Tensor, cut: float, quota: int | None, seen: int) -> tup
     """The entries of a block among the k largest |x| of its tensor (bool), and the running count of
     entries equal to the cut seen so far: of those, the first `quota` in row-major order are kept, so
     exactly k entries are, whatever the blocking (blocks must come in row order, `seen` carried over)."""
-    a = x.abs()
     if quota is None:
-        return a >= cut, seen
+        return x.abs() >= cut, seen
+    if (compiled := _compiled(x)) is not None:  # one pass, where torch makes five block-sized tensors
+        mask = torch.empty(x.shape, dtype=torch.bool)
+        magnitude = int(torch.tensor(cut, dtype=torch.float32).view(torch.int32))
+        out = mask.reshape(-1).numpy().view(np.uint8)
+        seen = compiled.kernels.ranked_mask(compiled.bits, magnitude, quota, seen, out)
+        return mask, int(seen)
+    a = x.abs()
     tied = a == cut
     here = int(tied.sum())
     if seen >= quota:

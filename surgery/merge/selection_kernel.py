@@ -110,3 +110,21 @@ def equal_count_of(base, model, magnitude):
     for c in range(0, len(base), CHUNK):
         count += count_equal(chunk_delta(base, model, c, min(c + CHUNK, len(base)), bits, rows), magnitude)
     return count
+
+
+INF = 0x7F800000  # +inf's bits: |x| bits above it are NaN's
+
+
+@jit
+def ranked_mask(bits, cut, quota, seen, out):
+    """out = 1 where |x| > the cut, or |x| equals it and is among the first `quota` such entries of the
+    tensor (`seen` of them came before this block), else 0 (NaN: 0, as a float comparison gives); bits:
+    x's float32 bits, cut: the cut's. Returns the ties seen so far, this block's included."""
+    for q in range(len(bits)):
+        a = bits[q] & MAGNITUDE
+        if a == cut:
+            seen += 1
+            out[q] = seen <= quota
+        else:
+            out[q] = cut < a <= INF
+    return seen

@@ -72,3 +72,18 @@ def test_other_blocks_take_the_torch_path(monkeypatch):
     for block in (x.bfloat16(), x.reshape(50, 20).t(), x.double()):
         assert torch.equal(selection.high_histogram(block), selection.high_histogram(block.float().contiguous()))
     assert calls[0::2] == [None] * 3 and all(c is not None for c in calls[1::2])  # each block, then its float32 copy
+
+
+@pytest.mark.parametrize("seen", [0, 40, 600])
+def test_ranked_masks_match_torch(seen, monkeypatch):
+    """The block where a quota of ties fills (and those before and after it): the same entries kept and
+    the same running count, NaN and infinities among them."""
+    x = awkward(7 * 9363, seed=3).reshape(7, -1)
+    ties = int((x.abs() == 0.015625).sum())
+    assert ties > 600
+    for quota in (1, 500, ties + seen - 1, ties + seen, 10**6):
+        for cut in (0.015625, float("inf")):
+            (mask, count), (mask_t, count_t) = both(selection.top_k_mask, monkeypatch, x, cut, quota, seen)
+            assert count == count_t and mask.dtype == mask_t.dtype == torch.bool and torch.equal(mask, mask_t)
+    mask, _ = selection.top_k_mask(x, 0.015625, seen + 10, seen)
+    assert int((mask & (x.abs() == 0.015625)).sum()) == 10 and bool(mask[x.abs() > 0.015625].all())

@@ -74,7 +74,10 @@ def _k(block: Block, stats: Stats) -> int:
 
 def histogram(block: Block, stats: Stats) -> Stats:
     var = _variance(block)
-    return {"hi": high_histogram(var), "nonzero": torch.count_nonzero(var)}
+    high = high_histogram(var)
+    if not int(high[0]):  # zeros are in bin 0: none there, none at all
+        return {"hi": high, "nonzero": torch.tensor(var.numel())}
+    return {"hi": high, "nonzero": torch.count_nonzero(var)}
 
 
 def refine(block: Block, stats: Stats) -> Stats:
@@ -173,5 +176,5 @@ def prepare(block: Block, final: bool, ahead: Callable[[], bool]) -> None:
 
 
 METHOD = Method("sce", merge, "select high-variance entries, weight models by energy, erase minority signs",
-                "https://arxiv.org/abs/2408.07990", shared=SceShared, work=6, prepare=prepare,
+                "https://arxiv.org/abs/2408.07990", shared=SceShared, work=6, stored_work=2, prepare=prepare,
                 stages=(Stage(histogram, when=selecting), Stage(refine, when=selecting), Stage(energy)))
