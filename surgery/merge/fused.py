@@ -86,10 +86,12 @@ def sources(base: torch.Tensor | None, models: Sequence[torch.Tensor]) -> Source
         return None
     if base.dtype not in STORED or len({m.dtype for m in models}) > 1 or any(m.dtype not in STORED for m in models):
         return None
-    return Sources(_flat(base), tuple(_flat(m) for m in models), base.shape)
+    return Sources(flat(base), tuple(flat(m) for m in models), base.shape)
 
 
-def _flat(t: torch.Tensor) -> np.ndarray:
+def flat(t: torch.Tensor) -> np.ndarray:
+    """A contiguous CPU tensor of a dtype the kernels read (`STORED`) as the flat array they read: bf16 as its
+    uint16 bits."""
     t = t.reshape(-1)  # a view: t is contiguous
     return t.view(torch.int16).numpy().view(np.uint16) if t.dtype == torch.bfloat16 else t.numpy()
 
@@ -126,7 +128,7 @@ def elect_and_agree(src: Sources, live: Sequence[int], inputs: Sequence[Survivor
     def span(lo: int, hi: int) -> None:
         kernel(src.base, models, masks, thresholds, scales, w, by_count, normalize, np.float32(lambda_), o, lo, hi)
 
-    _each_span(span, out.numel())
+    each_span(span, out.numel())
     return out
 
 
@@ -262,11 +264,11 @@ def sce_merge(src: Sources, sel: Selected, weights: Sequence[float]) -> torch.Te
     def span(lo: int, hi: int) -> None:
         kernel(src.base, src.models, *given, w, o, lo, hi)
 
-    _each_span(span, out.numel())
+    each_span(span, out.numel())
     return out
 
 
-def _each_span(span, n: int) -> None:
+def each_span(span, n: int) -> None:
     """span(lo, hi) over contiguous spans of [0, n), one per torch thread, each in a thread of the pool."""
     spans = _spans(n, torch.get_num_threads())
     if len(spans) == 1:

@@ -33,8 +33,10 @@ class PerModel(Generic[T]):
 
 
 def elementwise(fn: Callable[..., torch.Tensor], name: str, summary: str, reference: str = "",
-                **options: Any) -> Method:
-    """The Method of `fn` (see the module's docstring); `options` are Method's own (`work`, `max_models`)."""
+                compiled: Callable[..., torch.Tensor | None] | None = None, **options: Any) -> Method:
+    """The Method of `fn` (see the module's docstring); `options` are Method's own (`work`, `max_models`).
+    `compiled`, where given, takes the same arguments with the inputs' rows as stored (bf16 stays bf16)
+    and returns fn's bits, or None where it cannot: then fn runs."""
     hints = get_type_hints(fn, include_extras=True)
     arguments = [a for a in inspect.signature(fn).parameters.values() if a.name not in INPUTS]
     shared = {a.name: _field(a, hints[a.name]) for a in arguments if get_origin(hints[a.name]) is not PerModel}
@@ -46,6 +48,11 @@ def elementwise(fn: Callable[..., torch.Tensor], name: str, summary: str, refere
     def merge(block: Block, stats: Stats) -> torch.Tensor:
         values = {k: getattr(block.shared, k) for k in shared}
         values |= {k: [getattr(p, k) for p in block.per_model] for k in per_model}
+        if compiled is not None:
+            out = compiled(**({"base": block.stored_base} if uses_base else {}), models=list(block.stored_models),
+                           **values)
+            if out is not None:
+                return out
         return fn(**({"base": block.base} if uses_base else {}), models=list(block.models), **values)
 
     return Method(name, merge, summary, reference, shared=_model(name, "Shared", shared),

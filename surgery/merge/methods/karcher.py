@@ -16,6 +16,7 @@ from itertools import combinations_with_replacement
 import torch
 from pydantic import Field
 
+from surgery.merge import blend
 from surgery.merge.methods.method import Block, Method, Params, Stage, Stats
 from surgery.merge.sums import dot64
 
@@ -28,8 +29,12 @@ class KarcherShared(Params):
 
 
 def gram(block: Block, stats: Stats) -> Stats:
+    pairs = list(combinations_with_replacement(range(len(block.stored_models)), 2))
+    g = blend.gram(None, block.stored_models)  # compiled from the stored rows
+    if g is not None:
+        return {f"g{i}.{j}": g[i, j] for i, j in pairs}
     x = block.models
-    return {f"g{i}.{j}": dot64(x[i], x[j]) for i, j in combinations_with_replacement(range(len(x)), 2)}
+    return {f"g{i}.{j}": dot64(x[i], x[j]) for i, j in pairs}
 
 
 def _dot(u: Vector, v: Vector, g: list[Vector]) -> float:
@@ -76,7 +81,7 @@ def karcher(g: list[Vector], alphas: Vector, max_iter: int, tol: float) -> Vecto
 
 def coefficients(block: Block, stats: Stats) -> Vector:
     """c with output = sum_i c_i m_i."""
-    n, p = len(block.models), block.shared
+    n, p = len(block.stored_models), block.shared
     raw = [[float(stats[f"g{min(i, j)}.{max(i, j)}"]) for j in range(n)] for i in range(n)]
     norms = [math.sqrt(raw[i][i]) for i in range(n)]
     valid = [nm > p.tol for nm in norms]
@@ -90,10 +95,14 @@ def coefficients(block: Block, stats: Stats) -> Vector:
 
 
 def merge(block: Block, stats: Stats) -> torch.Tensor:
-    if len(block.models) == 1:
+    if len(block.stored_models) == 1:
         return block.models[0].clone()
+    weights = coefficients(block, stats)
+    out = blend.weighted_sum(block.stored_models, weights)
+    if out is not None:
+        return out
     out = torch.zeros_like(block.models[0])
-    for c, m in zip(coefficients(block, stats), block.models):
+    for c, m in zip(weights, block.models):
         out.add_(m, alpha=c)
     return out
 

@@ -10,6 +10,7 @@ one statistics stage (float64 sums over the blocks; per column they have a row's
 import torch
 from pydantic import Field
 
+from surgery.merge import blend
 from surgery.merge.methods.method import Block, Method, Params, Stage, Stats
 from surgery.merge.sums import column_dot64, dot64
 
@@ -37,6 +38,10 @@ def _pair(block: Block) -> tuple[torch.Tensor, torch.Tensor]:
 
 def products(block: Block, stats: Stats) -> Stats:
     """float64 partial sums of a*a, b*b, a*b: over the whole block (flatten), or per column (row-wise)."""
+    if block.shared.nuslerp_flatten:
+        g = blend.gram(block.stored_base, block.stored_models)  # compiled from the stored rows
+        if g is not None:
+            return {"aa": g[0, 0], "bb": g[1, 1], "ab": g[0, 1]}
     a, b = _pair(block)
     dot = dot64 if block.shared.nuslerp_flatten or a.dim() < 2 else column_dot64
     return {"aa": dot(a, a), "bb": dot(b, b), "ab": dot(a, b)}
@@ -69,7 +74,21 @@ def fraction(block: Block) -> float:
     return 0.5 if abs(w1 + w2) < 1e-6 else w2 / (w1 + w2)
 
 
+def compiled(block: Block, cos: torch.Tensor) -> torch.Tensor | None:
+    """The merge of a block with one angle for the whole tensor, from the stored rows: `interpolate`'s
+    scalar factors made as it makes them (float32), then one pass; None where the kernels do not run."""
+    t = fraction(block)
+    if bool((1 - cos.square()) <= EPS**2):  # colinear: (1 - t) * a + t * b
+        c0, c1, divisor = 1 - t, t, None
+    else:
+        theta = torch.acos(cos)
+        c0, c1, divisor = float(torch.sin((1 - t) * theta)), float(torch.sin(t * theta)), float(torch.sin(theta))
+    return blend.blend(block.stored_base, *block.stored_models, c0, c1, divisor)
+
+
 def merge(block: Block, stats: Stats) -> torch.Tensor:
+    if block.shared.nuslerp_flatten and (out := compiled(block, _cosine(stats))) is not None:
+        return out
     a, b = _pair(block)
     if tensor_wide(block.shared, block.per_model):
         cos = _cosine(stats)

@@ -7,6 +7,7 @@ import math
 import torch
 from pydantic import BaseModel, Field
 
+from surgery.merge import blend
 from surgery.merge.methods.method import Block, Fallback, Method, Params, Stage, Stats
 
 DOT_THRESHOLD = 0.9995
@@ -18,6 +19,9 @@ class SlerpShared(Params):
 
 
 def norms(block: Block, stats: Stats) -> Stats:
+    g = blend.gram(None, (block.stored_base, block.stored_models[0]))  # compiled from the stored rows
+    if g is not None:
+        return {"aa": g[0, 0], "bb": g[1, 1], "ab": g[0, 1]}
     a, b = block.base.double(), block.models[0].double()
     return {"aa": (a * a).sum(), "bb": (b * b).sum(), "ab": (a * b).sum()}
 
@@ -42,7 +46,8 @@ def coefficients(t: float, stats: Stats) -> tuple[float, float]:
 
 def merge(block: Block, stats: Stats) -> torch.Tensor:
     ca, cb = coefficients(block.shared.t, stats)
-    return ca * block.base + cb * block.models[0]
+    out = blend.blend(None, block.stored_base, block.stored_models[0], ca, cb)
+    return out if out is not None else ca * block.base + cb * block.models[0]
 
 
 METHOD = Method("slerp", merge, "spherical interpolation of two models", "https://en.wikipedia.org/wiki/Slerp",
