@@ -10,9 +10,10 @@ each input read once and the output written once.
 The kernels read the rows as the checkpoint stores them (`Sources`: bf16 as its uint16 bits, or
 float32), so a bf16 model is never copied to float32 whole: each chunk's task vector m - base is made
 in scratch. Besides the combine: the task vectors themselves where a method needs them whole (TIES's
-selection), whether a task vector is +0 throughout a block, and DARE's L1 sums before and after its
-masks. With the compiled counting passes of the selection (`selection_kernel`) a DARE-TIES merge of
-three 1.6 GB bf16 models took 8.3 s where the torch path took 19.4 (bench/fused.py, bench/README.md).
+selection), whether a task vector is +0 throughout a block, DARE's L1 sums before and after its masks,
+and SCE's variance, selected energies and merge. With the compiled counting passes of the selection
+(`selection_kernel`) a DARE-TIES merge of three 1.6 GB bf16 models took 8.3 s where the torch path took
+19.4 (bench/fused.py, bench/README.md).
 
 Every float32 operation is the one the torch path does, in the same order, so the two give the same
 bits (tests/surgery/test_fused.py): the torch path stays the reference, and serves CUDA, blocks in

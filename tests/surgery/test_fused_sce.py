@@ -157,3 +157,20 @@ def test_sce_through_the_engine_gives_the_torch_bits(stored, request, tmp_path, 
     assert fast.keys() == slow.keys()
     for name in slow:
         assert torch.equal(bits(fast[name]), bits(slow[name])), name
+
+
+def test_blocks_are_sized_by_the_stored_rows(llama_bf16, monkeypatch):
+    """With the kernels a block counts SCE's bf16 inputs at 2 bytes an entry, plus its variance and output;
+    without them every input and temporary at float32's 4."""
+    from surgery.merge.engine import Options, row_bytes
+    from surgery.merge.plan import plan_merge
+    from surgery.merge.spec import parse_spec
+
+    spec = {"merge_method": "sce", "base_model": llama_bf16["base"], "dtype": "bfloat16",
+            "parameters": {"select_topk": 0.5}, "models": [{"model": llama_bf16[n]} for n in ("math", "code", "chat")]}
+    plan = plan_merge(parse_spec(spec), "spec")
+    job = next(j for j in plan.jobs if len(j.shape) == 2)
+    row = job.shape[1]
+    assert row_bytes(plan, job, Options()) == row * (4 * 2 + 4 * 2)
+    monkeypatch.setenv("SURGERY_FUSED", "0")
+    assert row_bytes(plan, job, Options()) == row * 4 * (4 + plan.method.work)

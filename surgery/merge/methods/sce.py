@@ -5,6 +5,8 @@ al. 2024, FuseChat, https://arxiv.org/abs/2408.07990).
 
 Blocked execution: the variance cut-off is an exact order statistic found with two histogram stages
 (as TIES's magnitude cut-off, `surgery.merge.selection`); the models' mean squares are one more stage.
+On CPU the variance, the mean squares and the merge are compiled from the stored rows (`fused.variance`,
+`fused.sce_energies`, `fused.sce_merge`: the torch path's bits), so no float32 task vector or mask is made.
 """
 
 import math
