@@ -276,5 +276,3 @@ def each_span(span, n: int) -> None:
         span(*spans[0])
     else:
         list(_pool(len(spans)).map(lambda s: span(*s), spans))
-
-

@@ -356,5 +356,3 @@ def sce_merge(base, models, var, threshold, mask, weights, out, lo, hi):
         for q in range(n):
             d = divisor[q]
             o[q] = b[q] + mixed[q] / (floor if d < floor else d)
-
-
