@@ -76,6 +76,28 @@ def chunk_delta(base, model, c, e, bits, rows):
 
 
 @part
+def task_vectors(base, models, c, e, bits, vals, base_bits, base_rows):
+    """vals[i, :n] = model i's entries [c, e) less the base's, n = e - c, through `bits` (vals as uint32) and
+    base_rows[0, :n] (the widened base, through base_bits); returns that widened base."""
+    n = e - c
+    b = base_rows[0, :n]
+    widen(base[c:e], base_bits[0, :n], b)
+    for i in range(len(models)):
+        delta(bits[i, :n], vals[i, :n], b, models[i][c:e])
+    return b
+
+
+@part
+def election_scratch(k):
+    """The scratch of a combine with an election over k inputs: their task vectors (and uint32 view), the
+    base's row (and view), and the elected sign, the agreeing sum and the divisor."""
+    bits, vals = scratch(k)
+    base_bits, base_ = scratch(1)
+    sign, mixed, divisor = np.empty(CHUNK, np.float32), np.empty(CHUNK, np.float32), np.empty(CHUNK, np.float32)
+    return bits, vals, base_bits, base_, sign, mixed, divisor
+
+
+@part
 def weighted(v, d, m, t, s):
     """v = one input's weighted, sparsified task vector over a chunk: its delta d, times its 0/1 mask m
     where it has one, hardshrunk by t where t >= 0 (+0 kept, NaN kept), times s."""
@@ -135,18 +157,14 @@ def combine(base, models, masks, thresholds, scales, weights, by_count, normaliz
     """out[lo:hi] = base + lambda * (the agreeing sum along the elected sign) / (the agreeing weights, 1
     where none agree, with `normalize`); each input's task vector is its model's entries less the base's."""
     one = np.float32(1.0)
-    k = len(models)
-    bits, vals = scratch(k)
-    sign_, mixed_, divisor_ = np.empty(CHUNK, np.float32), np.empty(CHUNK, np.float32), np.empty(CHUNK, np.float32)
-    base_bits, base_ = scratch(1)
+    bits, vals, base_bits, base_, sign_, mixed_, divisor_ = election_scratch(len(models))
     for c in range(lo, hi, CHUNK):
         e = min(c + CHUNK, hi)
         n = e - c
-        sign, mixed, divisor, b = sign_[:n], mixed_[:n], divisor_[:n], base_[0, :n]
-        widen(base[c:e], base_bits[0, :n], b)
-        for i in range(k):
+        sign, mixed, divisor = sign_[:n], mixed_[:n], divisor_[:n]
+        b = task_vectors(base, models, c, e, bits, vals, base_bits, base_)
+        for i in range(len(models)):
             m, v = masks[i], vals[i, :n]
-            delta(bits[i, :n], v, b, models[i][c:e])
             weighted(v, v, m[c:e] if len(m) else m, thresholds[i], scales[i])
         elect(sign, vals, by_count)
         agree(mixed, divisor, sign, vals, weights)
@@ -303,16 +321,15 @@ def sce_energies(base, models, var, threshold, mask):
     """Each model's sum of squares of its selected task vector (`select`), in float64; only the sums
     are reassociated (so that they vectorise)."""
     k = len(models)
-    bits, rows = scratch(k + 1)
+    bits, rows = scratch(k)
+    base_bits, base_ = scratch(1)
     sums = np.zeros(k, np.float64)
     for c in range(0, len(base), CHUNK):
         e = min(c + CHUNK, len(base))
         n = e - c
-        b = rows[k, :n]
-        widen(base[c:e], bits[k, :n], b)
+        task_vectors(base, models, c, e, bits, rows, base_bits, base_)
         for i in range(k):
             v = rows[i, :n]
-            delta(bits[i, :n], v, b, models[i][c:e])
             select(v, _part(var, c, e), threshold, _part(mask, c, e))
             s = 0.0
             for q in range(n):
@@ -328,18 +345,14 @@ def sce_merge(base, models, var, threshold, mask, weights, out, lo, hi):
     (sign, times the elected sign, clamped at 0, times the weight), so the same bits."""
     zero, one, floor = np.float32(0.0), np.float32(1.0), np.float32(1e-6)
     k = len(models)
-    bits, vals = scratch(k)
-    sign_, mixed_, divisor_ = np.empty(CHUNK, np.float32), np.empty(CHUNK, np.float32), np.empty(CHUNK, np.float32)
-    base_bits, base_ = scratch(1)
+    bits, vals, base_bits, base_, sign_, mixed_, divisor_ = election_scratch(k)
     for c in range(lo, hi, CHUNK):
         e = min(c + CHUNK, hi)
         n = e - c
-        sign, mixed, divisor, b = sign_[:n], mixed_[:n], divisor_[:n], base_[0, :n]
-        widen(base[c:e], base_bits[0, :n], b)
+        sign, mixed, divisor = sign_[:n], mixed_[:n], divisor_[:n]
+        b = task_vectors(base, models, c, e, bits, vals, base_bits, base_)
         for i in range(k):
-            v = vals[i, :n]
-            delta(bits[i, :n], v, b, models[i][c:e])
-            select(v, _part(var, c, e), threshold, _part(mask, c, e))
+            select(vals[i, :n], _part(var, c, e), threshold, _part(mask, c, e))
         elect(sign, vals, False)
         mixed[:] = zero
         divisor[:] = zero

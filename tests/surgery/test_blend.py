@@ -10,7 +10,7 @@ import torch
 from surgery.merge import blend
 from surgery.merge.methods import REGISTRY
 from surgery.merge.sums import dot64
-from tests.surgery.test_fused import bits
+from tests.surgery.test_fused import assert_same_bits, bits
 from tests.surgery.test_mergekit_parity import run_ours
 
 pytest.importorskip("numba")
@@ -109,6 +109,4 @@ def test_whole_models_over_many_blocks_give_the_torch_bits(case, stored, request
     assert len(kernel_calls) > len(fast)  # several blocks a tensor
     monkeypatch.setenv("SURGERY_FUSED", "0")
     slow = run_ours(spec, str(tmp_path / "slow"), block_bytes=4096)
-    assert fast.keys() == slow.keys()
-    for key in slow:
-        assert torch.equal(bits(fast[key]), bits(slow[key])), key
+    assert_same_bits(fast, slow)

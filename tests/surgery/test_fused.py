@@ -145,6 +145,26 @@ def test_whole_models_over_many_blocks_give_the_torch_bits(method, stored, reque
     assert len(calls) > len(fast)  # several blocks per tensor
     monkeypatch.setenv("SURGERY_FUSED", "0")
     slow = run_ours(spec, str(tmp_path / "slow"), block_bytes=4096)
+    assert_same_bits(fast, slow)
+
+
+def input_folders(tmp_path) -> tuple[torch.Tensor, list[torch.Tensor], dict[str, str]]:
+    """The inputs above as model folders of one tensor "w" (base, a, b, c, same), c's NaN replaced: the
+    engine refuses a NaN input."""
+    from safetensors.torch import save_file
+
+    base, models = inputs()
+    models[2][3, 5] = 1.0
+    folders = {}
+    for name, t in zip(("base", "a", "b", "c", "same"), (base, *models)):
+        (tmp_path / name).mkdir()
+        save_file({"w": t}, str(tmp_path / name / "model.safetensors"))
+        folders[name] = str(tmp_path / name)
+    return base, models, folders
+
+
+def assert_same_bits(fast: dict[str, torch.Tensor], slow: dict[str, torch.Tensor]) -> None:
+    """Two merges' tensors: the same names, and bit for bit the same values."""
     assert fast.keys() == slow.keys()
     for name in slow:
         assert torch.equal(bits(fast[name]), bits(slow[name])), name
@@ -154,15 +174,7 @@ def test_ties_at_the_cut_off_over_blocks_give_the_torch_bits(tmp_path, calls, mo
     """The inputs above as one tensor of four models, merged in blocks of a few rows: the entries tied at
     a cut-off fill its quota mid-tensor, so blocks before keep them (a threshold below the cut), one ranks
     them (a mask) and blocks after drop them (a threshold at the cut)."""
-    from safetensors.torch import save_file
-
-    base, models = inputs()
-    models[2][3, 5] = 1.0  # the engine refuses a NaN input
-    folders = {}
-    for name, t in zip(("base", "a", "b", "c", "same"), (base, *models)):
-        (tmp_path / name).mkdir()
-        save_file({"w": t}, str(tmp_path / name / "model.safetensors"))
-        folders[name] = str(tmp_path / name)
+    base, models, folders = input_folders(tmp_path)
     spec = {"merge_method": "ties", "base_model": folders["base"], "dtype": "float32",
             "models": [{"model": folders[n], "parameters": {"weight": w, "density": d}}
                        for n, w, d in (("a", 0.5, 0.3), ("b", 0.7, 0.5), ("c", -0.2, 0.6), ("same", 1.0, 0.5))]}

@@ -11,7 +11,7 @@ import torch
 from surgery.merge import fused, selection
 from surgery.merge.methods import REGISTRY
 from surgery.merge.methods.sce import welford_variance
-from tests.surgery.test_fused import bits, inputs
+from tests.surgery.test_fused import assert_same_bits, bits, input_folders, inputs
 from tests.surgery.test_mergekit_parity import run_ours
 
 pytest.importorskip("numba")
@@ -98,15 +98,7 @@ def test_ties_at_the_variance_cut_over_blocks_give_the_torch_bits(tmp_path, kern
     """One tensor of four models in blocks of 8 rows: the entries tied at the variance cut fill their quota
     mid-tensor, so blocks before select them (a threshold below the cut), one ranks them (a mask) and the
     blocks after drop them (a threshold at the cut)."""
-    from safetensors.torch import save_file
-
-    base, models = inputs()
-    models[2][3, 5] = 1.0  # the engine refuses a NaN input
-    folders = {}
-    for name, t in zip(("base", "a", "b", "c", "same"), (base, *models)):
-        (tmp_path / name).mkdir()
-        save_file({"w": t}, str(tmp_path / name / "model.safetensors"))
-        folders[name] = str(tmp_path / name)
+    base, models, folders = input_folders(tmp_path)
     spec = {"merge_method": "sce", "base_model": folders["base"], "dtype": "float32",
             "parameters": {"select_topk": 0.3}, "models": [{"model": folders[n]} for n in ("a", "b", "c", "same")]}
     block = base.shape[1] * 4 * 8
@@ -154,9 +146,7 @@ def test_sce_through_the_engine_gives_the_torch_bits(stored, request, tmp_path, 
     monkeypatch.setenv("SURGERY_FUSED", "0")
     slow = run_ours(spec, str(tmp_path / "slow"), block_bytes=4096)
     assert made
-    assert fast.keys() == slow.keys()
-    for name in slow:
-        assert torch.equal(bits(fast[name]), bits(slow[name])), name
+    assert_same_bits(fast, slow)
 
 
 def test_blocks_are_sized_by_the_stored_rows(llama_bf16, monkeypatch):
