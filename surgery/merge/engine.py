@@ -80,9 +80,9 @@ def run_merge(plan: MergePlan, out: str, options: Options = Options(), progress:
     card = (card or spec_card(plan.spec, out)) if options.card else None
     with output.open(plan, out, options.force, card) as writer:
         ahead = plan.method.statistics_ahead and options.device == "cpu"
-        merging = Prefetcher(plan, options, [(job, span, final) for job in plan.jobs
-                                             for span, final in ([] if ahead else reads_of(plan, job, options))
-                                             + [(span, True) for span in merge_reads(plan, job, options)]])
+        merging = Prefetcher(plan, options, [(job, *read) for job in plan.jobs
+                                             for read in ([] if ahead else reads_of(plan, job, options))
+                                             + [(span, True, None) for span in merge_reads(plan, job, options)]])
         statistics = Statistics(plan, options) if ahead else Inline(plan, options, merging)
         try:
             for k, job in enumerate(plan.jobs):
@@ -131,22 +131,26 @@ def spans_of(plan: MergePlan, job: TensorJob, options: Options) -> list[tuple[in
     return [(r, min(r + step, rows)) for r in range(0, rows, step)] or [(0, 0)]
 
 
-def reads_of(plan: MergePlan, job: TensorJob, options: Options) -> list[tuple[tuple[int, int], bool]]:
+Read = tuple[tuple[int, int], bool, str | None]  # (rows, whether the merge pass uses them, a kept value's key)
+
+
+def reads_of(plan: MergePlan, job: TensorJob, options: Options) -> list[Read]:
     """The blocks `statistics` loads for a tensor's statistics passes, in order, each with whether the
-    merge pass uses it too (True only for a tensor of one block, which is loaded once)."""
+    merge pass uses it too (True only for a tensor of one block, which is loaded once) and the key of the
+    kept value that spares its rows (`Stage.carried`)."""
     passes = () if job.copy else plan.method.passes_for(job.shared, job.per_model)
     if not passes:
         return []
     spans = spans_of(plan, job, options)
     if len(spans) == 1:
-        return [(spans[0], True)]
-    return [(span, False) for span in spans] * len(passes)
+        return [(spans[0], True, None)]
+    return [(span, False, stage.carried) for stage in passes for span in spans]
 
 
 def merge_reads(plan: MergePlan, job: TensorJob, options: Options) -> list[tuple[int, int]]:
     """The blocks the merge pass loads, in order: none where the statistics passes already hold the
     tensor's one block."""
-    if job.copy or any(final for _, final in reads_of(plan, job, options)):
+    if job.copy or any(final for _, final, _ in reads_of(plan, job, options)):
         return []
     return spans_of(plan, job, options)
 
@@ -231,8 +235,8 @@ class Statistics:
 
     def __init__(self, plan: MergePlan, options: Options):
         self.plan, self.options, self.next = plan, options, 0
-        self.reads = Prefetcher(plan, options, [(job, span, final) for job in plan.jobs
-                                                for span, final in reads_of(plan, job, options)])
+        self.reads = Prefetcher(plan, options, [(job, *read) for job in plan.jobs
+                                                for read in reads_of(plan, job, options)])
         self.pool = ThreadPoolExecutor(1, thread_name_prefix="surgery-stats")
         self.pending: deque = deque()
 
@@ -257,9 +261,10 @@ class Prefetcher:
 
     DEPTH = 2
 
-    def __init__(self, plan: MergePlan, options: Options, requests: list[tuple[TensorJob, tuple[int, int], bool]]):
+    def __init__(self, plan: MergePlan, options: Options,
+                 requests: list[tuple[TensorJob, tuple[int, int], bool, str | None]]):
         self.plan, self.options, self.requests, self.i = plan, options, requests, 0
-        rereads = {final for _, _, final in requests} == {True, False}  # blocks read by a statistics pass, then again
+        rereads = {r[2] for r in requests} == {True, False}  # blocks read by a statistics pass, then again
         self.kept = Kept(KEPT_BLOCKS * options.block_bytes) if rereads else None
         self.pool = ThreadPoolExecutor(1, thread_name_prefix="surgery-read")
         self.ahead = deque(f for f in (self._submit(k) for k in range(self.DEPTH)) if f is not None)
@@ -267,9 +272,9 @@ class Prefetcher:
     def _submit(self, i: int):
         if i >= len(self.requests):
             return None
-        job, span, final = self.requests[i]
+        job, span, final, carried = self.requests[i]
         return self.pool.submit(_load, self.plan, job, span, self.options.device, final, self.kept,
-                                lambda: self.i <= i)  # the consumer has not asked for this block yet
+                                lambda: self.i <= i, carried)  # the consumer has not asked for this block yet
 
     def __call__(self, job: TensorJob, span: tuple[int, int]) -> Block:
         return self._next(job, span).result()
@@ -294,10 +299,14 @@ class Prefetcher:
 
 
 def _load(plan: MergePlan, job: TensorJob, span: tuple[int, int], device: str, final: bool = True,
-          kept: Kept | None = None, ahead: Callable[[], bool] = lambda: True) -> Block:
+          kept: Kept | None = None, ahead: Callable[[], bool] = lambda: True, carried: str | None = None) -> Block:
     """Rows `span` of every input of `job` as a Block; `final`: the merge pass reads it (not only a
     statistics pass, after which the merge pass reads it again and may take what it derived from `kept`);
-    `ahead()`: whether the block's consumer is still busy with an earlier one (see `Method.prepare`)."""
+    `ahead()`: whether the block's consumer is still busy with an earlier one (see `Method.prepare`);
+    `carried`: the key of the one kept value the pass needs (`Stage.carried`): where it is kept, the block
+    holds no rows and nothing is read."""
+    if carried is not None and kept is not None and kept.get((job.name, span, carried)) is not None:
+        return Block(job.name, job.shape, span, None, (), job.per_model, job.shared, None, kept, final)
     base = _read(plan, job.base, span, device) if job.base else None
     models = tuple(_read(plan, s, span, device) for s in job.models)
     draws = Draws(plan.spec.seed, job.name, job.shape, len(job.models), kept, final) if plan.method.random else None

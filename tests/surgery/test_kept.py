@@ -64,6 +64,31 @@ def test_sce_computes_each_blocks_variance_once_and_the_bytes_do_not_change(llam
     assert sum(again.values()) > 3 * sum(once.values()) > 0
 
 
+def test_the_refining_pass_reads_no_rows_where_the_variance_is_kept(llama, tmp_path, monkeypatch):
+    """SCE's second counting pass needs the variance alone (`Stage.carried`): where the first pass kept it,
+    the block is read from no file; without room to keep it every pass reads. The bytes are the same."""
+    reads = collections.Counter()
+    real_read = engine._read
+    monkeypatch.setattr(engine, "_read", lambda plan, src, span, device: reads.update([src.name])
+                        or real_read(plan, src, span, device))
+    kept = merged(llama, str(tmp_path / "kept"), collections.Counter(), monkeypatch)
+    read_kept = sum(reads.values())
+    reads.clear()
+    monkeypatch.setattr(engine, "KEPT_BLOCKS", 0)
+    remade = merged(llama, str(tmp_path / "remade"), collections.Counter(), monkeypatch)
+    read_all = sum(reads.values())
+    plan = plan_merge(parse_spec(spec(llama)), "spec")
+    counts = [len(engine.spans_of(plan, j, Options(block_bytes=BLOCK))) for j in plan.jobs]
+    # four inputs, each block of the refining pass once. From three blocks a tensor on, the reading thread
+    # (two blocks ahead) reaches a block of that pass after the first pass kept its variance; with two it
+    # may get there first, and then reads the rows
+    spared = read_all - read_kept
+    assert 4 * sum(n for n in counts if n > 2) <= spared <= 4 * sum(n for n in counts if n > 1)
+    assert sum(n for n in counts if n > 2) > 10
+    for name in kept:
+        assert torch.equal(kept[name].view(torch.int32), remade[name].view(torch.int32)), name
+
+
 @pytest.mark.parametrize("final", [False, True])
 def test_a_carried_value_is_kept_for_the_next_read_and_taken_by_the_merge_pass(final):
     from surgery.merge.methods.method import Block

@@ -136,6 +136,8 @@ class Stage:
     run: Callable[[Block, Stats], Stats]
     when: Condition = always
     needed: Needed | None = None
+    carried: str | None = None  # the key of the one value `run` needs (`Block.carried`): where an earlier
+    # read kept it for a block, the engine reads none of that block's rows for this pass (the block holds none)
 
 
 BasePolicy = Literal["required", "optional", "unused", "merged"]

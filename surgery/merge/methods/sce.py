@@ -179,4 +179,5 @@ def prepare(block: Block, final: bool, ahead: Callable[[], bool]) -> None:
 
 METHOD = Method("sce", merge, "select high-variance entries, weight models by energy, erase minority signs",
                 "https://arxiv.org/abs/2408.07990", shared=SceShared, work=6, stored_work=2, prepare=prepare,
-                stages=(Stage(histogram, when=selecting), Stage(refine, when=selecting), Stage(energy)))
+                stages=(Stage(histogram, when=selecting), Stage(refine, when=selecting, carried="var"),
+                        Stage(energy)))
