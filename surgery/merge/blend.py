@@ -21,11 +21,7 @@ from surgery.merge import fused
 
 def _rows(base: torch.Tensor | None, inputs: Sequence[torch.Tensor]) -> tuple[np.ndarray, tuple] | None:
     """Flat views the kernels read: the base's (empty where none) and the inputs' (all of one dtype)."""
-    if not inputs or not fused.available():
-        return None
-    tensors = [*inputs] if base is None else [base, *inputs]
-    if not all(t.device.type == "cpu" and t.is_contiguous() and t.shape == inputs[0].shape
-               and t.dtype in fused.STORED for t in tensors) or len({t.dtype for t in inputs}) > 1:
+    if not inputs or not fused.available() or not fused.readable([inputs[0] if base is None else base, *inputs]):
         return None
     flat = np.empty(0, np.uint16) if base is None else fused.flat(base)
     return flat, tuple(fused.flat(t) for t in inputs)

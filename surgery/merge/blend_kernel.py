@@ -13,25 +13,21 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from surgery.merge.fused_kernel import CHUNK, delta, scratch, widen
+from surgery.merge.fused_kernel import CHUNK, scratch, task_vectors, widen
 
 jit = numba.njit(cache=True, nogil=True, boundscheck=False)
 part = numba.njit(inline="always")
 
 
 @part
-def vectors(base, models, c, e, bits, rows):
+def vectors(base, models, c, e, bits, rows, base_bits, base_rows):
     """rows[i, :e - c] = input i's entries [c, e) in float32, less the base's where one is given (its float32
-    entries in the last row)."""
-    n, k = e - c, len(models)
+    entries, returned, in base_rows[0])."""
     if len(base):
-        b = rows[k, :n]
-        widen(base[c:e], bits[k, :n], b)
-        for i in range(k):
-            delta(bits[i, :n], rows[i, :n], b, models[i][c:e])
-    else:
-        for i in range(k):
-            widen(models[i][c:e], bits[i, :n], rows[i, :n])
+        return task_vectors(base, models, c, e, bits, rows, base_bits, base_rows)
+    for i in range(len(models)):
+        widen(models[i][c:e], bits[i, :e - c], rows[i, :e - c])
+    return base_rows[0, :e - c]
 
 
 @numba.njit(cache=True, nogil=True, boundscheck=False, fastmath={"reassoc"})
@@ -39,12 +35,13 @@ def gram(base, models):
     """(k, k) float64: the sums of x_i * x_j over the entries (upper triangle, the rest 0), x_i input i's
     float32 entries (less the base's where one is given) widened to float64."""
     k = len(models)
-    bits, rows = scratch(k + 1)
+    bits, rows = scratch(k)
+    base_bits, base_ = scratch(1)
     out = np.zeros((k, k), np.float64)
     for c in range(0, len(models[0]), CHUNK):
         e = min(c + CHUNK, len(models[0]))
         n = e - c
-        vectors(base, models, c, e, bits, rows)
+        vectors(base, models, c, e, bits, rows, base_bits, base_)
         for i in range(k):
             for j in range(i, k):
                 x, y, s = rows[i, :n], rows[j, :n], 0.0
@@ -58,13 +55,14 @@ def gram(base, models):
 def blend(base, x, y, c0, c1, s, out, lo, hi):
     """out[lo:hi] = (c0 * u + c1 * v) / s (no division where s is 0), plus the base where one is given:
     u, v = x, y, less the base where it is given."""
-    bits, rows = scratch(3)
+    bits, rows = scratch(2)
+    base_bits, base_ = scratch(1)
     models = (x, y)
     for c in range(lo, hi, CHUNK):
         e = min(c + CHUNK, hi)
         n = e - c
-        vectors(base, models, c, e, bits, rows)
-        u, v, b, o = rows[0, :n], rows[1, :n], rows[2, :n], out[c:e]
+        b = vectors(base, models, c, e, bits, rows, base_bits, base_)
+        u, v, o = rows[0, :n], rows[1, :n], out[c:e]
         for q in range(n):
             o[q] = c0 * u[q] + c1 * v[q]
         if s != 0:

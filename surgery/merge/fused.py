@@ -80,14 +80,16 @@ def sources(base: torch.Tensor | None, models: Sequence[torch.Tensor]) -> Source
     """The rows for the kernels, or None where they cannot take them: kernels off or numba missing, no
     base, another device or layout, a dtype they do not read (convert to float32 and ask again), or
     models of mixed dtypes."""
-    if base is None or not available():
-        return None
-    rows = [base, *models]
-    if not all(t.device.type == "cpu" and t.is_contiguous() and t.shape == base.shape for t in rows):
-        return None
-    if base.dtype not in STORED or len({m.dtype for m in models}) > 1 or any(m.dtype not in STORED for m in models):
+    if base is None or not available() or not readable([base, *models]):
         return None
     return Sources(flat(base), tuple(flat(m) for m in models), base.shape)
+
+
+def readable(tensors: Sequence[torch.Tensor]) -> bool:
+    """Whether the kernels read these rows as they are: on CPU, contiguous, of one shape, each of a dtype they
+    read (`STORED`), and all but the first (a base) of one dtype."""
+    return (all(t.device.type == "cpu" and t.is_contiguous() and t.shape == tensors[0].shape and t.dtype in STORED
+                for t in tensors) and len({t.dtype for t in tensors[1:]}) <= 1)
 
 
 def flat(t: torch.Tensor) -> np.ndarray:

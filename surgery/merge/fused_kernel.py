@@ -240,11 +240,6 @@ def total(x):
     return out
 
 
-@part
-def power_of_two(n):
-    return n & (n - 1) == 0
-
-
 @jit
 def variance(base, models, out):
     """out = per entry, the population variance across models of their task vectors m - base: Welford's
@@ -252,15 +247,13 @@ def variance(base, models, out):
     and rounded to float32; for two, ((d0 - d1) / 2)^2 as ((d0 - d1)^2) / 4 in float64. The torch path's
     operations (`sce.welford_variance`) in its order: the same bits."""
     k = len(models)
-    bits, rows = scratch(k + 1)
+    bits, rows = scratch(k)
+    base_bits, base_ = scratch(1)
     mean_, m2_ = np.empty(CHUNK, np.float64), np.empty(CHUNK, np.float64)
     for c in range(0, len(out), CHUNK):
         e = min(c + CHUNK, len(out))
         n = e - c
-        b = rows[k, :n]
-        widen(base[c:e], bits[k, :n], b)
-        for i in range(k):
-            delta(bits[i, :n], rows[i, :n], b, models[i][c:e])
+        task_vectors(base, models, c, e, bits, rows, base_bits, base_)
         o = out[c:e]
         if k == 2:
             d0, d1 = rows[0, :n], rows[1, :n]
@@ -275,26 +268,13 @@ def variance(base, models, out):
             m2[q] = 0.0
         for i in range(1, k):
             d, count = rows[i, :n], np.float64(i + 1)
-            if power_of_two(i + 1):  # x / 2^j is x * 2^-j, both rounded once from the same value
-                inverse = 1.0 / count
-                for q in range(n):
-                    x = np.float64(d[q])
-                    step = x - mean[q]
-                    mean[q] = mean[q] + step * inverse
-                    m2[q] = m2[q] + step * (x - mean[q])
-            else:  # a division costs several multiplications
-                for q in range(n):
-                    x = np.float64(d[q])
-                    step = x - mean[q]
-                    mean[q] = mean[q] + step / count
-                    m2[q] = m2[q] + step * (x - mean[q])
-        if power_of_two(k):
-            inverse = 1.0 / k
             for q in range(n):
-                o[q] = np.float32(m2[q] * inverse)
-        else:
-            for q in range(n):
-                o[q] = np.float32(m2[q] / k)
+                x = np.float64(d[q])
+                step = x - mean[q]
+                mean[q] = mean[q] + step / count
+                m2[q] = m2[q] + step * (x - mean[q])
+        for q in range(n):
+            o[q] = np.float32(m2[q] / k)
 
 
 @part

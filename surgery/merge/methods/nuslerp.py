@@ -61,12 +61,18 @@ def _row_cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.sum(unit(a) * unit(b), dim=-1, keepdim=True).clamp(-1, 1)
 
 
-def interpolate(t: float, a: torch.Tensor, b: torch.Tensor, cos: torch.Tensor) -> torch.Tensor:
-    """SLERP of a and b at t given cos of their angle (broadcast), linear where they are colinear."""
+def factors(t: float, cos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(where a and b are colinear, sin((1 - t) theta), sin(t theta), sin(theta)), shaped like cos (float32):
+    SLERP's factors given cos of the angle theta."""
     colinear = (1 - cos.square()) <= EPS**2
     theta = torch.acos(torch.where(colinear, 0, cos))  # keeps the unused branch finite
-    out = (torch.sin((1 - t) * theta) * a + torch.sin(t * theta) * b) / torch.sin(theta)
-    return torch.where(colinear, (1 - t) * a + t * b, out)
+    return colinear, torch.sin((1 - t) * theta), torch.sin(t * theta), torch.sin(theta)
+
+
+def interpolate(t: float, a: torch.Tensor, b: torch.Tensor, cos: torch.Tensor) -> torch.Tensor:
+    """SLERP of a and b at t given cos of their angle (broadcast), linear where they are colinear."""
+    colinear, c0, c1, s = factors(t, cos)
+    return torch.where(colinear, (1 - t) * a + t * b, (c0 * a + c1 * b) / s)
 
 
 def fraction(block: Block) -> float:
@@ -78,12 +84,10 @@ def compiled(block: Block, cos: torch.Tensor) -> torch.Tensor | None:
     """The merge of a block with one angle for the whole tensor, from the stored rows: `interpolate`'s
     scalar factors made as it makes them (float32), then one pass; None where the kernels do not run."""
     t = fraction(block)
-    if bool((1 - cos.square()) <= EPS**2):  # colinear: (1 - t) * a + t * b
-        c0, c1, divisor = 1 - t, t, None
-    else:
-        theta = torch.acos(cos)
-        c0, c1, divisor = float(torch.sin((1 - t) * theta)), float(torch.sin(t * theta)), float(torch.sin(theta))
-    return blend.blend(block.stored_base, *block.stored_models, c0, c1, divisor)
+    colinear, c0, c1, s = factors(t, cos)
+    if bool(colinear):  # (1 - t) * a + t * b
+        return blend.blend(block.stored_base, *block.stored_models, 1 - t, t)
+    return blend.blend(block.stored_base, *block.stored_models, float(c0), float(c1), float(s))
 
 
 def merge(block: Block, stats: Stats) -> torch.Tensor:
